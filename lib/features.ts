@@ -1,0 +1,47 @@
+// Run-time feature probes, cached: what this kernel offers, so callers (and tests) can skip
+// with a reason instead of failing on an older or unpatched kernel.
+import fs from 'node:fs'
+import os from 'node:os'
+import { native, pageSize } from './native.ts'
+import { available as sksmAvailable } from './sksm.ts'
+import { probeUserfaultfd } from './uffd.ts'
+import { probePagemapScan } from './pagemap.ts'
+
+export interface Features {
+  kernelRelease: string
+  pageSize: number
+  /** /sys/kernel/mm/ksm exists (CONFIG_KSM). */
+  ksm: boolean
+  /** PR_GET_MEMORY_MERGE works (6.4+). */
+  ksmProcess: boolean
+  /** madvise(MADV_MERGE) works (SKSM patch). */
+  sksm: boolean
+  /** A userfaultfd can be opened here (syscall or /dev/userfaultfd). */
+  userfaultfd: boolean
+  /** UFFD_FEATURE_WP_ASYNC is offered. */
+  uffdWpAsync: boolean
+  /** The PAGEMAP_SCAN ioctl exists (6.7+). */
+  pagemapScan: boolean
+  /** Transparent huge pages are configured. */
+  thp: boolean
+}
+
+let cached: Features | undefined
+
+export function features(): Features {
+  if (cached === undefined) {
+    const uffd = probeUserfaultfd()
+    cached = Object.freeze({
+      kernelRelease: os.release(),
+      pageSize,
+      ksm: fs.existsSync('/sys/kernel/mm/ksm'),
+      ksmProcess: native.prctlGetMemoryMerge() >= 0,
+      sksm: sksmAvailable(),
+      userfaultfd: uffd.available,
+      uffdWpAsync: uffd.wpAsync,
+      pagemapScan: probePagemapScan(),
+      thp: fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled'),
+    })
+  }
+  return cached
+}

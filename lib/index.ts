@@ -1,0 +1,10 @@
+// memdedup: Linux memory deduplication (KSM, SKSM) and write tracking (userfaultfd, PAGEMAP_SCAN).
+export { Region, type Range, type Protection, type Advice, type RegionKind } from './region.ts'
+export { SyscallError, FeatureUnavailableError, InvalidStateError } from './errors.ts'
+export * as ksm from './ksm.ts'
+export * as sksm from './sksm.ts'
+export * as pagemap from './pagemap.ts'
+export * as stats from './stats.ts'
+export { Userfaultfd } from './uffd.ts'
+export { features, type Features } from './features.ts'
+export { pageSize } from './native.ts'

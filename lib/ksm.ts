@@ -1,0 +1,188 @@
+// KSM: per-range advice (MADV_MERGEABLE/UNMERGEABLE), per-process merging (PR_SET_MEMORY_MERGE),
+// ksmd's sysfs knobs and counters. ksmd merges in the background; see sksm.ts for synchronous.
+import fs from 'node:fs'
+import { native, constants as C } from './native.ts'
+import { check, FeatureUnavailableError } from './errors.ts'
+import { resolveSpan, type Range, type Region } from './region.ts'
+import { invalidArgType, invalidArgValue, validateBoolean, validateInteger, validateObject } from './validate.ts'
+
+export const sysfsDir = '/sys/kernel/mm/ksm'
+
+/** Marks the Region (or a range) MADV_MERGEABLE: ksmd may merge it from now on. */
+export function enable(region: Region, range?: Range): void {
+  const span = resolveSpan(region, range, 'ksm.enable')
+  check(native.madvise(span.address, span.length, C.MADV_MERGEABLE), 'madvise(MADV_MERGEABLE)')
+}
+
+/** MADV_UNMERGEABLE: unmerges (breaks COW of) every KSM page in the range and stops merging it. */
+export function disable(region: Region, range?: Range): void {
+  const span = resolveSpan(region, range, 'ksm.disable')
+  check(native.madvise(span.address, span.length, C.MADV_UNMERGEABLE), 'madvise(MADV_UNMERGEABLE)')
+}
+
+/** Process-wide KSM (PR_SET_MEMORY_MERGE): every compatible VMA, present and future, and inherited by fork/exec. */
+export const process = {
+  get(): boolean {
+    return check(native.prctlGetMemoryMerge(), 'prctl(PR_GET_MEMORY_MERGE)') === 1
+  },
+  set(enabled: boolean): void {
+    validateBoolean(enabled, 'enabled')
+    check(native.prctlSetMemoryMerge(enabled ? 1 : 0), 'prctl(PR_SET_MEMORY_MERGE)')
+  },
+}
+
+/** /sys/kernel/mm/ksm, typed. Files this version does not know are passed through in `other`. */
+export interface KsmStats {
+  run: number
+  pagesToScan: number
+  sleepMillisecs: number
+  fullScans: number
+  pagesShared: number
+  pagesSharing: number
+  pagesUnshared: number
+  pagesVolatile: number
+  pagesScanned?: number
+  pagesSkipped?: number
+  ksmZeroPages?: number
+  generalProfit?: number
+  useZeroPages?: number
+  mergeAcrossNodes?: number
+  maxPageSharing?: number
+  stableNodeChains?: number
+  stableNodeDups?: number
+  stableNodeChainsPruneMillisecs?: number
+  smartScan?: number
+  advisorMode?: string
+  [file: string]: number | string | undefined
+}
+
+const camel = (file: string) => file.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
+const snake = (key: string) => key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())
+
+function assertKsm(): void {
+  if (!fs.existsSync(sysfsDir)) throw new FeatureUnavailableError('ksm', `${sysfsDir} does not exist (CONFIG_KSM=n)`)
+}
+
+function parseValue(text: string): number | string {
+  const trimmed = text.trim()
+  // advisor_mode prints "[none] scan-time": report the selected one.
+  const selected = /\[([^\]]+)\]/.exec(trimmed)
+  if (selected) return selected[1]
+  return /^-?\d+$/.test(trimmed) ? Number(trimmed) : trimmed
+}
+
+/** Every readable file of /sys/kernel/mm/ksm, camelCased (pages_sharing → pagesSharing). */
+export function stats(): KsmStats {
+  assertKsm()
+  const out: Record<string, number | string> = {}
+  for (const file of fs.readdirSync(sysfsDir)) {
+    try {
+      out[camel(file)] = parseValue(fs.readFileSync(`${sysfsDir}/${file}`, 'utf8'))
+    } catch {
+      // write-only or vanished file: nothing to report
+    }
+  }
+  return out as KsmStats
+}
+
+/** /proc/<pid>/ksm_stat: this process's KSM accounting. */
+export interface KsmProcessStats {
+  ksmRmapItems: number
+  ksmZeroPages: number
+  ksmMergingPages: number
+  ksmProcessProfit: number
+  ksmMergeAny: boolean
+  ksmMergeable: boolean
+  [field: string]: number | boolean
+}
+
+export function processStats(pid: number | 'self' = 'self'): KsmProcessStats {
+  if (pid !== 'self') validateInteger(pid, 'pid', 1)
+  let text: string
+  try {
+    text = fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && pid === 'self') {
+      throw new FeatureUnavailableError('ksm', '/proc/self/ksm_stat does not exist')
+    }
+    throw error
+  }
+  const out: Record<string, number | boolean> = {}
+  for (const line of text.split('\n')) {
+    const match = /^(\w+):?\s+(\S+)$/.exec(line)
+    if (!match) continue
+    const value = match[2]
+    out[camel(match[1])] = value === 'yes' ? true : value === 'no' ? false : Number(value)
+  }
+  return out as KsmProcessStats
+}
+
+/** Settings accepted by configure(); each maps to the sysfs file of the same name in snake_case. */
+export interface KsmSettings {
+  /** 0 stop, 1 run, 2 stop and unmerge everything. */
+  run?: 0 | 1 | 2
+  pagesToScan?: number
+  sleepMillisecs?: number
+  useZeroPages?: boolean | 0 | 1
+  mergeAcrossNodes?: boolean | 0 | 1
+  maxPageSharing?: number
+  smartScan?: boolean | 0 | 1
+  stableNodeChainsPruneMillisecs?: number
+  advisorMode?: 'none' | 'scan-time'
+  [file: string]: number | string | boolean | undefined
+}
+
+/**
+ * Writes ksmd settings and returns the previous values of exactly those settings, so a caller
+ * (a test) can restore them with configure(previous). `run` is written first when it stops
+ * ksmd (some knobs can only change while it is stopped) and last when it starts it.
+ */
+export function configure(settings: KsmSettings): KsmSettings {
+  const opts = validateObject(settings, 'settings', false)
+  assertKsm()
+  const entries = Object.entries(opts).filter(([, v]) => v !== undefined)
+  for (const [key, value] of entries) {
+    if (!/^[a-zA-Z]+$/.test(key) || !fs.existsSync(`${sysfsDir}/${snake(key)}`)) {
+      throw invalidArgValue(`settings.${key}`, `is not a KSM setting (no ${sysfsDir}/${snake(key)})`, value)
+    }
+    if (typeof value === 'number') validateInteger(value, `settings.${key}`, 0)
+    else if (typeof value !== 'boolean' && typeof value !== 'string') throw invalidArgType(`settings.${key}`, 'a number, boolean or string', value)
+    if (key === 'run' && ![0, 1, 2].includes(value as number)) throw invalidArgValue('settings.run', 'must be 0, 1 or 2', value)
+  }
+  const current = stats()
+  const previous: KsmSettings = {}
+  for (const [key] of entries) previous[key] = current[key] as number | string
+  const rank = ([key, value]: [string, unknown]) => (key !== 'run' ? 1 : value === 1 ? 2 : 0)
+  const ordered = entries.sort((a, b) => rank(a) - rank(b))
+  for (const [key, value] of ordered) {
+    const text = typeof value === 'boolean' ? (value ? '1' : '0') : String(value)
+    try {
+      fs.writeFileSync(`${sysfsDir}/${snake(key)}`, text)
+    } catch (error) {
+      const e = error as NodeJS.ErrnoException
+      throw Object.assign(new Error(`writing ${text} to ${sysfsDir}/${snake(key)}: ${e.code}`), { code: e.code, errno: e.errno, syscall: 'write' })
+    }
+  }
+  return previous
+}
+
+/**
+ * Resolves once ksmd has completed `scans` more full scans (ksm_tests.c waits for 2 so every
+ * page had a chance to be seen twice: once to enter the unstable tree, once to merge).
+ */
+export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number; pollMs?: number }): Promise<void> {
+  validateInteger(scans, 'scans', 1)
+  const opts = validateObject(options, 'options')
+  const timeoutMs = validateInteger(opts.timeoutMs ?? 60_000, 'options.timeoutMs', 1)
+  const pollMs = validateInteger(opts.pollMs ?? 10, 'options.pollMs', 1)
+  assertKsm()
+  const read = () => Number(fs.readFileSync(`${sysfsDir}/full_scans`, 'utf8'))
+  const target = read() + scans
+  const deadline = Date.now() + timeoutMs
+  while (read() < target) {
+    if (Date.now() > deadline) {
+      throw Object.assign(new Error(`ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1?)`), { code: 'ETIMEDOUT' })
+    }
+    await new Promise((resolve) => setTimeout(resolve, pollMs))
+  }
+}

@@ -25,6 +25,7 @@ export interface MmBinding {
 export interface PrctlBinding {
   prctlGetMemoryMerge(): Rc
   prctlSetMemoryMerge(value: number): Rc
+  prctlSetVmaAnonName(address: number, length: number, name: string): Rc
 }
 
 export interface PagemapBinding {

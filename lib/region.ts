@@ -127,6 +127,9 @@ export class Region {
     const opts = validateObject(options, 'options')
     const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
     const address = mapOrThrow(size, prot, C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0, `anonymous ${size} bytes`)
+    // "[anon:memdedup]" in /proc/pid/maps tells our mappings from V8's; best effort
+    // (kernels without CONFIG_ANON_VMA_NAME say EINVAL, which changes nothing else).
+    native.prctlSetVmaAnonName(address, size, 'memdedup')
     return new Region(address, size, prot, 'anonymous', -1)
   }
 

@@ -1,0 +1,447 @@
+// Region: the mmap family (mmap, mprotect, madvise, mremap, memfd) and its safety rules.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawnSync } from 'node:child_process'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { Region, InvalidStateError, SyscallError, ksm, pagemap, pageSize } from '../lib/index.ts'
+import { fdCount, isMapped, libcPath, ownMappingCount as mappingCount, rssBytes, vmSizeBytes } from './helpers/process.ts'
+import { assertDistBuilt, distEntry } from './helpers/dist.ts'
+
+const P = pageSize
+
+describe('Region.anonymous', () => {
+  it('maps zero-filled, writable memory with a zero-copy view', () => {
+    using r = Region.anonymous(4 * P)
+    expect(r.length).toBe(4 * P)
+    expect(r.pages).toBe(4)
+    expect(r.pageSize).toBe(P)
+    expect(r.kind).toBe('anonymous')
+    expect(typeof r.address).toBe('bigint')
+    expect(r.address % BigInt(P)).toBe(0n)
+    expect(isMapped(r.address)).toBe(true)
+    expect(r.bytes.length).toBe(4 * P)
+    expect(r.bytes.every((b) => b === 0)).toBe(true)
+    r.bytes.fill(0xab, P, 2 * P)
+    // The view is the memory itself: the kernel sees the write (page now present).
+    const e = pagemap.entries(r)
+    expect(e.present(1)).toBe(true)
+    expect(r.read({ offset: P, length: P }).every((b) => b === 0xab)).toBe(true)
+    expect(r.bytes).toBe(r.bytes) // one view per mapping
+  })
+
+  it('closes idempotently, unmaps, and detaches every view', () => {
+    const r = Region.anonymous(2 * P)
+    const view = r.bytes
+    const address = r.address
+    r.close()
+    expect(r.closed).toBe(true)
+    expect(isMapped(address)).toBe(false)
+    expect(view.length).toBe(0)
+    expect(view.byteLength).toBe(0)
+    expect(view[0]).toBeUndefined() // reading a detached view is harmless
+    expect(r.bytes.length).toBe(0)
+    expect(() => r.close()).not.toThrow()
+  })
+
+  it('Symbol.dispose closes (using)', () => {
+    let address = 0n
+    {
+      using r = Region.anonymous(P)
+      address = r.address
+      expect(isMapped(address)).toBe(true)
+    }
+    expect(isMapped(address)).toBe(false)
+  })
+
+  it('honours an initial protection', () => {
+    using r = Region.anonymous(P, { prot: 'none' })
+    expect(r.protection()).toBe('none')
+    expect(() => r.bytes).toThrow(InvalidStateError)
+  })
+})
+
+describe('Region.protect / read', () => {
+  it('hands out views only while every page is rw, and read() copies readable pages', () => {
+    using r = Region.anonymous(3 * P)
+    r.bytes.fill(5)
+    const view = r.bytes
+    r.protect('r', { offset: P, length: P })
+    expect(view.length).toBe(0) // detached: a write through it can no longer fault
+    expect(r.protection(P)).toBe('r')
+    expect(r.protection(0)).toBe('rw')
+    let error: unknown
+    try {
+      void r.bytes
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(InvalidStateError)
+    expect((error as InvalidStateError).code).toBe('ERR_REGION_PROTECTION')
+    expect(r.read().every((b) => b === 5)).toBe(true)
+    r.protect('none', { offset: 2 * P, length: P })
+    expect(() => r.read()).toThrow(expect.objectContaining({ code: 'ERR_REGION_PROTECTION' }))
+    expect(r.read({ offset: 0, length: 2 * P }).length).toBe(2 * P)
+    r.protect('rw')
+    expect(r.bytes[P]).toBe(5)
+    r.bytes[P] = 6
+    expect(r.read({ offset: P, length: P })[0]).toBe(6)
+  })
+
+  it('rwx keeps the view', () => {
+    using r = Region.anonymous(P)
+    const view = r.bytes
+    r.protect('rwx')
+    expect(view.length).toBe(P)
+    expect(r.protection()).toBe('rwx')
+  })
+})
+
+describe('Region.advise', () => {
+  it('dontneed drops private anonymous pages (zero-filled again)', () => {
+    using r = Region.anonymous(2 * P)
+    r.bytes.fill(9)
+    r.advise('dontneed', { offset: P, length: P })
+    expect(r.bytes[0]).toBe(9)
+    expect(r.bytes[P]).toBe(0)
+  })
+
+  it('populateWrite makes every page present and exclusive; populateRead maps the zero page', () => {
+    using w = Region.anonymous(8 * P)
+    w.advise('populateWrite')
+    const we = pagemap.entries(w)
+    expect(we.count(1)).toBe(8)
+    expect(we.distinctPfns()).toBe(8)
+    using r = Region.anonymous(8 * P)
+    r.advise('populateRead')
+    const re = pagemap.entries(r)
+    for (let i = 0; i < 8; i++) expect(re.pfns[i]).toBe(pagemap.zeroPfn())
+  })
+
+  it('pageout of a clean file page drops it from the page tables', () => {
+    // MADV_PAGEOUT only reclaims pages this process maps alone: this test file, not libc.
+    const file = new URL(import.meta.url).pathname
+    using f = Region.file(file, { length: P })
+    f.read()
+    expect(pagemap.entries(f).present(0)).toBe(true)
+    f.advise('pageout')
+    // A clean page-cache page is unmapped by reclaim; nothing is lost, it faults back in.
+    expect(pagemap.entries(f).present(0)).toBe(false)
+    expect(f.read().equals(fs.readFileSync(file).subarray(0, P))).toBe(true)
+  })
+
+  it('accepts every documented advice name the kernel knows for anonymous memory', () => {
+    using r = Region.anonymous(2 * P)
+    for (const advice of ['normal', 'random', 'sequential', 'willneed', 'cold', 'free', 'dontfork', 'dofork', 'dontdump', 'dodump', 'wipeonfork', 'keeponfork', 'nohugepage', 'hugepage'] as const) {
+      expect(() => r.advise(advice), advice).not.toThrow()
+    }
+  })
+
+  it('reports the kernel refusing advice as a SyscallError', () => {
+    using r = Region.anonymous(P)
+    // MADV_REMOVE needs shared memory.
+    const error = (() => {
+      try {
+        r.advise('remove')
+      } catch (e) {
+        return e
+      }
+    })() as SyscallError
+    expect(error).toBeInstanceOf(SyscallError)
+    expect(error.code).toBe('EINVAL')
+    expect(error.errno).toBe(-22)
+    expect(error.syscall).toBe('madvise(MADV_REMOVE)')
+    expect(error.message).toBe('madvise(MADV_REMOVE) EINVAL')
+    expect(error.name).toBe('SyscallError')
+  })
+})
+
+describe('Region.remap', () => {
+  it('grows (possibly moving), keeps content, closes the old Region and detaches its view', () => {
+    const r = Region.anonymous(2 * P)
+    r.bytes.fill(3)
+    const oldView = r.bytes
+    const r2 = r.remap(64 * P)
+    try {
+      expect(r.closed).toBe(true)
+      expect(oldView.length).toBe(0)
+      expect(r2.length).toBe(64 * P)
+      expect(r2.bytes.subarray(0, 2 * P).every((b) => b === 3)).toBe(true)
+      expect(r2.bytes.subarray(2 * P).every((b) => b === 0)).toBe(true)
+      expect(() => r.remap(P)).toThrow(expect.objectContaining({ code: 'ERR_REGION_CLOSED' }))
+    } finally {
+      r2.close()
+    }
+  })
+
+  it('shrinks in place without moving', () => {
+    const r = Region.anonymous(4 * P)
+    const address = r.address
+    r.bytes[0] = 1
+    using r2 = r.remap(P, { mayMove: false })
+    expect(r2.address).toBe(address)
+    expect(r2.bytes[0]).toBe(1)
+    expect(isMapped(address + BigInt(2 * P))).toBe(false)
+  })
+
+  it('dontUnmap moves the pages and leaves the old range mapped and empty', () => {
+    using r = Region.anonymous(2 * P)
+    r.bytes.fill(8)
+    using moved = r.remap(2 * P, { dontUnmap: true })
+    expect(r.closed).toBe(false)
+    expect(moved.address).not.toBe(r.address)
+    expect(moved.bytes.every((b) => b === 8)).toBe(true)
+    expect(r.bytes.every((b) => b === 0)).toBe(true)
+  })
+
+  it('keeps per-page protection across a move', () => {
+    const r = Region.anonymous(2 * P)
+    r.protect('r', { offset: P, length: P })
+    // mremap cannot grow across two VMAs: the kernel says EFAULT, and r stays usable.
+    expect(() => r.remap(8 * P)).toThrow(SyscallError)
+    expect(r.closed).toBe(false)
+    using r2 = r.remap(2 * P)
+    expect(r2.protection(P)).toBe('r')
+  })
+})
+
+describe('Region.file', () => {
+  it('maps a file privately, copy-on-write (the code-patching case)', () => {
+    const content = fs.readFileSync(libcPath)
+    using f = Region.file(libcPath)
+    expect(f.kind).toBe('file')
+    expect(f.path).toBe(libcPath)
+    expect(f.length).toBe(Math.ceil(content.length / P) * P)
+    expect(f.read({ offset: 0, length: 4 * P }).equals(content.subarray(0, 4 * P))).toBe(true)
+    expect(pagemap.entries(f, { offset: 0, length: P }).file(0)).toBe(true)
+    f.protect('rw', { offset: 0, length: f.length })
+    f.bytes[0] ^= 0xff // COW: our private copy changes, the file does not
+    expect(pagemap.entries(f, { offset: 0, length: P }).file(0)).toBe(false)
+    expect(fs.readFileSync(libcPath)[0]).toBe(content[0])
+  })
+
+  it('maps at an offset, read-only by default', () => {
+    const content = fs.readFileSync(libcPath)
+    using f = Region.file(libcPath, { offset: 2 * P, length: 2 * P })
+    expect(f.protection()).toBe('r')
+    expect(f.read().equals(content.subarray(2 * P, 4 * P))).toBe(true)
+  })
+})
+
+describe('Region.memfd', () => {
+  it('is shared: a second mapping of the same fd sees writes', () => {
+    using m = Region.memfd(2 * P, { name: 'memdedup-test' })
+    expect(m.kind).toBe('memfd')
+    expect(m.fd).toBeGreaterThan(2)
+    expect(fs.readlinkSync(`/proc/self/fd/${m.fd}`)).toContain('memfd:memdedup-test')
+    using other = Region.file(`/proc/self/fd/${m.fd}`)
+    m.bytes[10] = 42
+    expect(other.read()[10]).toBe(42)
+    expect(pagemap.entries(m).pfns[0]).toBe(pagemap.entries(other).pfns[0])
+  })
+
+  it('closes its fd with the Region', () => {
+    const before = fdCount()
+    const m = Region.memfd(P)
+    expect(fdCount()).toBe(before + 1)
+    m.close()
+    expect(fdCount()).toBe(before)
+  })
+})
+
+describe('leaks', () => {
+  // V8 maps and unmaps heap pages of its own while the loop runs, so mapping counts get a small
+  // tolerance; a leak of 10^4 regions would show as 640 MiB of address space and RSS.
+  const cycle = (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const r = Region.anonymous(16 * P)
+      r.bytes.fill(1)
+      r.close()
+    }
+  }
+  it('10^4 map/close cycles leave /proc/self/maps and RSS at baseline', () => {
+    cycle(1_000) // warm up the JIT and the heap first
+    const maps = mappingCount()
+    const rss = rssBytes()
+    const vm = vmSizeBytes()
+    cycle(10_000)
+    expect(mappingCount()).toBe(maps)
+    expect(rssBytes() - rss).toBeLessThan(32 * 1024 * 1024)
+    expect(vmSizeBytes() - vm).toBeLessThan(64 * 1024 * 1024)
+  })
+
+  it('10^3 memfd and file cycles leave fds and mappings at baseline', () => {
+    const maps = mappingCount()
+    const fds = fdCount()
+    const vm = vmSizeBytes()
+    for (let i = 0; i < 1_000; i++) {
+      Region.memfd(64 * P).close()
+      Region.file(libcPath, { length: 64 * P }).close()
+    }
+    expect(mappingCount()).toBe(maps)
+    expect(fdCount()).toBe(fds)
+    expect(vmSizeBytes() - vm).toBeLessThan(64 * 1024 * 1024)
+  })
+
+  it('a Region dropped without close() is unmapped by the finalizer, with one warning', () => {
+    assertDistBuilt()
+    const script = `
+      import { Region } from ${JSON.stringify(distEntry)}
+      import fs from 'node:fs'
+      const count = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').length
+      const warnings = []
+      process.on('warning', (w) => warnings.push(w.code))
+      let addresses = []
+      ;(() => { for (let i = 0; i < 3; i++) { const r = Region.anonymous(1 << 20); r.bytes[0] = 1; addresses.push(r.address) } })()
+      const before = count()
+      for (let i = 0; i < 10; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 20)) }
+      const maps = fs.readFileSync('/proc/self/maps', 'utf8')
+      const stillMapped = addresses.filter((a) => maps.includes(a.toString(16) + '-')).length
+      console.log(JSON.stringify({ before, after: count(), stillMapped, warnings }))
+    `
+    const child = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8' })
+    expect(child.status, child.stderr).toBe(0)
+    const result = JSON.parse(child.stdout.trim().split('\n').pop()!)
+    expect(result.stillMapped).toBe(0)
+    expect(result.warnings).toEqual(['MEMDEDUP_UNCLOSED_REGION'])
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Bad inputs: each must throw the stated class and code, leave no mapping or fd behind, and leave
+// the process working.
+describe('bad inputs', () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-'))
+  const emptyFile = path.join(tmp, 'empty')
+  fs.writeFileSync(emptyFile, '')
+  let region: Region
+  let closed: Region
+  let maps = 0
+  let fds = 0
+
+  beforeEach(() => {
+    region = Region.anonymous(4 * P)
+    closed = Region.anonymous(P)
+    closed.close()
+    maps = mappingCount()
+    fds = fdCount()
+  })
+  afterEach(() => {
+    region.close()
+    // Still working: map, write, read, unmap.
+    using check = Region.anonymous(P)
+    check.bytes[1] = 7
+    expect(check.read()[1]).toBe(7)
+  })
+
+  type Case = [name: string, run: () => unknown, errorClass: ErrorConstructor | typeof SyscallError | typeof InvalidStateError, code: string]
+  const cases: Case[] = [
+    ['anonymous: zero length', () => Region.anonymous(0), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: negative length', () => Region.anonymous(-P), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: unaligned length', () => Region.anonymous(P - 1), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: fractional length', () => Region.anonymous(1.5 * P), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: NaN', () => Region.anonymous(NaN), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: Infinity', () => Region.anonymous(Infinity), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: beyond 2^53', () => Region.anonymous(2 ** 60), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: string length', () => Region.anonymous('4096' as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['anonymous: bigint length', () => Region.anonymous(4096n as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['anonymous: missing length', () => (Region.anonymous as (n?: number) => Region)(), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['anonymous: null length', () => Region.anonymous(null as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['anonymous: huge length the kernel refuses', () => Region.anonymous(2 ** 46), SyscallError, 'ENOMEM'],
+    ['anonymous: bad prot string', () => Region.anonymous(P, { prot: 'rwz' as never }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['anonymous: numeric prot', () => Region.anonymous(P, { prot: 7 as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['anonymous: options not an object', () => Region.anonymous(P, 'rw' as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['file: missing file', () => Region.file('/nonexistent/memdedup'), SyscallError, 'ENOENT'],
+    ['file: directory', () => Region.file('/etc'), SyscallError, 'ENODEV'],
+    ['file: empty path', () => Region.file(''), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['file: non-string path', () => Region.file(42 as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['file: path with NUL', () => Region.file('/etc/\0passwd'), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['file: unaligned offset', () => Region.file(libcPath, { offset: 100 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['file: offset past the end', () => Region.file(libcPath, { offset: 1 << 30 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['file: length past the end (would SIGBUS)', () => Region.file(libcPath, { length: 1 << 30 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['file: empty file', () => Region.file(emptyFile), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['file: bad prot', () => Region.file(libcPath, { prot: 'x' as never }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['memfd: zero length', () => Region.memfd(0), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['memfd: non-string name', () => Region.memfd(P, { name: 5 as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['memfd: huge length (mmap refuses, the memfd is closed)', () => Region.memfd(2 ** 50), SyscallError, 'ENOMEM'],
+    ['protect: bad prot string', () => region.protect('rwz' as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['protect: unaligned offset', () => region.protect('r', { offset: 1, length: P }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['protect: zero length range', () => region.protect('r', { offset: 0, length: 0 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['protect: range past the end', () => region.protect('r', { offset: 4 * P, length: P }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['protect: range straddling the end', () => region.protect('r', { offset: 3 * P, length: 2 * P }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['protect: negative offset', () => region.protect('r', { offset: -P, length: P }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['protect: overflowing length', () => region.protect('r', { offset: P, length: 2 ** 63 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['protect: range not an object', () => region.protect('r', 'all' as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['protect: null range', () => region.protect('r', null as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['protect: range with string offset', () => region.protect('r', { offset: '0', length: P } as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['advise: unknown advice', () => region.advise('hwpoison' as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['advise: merging advice belongs to ksm/sksm', () => region.advise('mergeable' as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['advise: unaligned length', () => region.advise('dontneed', { offset: P, length: P + 1 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['advise: kernel refuses (remove on private)', () => region.advise('remove'), SyscallError, 'EINVAL'],
+    ['remap: zero length', () => region.remap(0), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['remap: unaligned length', () => region.remap(P + 1), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['remap: non-boolean mayMove', () => region.remap(2 * P, { mayMove: 'yes' as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['remap: dontUnmap with another length', () => region.remap(8 * P, { dontUnmap: true }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['remap: huge in-place growth', () => region.remap(2 ** 46, { mayMove: false }), SyscallError, 'ENOMEM'],
+    ['protection: negative offset', () => region.protection(-1), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['protection: offset past the end', () => region.protection(4 * P), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['read: range past the end', () => region.read({ offset: 0, length: 8 * P }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['closed: protect', () => closed.protect('r'), InvalidStateError, 'ERR_REGION_CLOSED'],
+    ['closed: advise', () => closed.advise('dontneed'), InvalidStateError, 'ERR_REGION_CLOSED'],
+    ['closed: remap', () => closed.remap(2 * P), InvalidStateError, 'ERR_REGION_CLOSED'],
+    ['closed: read', () => closed.read(), InvalidStateError, 'ERR_REGION_CLOSED'],
+    ['closed: ksm.enable', () => ksm.enable(closed), InvalidStateError, 'ERR_REGION_CLOSED'],
+    ['closed: ksm.disable', () => ksm.disable(closed), InvalidStateError, 'ERR_REGION_CLOSED'],
+    ['closed: pagemap.entries', () => pagemap.entries(closed), InvalidStateError, 'ERR_REGION_CLOSED'],
+    ['ksm.enable: not a Region', () => ksm.enable({ address: 0n, length: P } as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['ksm.enable: null', () => ksm.enable(null as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['ksm.enable: range past the end', () => ksm.enable(region, { offset: 0, length: 5 * P }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['pagemap.entries: unaligned range', () => pagemap.entries(region, { offset: 0, length: 10 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['ksm.process.set: non-boolean', () => ksm.process.set(1 as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['ksm.configure: unknown setting', () => ksm.configure({ noSuchKnob: 1 }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['ksm.configure: path traversal in a key', () => ksm.configure({ '../run': 1 }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['ksm.configure: run out of range', () => ksm.configure({ run: 5 as never }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['ksm.configure: negative value', () => ksm.configure({ pagesToScan: -1 }), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['ksm.configure: not an object', () => ksm.configure(null as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['ksm.processStats: bad pid', () => ksm.processStats(-3 as never), RangeError, 'ERR_OUT_OF_RANGE'],
+  ]
+
+  it(`has at least 40 distinct cases (${cases.length})`, () => {
+    expect(new Set(cases.map(([name]) => name)).size).toBe(cases.length)
+    expect(cases.length).toBeGreaterThanOrEqual(40)
+  })
+
+  it.each(cases)('%s', (_name, run, errorClass, code) => {
+    let error: unknown
+    try {
+      run()
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(errorClass)
+    expect((error as { code?: string }).code).toBe(code)
+    if (error instanceof SyscallError) {
+      expect(error.errno).toBe(-os.constants.errno[code as keyof typeof os.constants.errno])
+      expect(error.message.startsWith(`${error.syscall} ${code}`)).toBe(true)
+    }
+    expect(mappingCount()).toBe(maps)
+    expect(fdCount()).toBe(fds)
+  })
+
+  it.each(['ksm.waitForFullScans: zero scans', 'ksm.waitForFullScans: timeout 0'])('%s', async (name) => {
+    const run = name.endsWith('zero scans') ? () => ksm.waitForFullScans(0) : () => ksm.waitForFullScans(1, { timeoutMs: 0 })
+    await expect(run()).rejects.toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+  })
+
+  it('double close and use of views after close never crash', () => {
+    const r = Region.anonymous(P)
+    const view = r.bytes
+    r.close()
+    r.close()
+    r[Symbol.dispose]()
+    expect(view.length).toBe(0)
+    view[0] = 1 // writes to a detached view are dropped, not a SIGSEGV
+    expect(view[0]).toBeUndefined()
+    expect(() => view.fill(1)).toThrow(TypeError) // a JS exception, never a fault
+  })
+})

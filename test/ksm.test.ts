@@ -1,0 +1,107 @@
+// lib/ksm.ts: MADV_MERGEABLE/UNMERGEABLE, PR_SET/GET_MEMORY_MERGE, sysfs stats and settings.
+// The merging behaviour itself is proven by the kselftest ports in test/kselftest/.
+import fs from 'node:fs'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Region, ksm, features, FeatureUnavailableError, pageSize } from '../lib/index.ts'
+
+const hasKsm = fs.existsSync(ksm.sysfsDir)
+
+/** VmFlags of the VMA at `address` in /proc/self/smaps ("mg" = VM_MERGEABLE). */
+function vmFlags(address: bigint): string[] {
+  const smaps = fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')
+  const start = smaps.findIndex((line) => line.startsWith(address.toString(16) + '-'))
+  const flags = smaps.slice(start).find((line) => line.startsWith('VmFlags:'))!
+  return flags.split(/\s+/).slice(1)
+}
+
+describe.skipIf(!hasKsm)('ksm (CONFIG_KSM)', () => {
+  it('enable/disable set and clear VM_MERGEABLE on exactly the range', () => {
+    using r = Region.anonymous(4 * pageSize)
+    expect(vmFlags(r.address)).not.toContain('mg')
+    ksm.enable(r, { offset: 0, length: 2 * pageSize })
+    expect(vmFlags(r.address)).toContain('mg')
+    // The VMA was split: the second half is not mergeable.
+    expect(vmFlags(r.address + BigInt(2 * pageSize))).not.toContain('mg')
+    expect(ksm.processStats().ksmMergeable).toBe(true)
+    ksm.disable(r)
+    expect(vmFlags(r.address)).not.toContain('mg')
+  })
+
+  it('stats() reads every sysfs file, typed and camelCased', () => {
+    const s = ksm.stats()
+    const files = fs.readdirSync(ksm.sysfsDir)
+    expect(Object.keys(s).length).toBe(files.length)
+    for (const key of ['run', 'pagesToScan', 'sleepMillisecs', 'fullScans', 'pagesShared', 'pagesSharing', 'pagesUnshared', 'pagesVolatile']) {
+      expect(typeof s[key], key).toBe('number')
+    }
+    expect(s.pagesSharing).toBe(Number(fs.readFileSync(`${ksm.sysfsDir}/pages_sharing`, 'utf8')))
+    if (files.includes('advisor_mode')) expect(['none', 'scan-time']).toContain(s.advisorMode)
+  })
+
+  it('processStats() parses /proc/self/ksm_stat', () => {
+    const p = ksm.processStats()
+    for (const key of ['ksmRmapItems', 'ksmMergingPages']) expect(typeof p[key]).toBe('number')
+    expect(ksm.processStats(process.pid).ksmMergingPages).toBe(p.ksmMergingPages)
+  })
+
+  describe('configure', () => {
+    let saved: ksm.KsmSettings
+    beforeAll(() => {
+      saved = ksm.configure({ pagesToScan: ksm.stats().pagesToScan })
+    })
+    afterAll(() => {
+      ksm.configure(saved)
+    })
+
+    it('writes settings and returns exactly the previous values', () => {
+      const before = ksm.stats()
+      const previous = ksm.configure({ pagesToScan: 1234, sleepMillisecs: 7 })
+      expect(previous).toEqual({ pagesToScan: before.pagesToScan, sleepMillisecs: before.sleepMillisecs })
+      expect(ksm.stats().pagesToScan).toBe(1234)
+      expect(ksm.stats().sleepMillisecs).toBe(7)
+      expect(ksm.configure(previous)).toEqual({ pagesToScan: 1234, sleepMillisecs: 7 })
+      expect(ksm.stats().pagesToScan).toBe(before.pagesToScan)
+    })
+
+    it('waitForFullScans resolves after ksmd completes scans', async () => {
+      const previous = ksm.configure({ run: 1, sleepMillisecs: 0, pagesToScan: 10000 })
+      try {
+        const before = ksm.stats().fullScans
+        await ksm.waitForFullScans(2, { timeoutMs: 60_000 })
+        expect(ksm.stats().fullScans).toBeGreaterThanOrEqual(before + 2)
+      } finally {
+        ksm.configure(previous)
+      }
+    })
+
+    it('waitForFullScans times out with ETIMEDOUT while ksmd is stopped', async () => {
+      const previous = ksm.configure({ run: 0 })
+      try {
+        await expect(ksm.waitForFullScans(1, { timeoutMs: 50 })).rejects.toThrow(expect.objectContaining({ code: 'ETIMEDOUT' }))
+      } finally {
+        ksm.configure(previous)
+      }
+    })
+  })
+})
+
+describe('ksm.process (PR_SET_MEMORY_MERGE)', () => {
+  it.skipIf(!features().ksmProcess)('get/set round-trips and is restored', () => {
+    const before = ksm.process.get()
+    try {
+      ksm.process.set(true)
+      expect(ksm.process.get()).toBe(true)
+      expect(ksm.processStats().ksmMergeAny).toBe(true)
+      ksm.process.set(false)
+      expect(ksm.process.get()).toBe(false)
+    } finally {
+      ksm.process.set(before)
+    }
+  })
+})
+
+describe.skipIf(hasKsm)('ksm absent', () => {
+  it('stats() says FeatureUnavailableError', () => {
+    expect(() => ksm.stats()).toThrow(FeatureUnavailableError)
+  })
+})

@@ -6,9 +6,46 @@ import { FeatureUnavailableError, SyscallError } from './errors.ts'
 import { resolveSpan, type Range, type Region } from './region.ts'
 
 /**
- * Merges every page of the range with identical pages already merged anywhere in the system
- * (and with each other). Use it for memory whose content stays invariant for a long time
- * (patched code, read-mostly tables); never for secrets (merging is observable by timing).
+ * Merges every present anonymous page of the range with identical pages merged before it, in
+ * this process or any other, and with the shared zero page: `madvise(MADV_MERGE)` (SKSM).
+ *
+ * **What happens.** Synchronously, before it returns, each page is write-protected,
+ * checksummed (xxhash) and looked up in one system-wide table of merged pages; a page whose
+ * content is already there is replaced by that page (the duplicate is freed), otherwise it
+ * becomes the table's copy. There is no background scan and nothing is remembered about the
+ * range afterwards: a write to a merged page takes a copy-on-write fault and gets a private
+ * page again ("unmerging" is just writing). Merge again once the content is invariant again.
+ *
+ * **When to use it.** For memory you know will stay the same for a long time and that other
+ * processes (or other ranges) likely hold too: code or tables patched at start-up (the SKSM
+ * use case: a library constructor patches text, COWing it, then merges it so every process
+ * shares one copy again), JIT output that is final, read-mostly data loaded identically by
+ * many workers. Merging memory that is written soon after only costs a fault and a copy.
+ *
+ * **Never for secrets.** Whether a merge happened is observable: a write to a merged page is
+ * slower (COW) than to a private one, so a process can learn that some other process holds a
+ * page with content it guessed. Do not merge keys, tokens, passwords or user data.
+ *
+ * **How it differs from KSM** (`ksm.enable`, MADV_MERGEABLE): KSM registers the range once and
+ * ksmd keeps scanning it in the background at the rate set in /sys/kernel/mm/ksm (pages_to_scan,
+ * sleep_millisecs), merging a page only after it saw it unchanged across two scans; savings
+ * arrive seconds to hours later and cost CPU continuously, and `run` must be 1. SKSM needs no
+ * tuning and no daemon: the caller decides when, the savings are there when the call returns,
+ * and the CPU is spent once, in the caller. KSM suits memory nobody can point at (VM guests);
+ * SKSM suits memory the program knows is invariant. Both may be used on one kernel.
+ *
+ * **What is ignored** (as the kernel ignores it, without an error): pages not present (never
+ * touched), file pages not yet COWed (a private file mapping is merged only where it was
+ * written), and shared mappings (memfd Regions). Transparent huge pages are split first.
+ *
+ * The call holds the mmap lock for writing and does O(pages) hashing and comparing: merge in
+ * batches (ranges) if other threads of the process must keep faulting meanwhile.
+ *
+ * @throws {TypeError|RangeError} `region` is not a Region, or `range` is not a page-aligned
+ *   range inside it.
+ * @throws {InvalidStateError} the Region is closed (code ERR_REGION_CLOSED).
+ * @throws {FeatureUnavailableError} the kernel has no SKSM (feature 'sksm'); see available().
+ * @throws {SyscallError} any other kernel failure (e.g. ENOMEM), code and errno set.
  */
 export function merge(region: Region, range?: Range): void {
   const span = resolveSpan(region, range, 'sksm.merge')
@@ -21,7 +58,11 @@ export function merge(region: Region, range?: Range): void {
 }
 
 let probed: boolean | undefined
-/** Whether this kernel implements MADV_MERGE: probed once on a scratch anonymous page. */
+/**
+ * Whether this kernel implements MADV_MERGE: probed once, on a scratch anonymous page (an
+ * unpatched kernel rejects the unknown advice with EINVAL), then cached. Tests skip with a
+ * reason when it is false; features().sksm reports the same.
+ */
 export function available(): boolean {
   if (probed === undefined) {
     const length = C.pageSize

@@ -1,0 +1,38 @@
+// Every ```ts block of the README runs here, as a user would run it, so the docs cannot rot.
+// A block tagged `requires=feature,…` skips, naming the feature, where this kernel lacks it.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawnSync } from 'node:child_process'
+import ts from 'typescript'
+import { describe, expect, it } from 'vitest'
+import { features, type Features } from '../lib/index.ts'
+import { assertDistBuilt, distEntry } from './helpers/dist.ts'
+
+const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+const blocks = [...readme.matchAll(/^```ts([^\n]*)\n([\s\S]*?)^```$/gm)].map((m, index) => {
+  const requires = /requires=(\S+)/.exec(m[1])?.[1].split(',') ?? []
+  const heading = readme.slice(0, m.index).match(/^#+ (.*)$/gm)?.pop()?.replace(/^#+ /, '') ?? 'README'
+  return { index, heading, requires: requires as (keyof Features)[], source: m[2] }
+})
+
+describe('README examples', () => {
+  it('has examples', () => expect(blocks.length).toBeGreaterThanOrEqual(4))
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-readme-'))
+  for (const block of blocks) {
+    const missing = block.requires.filter((feature) => !features()[feature])
+    const title = `${block.heading} (#${block.index + 1})${missing.length ? ` — skipped: this kernel (${os.release()}) lacks ${missing.join(', ')}` : ''}`
+    it.skipIf(missing.length > 0)(title, () => {
+      assertDistBuilt()
+      const js = ts.transpileModule(block.source.replaceAll("from 'memdedup'", `from ${JSON.stringify(distEntry)}`), {
+        compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ESNext },
+      }).outputText
+      const file = path.join(dir, `example-${block.index + 1}.mjs`)
+      fs.writeFileSync(file, js)
+      const run = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 120_000 })
+      expect(run.stderr).not.toMatch(/Error/)
+      expect(run.status, run.stderr).toBe(0)
+    })
+  }
+})

@@ -1,0 +1,242 @@
+#!/usr/bin/env zx
+// Builds Debian's linux-source-6.12 with kernel-patches/ applied and caches the bzImage.
+//
+//   npm run kernel            build (or reuse) the lab kernel, print its path
+//   npm run kernel -- --force rebuild even on a cache hit
+//
+// Cache layout (~/.cache/memdedup, or $MEMDEDUP_CACHE_DIR):
+//   linux-<deb version>/   unpacked source, a git repo; tag memdedup-base = pristine tarball
+//   kbuild-<deb version>/  out-of-tree build dir (O=), kept between builds for incremental make
+//   ccache/                compiler cache (CCACHE_DIR)
+//   bzImage-<key>          the result, keyed by (source version, patches, config fragment)
+//   basic_test-<key>, madv-merge-probe-<key>   user-space test programs for the guest
+import { $, fs, path, os, chalk } from 'zx'
+import { spawn } from 'node:child_process'
+import { cacheDir, repoRoot, log, fail, sha256, formatSeconds, ensurePackages, isMain, runMain } from './lib.mjs'
+
+const sourceTarball = '/usr/src/linux-source-6.12.tar.xz'
+const sourcePackage = 'linux-source-6.12'
+const patchesDir = path.join(repoRoot, 'kernel-patches')
+const baseTag = 'memdedup-base'
+// Bump when the recipe below changes in a way that changes the bzImage.
+const recipeVersion = 'recipe-1'
+
+async function sourceVersion() {
+  const { stdout } = await $`dpkg-query -W -f=${'${Version}'} ${sourcePackage}`.nothrow()
+  const { size } = await fs.stat(sourceTarball)
+  return `${stdout.trim() || 'unknown'}+${size}`
+}
+
+async function readSeries() {
+  const series = await fs.readFile(path.join(patchesDir, 'series'), 'utf8')
+  const names = series.split('\n').map((line) => line.replace(/#.*/, '').trim()).filter(Boolean)
+  if (names.length === 0) fail('kernel-patches/series lists no patches')
+  return Promise.all(names.map(async (name) => ({ name, file: path.join(patchesDir, name), text: await fs.readFile(path.join(patchesDir, name), 'utf8') })))
+}
+
+// The requested options, exactly as they must appear in .config.
+function requestedOptions(fragment) {
+  return fragment.split('\n').map((line) => line.trim())
+    .filter((line) => /^CONFIG_\w+=/.test(line) || /^# CONFIG_\w+ is not set$/.test(line))
+}
+
+export async function kernelKey() {
+  const version = await sourceVersion()
+  const patches = await readSeries()
+  const fragment = await fs.readFile(path.join(patchesDir, 'config'), 'utf8')
+  const key = sha256(recipeVersion, version, ...patches.flatMap((p) => [p.name, p.text]), fragment).slice(0, 16)
+  return { key, version, patches, fragment }
+}
+
+async function ensurePristineTree(version) {
+  const debVersion = version.split('+')[0]
+  const tree = path.join(cacheDir, `linux-${debVersion}`)
+  if (fs.existsSync(path.join(tree, '.git', 'memdedup-pristine'))) return tree
+  const started = Date.now()
+  log(`unpacking ${sourceTarball} into ${tree} (once; ~1 min)`)
+  const staging = `${tree}.unpacking`
+  await fs.remove(staging)
+  await fs.mkdirp(staging)
+  await $`tar -xf ${sourceTarball} -C ${staging} --strip-components=1`
+  // A git repo makes "a fresh copy" cheap (reset + clean) and gives the patch authors git format-patch.
+  // Debian's top-level .gitignore ignores everything (/*), hence add -f.
+  await $`git -C ${staging} init -q`
+  await $`git -C ${staging} add -f -A .`
+  await $`git -C ${staging} -c user.name=memdedup-lab -c user.email=lab@memdedup.invalid commit -q -m ${`base: Debian ${sourcePackage} ${debVersion}`}`
+  await $`git -C ${staging} tag ${baseTag}`
+  await fs.writeFile(path.join(staging, '.git', 'memdedup-pristine'), `${version}\n`)
+  await fs.remove(tree)
+  await fs.move(staging, tree)
+  log(`unpacked in ${formatSeconds(Date.now() - started)}`)
+  return tree
+}
+
+// Resets the tree to the pristine source and applies the series; a rejected hunk fails naming it.
+async function applySeries(tree, patches, key) {
+  const marker = path.join(tree, '.git', 'memdedup-applied')
+  const wanted = sha256(...patches.flatMap((p) => [p.name, p.text]))
+  if (fs.existsSync(marker) && (await fs.readFile(marker, 'utf8')).trim() === wanted) return
+  await fs.remove(marker)
+  await $`git -C ${tree} reset -q --hard ${baseTag}`
+  await $`git -C ${tree} clean -q -f -d -x`
+  for (const patch of patches) {
+    const check = await $`git -C ${tree} apply --check --verbose ${patch.file}`.nothrow().quiet()
+    if (check.exitCode !== 0) {
+      // Apply what applies and keep the rejects, so the message can show each failing hunk.
+      const withRejects = await $`git -C ${tree} apply --reject --verbose ${patch.file}`.nothrow().quiet()
+      const report = `${withRejects.stdout}${withRejects.stderr}`.split('\n')
+        .filter((line) => /^(error|Applying patch|Rejected hunk|Checking patch)/.test(line) || /reject/.test(line))
+      const rejectFiles = (await $`git -C ${tree} ls-files --others --ignored --exclude-standard -z`.quiet()).stdout
+        .split('\0').filter((file) => file.endsWith('.rej'))
+      const rejects = []
+      for (const file of rejectFiles) rejects.push(`--- ${file}\n${await fs.readFile(path.join(tree, file), 'utf8')}`)
+      await $`git -C ${tree} reset -q --hard ${baseTag}`
+      await $`git -C ${tree} clean -q -f -d -x`
+      fail(`patch ${patch.name} does not apply to ${sourcePackage}:\n${report.join('\n')}\n${rejects.join('\n')}`)
+    }
+    await $`git -C ${tree} apply --index ${patch.file}`.quiet()
+    log(`applied ${patch.name}`)
+  }
+  await fs.writeFile(marker, `${wanted}\n`)
+}
+
+function makeArgs(buildDir) {
+  return [`O=${buildDir}`, 'CC=ccache gcc', 'HOSTCC=ccache gcc', 'ARCH=x86_64']
+}
+
+function buildEnv() {
+  return {
+    ...process.env,
+    CCACHE_DIR: path.join(cacheDir, 'ccache'),
+    CCACHE_MAXSIZE: process.env.CCACHE_MAXSIZE ?? '5G',
+    // Same timestamps in every build so ccache hits across rebuilds.
+    KBUILD_BUILD_TIMESTAMP: '2026-01-01',
+    KBUILD_BUILD_USER: 'memdedup',
+    KBUILD_BUILD_HOST: 'lab',
+  }
+}
+
+async function configure(tree, buildDir, fragment) {
+  const env = buildEnv()
+  await fs.mkdirp(buildDir)
+  await $({ env, cwd: tree })`make -s ${makeArgs(buildDir)} tinyconfig`.quiet()
+  await fs.appendFile(path.join(buildDir, '.config'), `\n# --- kernel-patches/config ---\n${fragment}\n`)
+  await $({ env, cwd: tree })`make -s ${makeArgs(buildDir)} olddefconfig`.quiet()
+  const config = new Set((await fs.readFile(path.join(buildDir, '.config'), 'utf8')).split('\n').map((line) => line.trim()))
+  const missing = requestedOptions(fragment).filter((line) => !config.has(line))
+  if (missing.length) {
+    const actual = missing.map((line) => {
+      const name = line.match(/CONFIG_\w+/)[0]
+      const got = [...config].find((l) => l.startsWith(`${name}=`) || l === `# ${name} is not set`)
+      return `  wanted ${line}, got ${got ?? '(absent: a dependency is missing)'}`
+    })
+    fail(`kernel-patches/config: ${missing.length} option(s) did not survive olddefconfig:\n${actual.join('\n')}`)
+  }
+}
+
+// make with a one-line progress display; the full output goes to <buildDir>/build.log.
+async function build(tree, buildDir) {
+  const logFile = path.join(buildDir, 'build.log')
+  const out = fs.createWriteStream(logFile)
+  const jobs = String(os.availableParallelism())
+  const started = Date.now()
+  let objects = 0
+  let last = ''
+  const tty = process.stderr.isTTY
+  let lastPrinted = 0
+  const progress = (final = false) => {
+    const line = `[lab] building: ${objects} files compiled, ${formatSeconds(Date.now() - started)} elapsed${last ? `, ${last}` : ''}`
+    if (tty) process.stderr.write(`\r\x1b[K${line.slice(0, process.stderr.columns - 1)}${final ? '\n' : ''}`)
+    else if (final || Date.now() - lastPrinted > 30_000) { process.stderr.write(`${line}\n`); lastPrinted = Date.now() }
+  }
+  const timer = setInterval(progress, tty ? 1000 : 5000)
+  const child = spawn('make', [...makeArgs(buildDir), `-j${jobs}`, 'bzImage'], { cwd: tree, env: buildEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
+  const tail = []
+  const onData = (chunk) => {
+    out.write(chunk)
+    for (const line of chunk.toString().split('\n')) {
+      if (!line.trim()) continue
+      tail.push(line); if (tail.length > 60) tail.shift()
+      const m = line.match(/^\s+(CC|AS|LD|AR)\s+(\S+)/)
+      if (m) { objects++; last = m[2] }
+    }
+  }
+  child.stdout.on('data', onData)
+  child.stderr.on('data', onData)
+  const code = await new Promise((resolve) => child.on('close', resolve))
+  clearInterval(timer)
+  progress(true)
+  out.end()
+  if (code !== 0) fail(`kernel build failed (make exit ${code}); last lines:\n${tail.join('\n')}\nfull log: ${logFile}`)
+  return Date.now() - started
+}
+
+// Compiles the seed selftest and the MADV_MERGE probe with the host gcc; both run from the guest via 9p.
+async function buildGuestPrograms(tree, key) {
+  const programs = {
+    basicTest: { source: tree && path.join(tree, 'tools/testing/selftests/sksm/basic_test.c'), output: path.join(cacheDir, `basic_test-${key}`) },
+    madvMergeProbe: { source: path.join(repoRoot, 'ci/madv-merge-probe.c'), output: path.join(cacheDir, `madv-merge-probe-${sha256(fs.readFileSync(path.join(repoRoot, 'ci/madv-merge-probe.c'))).slice(0, 16)}`) },
+  }
+  for (const { source, output } of Object.values(programs)) {
+    if (fs.existsSync(output)) continue
+    if (!source || !fs.existsSync(source)) fail(`missing source for ${output}`)
+    // Static, so it does not depend on which libc the guest sees; dynamic if libc.a is missing.
+    const staticBuild = await $`gcc -O2 -Wall -static -o ${output}.tmp ${source} -lpthread`.nothrow().quiet()
+    if (staticBuild.exitCode !== 0) await $`gcc -O2 -Wall -o ${output}.tmp ${source} -lpthread`
+    await fs.move(`${output}.tmp`, output, { overwrite: true })
+  }
+  return Object.fromEntries(Object.entries(programs).map(([name, { output }]) => [name, output]))
+}
+
+/**
+ * Builds (or finds in the cache) the lab kernel.
+ * @param {{force?: boolean}} [options]
+ * @returns {Promise<string>} absolute path of the cached bzImage
+ */
+export async function ensureKernel({ force = false } = {}) {
+  return (await ensureKernelBuild({ force })).bzImage
+}
+
+/**
+ * Like ensureKernel(), with everything a caller may want.
+ * @returns {Promise<{bzImage: string, release: string, key: string, cached: boolean,
+ *   buildMs: number, programs: {basicTest: string, madvMergeProbe: string}}>}
+ */
+export async function ensureKernelBuild({ force = false } = {}) {
+  const started = Date.now()
+  await ensurePackages()
+  const { key, version, patches, fragment } = await kernelKey()
+  const bzImage = path.join(cacheDir, `bzImage-${key}`)
+  const releaseFile = `${bzImage}.release`
+  const basicTest = path.join(cacheDir, `basic_test-${key}`)
+  if (!force && fs.existsSync(bzImage) && fs.existsSync(releaseFile) && fs.existsSync(basicTest)) {
+    const programs = await buildGuestPrograms(null, key) // probe only; basic_test already cached
+    const release = (await fs.readFile(releaseFile, 'utf8')).trim()
+    log(`kernel cache hit: ${bzImage} (${release})`)
+    return { bzImage, release, key, cached: true, buildMs: Date.now() - started, programs }
+  }
+  log(`kernel cache miss (key ${key}, source ${version}); building`)
+  const tree = await ensurePristineTree(version)
+  await applySeries(tree, patches, key)
+  const buildDir = path.join(cacheDir, `kbuild-${version.split('+')[0]}`)
+  await configure(tree, buildDir, fragment)
+  const makeMs = await build(tree, buildDir)
+  const release = (await $({ env: buildEnv(), cwd: tree })`make -s ${makeArgs(buildDir)} kernelrelease`.quiet()).stdout.trim()
+  if (!release.endsWith('-memdedup')) fail(`kernel release ${release} does not end in -memdedup`)
+  await fs.copy(path.join(buildDir, 'arch/x86/boot/bzImage'), `${bzImage}.tmp`)
+  await fs.copy(path.join(buildDir, '.config'), `${bzImage}.config`)
+  await fs.writeFile(releaseFile, `${release}\n`)
+  await fs.move(`${bzImage}.tmp`, bzImage, { overwrite: true })
+  const programs = await buildGuestPrograms(tree, key)
+  log(`built ${release} in ${formatSeconds(makeMs)} (make) / ${formatSeconds(Date.now() - started)} (total): ${bzImage}`)
+  return { bzImage, release, key, cached: false, buildMs: Date.now() - started, programs }
+}
+
+async function main() {
+  const force = process.argv.includes('--force')
+  const result = await ensureKernelBuild({ force })
+  console.log(result.bzImage)
+  return 0
+}
+
+if (isMain(import.meta.url)) await runMain(main)

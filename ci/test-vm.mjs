@@ -1,0 +1,64 @@
+#!/usr/bin/env zx
+// `npm run test:vm`: one boot of the lab kernel runs, in order,
+//   1. uname -r               must end in -memdedup
+//   2. madv-merge-probe       madvise(MADV_MERGE=26) must return 0 (and EINVAL on the host)
+//   3. the seed's basic_test  tools/testing/selftests/sksm/basic_test.c from kernel-patches/0002
+//   4. the vitest suite       node node_modules/vitest/vitest.mjs run
+// and fails on any non-zero step or any Oops/BUG:/WARNING: in the kernel console.
+//
+//   MEMDEDUP_VM_TEST_COMMAND='node -e "…"' npm run test:vm   replaces step 4 (lab self-test)
+//   MEMDEDUP_VM_MEMORY=8G, MEMDEDUP_VM_TIMEOUT=3600 (seconds)
+import { $, fs, path, chalk } from 'zx'
+import { repoRoot, log, formatSeconds, isMain, runMain } from './lib.mjs'
+import { ensureKernelBuild } from './kernel.mjs'
+import { runInVm } from './vm.mjs'
+
+const shellQuote = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`
+
+async function main() {
+  const started = Date.now()
+  const kernel = await ensureKernelBuild()
+
+  // The host half of the probe: the stock host kernel must not know MADV_MERGE.
+  const host = await $`${kernel.programs.madvMergeProbe}`.nothrow().quiet()
+  log(`host ${(await $`uname -r`.quiet()).stdout.trim()}: ${host.stdout.trim()}`)
+
+  const suite = process.env.MEMDEDUP_VM_TEST_COMMAND ?? 'node node_modules/vitest/vitest.mjs run'
+  // Each step prints a marker line; the script stops at the first failing step.
+  const script = `
+set -u
+step() { printf '\\n== [vm] %s\\n' "$1"; }
+fail() { printf '== [vm] FAILED: %s (exit %s)\\n' "$1" "$2"; exit "$2"; }
+step 'uname -r'
+release=$(uname -r); echo "$release"
+case "$release" in *-memdedup) ;; *) fail 'kernel release does not end in -memdedup' 1 ;; esac
+echo "cpus: $(nproc)"
+step 'madv-merge-probe --expect-present'
+${shellQuote(kernel.programs.madvMergeProbe)} --expect-present || fail madv-merge-probe $?
+step 'sksm basic_test (seed selftest)'
+${shellQuote(kernel.programs.basicTest)} || fail basic_test $?
+step ${shellQuote(`suite: ${suite}`)}
+suite_started=$(cut -d' ' -f1 /proc/uptime)
+${suite} || fail 'test suite' $?
+echo "suite took $(awk -v s="$suite_started" '{print $1 - s}' /proc/uptime) s (guest clock)"
+`
+  const vmStarted = Date.now()
+  const result = await runInVm(script, {
+    cwd: repoRoot,
+    memory: process.env.MEMDEDUP_VM_MEMORY ?? '4G',
+    timeoutMs: Number(process.env.MEMDEDUP_VM_TIMEOUT ?? 45 * 60) * 1000,
+    env: { VITEST_CACHE_DIR: '/tmp/vitest-cache', TMPDIR: '/tmp', CI: process.env.CI ?? '1' },
+  })
+  const summary = [
+    `kernel ${kernel.release} (${kernel.cached ? 'cached' : `built in ${formatSeconds(kernel.buildMs)}`})`,
+    `VM ${formatSeconds(Date.now() - vmStarted)} (${result.accel}, init at ${result.initUptimeSeconds ?? '?'} s)`,
+    `exit ${result.commandExitCode ?? 'none (guest died)'}`,
+    `kernel problems ${result.problems.length}`,
+    `total ${formatSeconds(Date.now() - started)}`,
+  ].join(', ')
+  const ok = result.exitCode === 0
+  console.log(`${ok ? chalk.green('test:vm PASS') : chalk.red('test:vm FAIL')}: ${summary}`)
+  return ok ? 0 : (result.exitCode || 1)
+}
+
+if (isMain(import.meta.url)) await runMain(main)

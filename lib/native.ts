@@ -31,10 +31,34 @@ export interface PrctlBinding {
 export interface PagemapBinding {
   pagemapEntries(fd: number, address: number, pages: number, pfns: BigUint64Array, flags: Uint8Array): Rc
   // --- PAGEMAP_SCAN (write tracking) ---
+  /**
+   * PAGEMAP_SCAN on `fd` (/proc/self/pagemap) → number of regions | -errno. Regions are split
+   * into starts/ends/categories (capacity >= vecLen, re-checked natively); with all three null
+   * the kernel gets vec = 0. out[0] = walk_end. Flags and masks are signed 64-bit, passed as is.
+   */
+  pagemapScan(
+    fd: number, start: number, end: number, flags: number, maxPages: number,
+    categoryInverted: number, categoryMask: number, categoryAnyofMask: number, returnMask: number,
+    vecLen: number, starts: BigUint64Array | null, ends: BigUint64Array | null,
+    categories: Uint32Array | null, out: Float64Array,
+  ): Rc
+  /** PAGEMAP_SCAN with an invalid vec on purpose: -EFAULT means the ioctl exists. */
+  pagemapScanProbe(fd: number, address: number): Rc
+  pagemapConstants: Record<string, number>
 }
 
 export interface UserfaultfdBinding {
   // --- userfaultfd (write tracking) ---
+  /** method: uffdConstants.OPEN_SYSCALL | OPEN_SYSCALL_USER_MODE_ONLY | OPEN_DEVICE → fd | -errno */
+  uffdOpen(method: number): Rc
+  /** UFFDIO_API (once per fd) → 0 | -errno; out[0] = offered features, out[1] = ioctls. */
+  uffdApi(fd: number, features: number, out: BigUint64Array): Rc
+  /** UFFDIO_REGISTER → 0 | -errno; out[0] = ioctls usable on the range. */
+  uffdRegister(fd: number, address: number, length: number, mode: number, out: BigUint64Array): Rc
+  uffdUnregister(fd: number, address: number, length: number): Rc
+  /** UFFDIO_WRITEPROTECT; mode UFFDIO_WRITEPROTECT_MODE_WP protects, 0 unprotects. */
+  uffdWriteProtect(fd: number, address: number, length: number, mode: number): Rc
+  uffdConstants: Record<string, number>
 }
 
 export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding

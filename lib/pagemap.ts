@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import { native, pageSize } from './native.ts'
 import { check } from './errors.ts'
+import { invalidArgType, invalidArgValue, outOfRange, validateBoolean, validateInteger, validateObject } from './validate.ts'
 import { Region, resolveSpan, type Range } from './region.ts'
 
 /** Bits of PagemapEntries.flags (decoded natively from the 64-bit pagemap entries). */
@@ -97,7 +98,273 @@ export function zeroPfn(): bigint {
   return zeroPagePfn
 }
 
-// PLACEHOLDER until the write-tracking work lands (being written now).
+// ---------------------------------------------------------------------------------------------
+// PAGEMAP_SCAN (6.7+): page categories of a range in one ioctl, optionally write-protecting the
+// matching pages (PM_SCAN_WP_MATCHING) of a range registered with a 'wpAsync' Userfaultfd.
+
+const P = native.pagemapConstants
+
+/** PAGE_IS_* categories. Open set: raw numbers pass through (newer kernels add bits). */
+export const PageCategory = {
+  wpAllowed: P.PAGE_IS_WPALLOWED,
+  written: P.PAGE_IS_WRITTEN,
+  file: P.PAGE_IS_FILE,
+  present: P.PAGE_IS_PRESENT,
+  swapped: P.PAGE_IS_SWAPPED,
+  pfnZero: P.PAGE_IS_PFNZERO,
+  huge: P.PAGE_IS_HUGE,
+  softDirty: P.PAGE_IS_SOFT_DIRTY,
+  /** 6.14+ (MADV_GUARD_INSTALL); older kernels reject it with EINVAL. */
+  guard: P.PAGE_IS_GUARD,
+} as const
+export type PageCategoryName = keyof typeof PageCategory
+const categoryNames = Object.keys(PageCategory) as PageCategoryName[]
+
+/** PM_SCAN_* flags. */
+export const ScanFlag = {
+  wpMatching: P.PM_SCAN_WP_MATCHING,
+  checkWpAsync: P.PM_SCAN_CHECK_WPASYNC,
+} as const
+
+/** Category names, a raw mask, or a mix in an array. */
+export type Categories = number | readonly (PageCategoryName | number)[]
+
+export interface ScanOptions {
+  /** Page-aligned part of the Region; the whole Region when omitted. */
+  range?: Range
+  /** Every one of these categories (category_mask). */
+  require?: Categories
+  /** At least one of these (category_anyof_mask). */
+  anyOf?: Categories
+  /** Inverted: a page matches `require`/`anyOf` on the *absence* of these (category_inverted). */
+  exclude?: Categories
+  /** Categories reported per region (return_mask). Default: require | anyOf | exclude, or all
+   *  of the 6.12 categories when none is given. */
+  report?: Categories
+  /** PM_SCAN_WP_MATCHING: write-protect the matching pages (re-arm write tracking). */
+  writeProtect?: boolean
+  /** PM_SCAN_CHECK_WPASYNC: fail with EPERM unless the range is registered with a 'wpAsync'
+   *  Userfaultfd. Default: same as writeProtect (the kernel would silently skip such VMAs). */
+  checkWpAsync?: boolean
+  /** Stop after this many matching pages (>= 1; omit for no limit — the kernel's 0). */
+  maxPages?: number
+  /** Capacity of the result, in regions (default 1024). A full vector stops the walk: resume
+   *  from walkEnd, or use scanAll(). */
+  vectorLength?: number
+}
+
+export interface ScanResult {
+  /** Start address of each region of contiguous pages with equal categories. */
+  starts: BigUint64Array
+  /** End address (exclusive) of each region. */
+  ends: BigUint64Array
+  /** PAGE_IS_* bits per region, masked by `report`. */
+  categories: Uint32Array
+  /** Where the walk stopped: the end of the range unless the vector or maxPages ran out. */
+  walkEnd: bigint
+  /** Total pages in the regions. */
+  pages: number
+}
+
+const sixTwelveCategories = 0xff
+
+function categoryMask(value: unknown, name: string): number {
+  if (value === undefined) return 0
+  if (typeof value === 'number') {
+    if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw outOfRange(name, 'a PAGE_IS_* bit mask (0 to 2^32-1)', value)
+    return value
+  }
+  if (!Array.isArray(value)) throw invalidArgType(name, 'an array of category names or a number', value)
+  let mask = 0
+  for (const [i, item] of value.entries()) {
+    if (typeof item === 'number') mask |= categoryMask(item, `${name}[${i}]`)
+    else if (typeof item === 'string' && (categoryNames as string[]).includes(item)) mask |= PageCategory[item as PageCategoryName]
+    else if (typeof item === 'string') throw invalidArgValue(`${name}[${i}]`, `must be one of: ${categoryNames.map((n) => `'${n}'`).join(', ')}`, item)
+    else throw invalidArgType(`${name}[${i}]`, 'a category name (string) or bit (number)', item)
+  }
+  return mask >>> 0
+}
+
+/** Names of the known bits of a categories value (unknown bits are left out). */
+export function categoryNamesOf(mask: number): PageCategoryName[] {
+  return categoryNames.filter((name) => (mask & PageCategory[name]) !== 0)
+}
+
+interface Plan {
+  address: number
+  end: number
+  flags: number
+  maxPages: number
+  inverted: number
+  mask: number
+  anyof: number
+  report: number
+  vectorLength: number
+}
+
+function plan(region: Region, options: ScanOptions | undefined): Plan {
+  const opts = validateObject(options, 'options')
+  const span = resolveSpan(region, opts.range as Range | undefined, 'pagemap.scan')
+  const mask = categoryMask(opts.require, 'options.require')
+  const anyof = categoryMask(opts.anyOf, 'options.anyOf')
+  const inverted = categoryMask(opts.exclude, 'options.exclude')
+  const report = opts.report === undefined ? (mask | anyof | inverted) || sixTwelveCategories : categoryMask(opts.report, 'options.report')
+  const writeProtect = validateBoolean(opts.writeProtect ?? false, 'options.writeProtect')
+  const checkWpAsync = validateBoolean(opts.checkWpAsync ?? writeProtect, 'options.checkWpAsync')
+  const maxPages = opts.maxPages === undefined ? 0 : validateInteger(opts.maxPages, 'options.maxPages', 1)
+  const vectorLength = opts.vectorLength === undefined ? 1024 : validateInteger(opts.vectorLength, 'options.vectorLength', 1, 2 ** 26)
+  return {
+    address: span.address,
+    end: span.address + span.length,
+    flags: (writeProtect ? P.PM_SCAN_WP_MATCHING : 0) | (checkWpAsync ? P.PM_SCAN_CHECK_WPASYNC : 0),
+    maxPages,
+    inverted,
+    mask,
+    anyof,
+    report,
+    vectorLength,
+  }
+}
+
+const walkOut = new Float64Array(1)
+
+function run(p: Plan, start: number): ScanResult {
+  const starts = new BigUint64Array(p.vectorLength)
+  const ends = new BigUint64Array(p.vectorLength)
+  const categories = new Uint32Array(p.vectorLength)
+  const n = native.pagemapScan(pagemapDescriptor(), start, p.end, p.flags, p.maxPages, p.inverted, p.mask, p.anyof, p.report, p.vectorLength, starts, ends, categories, walkOut)
+  check(n, 'ioctl(PAGEMAP_SCAN)', scanContext(p))
+  let pages = 0
+  const s = n === p.vectorLength ? starts : starts.subarray(0, n)
+  const e = n === p.vectorLength ? ends : ends.subarray(0, n)
+  for (let i = 0; i < n; i++) pages += Number(e[i] - s[i])
+  return { starts: s, ends: e, categories: categories.subarray(0, n), walkEnd: BigInt(walkOut[0]), pages: pages / pageSize }
+}
+
+function scanContext(p: Plan): string {
+  return `flags 0x${p.flags.toString(16)}, require 0x${p.mask.toString(16)}, anyOf 0x${p.anyof.toString(16)}, exclude 0x${p.inverted.toString(16)}, report 0x${p.report.toString(16)}`
+}
+
+/**
+ * One PAGEMAP_SCAN over the Region (or options.range). Results land in typed arrays, no
+ * per-page objects. When the vector fills up (or maxPages is reached) the walk stops at
+ * walkEnd; scanAll() resumes for you.
+ */
+export function scan(region: Region, options?: ScanOptions): ScanResult {
+  const p = plan(region, options)
+  return run(p, p.address)
+}
+
+/**
+ * Repeats PAGEMAP_SCAN from each walkEnd until the range is done (or maxPages, counted over
+ * all batches, is reached). Yields one ScanResult per ioctl. The Region is re-checked before
+ * every batch: closing it mid-iteration throws ERR_REGION_CLOSED instead of scanning freed
+ * addresses.
+ */
+export function* scanAll(region: Region, options?: ScanOptions): Generator<ScanResult, void, undefined> {
+  const p = plan(region, options)
+  let start = p.address
+  let budget = p.maxPages
+  while (start < p.end) {
+    resolveSpan(region, undefined, 'pagemap.scanAll')
+    const batch = run({ ...p, maxPages: budget }, start)
+    yield batch
+    const walkEnd = Number(batch.walkEnd)
+    if (p.maxPages > 0) {
+      budget -= batch.pages
+      if (budget <= 0) return
+    }
+    if (walkEnd <= start) return
+    start = walkEnd
+  }
+}
+
+/** Raw pm_scan_arg fields for scanRaw (kselftest port: invalid arguments on purpose). */
+export interface RawScanArgs {
+  flags?: number
+  maxPages?: number
+  categoryInverted?: number
+  categoryMask?: number
+  categoryAnyofMask?: number
+  returnMask?: number
+  /** Output vector: three arrays of capacity >= vecLen, or null for vec = NULL. */
+  vec?: { starts: BigUint64Array; ends: BigUint64Array; categories: Uint32Array } | null
+  vecLen?: number
+}
+
+function rawInt(value: unknown, name: string): number {
+  if (value === undefined) return 0
+  if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw invalidArgType(name, 'a safe integer', value)
+  return value
+}
+
+function rawScan(fd: number, start: number, end: number, args: RawScanArgs | undefined): { regions: number; walkEnd: bigint } {
+  const a = validateObject(args, 'args') as RawScanArgs
+  const vec = a.vec ?? null
+  const vecLen = rawInt(a.vecLen, 'args.vecLen')
+  if (vec !== null) {
+    if (!(vec.starts instanceof BigUint64Array) || !(vec.ends instanceof BigUint64Array) || !(vec.categories instanceof Uint32Array)) {
+      throw invalidArgType('args.vec', '{ starts: BigUint64Array, ends: BigUint64Array, categories: Uint32Array } or null', vec)
+    }
+    const capacity = Math.min(vec.starts.length, vec.ends.length, vec.categories.length)
+    if (vecLen < 0 || vecLen > capacity) throw outOfRange('args.vecLen', `>= 0 and <= ${capacity} (the vector's capacity)`, vecLen)
+  }
+  const out = new Float64Array(1)
+  const n = native.pagemapScan(fd, start, end, rawInt(a.flags, 'args.flags'), rawInt(a.maxPages, 'args.maxPages'),
+    rawInt(a.categoryInverted, 'args.categoryInverted'), rawInt(a.categoryMask, 'args.categoryMask'),
+    rawInt(a.categoryAnyofMask, 'args.categoryAnyofMask'), rawInt(a.returnMask, 'args.returnMask'), vecLen,
+    vec?.starts ?? null, vec?.ends ?? null, vec?.categories ?? null, out)
+  check(n, 'ioctl(PAGEMAP_SCAN)', `raw flags ${a.flags ?? 0}`)
+  return { regions: n, walkEnd: BigInt(out[0]) }
+}
+
+/**
+ * @internal PAGEMAP_SCAN with raw pm_scan_arg fields, no defaults and no mask checks (the
+ * kselftest port's invalid-argument cases). Still only inside a live Region: `range` may have
+ * length 0 (an empty scan) but must lie within it. Output goes only into the arrays given.
+ */
+export function scanRaw(region: Region, range: Range | undefined, args?: RawScanArgs): { regions: number; walkEnd: bigint } {
+  let start: number, end: number
+  if (range !== undefined && range !== null && typeof range === 'object' && range.length === 0) {
+    const whole = resolveSpan(region, undefined, 'pagemap.scanRaw')
+    const offset = validateInteger(range.offset, 'range.offset', 0, whole.length)
+    start = end = whole.address + offset
+  } else {
+    const span = resolveSpan(region, range, 'pagemap.scanRaw')
+    start = span.address
+    end = span.address + span.length
+  }
+  return rawScan(pagemapDescriptor(), start, end, args)
+}
+
+/**
+ * @internal Read-only PAGEMAP_SCAN of arbitrary addresses (the kselftest's "unmapped region"
+ * case). Safe for any address because it refuses PM_SCAN_WP_MATCHING: without it the kernel
+ * only reads page tables, and it writes results only into the given arrays.
+ */
+export function scanAddressesReadOnly(start: bigint, length: number, args?: RawScanArgs): { regions: number; walkEnd: bigint } {
+  if (typeof start !== 'bigint' || start < 0n || start >= 2n ** 53n) throw invalidArgType('start', 'a bigint address below 2^53', start)
+  validateInteger(length, 'length')
+  if ((rawInt(args?.flags, 'args.flags') & P.PM_SCAN_WP_MATCHING) !== 0) {
+    throw invalidArgValue('args.flags', 'may not contain PM_SCAN_WP_MATCHING outside a Region', args?.flags)
+  }
+  return rawScan(pagemapDescriptor(), Number(start), Number(start) + length, args)
+}
+
+let scanSupported: boolean | undefined
+/**
+ * Like vm_util.c's pagemap_scan_supported(): PAGEMAP_SCAN with an invalid vector address on
+ * purpose; EFAULT means the ioctl exists (ENOTTY/EINVAL: it does not).
+ */
 export function probePagemapScan(): boolean {
-  throw new Error('PAGEMAP_SCAN binding not built yet')
+  if (scanSupported === undefined) {
+    try {
+      const rc = native.pagemapScanProbe(pagemapDescriptor(), pageSize)
+      if (rc === 0) throw new Error('PAGEMAP_SCAN succeeded with an invalid vector')
+      scanSupported = rc === -14 // EFAULT
+    } catch {
+      scanSupported = false
+    }
+  }
+  return scanSupported
 }

@@ -56,6 +56,10 @@ export const adviceValues = {
 } as const
 export type Advice = keyof typeof adviceValues
 const adviceNames = Object.keys(adviceValues) as Advice[]
+// Precomputed so the hot path does no string work: 'populateWrite' → 'madvise(MADV_POPULATE_WRITE)'.
+const adviceSyscalls = Object.fromEntries(
+  adviceNames.map((a) => [a, `madvise(MADV_${a.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase()})`]),
+) as Record<Advice, string>
 
 /** Address + length in bytes of a validated span of a live Region (internal). */
 export interface Span {
@@ -267,9 +271,10 @@ export class Region {
 
   /** madvise(2) with non-merging advice; see ksm.ts and sksm.ts for merging. */
   advise(advice: Advice, range?: Range): void {
-    const value = adviceValues[validateOneOf(advice, 'advice', adviceNames)]
-    const span = this.#span(range, `advise(${advice})`)
-    check(native.madvise(span.address, span.length, value), `madvise(MADV_${advice.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase()})`)
+    if (!Object.hasOwn(adviceValues, advice)) validateOneOf(advice, 'advice', adviceNames)
+    const span = this.#span(range, 'advise')
+    const rc = native.madvise(span.address, span.length, adviceValues[advice])
+    if (rc < 0) throw new SyscallError(adviceSyscalls[advice], -rc)
   }
 
   /**

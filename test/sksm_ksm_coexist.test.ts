@@ -1,0 +1,200 @@
+// KSM and SKSM in one boot (the lab kernel builds both): the same pages MADV_MERGEABLE for ksmd
+// running at full speed and MADV_MERGE'd synchronously, merges racing with writers in worker
+// threads and in other processes, content checked byte for byte, and no WARNING/BUG in the
+// kernel log. Changes ksmd's settings: restores them afterwards (vitest runs each file in its
+// own process, one file at a time).
+import os from 'node:os'
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { Worker } from 'node:worker_threads'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Region, ksm, pagemap, pageSize, sksm } from '../lib/index.ts'
+import type { KsmSettings } from '../lib/ksm.ts'
+import { checkPattern, fillPattern, kernelProblemsSince, kmsgCursor } from './fixtures/sksm-common.mjs'
+
+const hasSksm = sksm.available()
+const hasKsm = (() => {
+  try {
+    ksm.stats()
+    return true
+  } catch {
+    return false
+  }
+})()
+const skipReason = !hasSksm
+  ? ` [skipped: kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL); run in the lab VM]`
+  : !hasKsm
+    ? ` [skipped: kernel ${os.release()} has no KSM (/sys/kernel/mm/ksm missing)]`
+    : ''
+const inVm = process.env.MEMDEDUP_VM === '1'
+// TCG runs Node ~18x slower: fewer pages, longer races
+const raceMs = inVm ? 20_000 : 3_000
+const run = `${process.pid}-${Date.now()}`
+const pfnsOf = (region: Region) => Array.from(pagemap.entries(region).pfns)
+
+interface RaceResult {
+  id: number
+  merges: number
+  writes: number
+  sameByteWrites: number
+  remaps: number
+  verifies: number
+  pfns: string[]
+  intact: boolean
+}
+
+function expectSamePfns(results: RaceResult[]): void {
+  for (const other of results.slice(1)) expect(other.pfns, `racer ${other.id} vs racer ${results[0].id}`).toEqual(results[0].pfns)
+  expect(results[0].pfns.every((pfn) => pfn !== '0')).toBe(true)
+}
+
+describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () => {
+  let previous: KsmSettings = {}
+  let kmsg = -1
+
+  beforeAll(() => {
+    kmsg = kmsgCursor()
+    // full speed: no sleep between batches, large batches
+    previous = ksm.configure({ run: 1, pagesToScan: 4000, sleepMillisecs: 0 })
+  })
+  afterAll(() => {
+    ksm.configure(previous)
+  })
+
+  it('pages both MADV_MERGEABLE and MADV_MERGE\'d stay shared and intact while ksmd scans them', async () => {
+    const pages = 128
+    const seed = `${run}-both`
+    using first = Region.anonymous(pages * pageSize)
+    using twin = Region.anonymous(pages * pageSize)
+    // a KSM-only pair, to prove ksmd is merging in this boot
+    using ksmOnly = Region.anonymous(pages * pageSize)
+    using ksmTwin = Region.anonymous(pages * pageSize)
+    for (const r of [first, twin]) fillPattern(r.bytes, seed, pageSize)
+    for (const r of [ksmOnly, ksmTwin]) fillPattern(r.bytes, `${seed}-ksm`, pageSize)
+    for (const r of [first, twin, ksmOnly, ksmTwin]) ksm.enable(r)
+
+    sksm.merge(first)
+    sksm.merge(twin)
+    expect(pfnsOf(twin)).toEqual(pfnsOf(first))
+
+    // ksmd sees the SKSM pages (mergeable, already write-protected and shared) twice
+    await ksm.waitForFullScans(3, { timeoutMs: inVm ? 300_000 : 60_000 })
+    expect(pfnsOf(twin)).toEqual(pfnsOf(first))
+    expect(checkPattern(first.read(), seed, pageSize)).toBe(-1)
+    expect(checkPattern(twin.read(), seed, pageSize)).toBe(-1)
+    expect(pfnsOf(ksmTwin), 'ksmd merged the KSM-only pair').toEqual(pfnsOf(ksmOnly))
+
+    // COW out of the shared page, change one page, merge again: only that page stays private
+    first.bytes[5 * pageSize] ^= 0xff
+    for (let i = 0; i < pages; i++) if (i !== 5) first.bytes[i * pageSize] = first.bytes[i * pageSize]
+    sksm.merge(first)
+    const [a, b] = [pfnsOf(first), pfnsOf(twin)]
+    for (let i = 0; i < pages; i++) {
+      if (i === 5) expect(a[i]).not.toBe(b[i])
+      else expect(a[i], `page ${i}`).toBe(b[i])
+    }
+    expect(checkPattern(twin.read(), seed, pageSize)).toBe(-1)
+    first.bytes[5 * pageSize] ^= 0xff
+    expect(checkPattern(first.read(), seed, pageSize)).toBe(-1)
+
+    // MADV_UNMERGEABLE on SKSM-merged pages: content intact whatever it unshares
+    ksm.disable(twin)
+    expect(checkPattern(twin.read(), seed, pageSize)).toBe(-1)
+    twin.bytes[0] ^= 1
+    expect(checkPattern(first.read(), seed, pageSize)).toBe(-1)
+    twin.bytes[0] ^= 1
+    expect(checkPattern(twin.read(), seed, pageSize)).toBe(-1)
+  })
+
+  it('KSM-merged pages can be MADV_MERGE\'d, and SKSM and ksmd agree on one copy', async () => {
+    const pages = 64
+    const seed = `${run}-ksm-first`
+    using one = Region.anonymous(pages * pageSize)
+    using two = Region.anonymous(pages * pageSize)
+    using three = Region.anonymous(pages * pageSize)
+    for (const r of [one, two, three]) fillPattern(r.bytes, seed, pageSize)
+    ksm.enable(one)
+    ksm.enable(two)
+    await ksm.waitForFullScans(3, { timeoutMs: inVm ? 300_000 : 60_000 })
+    expect(pfnsOf(two), 'ksmd merged one and two').toEqual(pfnsOf(one))
+    // SKSM on pages ksmd already shares, and on a third copy ksmd never saw
+    sksm.merge(one)
+    sksm.merge(two)
+    sksm.merge(three)
+    for (const r of [one, two, three]) expect(checkPattern(r.read(), seed, pageSize)).toBe(-1)
+    expect(pfnsOf(two)).toEqual(pfnsOf(one))
+    three.bytes[0] ^= 1
+    three.bytes[0] ^= 1
+    expect(checkPattern(three.read(), seed, pageSize)).toBe(-1)
+  })
+
+  it(`merges race COW writes and unmaps in ${4} worker threads (ksmd scanning the same pages)`, async () => {
+    const seed = `${run}-threads`
+    const pages = inVm ? 48 : 256
+    const workers = Array.from({ length: 4 }, (_, id) =>
+      new Worker(new URL('./fixtures/sksm-race.mjs', import.meta.url), {
+        workerData: { racer: { id, seed, pages, durationMs: raceMs, ksm: id % 2 === 0 } },
+      }),
+    )
+    try {
+      const results: RaceResult[] = await Promise.all(
+        workers.map((worker) => new Promise<RaceResult>((resolve, reject) => {
+          worker.once('message', resolve)
+          worker.once('error', reject)
+          worker.once('exit', (code) => reject(new Error(`worker exited (${code}) before reporting`)))
+        })),
+      )
+      for (const r of results) {
+        expect(r.intact).toBe(true)
+        expect(r.merges).toBeGreaterThan(2)
+        expect(r.writes).toBeGreaterThan(0)
+      }
+      // every racer ended on the pattern, merged: one physical copy for all four
+      expectSamePfns(results)
+    } finally {
+      for (const worker of workers) worker.postMessage('close')
+      await Promise.all(workers.map((worker) => new Promise((resolve) => worker.once('exit', resolve))))
+    }
+  })
+
+  it('merges race writes of the same content in 3 processes and in this one', async () => {
+    const seed = `${run}-processes`
+    const pages = inVm ? 48 : 256
+    const script = new URL('./fixtures/sksm-race.mjs', import.meta.url).pathname
+    const children = Array.from({ length: 3 }, (_, id) =>
+      spawn(process.execPath, [script, JSON.stringify({ id, seed, pages, durationMs: raceMs, ksm: id === 0 })], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      }),
+    )
+    try {
+      const reports = children.map((child) => new Promise<RaceResult>((resolve, reject) => {
+        createInterface({ input: child.stdout! }).once('line', (line) => resolve(JSON.parse(line)))
+        child.once('exit', (code) => reject(new Error(`racer process exited (${code}) before reporting`)))
+      }))
+      // this process merges and COWs its own copy meanwhile
+      using mine = Region.anonymous(pages * pageSize)
+      fillPattern(mine.bytes, seed, pageSize)
+      const deadline = Date.now() + raceMs
+      let rounds = 0
+      while (Date.now() < deadline) {
+        sksm.merge(mine)
+        for (let i = rounds % 7; i < pages; i += 7) mine.bytes[i * pageSize] = mine.bytes[i * pageSize]
+        rounds++
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+      const results = await Promise.all(reports)
+      for (const r of results) expect(r.intact).toBe(true)
+      sksm.merge(mine)
+      expect(checkPattern(mine.read(), seed, pageSize)).toBe(-1)
+      expectSamePfns([...results, { id: -1, pfns: pfnsOf(mine).map(String) } as RaceResult])
+    } finally {
+      for (const child of children) child.stdin!.end()
+      await Promise.all(children.map((child) => (child.exitCode !== null ? null : new Promise((resolve) => child.once('exit', resolve)))))
+    }
+  })
+
+  it('the kernel log has no WARNING/BUG from any of the above', () => {
+    const { problems } = kernelProblemsSince(kmsg)
+    expect(problems).toEqual([])
+  })
+})

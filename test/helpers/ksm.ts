@@ -1,0 +1,344 @@
+// Shared helpers for tests that drive KSM (ksmd sysfs knobs, PR_SET_MEMORY_MERGE): save and
+// restore what they change, wait for ksmd, prove merges with pagemap PFNs, spawn child scripts.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { Region, ksm, pagemap, features, pageSize, type Range } from '../../lib/index.ts'
+import type { KsmSettings } from '../../lib/ksm.ts'
+
+export const ksmSysfs = '/sys/kernel/mm/ksm'
+/** Set by ci/test-vm.mjs: the patched 6.12 under TCG, where everything is ~18x slower. */
+export const inVm = Boolean(process.env.MEMDEDUP_VM)
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const fixturesDir = path.join(repoRoot, 'test', 'fixtures')
+/** How long to wait for ksmd: below vitest's per-test timeout (60 s host, 600 s VM). */
+export const ksmdTimeoutMs = inVm ? 540_000 : 50_000
+
+/**
+ * ksmd settings that make a full scan take milliseconds on the host: a large batch, no sleep.
+ * In the VM ksmd gets a short sleep so it does not starve Node of one of the two vCPUs.
+ */
+export const fastKsmd: KsmSettings = inVm ? { pagesToScan: 10_000, sleepMillisecs: 5 } : { pagesToScan: 10_000, sleepMillisecs: 0 }
+
+export interface KsmProbe {
+  kernelRelease: string
+  ksm: boolean
+  ksmProcess: boolean
+  userfaultfd: boolean
+  uffdWpAsync: boolean
+  /** /proc/self/ksm_stat exists (6.1+). */
+  ksmStat: boolean
+  /** /proc/self/pagemap exposes PFNs (needs CAP_SYS_ADMIN): without them no PFN check can fail. */
+  pfnsVisible: boolean
+  /** Why features() could not be used, when the fallback probes ran instead. */
+  fallback?: string
+}
+
+let probed: KsmProbe | undefined
+/**
+ * features() plus what these tests additionally need. While features() cannot run (its uffd /
+ * PAGEMAP_SCAN probes are placeholders), KSM is probed directly and userfaultfd counts as absent.
+ */
+export function probe(): KsmProbe {
+  if (probed) return probed
+  let base: Pick<KsmProbe, 'kernelRelease' | 'ksm' | 'ksmProcess' | 'userfaultfd' | 'uffdWpAsync'>
+  let fallback: string | undefined
+  try {
+    base = features()
+  } catch (error) {
+    fallback = `features() threw: ${(error as Error).message}`
+    let ksmProcess = false
+    try {
+      ksm.process.get()
+      ksmProcess = true
+    } catch {
+      // EINVAL: kernel older than 6.4
+    }
+    base = { kernelRelease: os.release(), ksm: fs.existsSync(ksmSysfs), ksmProcess, userfaultfd: false, uffdWpAsync: false }
+  }
+  probed = { ...base, ksmStat: fs.existsSync('/proc/self/ksm_stat'), pfnsVisible: pfnsVisible(), fallback }
+  return probed
+}
+
+function pfnsVisible(): boolean {
+  const page = Region.anonymous(pageSize)
+  try {
+    page.bytes[0] = 1
+    return pagemap.entries(page).pfns[0] !== 0n
+  } finally {
+    page.close()
+  }
+}
+
+/**
+ * Writes ksmd settings and remembers the value each knob had before the first change, so
+ * restore() puts back exactly the original state, `run` included (configure() orders `run`).
+ * Also restores this process's PR_SET_MEMORY_MERGE flag.
+ */
+export class KsmState {
+  #original: KsmSettings = {}
+  #processMerge: boolean | undefined
+
+  set(settings: KsmSettings): void {
+    const previous = ksm.configure(settings)
+    for (const [key, value] of Object.entries(previous)) {
+      if (!(key in this.#original)) this.#original[key] = value
+    }
+  }
+
+  /** Remembers PR_GET_MEMORY_MERGE once, before a test changes it. */
+  saveProcessMerge(): void {
+    if (this.#processMerge === undefined && probe().ksmProcess) this.#processMerge = ksm.process.get()
+  }
+
+  /** ksm_functional_tests.c ksm_unmerge(): run=2 stops ksmd and unmerges every KSM page. */
+  unmerge(): void {
+    this.set({ run: 2 })
+  }
+
+  /**
+   * ksm_functional_tests.c ksm_merge() / ksm_tests.c ksm_merge_pages(): start ksmd and wait for
+   * two full scans (one to record checksums, one to merge), "such that any possible merging happened".
+   */
+  async merge(): Promise<void> {
+    this.set({ run: 1 })
+    await ksm.waitForFullScans(2, { timeoutMs: ksmdTimeoutMs })
+  }
+
+  /** ksm_tests.c ksm_do_scan(n) with ksmd already running. */
+  async scans(count: number): Promise<void> {
+    await ksm.waitForFullScans(count, { timeoutMs: ksmdTimeoutMs })
+  }
+
+  /** Puts back every knob changed through set() and the PR_SET_MEMORY_MERGE flag. Throws after trying all. */
+  restore(): void {
+    const errors: unknown[] = []
+    if (this.#processMerge !== undefined) {
+      try {
+        if (ksm.process.get() !== this.#processMerge) ksm.process.set(this.#processMerge)
+      } catch (error) {
+        errors.push(error)
+      }
+    }
+    const original = this.#original
+    this.#original = {}
+    if (Object.keys(original).length > 0) {
+      try {
+        // merge_across_nodes and max_page_sharing only change while no page is shared (else EBUSY).
+        const current = ksm.stats()
+        const needsEmpty = ['mergeAcrossNodes', 'maxPageSharing'].some((k) => k in original && original[k] !== current[k])
+        if (needsEmpty) ksm.configure({ run: 2 })
+        ksm.configure(original)
+      } catch (error) {
+        errors.push(error)
+      }
+    }
+    if (errors.length === 1) throw errors[0]
+    if (errors.length > 1) throw new AggregateError(errors, 'restoring KSM state failed')
+  }
+}
+
+/** Pages of the Region mapping each PFN seen more than once (present pages with a PFN only). */
+export function duplicatePfns(region: Region, range?: Range): Map<bigint, number[]> {
+  const entries = pagemap.entries(region, range)
+  const pages = new Map<bigint, number[]>()
+  for (let page = 0; page < entries.length; page++) {
+    const pfn = entries.pfns[page]
+    if (!entries.present(page) || pfn === 0n) continue
+    const list = pages.get(pfn)
+    if (list) list.push(page)
+    else pages.set(pfn, [page])
+  }
+  for (const [pfn, list] of pages) if (list.length < 2) pages.delete(pfn)
+  return pages
+}
+
+/**
+ * vm_util-based range_maps_duplicates() of ksm_functional_tests.c: does the range map the same
+ * PFN twice? Same PFN for two virtual pages of a private mapping = they were merged.
+ */
+export function rangeMapsDuplicates(region: Region, range?: Range): boolean {
+  return duplicatePfns(region, range).size > 0
+}
+
+/** /proc/self/ksm_stat ksm_merging_pages (ksm_functional_tests.c get_my_merging_pages()). */
+export function myMergingPages(): number {
+  return ksm.processStats().ksmMergingPages
+}
+
+/** /proc/self/ksm_stat ksm_zero_pages (ksm_functional_tests.c get_my_ksm_zero_pages()). */
+export function myKsmZeroPages(): number {
+  return ksm.processStats().ksmZeroPages ?? 0
+}
+
+/**
+ * First offset at which the Region's bytes differ from `expected(offset)`, or -1. Reads through
+ * /proc/self/mem when the Region is not readable (PROT_NONE), like a debugger would.
+ */
+export function firstMismatch(region: Region, expected: (offset: number) => number, range?: Range): number {
+  const start = range?.offset ?? 0
+  const length = range?.length ?? region.length
+  let bytes: Uint8Array
+  try {
+    bytes = region.bytes.subarray(start, start + length)
+  } catch {
+    bytes = procMemRead(region.address + BigInt(start), length)
+  }
+  for (let i = 0; i < length; i++) if (bytes[i] !== expected(start + i)) return start + i
+  return -1
+}
+
+/** pread of /proc/self/mem (FOLL_FORCE: works on PROT_NONE pages, never faults this process). */
+export function procMemRead(address: bigint, length: number): Buffer {
+  const fd = fs.openSync('/proc/self/mem', 'r')
+  try {
+    const out = Buffer.alloc(length)
+    const got = fs.readSync(fd, out, 0, length, Number(address))
+    if (got !== length) throw new Error(`short read of /proc/self/mem: ${got} of ${length} bytes`)
+    return out
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** pwrite of /proc/self/mem: the "ptrace write" of ksm_functional_tests.c test_prot_none(). */
+export function procMemWrite(address: bigint, data: Uint8Array): void {
+  const fd = fs.openSync('/proc/self/mem', 'r+')
+  try {
+    const put = fs.writeSync(fd, data, 0, data.length, Number(address))
+    if (put !== data.length) throw new Error(`short write to /proc/self/mem: ${put} of ${data.length} bytes`)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** Nodes with memory (/sys/devices/system/node/has_memory, e.g. "0" or "0-1,3"). */
+export function memoryNodes(): number[] {
+  let text: string
+  try {
+    text = fs.readFileSync('/sys/devices/system/node/has_memory', 'utf8').trim()
+  } catch {
+    return [0]
+  }
+  const nodes: number[] = []
+  for (const part of text.split(',').filter(Boolean)) {
+    const [from, to] = part.split('-').map(Number)
+    for (let n = from; n <= (to ?? from); n++) nodes.push(n)
+  }
+  return nodes
+}
+
+const lockPath = path.join(os.tmpdir(), 'memdedup-ksm-tests.lock')
+/**
+ * Cross-process lock around everything that drives ksmd: global counters (pages_shared) and knobs
+ * (run) are system-wide, so two test runs at once (two checkouts, two engineers) would corrupt each
+ * other's exact expectations. A lock left by a dead process is taken over. Returns the release.
+ */
+export async function acquireKsmLock(timeoutMs = inVm ? 540_000 : 120_000): Promise<() => void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      fs.writeFileSync(lockPath, String(process.pid), { flag: 'wx' })
+      let released = false
+      return () => {
+        if (released) return
+        released = true
+        try {
+          if (fs.readFileSync(lockPath, 'utf8') === String(process.pid)) fs.unlinkSync(lockPath)
+        } catch {
+          // already gone
+        }
+      }
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+    }
+    let owner = NaN
+    try {
+      owner = Number(fs.readFileSync(lockPath, 'utf8'))
+    } catch {
+      continue // released between our open and read
+    }
+    if (!alive(owner)) {
+      fs.rmSync(lockPath, { force: true })
+      continue
+    }
+    if (Date.now() > deadline) throw new Error(`${lockPath} is held by pid ${owner} (another KSM test run) for more than ${timeoutMs} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+function alive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/**
+ * Child scripts (test/fixtures/*.mjs) import the compiled library, dist/lib/index.js.
+ * `npm run test:host` compiles it first; a direct `npx vitest run <file>` relies on this:
+ * rebuild when dist is missing or older than lib/, unless the checkout is read-only (the VM).
+ */
+export function ensureDist(): void {
+  const distIndex = path.join(repoRoot, 'dist', 'lib', 'index.js')
+  const libDir = path.join(repoRoot, 'lib')
+  const newestLib = Math.max(...fs.readdirSync(libDir).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(libDir, f)).mtimeMs))
+  const built = fs.existsSync(distIndex) ? fs.statSync(distIndex).mtimeMs : -1
+  if (built >= newestLib) return
+  let writable = true
+  try {
+    fs.accessSync(repoRoot, fs.constants.W_OK)
+    fs.accessSync(path.join(repoRoot, 'dist'), fs.constants.W_OK)
+  } catch (error) {
+    // dist/ missing but the root is writable: tsc creates it.
+    writable = (error as NodeJS.ErrnoException).code === 'ENOENT' && !inVm
+  }
+  if (!writable) {
+    if (built < 0) throw new Error(`${distIndex} is missing and the checkout is read-only: run \`npx tsc -p tsconfig.json\` on the host first`)
+    return // stale but unbuildable here: use it
+  }
+  const tsc = path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc')
+  try {
+    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: repoRoot, stdio: 'pipe' })
+  } catch (error) {
+    // Type errors elsewhere in lib/ (work in progress) still emit JavaScript; only a missing build is fatal.
+    if (!fs.existsSync(distIndex)) throw new Error(`tsc did not produce ${distIndex}: ${String((error as { stdout?: Buffer }).stdout ?? error)}`)
+  }
+}
+
+export interface ChildResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  /** Messages received over the IPC channel (child_process.fork only). */
+  messages: unknown[]
+  pid: number | undefined
+}
+
+/** Collects a child's output, IPC messages and exit status; `onSpawn` sees it while it runs. */
+export function collect(child: ChildProcess): Promise<ChildResult> {
+  const stdout: Buffer[] = []
+  const stderr: Buffer[] = []
+  const messages: unknown[] = []
+  child.stdout?.on('data', (chunk: Buffer) => stdout.push(chunk))
+  child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk))
+  child.on('message', (message) => messages.push(message))
+  return new Promise((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (code, signal) =>
+      resolve({ code, signal, stdout: Buffer.concat(stdout).toString(), stderr: Buffer.concat(stderr).toString(), messages, pid: child.pid }),
+    )
+  })
+}
+
+/** spawn(node, [script, ...args]) in the repository root: libuv forks, the child execs node. */
+export function spawnNode(script: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ChildResult> {
+  const child = spawn(process.execPath, [script, ...args], { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  return collect(child)
+}

@@ -230,6 +230,53 @@ export function memoryNodes(): number[] {
   return nodes
 }
 
+export interface KsmUser {
+  pid: number
+  command: string
+  mergingPages: number
+  rmapItems: number
+}
+
+/**
+ * Other processes ksmd is working for (rmap items or merged pages in /proc/<pid>/ksm_stat):
+ * while they exist the global counters (pages_shared, pages_sharing) are not ours alone.
+ */
+export function foreignKsmUsers(): KsmUser[] {
+  const users: KsmUser[] = []
+  for (const entry of fs.readdirSync('/proc')) {
+    const pid = Number(entry)
+    if (!Number.isInteger(pid) || pid === process.pid) continue
+    try {
+      const stat = ksm.processStats(pid)
+      if (stat.ksmRmapItems > 0 || stat.ksmMergingPages > 0) {
+        const command = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim()
+        users.push({ pid, command, mergingPages: stat.ksmMergingPages, rmapItems: stat.ksmRmapItems })
+      }
+    } catch {
+      // exited meanwhile, or a kernel thread
+    }
+  }
+  return users
+}
+
+/**
+ * Waits until no other process has memory under KSM, or fails naming them. ksm_tests.c's exact
+ * pages_shared / pages_sharing expectations hold only when the test is ksmd's only user, which
+ * the C assumes and which is true in CI (files run one at a time, nothing else in the VM).
+ */
+export async function waitForExclusiveKsm(timeoutMs = inVm ? 120_000 : 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const users = foreignKsmUsers()
+    if (users.length === 0) return
+    if (Date.now() > deadline) {
+      const list = users.map((u) => `pid ${u.pid} (${u.command.slice(0, 80)}): ${u.rmapItems} rmap items, ${u.mergingPages} merged`).join('; ')
+      throw new Error(`other processes use KSM, so the global counters are not this test's alone: ${list}`)
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
+}
+
 const lockPath = path.join(os.tmpdir(), 'memdedup-ksm-tests.lock')
 /**
  * Cross-process lock around everything that drives ksmd: global counters (pages_shared) and knobs

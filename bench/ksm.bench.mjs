@@ -1,11 +1,27 @@
 // ksm_tests.c -P / -D / -C equivalents (merge time, unmerge time, COW time), C (bench/c/ksm_perf.c)
 // and memdedup alternating rep by rep in the same run, same sizes and ksmd settings.
 // Merge time = madvise(MADV_MERGEABLE) + run=1 until this process's pages are merged (see ksm_perf.c).
+import fs from 'node:fs'
+
 const MiB = 1024 * 1024
 const SIZE_MIB = 128
-const REPS = 3
+const REPS = 5
 const PAGE = 4096
 const TIMEOUT_S = 60
+
+// ksmd's CPU time (ns, /proc/<ksmd>/schedstat): merge wall time depends on how much CPU the nice-5
+// ksmd thread gets on a loaded machine; its CPU time per merge does much less.
+function ksmdCpuReader() {
+  const pid = fs.readdirSync('/proc').find((entry) => /^\d+$/.test(entry) && readOr(`/proc/${entry}/comm`) === 'ksmd\n')
+  return pid ? () => Number(readOr(`/proc/${pid}/schedstat`).split(' ')[0]) : () => NaN
+}
+function readOr(file) {
+  try {
+    return fs.readFileSync(file, 'utf8')
+  } catch {
+    return ''
+  }
+}
 
 export default async function (h) {
   const { Region, ksm } = await h.memdedup()
@@ -14,6 +30,7 @@ export default async function (h) {
   const pages = bytes / PAGE
   const pagesToScan = pages
   const mergingPages = () => ksm.processStats().ksmMergingPages
+  const ksmdCpu = ksmdCpuReader()
 
   async function waitFor(predicate, what) {
     const deadline = Date.now() + TIMEOUT_S * 1000
@@ -48,12 +65,14 @@ export default async function (h) {
     const region = Region.anonymous(bytes)
     try {
       region.bytes.fill(0x2a) // '*', as ksm_tests.c allocate_memory()
+      const cpu0 = ksmdCpu()
       const t0 = process.hrtime.bigint()
       await merge(region, expected)
       const t1 = process.hrtime.bigint()
+      const cpu1 = ksmdCpu()
       ksm.disable(region)
       const t2 = process.hrtime.bigint()
-      return { mergeNs: Number(t1 - t0), unmergeNs: Number(t2 - t1) }
+      return { mergeNs: Number(t1 - t0), unmergeNs: Number(t2 - t1), ksmdNs: cpu1 - cpu0 }
     } finally {
       region.close()
     }
@@ -91,11 +110,23 @@ export default async function (h) {
   try {
     const maxPageSharing = ksm.stats().maxPageSharing ?? 256
     const expected = pages - (pages % maxPageSharing === 1 ? 1 : 0)
+    const runC = () => {
+      // ksmd only runs inside merge() (run=0 otherwise), so its CPU time across the process is the merge's.
+      const cpu0 = ksmdCpu()
+      const merged = h.runC(binary, ['merge', SIZE_MIB, pagesToScan, TIMEOUT_S])
+      const ksmdNs = ksmdCpu() - cpu0
+      return { ...merged, ksmdNs, ...h.runC(binary, ['cow', SIZE_MIB, pagesToScan, TIMEOUT_S]) }
+    }
+    const runJs = async () => ({ ...(await jsMergeUnmerge(expected)), ...(await jsCow()) })
     for (let rep = 0; rep < REPS; rep++) {
-      const c = { ...h.runC(binary, ['merge', SIZE_MIB, pagesToScan, TIMEOUT_S]), ...h.runC(binary, ['cow', SIZE_MIB, pagesToScan, TIMEOUT_S]) }
-      const js = { ...(await jsMergeUnmerge(expected)), ...(await jsCow()) }
-      samples.c.push(c)
-      samples.js.push(js)
+      // Alternate which side goes first, so drift in machine load does not favour one.
+      if (rep % 2 === 0) {
+        samples.c.push(runC())
+        samples.js.push(await runJs())
+      } else {
+        samples.js.push(await runJs())
+        samples.c.push(runC())
+      }
     }
     await flushStaleRmapItems()
   } finally {
@@ -107,6 +138,7 @@ export default async function (h) {
   const written = (pages / 2) * PAGE // ksm_tests.c -C counts the written pages' size
   return [
     row(`-P merge ${SIZE_MIB} MiB equal pages (ksmd)`, 'mergeNs', bytes, 1.15),
+    row(`-P merge ${SIZE_MIB} MiB: ksmd CPU time`, 'ksmdNs', bytes, 1.15),
     row(`-D unmerge ${SIZE_MIB} MiB: ksm.disable`, 'unmergeNs', bytes, 1.15),
     row(`-C COW write, not merged (${pages / 2} pages)`, 'cowUnmergedNs', written, null),
     row(`-C COW write, merged (${pages / 2} pages)`, 'cowMergedNs', written, 1.15),

@@ -102,12 +102,14 @@ if (json) {
   console.log(JSON.stringify({ date: new Date().toISOString(), node: process.version, results }, null, 2))
 } else {
   const rows = results.map((r) => {
-    if (r.error) return [`${r.suite}: ${r.name}`, '-', '-', '-', '-', `ERROR ${r.error}`]
-    if (r.skip) return [`${r.suite}: ${r.name}`, '-', '-', '-', '-', `skipped: ${r.skip}`]
+    const name = `${r.suite}: ${r.name}`
+    if (r.error) return [name, '-', '-', '-', '-', `ERROR ${r.error}`, '']
+    if (r.skip) return [name, '-', '-', '-', '-', `skipped: ${r.skip}`, '']
     const ok = r.ok === undefined ? 'info' : r.ok ? 'ok' : 'MISSED'
-    return [`${r.suite}: ${r.name}`, h.formatNs(r.cNs), h.formatNs(r.jsNs), r.ratio?.toFixed(2) + 'x', r.goal ? `≤ ${r.goal}x` : '-', ok]
+    const raw = r.rawNs === undefined ? '' : `${h.formatNs(r.rawNs)} (${(r.rawNs / r.cNs).toFixed(2)}x)`
+    return [name, h.formatNs(r.cNs), h.formatNs(r.jsNs), r.ratio === undefined ? '-' : r.ratio.toFixed(2) + 'x', r.goal ? `≤ ${r.goal}x` : '-', ok, raw]
   })
-  console.log(table(['name', 'C median', 'memdedup median', 'ratio', 'goal', 'ok?'], rows))
+  console.log(table(['name', 'C median', 'memdedup median', 'ratio', 'goal', 'ok?', 'bare binding'], rows))
   const throughput = results.filter((r) => r.cMiBs !== undefined)
   if (throughput.length > 0) {
     console.log('\nThroughput')

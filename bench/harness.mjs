@@ -3,6 +3,7 @@
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -107,4 +108,55 @@ export function formatNs(ns) {
 /** The library under test, compiled (run.mjs builds dist/ first). */
 export async function memdedup() {
   return import(path.join(rootDir, 'dist', 'lib', 'index.js'))
+}
+
+// The same cross-process lock as test/helpers/ksm.ts (acquireKsmLock): whoever drives ksmd (run,
+// pages_to_scan, global counters) holds it, so a bench and a KSM test never disturb each other.
+export const ksmLockPath = path.join(os.tmpdir(), 'memdedup-ksm-tests.lock')
+
+function alive(pid) {
+  if (!Number.isInteger(pid) || pid <= 0) return false
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return error.code === 'EPERM'
+  }
+}
+
+/** Runs `fn` holding the KSM lock (waits up to `timeoutMs` for another holder; takes over a dead one's). */
+export async function withKsmLock(fn, { timeoutMs = 180_000 } = {}) {
+  const deadline = Date.now() + timeoutMs
+  let announced = false
+  for (;;) {
+    try {
+      fs.writeFileSync(ksmLockPath, String(process.pid), { flag: 'wx' })
+      break
+    } catch (error) {
+      if (error.code !== 'EEXIST') throw error
+    }
+    let owner = NaN
+    try {
+      owner = Number(fs.readFileSync(ksmLockPath, 'utf8'))
+    } catch {
+      continue
+    }
+    if (!alive(owner)) {
+      fs.rmSync(ksmLockPath, { force: true })
+      continue
+    }
+    if (Date.now() > deadline) throw new Error(`${ksmLockPath} held by pid ${owner} (a KSM test run) for more than ${timeoutMs} ms`)
+    if (!announced) console.error(`  waiting for ${ksmLockPath} (held by pid ${owner})`)
+    announced = true
+    await sleep(100)
+  }
+  try {
+    return await fn()
+  } finally {
+    try {
+      if (fs.readFileSync(ksmLockPath, 'utf8') === String(process.pid)) fs.unlinkSync(ksmLockPath)
+    } catch {
+      // already gone
+    }
+  }
 }

@@ -43,11 +43,15 @@ export default async function (h) {
   // ksm_merging_pages counts rmap items, which ksmd frees only when it next walks this mm: after
   // munmap/UNMERGEABLE of an earlier rep they linger. Run ksmd (untimed) until they are gone, so
   // every rep starts from 0 like a fresh C process.
+  const idle = () => {
+    const stats = ksm.processStats()
+    return stats.ksmMergingPages === 0 && stats.ksmRmapItems === 0
+  }
   async function flushStaleRmapItems() {
-    if (mergingPages() === 0) return
+    if (idle()) return
     ksm.configure({ run: 1 })
     try {
-      await waitFor(() => mergingPages() === 0, 'stale KSM rmap items to be freed')
+      await waitFor(idle, 'stale KSM rmap items to be freed')
     } finally {
       ksm.configure({ run: 0 })
     }
@@ -105,33 +109,36 @@ export default async function (h) {
     }
   }
 
-  const previous = ksm.configure({ run: 0, pagesToScan, sleepMillisecs: 0 })
+  // Leaves no KSM memory behind (the tests' waitForExclusiveKsm checks every process's rmap items).
   const samples = { c: [], js: [] }
-  try {
-    const maxPageSharing = ksm.stats().maxPageSharing ?? 256
-    const expected = pages - (pages % maxPageSharing === 1 ? 1 : 0)
-    const runC = () => {
-      // ksmd only runs inside merge() (run=0 otherwise), so its CPU time across the process is the merge's.
-      const cpu0 = ksmdCpu()
-      const merged = h.runC(binary, ['merge', SIZE_MIB, pagesToScan, TIMEOUT_S])
-      const ksmdNs = ksmdCpu() - cpu0
-      return { ...merged, ksmdNs, ...h.runC(binary, ['cow', SIZE_MIB, pagesToScan, TIMEOUT_S]) }
-    }
-    const runJs = async () => ({ ...(await jsMergeUnmerge(expected)), ...(await jsCow()) })
-    for (let rep = 0; rep < REPS; rep++) {
-      // Alternate which side goes first, so drift in machine load does not favour one.
-      if (rep % 2 === 0) {
-        samples.c.push(runC())
-        samples.js.push(await runJs())
-      } else {
-        samples.js.push(await runJs())
-        samples.c.push(runC())
+  await h.withKsmLock(async () => {
+    const previous = ksm.configure({ run: 0, pagesToScan, sleepMillisecs: 0 })
+    try {
+      const maxPageSharing = ksm.stats().maxPageSharing ?? 256
+      const expected = pages - (pages % maxPageSharing === 1 ? 1 : 0)
+      const runC = () => {
+        // ksmd only runs inside merge() (run=0 otherwise), so its CPU time across the process is the merge's.
+        const cpu0 = ksmdCpu()
+        const merged = h.runC(binary, ['merge', SIZE_MIB, pagesToScan, TIMEOUT_S])
+        const ksmdNs = ksmdCpu() - cpu0
+        return { ...merged, ksmdNs, ...h.runC(binary, ['cow', SIZE_MIB, pagesToScan, TIMEOUT_S]) }
       }
+      const runJs = async () => ({ ...(await jsMergeUnmerge(expected)), ...(await jsCow()) })
+      for (let rep = 0; rep < REPS; rep++) {
+        // Alternate which side goes first, so drift in machine load does not favour one.
+        if (rep % 2 === 0) {
+          samples.c.push(runC())
+          samples.js.push(await runJs())
+        } else {
+          samples.js.push(await runJs())
+          samples.c.push(runC())
+        }
+      }
+      await flushStaleRmapItems()
+    } finally {
+      ksm.configure(previous)
     }
-    await flushStaleRmapItems()
-  } finally {
-    ksm.configure(previous)
-  }
+  })
 
   const med = (side, key) => h.median(samples[side].map((s) => s[key]))
   const row = (name, key, rowBytes, goal) => ({ name, cNs: med('c', key), jsNs: med('js', key), goal, bytes: rowBytes })

@@ -88,6 +88,17 @@ export class KsmState {
     }
   }
 
+  /**
+   * Remembers knobs that something other than set() will change (a child process writing
+   * `run`), so restore() puts them back too.
+   */
+  remember(...keys: string[]): void {
+    const current = ksm.stats()
+    for (const key of keys) {
+      if (!(key in this.#original) && current[key] !== undefined) this.#original[key] = current[key] as number | string
+    }
+  }
+
   /** Remembers PR_GET_MEMORY_MERGE once, before a test changes it. */
   saveProcessMerge(): void {
     if (this.#processMerge === undefined && probe().ksmProcess) this.#processMerge = ksm.process.get()

@@ -29,8 +29,8 @@ let releaseLock: (() => void) | undefined
 const regions: Region[] = []
 
 beforeAll(async () => {
-  releaseLock = await acquireKsmLock()
-}, ksmdTimeoutMs + 60_000)
+  releaseLock = await acquireKsmLock(ksmdTimeoutMs)
+}, ksmdTimeoutMs + 10_000)
 
 afterAll(() => {
   releaseLock?.()

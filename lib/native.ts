@@ -34,7 +34,7 @@ export interface PagemapBinding {
   /**
    * PAGEMAP_SCAN on `fd` (/proc/self/pagemap) → number of regions | -errno. Regions are split
    * into starts/ends/categories (capacity >= vecLen, re-checked natively); with all three null
-   * the kernel gets vec = 0. out[0] = walk_end. Flags and masks are signed 64-bit, passed as is.
+   * the kernel gets vec = 0. out[0] = walk_end, out[1] = bytes in the regions. Flags and masks are signed 64-bit, passed as is.
    */
   pagemapScan(
     fd: number, start: number, end: number, flags: number, maxPages: number,

@@ -148,9 +148,25 @@ export interface ScanOptions {
   checkWpAsync?: boolean
   /** Stop after this many matching pages (>= 1; omit for no limit — the kernel's 0). */
   maxPages?: number
-  /** Capacity of the result, in regions (default 1024). A full vector stops the walk: resume
-   *  from walkEnd, or use scanAll(). */
+  /** Capacity of the result, in regions (default 1024, or output's capacity). A full vector
+   *  stops the walk: resume from walkEnd, or use scanAll(). */
   vectorLength?: number
+  /** Reusable result arrays for hot loops: the result's arrays are then views of these (valid
+   *  until the next scan into them) and nothing is allocated per call. */
+  output?: ScanOutput
+}
+
+/** Caller-owned result storage (see ScanOptions.output). */
+export interface ScanOutput {
+  starts: BigUint64Array
+  ends: BigUint64Array
+  categories: Uint32Array
+}
+
+/** Allocates reusable result arrays for `vectorLength` regions. */
+export function scanOutput(vectorLength: number): ScanOutput {
+  const n = validateInteger(vectorLength, 'vectorLength', 1, 2 ** 26)
+  return { starts: new BigUint64Array(n), ends: new BigUint64Array(n), categories: new Uint32Array(n) }
 }
 
 export interface ScanResult {
@@ -200,6 +216,7 @@ interface Plan {
   anyof: number
   report: number
   vectorLength: number
+  output: ScanOutput | undefined
 }
 
 function plan(region: Region, options: ScanOptions | undefined): Plan {
@@ -212,7 +229,18 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
   const writeProtect = validateBoolean(opts.writeProtect ?? false, 'options.writeProtect')
   const checkWpAsync = validateBoolean(opts.checkWpAsync ?? writeProtect, 'options.checkWpAsync')
   const maxPages = opts.maxPages === undefined ? 0 : validateInteger(opts.maxPages, 'options.maxPages', 1)
-  const vectorLength = opts.vectorLength === undefined ? 1024 : validateInteger(opts.vectorLength, 'options.vectorLength', 1, 2 ** 26)
+  let output: ScanOutput | undefined
+  let capacity = 2 ** 26
+  if (opts.output !== undefined) {
+    const o = opts.output as ScanOutput
+    if (o === null || typeof o !== 'object' || !(o.starts instanceof BigUint64Array) || !(o.ends instanceof BigUint64Array) || !(o.categories instanceof Uint32Array)) {
+      throw invalidArgType('options.output', 'a ScanOutput { starts: BigUint64Array, ends: BigUint64Array, categories: Uint32Array }', o)
+    }
+    output = o
+    capacity = Math.min(o.starts.length, o.ends.length, o.categories.length)
+    if (capacity < 1) throw outOfRange('options.output', 'arrays of at least 1 element', capacity)
+  }
+  const vectorLength = opts.vectorLength === undefined ? (output ? capacity : 1024) : validateInteger(opts.vectorLength, 'options.vectorLength', 1, capacity)
   return {
     address: span.address,
     end: span.address + span.length,
@@ -223,22 +251,26 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
     anyof,
     report,
     vectorLength,
+    output,
   }
 }
 
-const walkOut = new Float64Array(1)
+const walkOut = new Float64Array(2)
 
 function run(p: Plan, start: number): ScanResult {
-  const starts = new BigUint64Array(p.vectorLength)
-  const ends = new BigUint64Array(p.vectorLength)
-  const categories = new Uint32Array(p.vectorLength)
+  const starts = p.output?.starts ?? new BigUint64Array(p.vectorLength)
+  const ends = p.output?.ends ?? new BigUint64Array(p.vectorLength)
+  const categories = p.output?.categories ?? new Uint32Array(p.vectorLength)
   const n = native.pagemapScan(pagemapDescriptor(), start, p.end, p.flags, p.maxPages, p.inverted, p.mask, p.anyof, p.report, p.vectorLength, starts, ends, categories, walkOut)
   check(n, 'ioctl(PAGEMAP_SCAN)', scanContext(p))
-  let pages = 0
-  const s = n === p.vectorLength ? starts : starts.subarray(0, n)
-  const e = n === p.vectorLength ? ends : ends.subarray(0, n)
-  for (let i = 0; i < n; i++) pages += Number(e[i] - s[i])
-  return { starts: s, ends: e, categories: categories.subarray(0, n), walkEnd: BigInt(walkOut[0]), pages: pages / pageSize }
+  const full = n === starts.length && n === ends.length && n === categories.length
+  return {
+    starts: full ? starts : starts.subarray(0, n),
+    ends: full ? ends : ends.subarray(0, n),
+    categories: full ? categories : categories.subarray(0, n),
+    walkEnd: BigInt(walkOut[0]),
+    pages: walkOut[1] / pageSize,
+  }
 }
 
 function scanContext(p: Plan): string {
@@ -309,7 +341,7 @@ function rawScan(fd: number, start: number, end: number, args: RawScanArgs | und
     const capacity = Math.min(vec.starts.length, vec.ends.length, vec.categories.length)
     if (vecLen < 0 || vecLen > capacity) throw outOfRange('args.vecLen', `>= 0 and <= ${capacity} (the vector's capacity)`, vecLen)
   }
-  const out = new Float64Array(1)
+  const out = new Float64Array(2)
   const n = native.pagemapScan(fd, start, end, rawInt(a.flags, 'args.flags'), rawInt(a.maxPages, 'args.maxPages'),
     rawInt(a.categoryInverted, 'args.categoryInverted'), rawInt(a.categoryMask, 'args.categoryMask'),
     rawInt(a.categoryAnyofMask, 'args.categoryAnyofMask'), rawInt(a.returnMask, 'args.returnMask'), vecLen,

@@ -54,9 +54,10 @@ Napi::Value PagemapEntries(const Napi::CallbackInfo& info) {
 
 // pagemapScan(fd, start, end, flags, maxPages, categoryInverted, categoryMask, categoryAnyofMask,
 //             returnMask, vecLen, starts: BigUint64Array|null, ends: BigUint64Array|null,
-//             categories: Uint32Array|null, out: Float64Array(1)) -> regions | -errno
+//             categories: Uint32Array|null, out: Float64Array(2)) -> regions | -errno
 // PAGEMAP_SCAN into a native scratch vector, then split into the caller's three arrays.
-// out[0] = walk_end, where a full vector (or maxPages) stopped the walk. Flags and masks are
+// out[0] = walk_end, where a full vector (or maxPages) stopped the walk; out[1] = bytes covered
+// by the returned regions (summed here: BigInt arithmetic per region in JS costs ~30 ns each). Flags and masks are
 // passed as given (signed 64-bit, so -1 reaches the kernel as ~0 for the invalid-argument tests).
 // Re-check: with arrays, vecLen may not exceed the smallest of them; without arrays the kernel
 // gets vec = 0 (and rejects vecLen > 0 with EINVAL before touching anything).
@@ -97,15 +98,18 @@ Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
   long rc = ioctl(ArgInt(info, 0), PAGEMAP_SCAN, &arg);
   if (rc < 0) return Napi::Number::New(env, -errno);
   Napi::Float64Array out = info[13].As<Napi::Float64Array>();
-  if (out.ElementLength() >= 1) out[0] = static_cast<double>(arg.walk_end);
+  uint64_t covered = 0;
   if (have_vec) {
     size_t n = std::min(static_cast<size_t>(rc), static_cast<size_t>(arg.vec_len));
     for (size_t i = 0; i < n; i++) {
       starts[i] = scratch[i].start;
       ends[i] = scratch[i].end;
       categories[i] = static_cast<uint32_t>(scratch[i].categories);
+      covered += scratch[i].end - scratch[i].start;
     }
   }
+  if (out.ElementLength() >= 1) out[0] = static_cast<double>(arg.walk_end);
+  if (out.ElementLength() >= 2) out[1] = static_cast<double>(covered);
   return Napi::Number::New(env, static_cast<double>(rc));
 }
 

@@ -143,6 +143,18 @@ describe.skipIf(noScan)(`scan ${whyScan}`, () => {
     expect([...pagemap.scanAll(r, { require: ['present'], vectorLength: 5, maxPages: 12 })].reduce((n, b) => n + b.pages, 0)).toBe(12)
   })
 
+  it('output: results are views of caller-owned arrays, nothing allocated per call', () => {
+    using r = Region.anonymous(16 * P)
+    r.bytes[P] = 1
+    r.bytes[9 * P] = 1
+    const output = pagemap.scanOutput(4)
+    const res = pagemap.scan(r, { require: ['present'], output })
+    expect(res.starts.buffer).toBe(output.starts.buffer)
+    expect(pagesOf(r, res)).toEqual([1, 9])
+    expect(() => pagemap.scan(r, { output, vectorLength: 5 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    expect(() => pagemap.scan(r, { output: { starts: new BigUint64Array(1) } as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
+  })
+
   it('scanAll stops with ERR_REGION_CLOSED when the Region closes mid-iteration', () => {
     const r = Region.anonymous(16 * P)
     for (let page = 0; page < 16; page += 2) r.bytes[page * P] = 1

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Region, ksm, pagemap, pageSize, sksm } from '../lib/index.ts'
 import type { KsmSettings } from '../lib/ksm.ts'
 import { checkPattern, fillPattern, kernelProblemsSince, kmsgCursor } from './fixtures/sksm-common.mjs'
+import { acquireKsmLock } from './helpers/ksm.ts'
 
 const hasSksm = sksm.available()
 const hasKsm = (() => {
@@ -63,16 +64,23 @@ function expectRaced(raced: Raced[]): void {
 }
 
 describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () => {
-  let previous: KsmSettings = {}
+  let previous: KsmSettings | undefined
+  let releaseKsm: (() => void) | undefined
   let kmsg = -1
 
-  beforeAll(() => {
+  beforeAll(async () => {
     kmsg = kmsgCursor()
+    // ksmd's knobs are system-wide: one driver at a time (see test/helpers/ksm.ts)
+    releaseKsm = await acquireKsmLock()
     // full speed: no sleep between batches, large batches
     previous = ksm.configure({ run: 1, pagesToScan: 4000, sleepMillisecs: 0 })
   })
   afterAll(() => {
-    ksm.configure(previous)
+    try {
+      if (previous) ksm.configure(previous)
+    } finally {
+      releaseKsm?.()
+    }
   })
 
   it('pages both MADV_MERGEABLE and MADV_MERGE\'d stay shared and intact while ksmd scans them', async () => {

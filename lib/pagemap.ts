@@ -136,7 +136,10 @@ export interface ScanOptions {
   require?: Categories
   /** At least one of these (category_anyof_mask). */
   anyOf?: Categories
-  /** Inverted: a page matches `require`/`anyOf` on the *absence* of these (category_inverted). */
+  /** None of these: each is inverted (category_inverted) and required (category_mask), so
+   *  { require: ['written'], exclude: ['huge'] } is "written and not huge". A category both
+   *  required and excluded means "excluded" (the kernel's inversion). scanRaw() takes the raw
+   *  category_inverted for other combinations (e.g. inverted anyOf). */
   exclude?: Categories
   /** Categories reported per region (return_mask). Default: require | anyOf | exclude, or all
    *  of the 6.12 categories when none is given. */
@@ -244,10 +247,10 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
   return {
     address: span.address,
     end: span.address + span.length,
+    mask: (mask | inverted) >>> 0,
     flags: (writeProtect ? P.PM_SCAN_WP_MATCHING : 0) | (checkWpAsync ? P.PM_SCAN_CHECK_WPASYNC : 0),
     maxPages,
     inverted,
-    mask,
     anyof,
     report,
     vectorLength,
@@ -289,7 +292,8 @@ export function scan(region: Region, options?: ScanOptions): ScanResult {
 
 /**
  * Repeats PAGEMAP_SCAN from each walkEnd until the range is done (or maxPages, counted over
- * all batches, is reached). Yields one ScanResult per ioctl. The Region is re-checked before
+ * all batches, is reached). Yields one ScanResult per ioctl (with options.output, each batch's
+ * arrays are overwritten by the next one: copy what you keep). The Region is re-checked before
  * every batch: closing it mid-iteration throws ERR_REGION_CLOSED instead of scanning freed
  * addresses.
  */

@@ -80,6 +80,12 @@ Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
   uint32_t* categories = nullptr;
   static thread_local std::vector<page_region> scratch;
   if (have_vec) {
+    auto is = [&](size_t i, napi_typedarray_type type) {
+      return info[i].IsTypedArray() && info[i].As<Napi::TypedArray>().TypedArrayType() == type;
+    };
+    if (!is(10, napi_biguint64_array) || !is(11, napi_biguint64_array) || !is(12, napi_uint32_array)) {
+      return Napi::Number::New(env, -EINVAL);
+    }
     Napi::BigUint64Array s = info[10].As<Napi::BigUint64Array>();
     Napi::BigUint64Array e = info[11].As<Napi::BigUint64Array>();
     Napi::Uint32Array c = info[12].As<Napi::Uint32Array>();

@@ -107,11 +107,17 @@ describe.skipIf(noScan)(`scan ${whyScan}`, () => {
     r.bytes[3 * P] = 1
     expect(pagesOf(r, pagemap.scan(r, { require: ['present'] }))).toEqual([2, 3])
     expect(pagesOf(r, pagemap.scan(r, { anyOf: ['present', 'swapped'] }))).toEqual([2, 3])
-    // exclude inverts: "require present" with present inverted = the pages that are NOT present.
-    expect(pagesOf(r, pagemap.scan(r, { require: ['present'], exclude: ['present'] }))).toEqual([0, 1, 4, 5, 6, 7])
+    // exclude = must not have: inverted and required.
+    expect(pagesOf(r, pagemap.scan(r, { exclude: ['present'] }))).toEqual([0, 1, 4, 5, 6, 7])
+    r.read({ offset: 6 * P, length: P }) // the zero page: present, pfnZero
+    expect(pagesOf(r, pagemap.scan(r, { require: ['present'], exclude: ['pfnZero'] }))).toEqual([2, 3])
+    expect(pagesOf(r, pagemap.scan(r, { anyOf: ['present', 'swapped'], exclude: ['pfnZero'] }))).toEqual([2, 3])
+    // Raw inverted masks (the kernel's own semantics) through scanRaw: inverted, not required.
+    const vec = pagemap.scanOutput(8)
+    expect(pagemap.scanRaw(r, undefined, { vec, vecLen: 8, categoryInverted: pagemap.PageCategory.present, categoryAnyofMask: pagemap.PageCategory.present | pagemap.PageCategory.written, returnMask: pagemap.PageCategory.present }).regions).toBeGreaterThan(0)
     // Raw numbers are accepted (open flag set) and mixed with names.
-    expect(pagesOf(r, pagemap.scan(r, { require: pagemap.PageCategory.present }))).toEqual([2, 3])
-    expect(pagesOf(r, pagemap.scan(r, { require: [8, 'present'] }))).toEqual([2, 3])
+    expect(pagesOf(r, pagemap.scan(r, { require: pagemap.PageCategory.present, exclude: ['pfnZero'] }))).toEqual([2, 3])
+    expect(pagesOf(r, pagemap.scan(r, { require: [8, 'present'], exclude: [32] }))).toEqual([2, 3])
   })
 
   it('a range scans just that part', () => {

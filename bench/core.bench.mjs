@@ -26,7 +26,10 @@ export default async function (h) {
   const page = Region.anonymous(4096)
   const pageAddress = Number(page.address)
   try {
-    compare('madvise(MERGEABLE) 1 page: ksm.enable', 'madvise_mergeable', () => ksm.enable(page), () => native.madvise(pageAddress, 4096, C.MADV_MERGEABLE), 1.15)
+    // MADV_MERGEABLE hands the page to ksmd: hold the KSM tests' lock so a concurrent test sees no foreign KSM user.
+    await h.withKsmLock(() =>
+      compare('madvise(MERGEABLE) 1 page: ksm.enable', 'madvise_mergeable', () => ksm.enable(page), () => native.madvise(pageAddress, 4096, C.MADV_MERGEABLE), 1.15),
+    )
     compare('madvise(NORMAL) 1 page: region.advise', 'madvise_normal', () => page.advise('normal'), () => native.madvise(pageAddress, 4096, C.MADV_NORMAL), 1.15)
   } finally {
     page.close()

@@ -15,11 +15,10 @@
 //   - Event features (eventFork, eventRemap, eventRemove, eventUnmap) make fork/mremap/
 //     madvise(DONTNEED)/munmap wait for the event to be read; open() refuses them unless
 //     { allowBlockingFaults: true }.
-import { native } from './native.ts'
+import { native, pageSize } from './native.ts'
 import { check, FeatureUnavailableError, InvalidStateError, SyscallError } from './errors.ts'
 import { Region, resolveSpan, type Range } from './region.ts'
 import { invalidArgType, invalidArgValue, validateBoolean, validateObject } from './validate.ts'
-import { pageSize } from './native.ts'
 
 const U = native.uffdConstants
 

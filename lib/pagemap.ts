@@ -297,8 +297,12 @@ export function scan(region: Region, options?: ScanOptions): ScanResult {
  * every batch: closing it mid-iteration throws ERR_REGION_CLOSED instead of scanning freed
  * addresses.
  */
-export function* scanAll(region: Region, options?: ScanOptions): Generator<ScanResult, void, undefined> {
-  const p = plan(region, options)
+export function scanAll(region: Region, options?: ScanOptions): Generator<ScanResult, void, undefined> {
+  // Validate now, not at the first next(): bad arguments throw where scanAll() is called.
+  return batches(region, plan(region, options))
+}
+
+function* batches(region: Region, p: Plan): Generator<ScanResult, void, undefined> {
   let start = p.address
   let budget = p.maxPages
   while (start < p.end) {

@@ -294,8 +294,10 @@ const lockPath = path.join(os.tmpdir(), 'memdedup-ksm-tests.lock')
  * (run) are system-wide, so two test runs at once (two checkouts, two engineers) would corrupt each
  * other's exact expectations. A lock left by a dead process is taken over. Returns the release.
  */
-export async function acquireKsmLock(timeoutMs = inVm ? 540_000 : 120_000): Promise<() => void> {
+export const ksmLockTimeoutMs = inVm ? 540_000 : 300_000
+export async function acquireKsmLock(timeoutMs = ksmLockTimeoutMs): Promise<() => void> {
   const deadline = Date.now() + timeoutMs
+  let told = false
   for (;;) {
     try {
       fs.writeFileSync(lockPath, String(process.pid), { flag: 'wx' })
@@ -323,6 +325,10 @@ export async function acquireKsmLock(timeoutMs = inVm ? 540_000 : 120_000): Prom
       continue
     }
     if (Date.now() > deadline) throw new Error(`${lockPath} is held by pid ${owner} (another KSM test run) for more than ${timeoutMs} ms`)
+    if (!told) {
+      told = true
+      process.stderr.write(`waiting for ${lockPath}, held by pid ${owner}\n`)
+    }
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
 }

@@ -14,6 +14,7 @@ import {
   duplicatePfns,
   ensureDist,
   fastKsmd,
+  ksmLockTimeoutMs,
   firstMismatch,
   fixturesDir,
   ksmdTimeoutMs,
@@ -45,8 +46,8 @@ const regions: Region[] = []
 const track = (region: Region) => (regions.push(region), region)
 
 beforeAll(async () => {
-  releaseLock = await acquireKsmLock(ksmdTimeoutMs)
-}, ksmdTimeoutMs + 10_000)
+  releaseLock = await acquireKsmLock()
+}, ksmLockTimeoutMs + 10_000)
 
 afterAll(() => {
   releaseLock?.()

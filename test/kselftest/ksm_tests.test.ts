@@ -11,6 +11,7 @@ import {
   KsmState,
   acquireKsmLock,
   fastKsmd,
+  ksmLockTimeoutMs,
   firstMismatch,
   foreignKsmUsers,
   ksmdTimeoutMs,
@@ -29,8 +30,8 @@ let releaseLock: (() => void) | undefined
 const regions: Region[] = []
 
 beforeAll(async () => {
-  releaseLock = await acquireKsmLock(ksmdTimeoutMs)
-}, ksmdTimeoutMs + 10_000)
+  releaseLock = await acquireKsmLock()
+}, ksmLockTimeoutMs + 10_000)
 
 afterAll(() => {
   releaseLock?.()

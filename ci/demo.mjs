@@ -24,7 +24,7 @@ import { runInVm } from './vm.mjs'
 export const seed = { procs: 1000, baseline: 39721, afterCow: 419927, afterMerge: 45525 }
 const goals = { residualPercent: 1.5, mergeSeconds1000: 60, bulkSpeedup: 100 }
 
-function parseOptions(argv) {
+export function parseOptions(argv) {
   const options = { procs: 1000, nodeProcs: 20, memory: '6G', ksmCap: 180, ksmFastCap: 120, bulkMib: 1024, skip: '', timeout: 3600, json: false }
   const names = { procs: 'procs', 'node-procs': 'nodeProcs', memory: 'memory', 'ksm-cap': 'ksmCap', 'ksm-fast-cap': 'ksmFastCap',
     'bulk-mib': 'bulkMib', skip: 'skip', timeout: 'timeout' }

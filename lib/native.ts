@@ -61,7 +61,12 @@ export interface UserfaultfdBinding {
   uffdConstants: Record<string, number>
 }
 
-export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding
+export interface ContentBinding {
+  /** Hashes the pages at address + index * pageSize into out; -EINVAL if the arrays are too short. */
+  hashPages(address: number, pageIndexes: Uint32Array, count: number, out: BigUint64Array): Rc
+}
+
+export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & ContentBinding
 
 function load(): Binding {
   if (process.platform !== 'linux') {
@@ -86,6 +91,8 @@ function load(): Binding {
   throw new Error(`memdedup native addon not found (run \`npm install\` or \`npx node-gyp rebuild\`); tried:\n  ${tried.join('\n  ')}`)
 }
 
-export const native: Binding = load()
+// A spread copy: the addon's exports object is in V8 dictionary mode, a plain object literal is
+// fast (every call site reads a property of it).
+export const native: Binding = { ...load() }
 export const constants = native.constants
 export const pageSize: number = native.constants.pageSize

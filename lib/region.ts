@@ -240,13 +240,7 @@ export class Region {
 
   /** Copies bytes out; works on read-only pages too (never on PROT_NONE ones). */
   read(range?: Range): Buffer {
-    const span = this.#span(range, 'read')
-    const first = (span.address - this.#address) / pageSize
-    for (let page = first; page < first + span.length / pageSize; page++) {
-      if ((this.#pageProt[page] & C.PROT_READ) === 0) {
-        throw new InvalidStateError('ERR_REGION_PROTECTION', `page ${page} of the Region is not readable`)
-      }
-    }
+    const span = this.readableSpan(range, 'read')
     const out = Buffer.allocUnsafe(span.length)
     native.copyOut(span.address, span.length, out)
     return out
@@ -326,6 +320,18 @@ export class Region {
     this.#assertOpen('onClose')
     this.#hooks.add(hook)
     return () => this.#hooks.delete(hook)
+  }
+
+  /** @internal Like span(), and every page in it is readable (native code may read it). */
+  readableSpan(range: Range | undefined, operation: string): Span {
+    const span = this.#span(range, operation)
+    const first = (span.address - this.#address) / pageSize
+    for (let page = first; page < first + span.length / pageSize; page++) {
+      if ((this.#pageProt[page] & C.PROT_READ) === 0) {
+        throw new InvalidStateError('ERR_REGION_PROTECTION', `Cannot ${operation}: page ${page} of the Region is not readable`)
+      }
+    }
+    return span
   }
 
   /** @internal Validated absolute span of `range` (the whole Region when omitted). */

@@ -8,6 +8,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPrctl(env, exports);
   InitUserfaultfd(env, exports);
   InitPagemap(env, exports);
+  InitContent(env, exports);
   return exports;
 }
 

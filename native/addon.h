@@ -12,6 +12,7 @@ void InitMm(Napi::Env env, Napi::Object exports);
 void InitPrctl(Napi::Env env, Napi::Object exports);
 void InitUserfaultfd(Napi::Env env, Napi::Object exports);
 void InitPagemap(Napi::Env env, Napi::Object exports);
+void InitContent(Napi::Env env, Napi::Object exports);
 
 // Addresses and lengths travel as JS numbers: user addresses on x86_64 are < 2^47, well
 // inside a double's 2^53 exact range, and numbers are much cheaper than BigInt across N-API.

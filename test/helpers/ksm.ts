@@ -115,12 +115,36 @@ export class KsmState {
    */
   async merge(): Promise<void> {
     this.set({ run: 1 })
-    await ksm.waitForFullScans(2, { timeoutMs: ksmdTimeoutMs })
+    await this.scans(2)
+  }
+
+  /**
+   * Polls `condition` while ksmd runs; true once it holds, false if `maxScans` full scans pass
+   * without it. Unlike waiting for a number of scans this cannot hang when ksmd goes idle: once
+   * no process has mergeable memory left, ksmd drops the last mm and stops counting full scans.
+   */
+  async until(condition: () => boolean, maxScans: number): Promise<boolean> {
+    const start = ksm.stats().fullScans
+    const deadline = Date.now() + ksmdTimeoutMs
+    while (Date.now() < deadline) {
+      if (condition()) return true
+      if (ksm.stats().fullScans >= start + maxScans) return condition()
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    return condition()
   }
 
   /** ksm_tests.c ksm_do_scan(n) with ksmd already running. */
   async scans(count: number): Promise<void> {
-    await ksm.waitForFullScans(count, { timeoutMs: ksmdTimeoutMs })
+    try {
+      await ksm.waitForFullScans(count, { timeoutMs: ksmdTimeoutMs })
+    } catch (error) {
+      // Usually someone else stopped ksmd or is feeding it a huge region: say who.
+      const s = ksm.stats()
+      const others = foreignKsmUsers().map((u) => `pid ${u.pid} (${u.command.slice(0, 60)}) ${u.rmapItems} rmap items`)
+      ;(error as Error).message += `; now run=${s.run} pages_to_scan=${s.pagesToScan} sleep_millisecs=${s.sleepMillisecs}; other KSM users: ${others.join(', ') || 'none'}`
+      throw error
+    }
   }
 
   /** Puts back every knob changed through set() and the PR_SET_MEMORY_MERGE flag. Throws after trying all. */

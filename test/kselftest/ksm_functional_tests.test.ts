@@ -143,12 +143,12 @@ function expectUnmerged(map: Region, what = 'Pages were unmerged'): void {
 
 /**
  * Not in the C: unmerging breaks COW at once, but ksm_merging_pages counts rmap items still in the
- * stable tree, which ksmd drops when it next walks this mm. Two full scans: the first may end
- * before ksmd reaches this mm again (it can be anywhere in its list of mms when we start).
+ * stable tree, which ksmd drops when it next walks this mm: within two full scans (the first may
+ * end before ksmd reaches this mm again; it can be anywhere in its list of mms when we start).
  */
 async function expectNoMergingPagesAfterScan(): Promise<void> {
-  await state.scans(2)
-  expect(myMergingPages(), 'ksm_merging_pages after unmerging and two more full scans').toBe(0)
+  const dropped = await state.until(() => myMergingPages() === 0, 2)
+  expect(dropped, `ksm_merging_pages ${myMergingPages()} after unmerging and two more full scans`).toBe(true)
 }
 
 const size = 2 * MiB

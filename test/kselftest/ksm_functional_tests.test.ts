@@ -324,7 +324,7 @@ describe('ksm_functional_tests', () => {
   //
   // Node cannot fork() without exec: every child_process API is fork (or vfork/clone) + execve
   // inside libuv. PR_SET_MEMORY_MERGE (MMF_VM_MERGE_ANY) survives both steps: fork copies
-  // mm->flags (MMF_INIT_MASK) and execve gives the new mm the flag again (ksm_execve(), 6.7+).
+  // mm->flags (MMF_INIT_MASK) and execve gives the new mm the flag again (ksm_execve(); in 6.12 and 6.18).
   // So this test checks inheritance through Node's own `fork()` (a node child with an IPC
   // channel, reporting over it) and test_prctl_fork_exec below through a plain spawn + exit
   // status, as the C re-executes its own binary. What neither can check is fork() alone.

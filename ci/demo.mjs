@@ -14,6 +14,7 @@
 //   4. time to savings for --bulk-mib MiB of duplicates, SKSM against ksmd, and merge throughput
 // Options: --procs N (1000) --node-procs N (20) --memory SIZE (6G) --ksm-cap S (180)
 //   --ksm-fast-cap S (120) --bulk-mib N (1024) --skip node,ksm,bulk --timeout S (3600) --json
+//   --kernel BZIMAGE (use this kernel as is, e.g. while kernel-patches/ is being edited)
 import { $, fs, path, chalk } from 'zx'
 import { createHash } from 'node:crypto'
 import { cacheDir, repoRoot, log, fail, formatSeconds, isMain, runMain } from './lib.mjs'
@@ -25,15 +26,15 @@ export const seed = { procs: 1000, baseline: 39721, afterCow: 419927, afterMerge
 const goals = { residualPercent: 1.5, mergeSeconds1000: 60, bulkSpeedup: 100 }
 
 export function parseOptions(argv) {
-  const options = { procs: 1000, nodeProcs: 20, memory: '6G', ksmCap: 180, ksmFastCap: 120, bulkMib: 1024, skip: '', timeout: 3600, json: false }
+  const options = { procs: 1000, nodeProcs: 20, memory: '6G', ksmCap: 180, ksmFastCap: 120, bulkMib: 1024, skip: '', timeout: 3600, json: false, kernel: '' }
   const names = { procs: 'procs', 'node-procs': 'nodeProcs', memory: 'memory', 'ksm-cap': 'ksmCap', 'ksm-fast-cap': 'ksmFastCap',
-    'bulk-mib': 'bulkMib', skip: 'skip', timeout: 'timeout' }
+    'bulk-mib': 'bulkMib', skip: 'skip', timeout: 'timeout', kernel: 'kernel' }
   for (let i = 0; i < argv.length; i++) {
     const match = /^--([\w-]+)(?:=(.*))?$/.exec(argv[i])
     if (!match) fail(`unexpected argument ${argv[i]} (see the header of ci/demo.mjs)`)
     if (match[1] === 'json') { options.json = true; continue }
     const key = names[match[1]]
-    if (!key) fail(`unknown option --${match[1]}; options: --procs N --node-procs N --memory 6G --ksm-cap S --ksm-fast-cap S --bulk-mib N --skip node,ksm,bulk --timeout S --json`)
+    if (!key) fail(`unknown option --${match[1]}; options: --procs N --node-procs N --memory 6G --ksm-cap S --ksm-fast-cap S --bulk-mib N --skip node,ksm,bulk --timeout S --kernel BZIMAGE --json`)
     const value = match[2] ?? argv[++i]
     if (value === undefined) fail(`--${match[1]} needs a value`)
     options[key] = typeof options[key] === 'number' ? Number(value) : value
@@ -167,9 +168,16 @@ export function formatReport(rows, options) {
 async function main() {
   const options = parseOptions(process.argv.slice(process.argv.findIndex((arg) => arg.endsWith('demo.mjs')) + 1))
   const started = Date.now()
-  log('step 1/3: lab kernel (Debian linux-source-6.12 + kernel-patches/, cached after the first build; a first build takes a while)')
-  const kernel = await ensureKernelBuild()
-  log(`kernel ${kernel.release}${kernel.cached ? ' (cached)' : ` built in ${formatSeconds(kernel.buildMs)}`}`)
+  let kernel
+  if (options.kernel) {
+    if (!fs.existsSync(options.kernel)) fail(`--kernel ${options.kernel} does not exist`)
+    kernel = { bzImage: path.resolve(options.kernel), release: (await fs.readFile(`${options.kernel}.release`, 'utf8').catch(() => '?')).trim(), cached: true }
+    log(`step 1/3: using ${kernel.bzImage} (${kernel.release}) as given`)
+  } else {
+    log('step 1/3: lab kernel (Debian linux-source-6.12 + kernel-patches/, cached after the first build; a first build takes a while)')
+    kernel = await ensureKernelBuild()
+    log(`kernel ${kernel.release}${kernel.cached ? ' (cached)' : ` built in ${formatSeconds(kernel.buildMs)}`}`)
+  }
   const helper = await buildHelper()
   await $`test -f ${path.join(repoRoot, 'dist', 'lib', 'index.js')}`.catch(() => fail('dist/ is missing: run `npx tsc -p tsconfig.json` (npm run demo does)'))
 
@@ -180,7 +188,7 @@ async function main() {
   log(`step 2/3: booting it (${options.memory}) and measuring in the guest: ${options.procs} processes, progress below`)
   const result = await withFilteredStdout(options.json, () =>
     runInVm(['node', 'ci/demo/guest.mjs', ...guestArgs.map(String)], {
-      cwd: repoRoot, memory: options.memory, timeoutMs: options.timeout * 1000, stdio: 'pipe', echo: true,
+      cwd: repoRoot, memory: options.memory, timeoutMs: options.timeout * 1000, stdio: 'pipe', echo: true, kernel: kernel.bzImage,
       env: { TMPDIR: '/tmp' },
     }),
   )

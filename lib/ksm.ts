@@ -149,9 +149,8 @@ export function configure(settings: KsmSettings): KsmSettings {
     else if (typeof value !== 'boolean' && typeof value !== 'string') throw invalidArgType(`settings.${key}`, 'a number, boolean or string', value)
     if (key === 'run' && ![0, 1, 2].includes(value as number)) throw invalidArgValue('settings.run', 'must be 0, 1 or 2', value)
   }
-  const current = stats()
   const previous: KsmSettings = {}
-  for (const [key] of entries) previous[key] = current[key] as number | string
+  for (const [key] of entries) previous[key] = parseValue(fs.readFileSync(`${sysfsDir}/${snake(key)}`, 'utf8'))
   const rank = ([key, value]: [string, unknown]) => (key !== 'run' ? 1 : value === 1 ? 2 : 0)
   const ordered = entries.sort((a, b) => rank(a) - rank(b))
   for (const [key, value] of ordered) {
@@ -168,7 +167,8 @@ export function configure(settings: KsmSettings): KsmSettings {
 
 /**
  * Resolves once ksmd has completed `scans` more full scans (ksm_tests.c waits for 2 so every
- * page had a chance to be seen twice: once to enter the unstable tree, once to merge).
+ * page had a chance to be seen twice: once to enter the unstable tree, once to merge). ksmd
+ * only scans while some memory is mergeable: with none, this times out (ETIMEDOUT).
  */
 export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number; pollMs?: number }): Promise<void> {
   validateInteger(scans, 'scans', 1)
@@ -181,7 +181,11 @@ export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number
   const deadline = Date.now() + timeoutMs
   while (read() < target) {
     if (Date.now() > deadline) {
-      throw Object.assign(new Error(`ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1?)`), { code: 'ETIMEDOUT' })
+      // ksmd counts a full scan only while some memory is mergeable: with none it sleeps.
+      throw Object.assign(
+        new Error(`ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1, and is any memory MADV_MERGEABLE?)`),
+        { code: 'ETIMEDOUT' },
+      )
     }
     await new Promise((resolve) => setTimeout(resolve, pollMs))
   }

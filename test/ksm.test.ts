@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Region, ksm, features, FeatureUnavailableError, pageSize } from '../lib/index.ts'
+import { acquireKsmLock } from './helpers/ksm.ts'
 
 const hasKsm = fs.existsSync(ksm.sysfsDir)
 
@@ -46,11 +47,15 @@ describe.skipIf(!hasKsm)('ksm (CONFIG_KSM)', () => {
 
   describe('configure', () => {
     let saved: ksm.KsmSettings
-    beforeAll(() => {
-      saved = ksm.configure({ pagesToScan: ksm.stats().pagesToScan })
+    let release: () => void
+    beforeAll(async () => {
+      // Other test files and the bench drive ksmd too: one at a time.
+      release = await acquireKsmLock()
+      saved = ksm.configure({ run: ksm.stats().run as 0 | 1 | 2, pagesToScan: ksm.stats().pagesToScan, sleepMillisecs: ksm.stats().sleepMillisecs })
     })
     afterAll(() => {
       ksm.configure(saved)
+      release()
     })
 
     it('writes settings and returns exactly the previous values', () => {
@@ -64,6 +69,10 @@ describe.skipIf(!hasKsm)('ksm (CONFIG_KSM)', () => {
     })
 
     it('waitForFullScans resolves after ksmd completes scans', async () => {
+      // ksmd counts full scans only while something is mergeable.
+      using r = Region.anonymous(16 * pageSize)
+      r.bytes.fill(1)
+      ksm.enable(r)
       const previous = ksm.configure({ run: 1, sleepMillisecs: 0, pagesToScan: 10000 })
       try {
         const before = ksm.stats().fullScans
@@ -71,6 +80,7 @@ describe.skipIf(!hasKsm)('ksm (CONFIG_KSM)', () => {
         expect(ksm.stats().fullScans).toBeGreaterThanOrEqual(before + 2)
       } finally {
         ksm.configure(previous)
+        ksm.disable(r)
       }
     })
 

@@ -2,10 +2,12 @@
 // bad inputs (each asserting error class, code, and that no fd leaked). No test here ever
 // writes to a page under a *synchronous* WP or touches a MISSING/MINOR registration: with
 // nobody reading the uffd that would block the worker forever.
+import { spawn } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
 import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
 import { probeUserfaultfd } from '../lib/uffd.ts'
 import { fdCount } from './helpers/process.ts'
+import { assertDistBuilt, distEntry } from './helpers/dist.ts'
 
 const P = pageSize
 const f = features()
@@ -308,4 +310,38 @@ describe.skipIf(noUffd)(`register / unregister / writeProtect ${why}`, () => {
     shmem.writeProtect(r, undefined, true)
     shmem.writeProtect(r, undefined, false)
   })
+
+  it('the documented danger: a write to a sync-WP page blocks the thread (in a child, killed after a timeout)', async () => {
+    assertDistBuilt()
+    const script = `
+      import { Region, Userfaultfd } from ${JSON.stringify(distEntry)}
+      const r = Region.anonymous(4096)
+      r.bytes[0] = 1
+      const uffd = Userfaultfd.open()
+      uffd.register(r, { writeProtect: true })
+      uffd.writeProtect(r, undefined, true)
+      process.stdout.write('armed\\n')
+      r.bytes[0] = 2
+      process.stdout.write('wrote\\n')
+    `
+    // Wait for 'armed', give the write a second (it takes microseconds when it does not block),
+    // then check the child is still stuck and kill it.
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stderr.on('data', (chunk) => (stderr += chunk))
+    const armed = new Promise<void>((resolve) => child.stdout.on('data', (chunk) => {
+      stdout += chunk
+      if (stdout.includes('armed')) resolve()
+    }))
+    const exited = new Promise<NodeJS.Signals | number | null>((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)))
+    await Promise.race([armed, exited])
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    const stillRunning = child.exitCode === null && child.signalCode === null
+    child.kill('SIGKILL')
+    expect(await exited).toBe('SIGKILL')
+    expect(stderr).toBe('')
+    expect(stdout).toBe('armed\n')
+    expect(stillRunning).toBe(true)
+  }, 180_000)
 })

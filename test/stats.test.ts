@@ -4,16 +4,18 @@ import { describe, expect, it } from 'vitest'
 import { Region, stats, pageSize } from '../lib/index.ts'
 
 describe('stats', () => {
-  it('vmstat() parses /proc/vmstat and nr_anon_pages follows a populated region', () => {
+  it('vmstat() parses /proc/vmstat; RssAnon follows a populated region', () => {
     const v = stats.vmstat()
     expect(Object.keys(v).length).toBe(fs.readFileSync('/proc/vmstat', 'utf8').trim().split('\n').length)
     expect(v.nr_anon_pages).toBeGreaterThan(0)
-    const pages = 16384 // 64 MiB: well above the noise of other processes
-    const before = stats.vmstat().nr_anon_pages
+    const pages = 16384 // 64 MiB
+    const before = stats.status().RssAnon
     using r = Region.anonymous(pages * pageSize)
     r.advise('populateWrite')
-    // THP may back it with huge pages, which nr_anon_pages counts in base pages too.
-    expect(stats.vmstat().nr_anon_pages - before).toBeGreaterThan(pages * 0.9)
+    // Our own anonymous RSS is exact; the system-wide nr_anon_pages moves with every other
+    // process, so it only has to be large enough to contain ours.
+    expect(stats.status().RssAnon - before).toBeGreaterThanOrEqual(pages * pageSize)
+    expect(stats.vmstat().nr_anon_pages).toBeGreaterThanOrEqual(pages)
   })
 
   it('smapsRollup() and status() report bytes, and RSS grows with a populated region', () => {

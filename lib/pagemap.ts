@@ -72,12 +72,44 @@ function pagemapDescriptor(): number {
   return pagemapFd
 }
 
+/** Caller-owned storage for entries() in hot loops (see EntriesOptions.output). */
+export interface EntriesOutput {
+  pfns: BigUint64Array
+  flags: Uint8Array
+}
+
+/** Allocates reusable entries() storage for up to `pages` pages. */
+export function entriesOutput(pages: number): EntriesOutput {
+  const n = validateInteger(pages, 'pages', 1, 2 ** 30)
+  return { pfns: new BigUint64Array(n), flags: new Uint8Array(n) }
+}
+
+export interface EntriesOptions {
+  /** Reuse these arrays instead of allocating (a 1 GiB range needs 2.25 MiB of fresh, page-faulting
+   *  memory per call otherwise). The result's arrays are views of them, valid until the next call. */
+  output?: EntriesOutput
+}
+
 /** Decoded /proc/self/pagemap entries for the Region (or a page-aligned range of it). */
-export function entries(region: Region, range?: Range): PagemapEntries {
+export function entries(region: Region, range?: Range, options?: EntriesOptions): PagemapEntries {
   const span = resolveSpan(region, range, 'pagemap.entries')
   const pages = span.length / pageSize
-  const pfns = new BigUint64Array(pages)
-  const flags = new Uint8Array(pages)
+  let pfns: BigUint64Array
+  let flags: Uint8Array
+  const output = options?.output
+  if (output === undefined) {
+    pfns = new BigUint64Array(pages)
+    flags = new Uint8Array(pages)
+  } else {
+    if (!(output.pfns instanceof BigUint64Array) || !(output.flags instanceof Uint8Array)) {
+      throw invalidArgType('options.output', 'the result of pagemap.entriesOutput()', output)
+    }
+    if (output.pfns.length < pages || output.flags.length < pages) {
+      throw outOfRange('options.output', `room for ${pages} pages`, Math.min(output.pfns.length, output.flags.length))
+    }
+    pfns = output.pfns.subarray(0, pages)
+    flags = output.flags.subarray(0, pages)
+  }
   const got = check(native.pagemapEntries(pagemapDescriptor(), span.address, pages, pfns, flags), 'pread', '/proc/self/pagemap')
   if (got !== pages) throw new Error(`short read of /proc/self/pagemap: ${got} of ${pages} entries`)
   return new PagemapEntries(BigInt(span.address), pfns, flags)

@@ -28,6 +28,10 @@ Napi::Value PagemapEntries(const Napi::CallbackInfo& info) {
   uint64_t* entries = static_cast<uint64_t*>(info[3].As<Napi::TypedArray>().ArrayBuffer().Data()) +
                       info[3].As<Napi::TypedArray>().ByteOffset() / sizeof(uint64_t);
   uint8_t* flags = info[4].As<Napi::Uint8Array>().Data();
+  // Cheap re-check: never write past the arrays we were given.
+  if (pages > info[3].As<Napi::TypedArray>().ElementLength() || pages > info[4].As<Napi::Uint8Array>().ElementLength()) {
+    return Napi::Number::New(info.Env(), -EINVAL);
+  }
   long page_size = sysconf(_SC_PAGESIZE);
   size_t want = pages * sizeof(uint64_t), done = 0;
   off_t offset = static_cast<off_t>(address / page_size * sizeof(uint64_t));

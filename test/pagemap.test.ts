@@ -258,3 +258,18 @@ describe.skipIf(noScan)(`scan ${whyScan}`, () => {
     expect(() => pagemap.scanAddressesReadOnly(r.address, P, { flags: 1 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }))
   })
 })
+
+describe('entries output reuse', () => {
+  it('fills caller-owned arrays and refuses ones that are too small', () => {
+    using r = Region.anonymous(8 * pageSize)
+    r.bytes.fill(1)
+    const output = pagemap.entriesOutput(16)
+    const e = pagemap.entries(r, undefined, { output })
+    expect(e.length).toBe(8)
+    expect(e.pfns.buffer).toBe(output.pfns.buffer)
+    expect([...e.pfns]).toEqual([...pagemap.entries(r).pfns])
+    expect(() => pagemap.entries(r, undefined, { output: pagemap.entriesOutput(4) })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    expect(() => pagemap.entries(r, undefined, { output: { pfns: [], flags: [] } as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
+    expect(() => pagemap.entriesOutput(0)).toThrow(RangeError)
+  })
+})

@@ -5,8 +5,8 @@
 //   npm run kernel -- --force rebuild even on a cache hit
 //
 // Cache layout (~/.cache/memdedup, or $MEMDEDUP_CACHE_DIR):
-//   linux-<deb version>/   unpacked source, a git repo; tag memdedup-base = pristine tarball
-//   kbuild-<deb version>/  out-of-tree build dir (O=), kept between builds for incremental make
+//   linux-src/             unpacked source, a git repo; tag memdedup-base = pristine tarball
+//   kbuild/                out-of-tree build dir (O=), kept between builds for incremental make
 //   ccache/                compiler cache (CCACHE_DIR)
 //   bzImage-<key>          the result, keyed by (source version, patches, config fragment)
 //   basic_test-<key>, madv-merge-probe-<key>   user-space test programs for the guest
@@ -50,8 +50,10 @@ export async function kernelKey() {
 
 async function ensurePristineTree(version) {
   const debVersion = version.split('+')[0]
-  const tree = path.join(cacheDir, `linux-${debVersion}`)
-  if (fs.existsSync(path.join(tree, '.git', 'memdedup-pristine'))) return tree
+  // Fixed paths (not versioned) so ccache and make reuse work across source updates.
+  const tree = path.join(cacheDir, 'linux-src')
+  const marker = path.join(tree, '.git', 'memdedup-pristine')
+  if (fs.existsSync(marker) && (await fs.readFile(marker, 'utf8')).trim() === version) return tree
   const started = Date.now()
   log(`unpacking ${sourceTarball} into ${tree} (once; ~1 min)`)
   const staging = `${tree}.unpacking`
@@ -77,7 +79,7 @@ async function applySeries(tree, patches, key) {
   const wanted = sha256(...patches.flatMap((p) => [p.name, p.text]))
   if (fs.existsSync(marker) && (await fs.readFile(marker, 'utf8')).trim() === wanted) return
   await fs.remove(marker)
-  await $`git -C ${tree} reset -q --hard ${baseTag}`
+  await $`git -C ${tree} checkout -q -f --detach ${baseTag}`
   await $`git -C ${tree} clean -q -f -d -x`
   for (const patch of patches) {
     const check = await $`git -C ${tree} apply --check --verbose ${patch.file}`.nothrow().quiet()
@@ -85,12 +87,12 @@ async function applySeries(tree, patches, key) {
       // Apply what applies and keep the rejects, so the message can show each failing hunk.
       const withRejects = await $`git -C ${tree} apply --reject --verbose ${patch.file}`.nothrow().quiet()
       const report = `${withRejects.stdout}${withRejects.stderr}`.split('\n')
-        .filter((line) => /^(error|Applying patch|Rejected hunk|Checking patch)/.test(line) || /reject/.test(line))
+        .filter((line) => /^(error: patch failed|Applying patch .* with|Rejected hunk)/.test(line))
       const rejectFiles = (await $`git -C ${tree} ls-files --others --ignored --exclude-standard -z`.quiet()).stdout
         .split('\0').filter((file) => file.endsWith('.rej'))
       const rejects = []
       for (const file of rejectFiles) rejects.push(`--- ${file}\n${await fs.readFile(path.join(tree, file), 'utf8')}`)
-      await $`git -C ${tree} reset -q --hard ${baseTag}`
+      await $`git -C ${tree} checkout -q -f --detach ${baseTag}`
       await $`git -C ${tree} clean -q -f -d -x`
       fail(`patch ${patch.name} does not apply to ${sourcePackage}:\n${report.join('\n')}\n${rejects.join('\n')}`)
     }
@@ -113,6 +115,8 @@ function buildEnv() {
     KBUILD_BUILD_TIMESTAMP: '2026-01-01',
     KBUILD_BUILD_USER: 'memdedup',
     KBUILD_BUILD_HOST: 'lab',
+    // Set (even empty) LOCALVERSION stops setlocalversion appending "+" for a git tree.
+    LOCALVERSION: '',
   }
 }
 
@@ -152,11 +156,13 @@ async function build(tree, buildDir) {
   const timer = setInterval(progress, tty ? 1000 : 5000)
   const child = spawn('make', [...makeArgs(buildDir), `-j${jobs}`, 'bzImage'], { cwd: tree, env: buildEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
   const tail = []
+  const errors = [] // with -j, the first error scrolls away behind the other jobs' output
   const onData = (chunk) => {
     out.write(chunk)
     for (const line of chunk.toString().split('\n')) {
       if (!line.trim()) continue
-      tail.push(line); if (tail.length > 60) tail.shift()
+      tail.push(line); if (tail.length > 30) tail.shift()
+      if (/error|\*\*\*|warning:/i.test(line) && errors.length < 60) errors.push(line)
       const m = line.match(/^\s+(CC|AS|LD|AR)\s+(\S+)/)
       if (m) { objects++; last = m[2] }
     }
@@ -166,8 +172,8 @@ async function build(tree, buildDir) {
   const code = await new Promise((resolve) => child.on('close', resolve))
   clearInterval(timer)
   progress(true)
-  out.end()
-  if (code !== 0) fail(`kernel build failed (make exit ${code}); last lines:\n${tail.join('\n')}\nfull log: ${logFile}`)
+  await new Promise((resolve) => out.end(resolve))
+  if (code !== 0) fail(`kernel build failed (make exit ${code}); errors:\n${errors.join('\n')}\nlast lines:\n${tail.join('\n')}\nfull log: ${logFile}`)
   return Date.now() - started
 }
 
@@ -218,7 +224,7 @@ export async function ensureKernelBuild({ force = false } = {}) {
   log(`kernel cache miss (key ${key}, source ${version}); building`)
   const tree = await ensurePristineTree(version)
   await applySeries(tree, patches, key)
-  const buildDir = path.join(cacheDir, `kbuild-${version.split('+')[0]}`)
+  const buildDir = path.join(cacheDir, 'kbuild')
   await configure(tree, buildDir, fragment)
   const makeMs = await build(tree, buildDir)
   const release = (await $({ env: buildEnv(), cwd: tree })`make -s ${makeArgs(buildDir)} kernelrelease`.quiet()).stdout.trim()

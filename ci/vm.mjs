@@ -2,7 +2,7 @@
 // Runs a command (or a shell) in the lab kernel under QEMU, in the same working directory.
 //
 //   npm run vm -- <command...>                  output on this terminal, exit status returned
-//   npm run vm                                  interactive shell (best effort; Ctrl-A X quits QEMU)
+//   npm run vm                                  interactive shell (best effort; `exit` stops the VM)
 //   npm run vm -- --memory=8G --hugepages=64 --timeout=600 -- <command...>
 //
 // The guest sees the host's / read-only (9p), a tmpfs /tmp and $HOME, a scratch dir shared
@@ -131,7 +131,7 @@ export async function runInVm(command, options = {}) {
     '-kernel', kernel,
     '-append', [
       'root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,cache=mmap,msize=1048576 ro',
-      'console=ttyS0 panic=-1 printk.devkmsg=on',
+      'console=ttyS0 panic=-1 oops=panic printk.devkmsg=on', // an Oops ends the run at once
       `init=${guestInit}`,
     ].join(' '),
     '-serial', `file:${consoleLog}`,                   // kernel console, kept for the problem scan
@@ -211,7 +211,7 @@ async function main() {
     else fail(`unknown option ${arg} (options: --memory=4G --cpus=2 --hugepages=N --timeout=SECONDS --no-swap)`)
   }
   const command = args.length === 0 ? null : args.length === 1 ? args[0] : args
-  if (command === null) log('interactive shell in the guest; exit the shell (or Ctrl-A X) to stop the VM')
+  if (command === null) log('interactive shell in the guest; Ctrl-C goes to the guest, `exit` stops the VM')
   const result = await runInVm(command, options)
   await pruneConsoleLogs()
   log(`exit status ${result.exitCode}${result.problems.length ? ` (kernel problems: ${result.problems.length})` : ''}, ${formatSeconds(result.durationMs)} total, guest init at ${result.initUptimeSeconds ?? '?'} s, ${result.accel}`)

@@ -23,7 +23,9 @@ async function main() {
   const host = await $`${kernel.programs.madvMergeProbe}`.nothrow().quiet()
   log(`host ${(await $`uname -r`.quiet()).stdout.trim()}: ${host.stdout.trim()}`)
 
-  const suite = process.env.MEMDEDUP_VM_TEST_COMMAND ?? 'node node_modules/vitest/vitest.mjs run'
+  // --configLoader runner: the default loader bundles vitest.config.ts into node_modules/.vite-temp,
+  // which is read-only in the guest.
+  const suite = process.env.MEMDEDUP_VM_TEST_COMMAND ?? 'node node_modules/vitest/vitest.mjs run --configLoader runner'
   // Each step prints a marker line; the script stops at the first failing step.
   const script = `
 set -u

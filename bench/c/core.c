@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #ifndef PR_GET_MEMORY_MERGE
 #define PR_GET_MEMORY_MERGE 68
 #endif
@@ -24,21 +26,8 @@ static void *big;             // populated mapping for the pagemap test
 static size_t big_bytes;
 static int pagemap_fd = -1;
 
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
 
-static double now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
 
 static void madvise_mergeable(void) {
   if (madvise(page, page_size, MADV_MERGEABLE)) die("madvise(MADV_MERGEABLE)");
@@ -130,8 +119,7 @@ int main(int argc, char **argv) {
     for (int j = 0; j < batch; j++) fn();
     samples[i] = (now_ns() - start) / batch;
   }
-  qsort(samples, iterations, sizeof(double), cmp_double);
-  double median = iterations % 2 ? samples[iterations / 2] : (samples[iterations / 2 - 1] + samples[iterations / 2]) / 2;
+  double median = median_of(samples, iterations);
   printf("{\"test\": \"%s\", \"ns\": %.3f, \"iterations\": %d, \"batch\": %d}\n", test, median, iterations, batch);
   return 0;
 }

@@ -20,14 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define KSM "/sys/kernel/mm/ksm/"
 
 static unsigned long saved_run, saved_pages_to_scan, saved_sleep;
 
-static void die(const char *what) {
-  fprintf(stderr, "%s: %s\n", what, strerror(errno));
-  exit(1);
-}
 
 static unsigned long read_ul(const char *path) {
   FILE *f = fopen(path, "r");
@@ -51,11 +49,6 @@ static void restore(void) {
   write_ul(KSM "run", saved_run);
 }
 
-static double now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
 
 static unsigned long merging_pages(void) { return read_ul("/proc/self/ksm_merging_pages"); }
 

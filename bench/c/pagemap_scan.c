@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
 #endif
@@ -51,21 +53,8 @@ static struct page_region *vec;
 static size_t vec_len;
 static long last_regions;
 
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
 
-static double now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
 
 static void uffd_register(void) {
   struct uffdio_register reg = {.range = {(uintptr_t)mem, bytes}, .mode = UFFDIO_REGISTER_MODE_WP};
@@ -154,8 +143,7 @@ int main(int argc, char **argv) {
     }
     if (i >= 0) samples[i] = t1 - t0;
   }
-  qsort(samples, iterations, sizeof(double), cmp_double);
-  double median = iterations % 2 ? samples[iterations / 2] : (samples[iterations / 2 - 1] + samples[iterations / 2]) / 2;
+  double median = median_of(samples, iterations);
   printf("{\"test\": \"%s\", \"ns\": %.1f, \"regions\": %ld}\n", test, median, last_regions);
   return 0;
 }

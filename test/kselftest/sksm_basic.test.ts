@@ -151,28 +151,34 @@ describe.skipIf(!hasSksm)(`sksm basic_test.c${reason}`, () => {
   })
 
   it('nr_anon_pages and PFN counts move by the number of duplicate pages', () => {
-    const pages = 500 // < 512: never a whole transparent huge page, so the counts are exact
+    // nr_anon_pages is system-wide and Node itself faults in heap pages now and then (measured
+    // in the VM: ~1000 extra pages in one window), so: many pages, and slack above.
+    const pages = 2000 // not a multiple of 512, and the regions need not be 2 MiB aligned
+    const slack = 1024
     using first = Region.anonymous(pages * pageSize)
     using twin = Region.anonymous(pages * pageSize)
+    first.advise('nohugepage') // 4 KiB pages, so every count below is in pages
+    twin.advise('nohugepage')
     fillPattern(first.bytes, `${run}-bulk`, pageSize)
     fillPattern(twin.bytes, `${run}-bulk`, pageSize)
     sksm.merge(first)
     expect(new Set([...pfnsOf(first), ...pfnsOf(twin)]).size).toBe(2 * pages)
 
+    nrAnonPages() // warm the read path: its own allocations fall before the window
     const beforeMerge = nrAnonPages()
     sksm.merge(twin)
     const afterMerge = nrAnonPages()
     expect(pfnsOf(twin)).toEqual(pfnsOf(first))
     expect(new Set(pfnsOf(twin)).size).toBe(pages)
-    // the twin's pages were freed; Node may allocate a few pages meanwhile
-    expect(beforeMerge - afterMerge).toBeGreaterThanOrEqual(pages * 0.9)
+    // the twin's pages were freed
+    expect(beforeMerge - afterMerge).toBeGreaterThanOrEqual(pages * 0.9 - slack / 4)
     expect(beforeMerge - afterMerge).toBeLessThanOrEqual(pages * 1.1)
     expect(checkPattern(twin.read(), `${run}-bulk`, pageSize)).toBe(-1)
 
     touchPages(twin)
     const afterCow = nrAnonPages()
     expect(afterCow - afterMerge).toBeGreaterThanOrEqual(pages * 0.9)
-    expect(afterCow - afterMerge).toBeLessThanOrEqual(pages * 1.1)
+    expect(afterCow - afterMerge).toBeLessThanOrEqual(pages * 1.1 + slack)
     expect(new Set([...pfnsOf(first), ...pfnsOf(twin)]).size).toBe(2 * pages)
     expect(checkPattern(twin.read(), `${run}-bulk`, pageSize)).toBe(-1)
     expect(checkPattern(first.read(), `${run}-bulk`, pageSize)).toBe(-1)

@@ -2,7 +2,7 @@
 // Write tracking, the stable-pass rule and the twin rule run everywhere (dry run without SKSM);
 // the merges themselves are proven with PFNs where the kernel has MADV_MERGE (the lab VM).
 import { describe, expect, it } from 'vitest'
-import { Region, Deduplicator, hashPages, features, pagemap, stats, pageSize as P, InvalidStateError } from '../lib/index.ts'
+import { Region, Deduplicator, hashPages, features, pagemap, pageSize as P, InvalidStateError } from '../lib/index.ts'
 
 const f = features()
 const tracking = f.uffdWpAsync && f.pagemapScan
@@ -88,7 +88,7 @@ describe.skipIf(!tracking)(`Deduplicator${tracking ? '' : ` — skipped: ${why}`
   })
 
   describe.skipIf(!f.sksm)(`with MADV_MERGE${f.sksm ? '' : ` — skipped: this kernel (${f.kernelRelease}) has no SKSM`}`, () => {
-    it('merges twins (same PFN), frees memory, keeps content, and backs off after a COW', () => {
+    it('merges twins (same PFN), saves their frames, keeps content, and backs off after a COW', () => {
       using dedup = new Deduplicator({ stablePasses: 1, backoffPasses: 4 })
       using a = Region.anonymous(64 * P)
       using b = Region.anonymous(64 * P)
@@ -97,7 +97,6 @@ describe.skipIf(!tracking)(`Deduplicator${tracking ? '' : ` — skipped: ${why}`
       const expectedB = Buffer.from(b.bytes)
       dedup.add(a)
       dedup.add(b)
-      const before = stats.vmstat().nr_anon_pages
       const report = dedup.pass()
       expect(report.duplicatePages).toBe(64)
       expect(report.mergedPages).toBe(64)
@@ -105,7 +104,9 @@ describe.skipIf(!tracking)(`Deduplicator${tracking ? '' : ` — skipped: ${why}`
       const pb = pagemap.entries(b).pfns
       for (let i = 0; i < 32; i++) expect(pa[i], `page ${i}`).toBe(pb[i])
       for (let i = 32; i < 64; i++) expect(pa[i]).not.toBe(pb[i])
-      expect(before - stats.vmstat().nr_anon_pages).toBeGreaterThanOrEqual(32 - 8) // other processes add noise
+      // Savings in physical pages: 128 mapped pages now use 96 frames (the kernel's own truth;
+      // nr_anon_pages moves with every other process and is too noisy under TCG).
+      expect(new Set([...pa, ...pb]).size).toBe(96)
       expect(Buffer.from(a.bytes).equals(expectedA)).toBe(true)
       expect(Buffer.from(b.bytes).equals(expectedB)).toBe(true)
       // Nothing written: the merged pages stay merged and are not counted as writes.

@@ -2,6 +2,7 @@
 // including the bad inputs (error class, code, no fd leaked).
 import { describe, expect, it } from 'vitest'
 import { InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
+import { thrown } from './helpers/errors.ts'
 import { fdCount } from './helpers/process.ts'
 
 const P = pageSize
@@ -197,12 +198,7 @@ describe.skipIf(noScan)(`scan ${whyScan}`, () => {
   it('writeProtect on a Region without a wpAsync registration → SyscallError EPERM (checkWpAsync)', () => {
     noFdLeak(() => {
       using r = Region.anonymous(4 * P)
-      let error: unknown
-      try {
-        pagemap.scan(r, { require: ['written'], writeProtect: true })
-      } catch (e) {
-        error = e
-      }
+      const error = thrown(() => pagemap.scan(r, { require: ['written'], writeProtect: true }))
       expect(error).toBeInstanceOf(SyscallError)
       expect(error).toMatchObject({ code: 'EPERM', syscall: 'ioctl(PAGEMAP_SCAN)' })
       // Opting out of the check: the kernel silently skips the VMA.

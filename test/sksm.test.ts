@@ -4,21 +4,13 @@
 import os from 'node:os'
 import { describe, expect, it } from 'vitest'
 import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, features, pagemap, pageSize, sksm } from '../lib/index.ts'
+import { expectThrowsCode, thrown } from './helpers/errors.ts'
 
 const hasSksm = sksm.available()
 const withSksm = hasSksm ? '' : ` [skipped: kernel ${os.release()} has no SKSM, madvise(MADV_MERGE) is EINVAL]`
 const withoutSksm = hasSksm ? ` [skipped: kernel ${os.release()} has SKSM]` : ''
 
-function expectCode(fn: () => unknown, type: new (...args: never[]) => Error, code: string): void {
-  let caught: unknown
-  try {
-    fn()
-  } catch (error) {
-    caught = error
-  }
-  expect(caught).toBeInstanceOf(type)
-  expect((caught as { code?: string }).code).toBe(code)
-}
+const expectCode = expectThrowsCode
 
 describe('sksm.available', () => {
   it('returns a boolean, probed once and cached', () => {
@@ -27,16 +19,8 @@ describe('sksm.available', () => {
     for (let i = 0; i < 3; i++) expect(sksm.available()).toBe(first)
   })
 
-  it('agrees with features().sksm', (ctx) => {
-    let reported: boolean
-    try {
-      // features() runs every probe; while one of them is still a placeholder it throws.
-      reported = features().sksm
-    } catch (error) {
-      ctx.skip(`features() is not usable yet: ${(error as Error).message}`)
-      return
-    }
-    expect(reported).toBe(sksm.available())
+  it('agrees with features().sksm', () => {
+    expect(features().sksm).toBe(sksm.available())
   })
 })
 
@@ -75,12 +59,7 @@ describe('sksm.merge without SKSM', () => {
   it.skipIf(hasSksm)(`throws FeatureUnavailableError naming the feature and the kernel${withoutSksm}`, () => {
     using region = Region.anonymous(2 * pageSize)
     region.bytes.fill(7)
-    let caught: unknown
-    try {
-      sksm.merge(region)
-    } catch (error) {
-      caught = error
-    }
+    const caught = thrown(() => sksm.merge(region))
     expect(caught).toBeInstanceOf(FeatureUnavailableError)
     expect(caught).toBeInstanceOf(Error)
     expect(caught).not.toBeInstanceOf(SyscallError)

@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
 import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
+import { thrown } from './helpers/errors.ts'
 import { probeUserfaultfd } from '../lib/uffd.ts'
 import { fdCount } from './helpers/process.ts'
 import { assertDistBuilt, distEntry } from './helpers/dist.ts'
@@ -89,12 +90,7 @@ describe.skipIf(noUffd)(`Userfaultfd.open ${why}`, () => {
   it('a feature the kernel does not offer → FeatureUnavailableError naming it, no fd leaked', () => {
     noFdLeak(() => {
       const bit = 1 << 30 // not defined by any kernel yet
-      let error: unknown
-      try {
-        Userfaultfd.open({ features: ['wpAsync', bit] })
-      } catch (e) {
-        error = e
-      }
+      const error = thrown(() => Userfaultfd.open({ features: ['wpAsync', bit] }))
       expect(error).toBeInstanceOf(FeatureUnavailableError)
       expect((error as FeatureUnavailableError).code).toBe('ERR_MEMDEDUP_FEATURE_UNAVAILABLE')
       expect((error as FeatureUnavailableError).feature).toContain('0x40000000')
@@ -168,12 +164,7 @@ describe.skipIf(noUffd)(`register / unregister / writeProtect ${why}`, () => {
       using a = Userfaultfd.open()
       using b = Userfaultfd.open()
       a.register(r, { writeProtect: true })
-      let error: unknown
-      try {
-        b.register(r, { writeProtect: true })
-      } catch (e) {
-        error = e
-      }
+      const error = thrown(() => b.register(r, { writeProtect: true }))
       expect(error).toBeInstanceOf(SyscallError)
       expect(error).toMatchObject({ code: 'EBUSY', errno: -16, syscall: 'ioctl(UFFDIO_REGISTER)' })
     })

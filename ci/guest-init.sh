@@ -14,9 +14,8 @@ mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /dev/hugepages
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
-mkdir -p /run/memdedup/scratch /run/memdedup/home
+mkdir -p /run/memdedup/scratch /run/memdedup/home /run/memdedup/host-tmp
 # The host's temp dir for this run: the command script in, results out.
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576,cache=none scratch /run/memdedup/scratch
 say "started at $(cut -d' ' -f1 /proc/uptime)s uptime"
@@ -25,6 +24,18 @@ cut -d' ' -f1 /proc/uptime > /run/memdedup/scratch/init-uptime
 # Settings written by the host: MEMDEDUP_CWD, MEMDEDUP_HUGEPAGES, MEMDEDUP_INTERACTIVE, and the
 # command's environment (exports).
 . /run/memdedup/scratch/env.sh
+
+# A writable /tmp hides the host's /tmp, where a checkout may live (CI clones into temp dirs):
+# keep the host's /tmp reachable and bind the working directory back at its own path.
+mount --bind /tmp /run/memdedup/host-tmp
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+case "$MEMDEDUP_CWD" in
+/tmp/*)
+	mkdir -p "$MEMDEDUP_CWD"
+	mount --bind "/run/memdedup/host-tmp/${MEMDEDUP_CWD#/tmp/}" "$MEMDEDUP_CWD" ||
+		say "cannot bind the host's $MEMDEDUP_CWD"
+	;;
+esac
 
 # Swap on the virtio disk the host formatted with mkswap (lets tests push pages out).
 [ -b /dev/vda ] && swapon /dev/vda

@@ -37,6 +37,8 @@ import { resolveSpan, type Range, type Region } from './region.ts'
  * **What is ignored** (as the kernel ignores it, without an error): pages not present (never
  * touched), file pages not yet COWed (a private file mapping is merged only where it was
  * written), and shared mappings (memfd Regions). Transparent huge pages are split first.
+ * Merging is best-effort per page: a page someone else holds a reference to at that moment
+ * (O_DIRECT I/O, a pin, ksmd looking at it) is skipped, as KSM skips it; call again to retry.
  *
  * The call holds the mmap lock for writing and does O(pages) hashing and comparing: merge in
  * batches (ranges) if other threads of the process must keep faulting meanwhile.

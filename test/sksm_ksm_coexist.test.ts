@@ -109,13 +109,17 @@ describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () =
     // COW out of the shared page, change one page, merge again: only that page stays private
     first.bytes[5 * pageSize] ^= 0xff
     for (let i = 0; i < pages; i++) if (i !== 5) first.bytes[i * pageSize] = first.bytes[i * pageSize]
-    sksm.merge(first)
-    // SKSM merges them with twin's copies at once; should a port hand SKSM pages over to ksmd
-    // (both advised here), ksmd must have merged them within a few scans instead
     const samePages = () => {
       const twinPfns = pfnsOf(twin)
       return pfnsOf(first).filter((pfn, i) => i !== 5 && pfn === twinPfns[i]).length
     }
+    // SKSM merges them with twin's copies at once. MADV_MERGE is best-effort per page: ksmd (at
+    // full speed on these mergeable pages) holds a reference while it looks at a page, and
+    // write_protect_page()'s refcount check then skips it, as KSM skips pinned pages. A caller
+    // simply merges again; a few tries must get every page.
+    for (let attempt = 0; attempt < 5 && samePages() !== pages - 1; attempt++) sksm.merge(first)
+    // Should a port hand SKSM pages over to ksmd (both advised here), ksmd must have merged
+    // them within a few scans instead.
     if (samePages() !== pages - 1) await ksm.waitForFullScans(3, { timeoutMs: inVm ? 300_000 : 60_000 })
     const [a, b] = [pfnsOf(first), pfnsOf(twin)]
     for (let i = 0; i < pages; i++) {

@@ -2,7 +2,7 @@
 // page: every merge claim in the tests is proven with entries().
 import fs from 'node:fs'
 import { native, pageSize } from './native.ts'
-import { check } from './errors.ts'
+import { check, SyscallError } from './errors.ts'
 import { invalidArgType, invalidArgValue, outOfRange, validateBoolean, validateInteger, validateObject } from './validate.ts'
 import { Region, resolveSpan, type Range } from './region.ts'
 
@@ -297,7 +297,8 @@ function run(p: Plan, start: number): ScanResult {
   const ends = p.output?.ends ?? new BigUint64Array(p.vectorLength)
   const categories = p.output?.categories ?? new Uint32Array(p.vectorLength)
   const n = native.pagemapScan(pagemapDescriptor(), start, p.end, p.flags, p.maxPages, p.inverted, p.mask, p.anyof, p.report, p.vectorLength, starts, ends, categories, walkOut)
-  check(n, 'ioctl(PAGEMAP_SCAN)', scanContext(p))
+  // The context string is built only on failure: this runs on every scan of a hot loop.
+  if (n < 0) throw new SyscallError('ioctl(PAGEMAP_SCAN)', -n, scanContext(p))
   const full = n === starts.length && n === ends.length && n === categories.length
   return {
     starts: full ? starts : starts.subarray(0, n),

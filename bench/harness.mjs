@@ -21,7 +21,9 @@ export function compileC(relPath, { flags = [], libs = [] } = {}) {
   const source = path.resolve(benchDir, relPath)
   const text = fs.readFileSync(source)
   const allFlags = [...ccFlags, `-I${path.join(benchDir, 'c')}`, ...flags]
-  const hash = createHash('sha256').update(text).update(JSON.stringify([allFlags, libs])).digest('hex')
+  // native/compat.h is included by every reference: a constant changed there rebuilds them.
+  const compat = fs.readFileSync(path.join(rootDir, 'native', 'compat.h'))
+  const hash = createHash('sha256').update(text).update(compat).update(JSON.stringify([allFlags, libs])).digest('hex')
   const binary = path.join(outDir, relPath.replace(/^c\//, '').replace(/\.c$/, '').replaceAll('/', '_'))
   const stamp = `${binary}.hash`
   if (fs.existsSync(binary) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === hash) return binary
@@ -110,53 +112,6 @@ export async function memdedup() {
   return import(path.join(rootDir, 'dist', 'lib', 'index.js'))
 }
 
-// The same cross-process lock as test/helpers/ksm.ts (acquireKsmLock): whoever drives ksmd (run,
-// pages_to_scan, global counters) holds it, so a bench and a KSM test never disturb each other.
-export const ksmLockPath = path.join(os.tmpdir(), 'memdedup-ksm-tests.lock')
-
-function alive(pid) {
-  if (!Number.isInteger(pid) || pid <= 0) return false
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return error.code === 'EPERM'
-  }
-}
-
-/** Runs `fn` holding the KSM lock (waits up to `timeoutMs` for another holder; takes over a dead one's). */
-export async function withKsmLock(fn, { timeoutMs = 180_000 } = {}) {
-  const deadline = Date.now() + timeoutMs
-  let announced = false
-  for (;;) {
-    try {
-      fs.writeFileSync(ksmLockPath, String(process.pid), { flag: 'wx' })
-      break
-    } catch (error) {
-      if (error.code !== 'EEXIST') throw error
-    }
-    let owner = NaN
-    try {
-      owner = Number(fs.readFileSync(ksmLockPath, 'utf8'))
-    } catch {
-      continue
-    }
-    if (!alive(owner)) {
-      fs.rmSync(ksmLockPath, { force: true })
-      continue
-    }
-    if (Date.now() > deadline) throw new Error(`${ksmLockPath} held by pid ${owner} (a KSM test run) for more than ${timeoutMs} ms`)
-    if (!announced) console.error(`  waiting for ${ksmLockPath} (held by pid ${owner})`)
-    announced = true
-    await sleep(100)
-  }
-  try {
-    return await fn()
-  } finally {
-    try {
-      if (fs.readFileSync(ksmLockPath, 'utf8') === String(process.pid)) fs.unlinkSync(ksmLockPath)
-    } catch {
-      // already gone
-    }
-  }
-}
+// The KSM tests' cross-process lock: whoever drives ksmd (run, pages_to_scan, global counters)
+// holds it, so a bench and a KSM test never disturb each other.
+export { ksmLockPath, withKsmLock } from '../test/helpers/lock.mjs'

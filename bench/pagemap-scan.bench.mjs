@@ -67,10 +67,16 @@ export default async function (h) {
   }
   const pagemapFd = fs.openSync('/proc/self/pagemap', 'r')
   const bareScan = (region, vectorLength) => {
-    const out = pagemap.scanOutput(vectorLength), walk = new Float64Array(2)
-    const start = Number(region.address), end = start + region.length
-    const flags = pagemap.ScanFlag.wpMatching | pagemap.ScanFlag.checkWpAsync, written = pagemap.PageCategory.written
-    return () => native.pagemapScan(pagemapFd, start, end, flags, 0, 0, written, 0, written, vectorLength, out.starts, out.ends, out.categories, walk)
+    const out = pagemap.scanOutput(vectorLength)
+    const start = BigInt(region.address), end = start + BigInt(region.length)
+    const flags = BigInt(pagemap.ScanFlag.wpMatching | pagemap.ScanFlag.checkWpAsync), written = BigInt(pagemap.PageCategory.written)
+    // pm_scan_arg in struct order (size, flags, start, end, walk_end, vec, vec_len, max_pages,
+    // inverted, mask, anyof, return_mask) plus the covered-bytes slot, as lib/pagemap.ts fills it.
+    const arg = new BigUint64Array(native.pagemapConstants.SCAN_ARG_LENGTH)
+    return () => {
+      arg.set([0n, flags, start, end, 0n, 0n, BigInt(vectorLength), 0n, 0n, written, 0n, written, 0n])
+      return native.pagemapScan(pagemapFd, arg, out.starts, out.ends, out.categories)
+    }
   }
 
   const { region, uffd, close } = setupRegion(GiB)

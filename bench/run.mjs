@@ -2,10 +2,10 @@
 // Runs bench/*.bench.mjs (each pairs memdedup with a C reference measured in the same run) and
 // prints one table. Usage: node bench/run.mjs [name ...] [--json] [--no-build]
 // Exits 0 when goals are missed (benchmarks inform, they are not tests); 1 only when a bench crashed.
-import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import * as h from './harness.mjs'
+import { ensureDist } from '../test/helpers/dist.mjs'
 
 const scriptIndex = process.argv.findIndex((arg) => arg.endsWith('run.mjs'))
 const argv = process.argv.slice(scriptIndex + 1)
@@ -25,24 +25,9 @@ function newestMtime(dir, ext) {
   return newest
 }
 
-/** tsc when lib/ is newer than dist/; others may be mid-edit, so a failing tsc is retried, then tolerated if dist exists. */
+/** tsc when lib/ is newer than dist/: the tests' one "dist is built" check. */
 async function buildDist() {
-  const entry = path.join(h.rootDir, 'dist', 'lib', 'index.js')
-  const stale = !fs.existsSync(entry) || newestMtime(path.join(h.rootDir, 'lib'), '.ts') > newestMtime(path.join(h.rootDir, 'dist', 'lib'), '.js')
-  if (stale) {
-    const tsc = path.join(h.rootDir, 'node_modules', 'typescript', 'bin', 'tsc')
-    for (let attempt = 1; ; attempt++) {
-      log(`building dist/ (tsc -p tsconfig.json)${attempt > 1 ? `, attempt ${attempt}` : ''}`)
-      const result = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: h.rootDir, encoding: 'utf8' })
-      if (result.status === 0) break
-      if (attempt === 3) {
-        if (!fs.existsSync(entry)) throw new Error(`tsc failed and there is no dist/:\n${result.stdout}${result.stderr}`)
-        log(`warning: tsc failed; benchmarking the dist/ it emitted anyway:\n${result.stdout.split('\n').slice(0, 5).join('\n')}`)
-        break
-      }
-      await h.sleep(10_000)
-    }
-  }
+  ensureDist()
   const addon = path.join(h.rootDir, 'build', 'Release', 'memdedup.node')
   if (!fs.existsSync(addon)) throw new Error('build/Release/memdedup.node missing: run `npx node-gyp rebuild` first')
   if (newestMtime(path.join(h.rootDir, 'native'), '.cc') > fs.statSync(addon).mtimeMs) {

@@ -2,6 +2,8 @@
 // alternating round by round. Needs the SKSM kernel (the lab VM: `npm run vm -- node bench/run.mjs
 // sksm`); elsewhere it prints why and returns no rows. The KSM comparison (time to savings,
 // ksmd's merge speed in the same boot) is in `npm run demo`, which reports it beside these.
+import { inVm } from '../test/helpers/env.mjs'
+
 const MiB = 1024 * 1024
 const ROUNDS = 3
 
@@ -12,7 +14,7 @@ export default async function (h) {
     return []
   }
   // under TCG everything is ~18x slower: smaller sizes, fewer iterations
-  const slow = process.env.MEMDEDUP_VM === '1'
+  const slow = inVm
   const bytes = (slow ? 16 : 64) * MiB
   const iterations = slow ? 5 : 9
   const binary = h.compileC('c/sksm_merge.c')

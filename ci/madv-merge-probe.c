@@ -8,7 +8,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define MADV_MERGE_COMPAT 26
+#include "../native/compat.h"  // MADV_MERGE: one definition for C and the addon
 
 int main(int argc, char **argv)
 {
@@ -21,7 +21,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	memset(p, 0x5a, len);	/* four identical pages: three can merge into one */
-	int ret = madvise(p, len, MADV_MERGE_COMPAT);
+	int ret = madvise(p, len, MADV_MERGE);
 	int err = ret ? errno : 0;
 	printf("MADV_MERGE: %s\n", ret ? (err == EINVAL ? "EINVAL" : strerror(err)) : "0");
 	/* Writing after the merge must COW, not corrupt the twin pages. */

@@ -1,16 +1,20 @@
 // Error classes shaped like Node core's (lib/internal/errors.js): the native side hands back
-// only -errno; the Error with code, errno and syscall is built here.
+// only -errno; the Error with code, errno and syscall is built here. Every ERR_* code memdedup
+// throws is in `codes` below (Node's E() registry): one place to read what a caller can catch.
 import os from 'node:os'
 import { constants as osConstants } from 'node:os'
 
+/** Named errnos (positive): `errno.EINVAL` rather than 22. */
+export const errno = osConstants.errno
+
 const errnoNames = new Map<number, string>()
-for (const [name, value] of Object.entries(osConstants.errno)) {
+for (const [name, value] of Object.entries(errno)) {
   if (!errnoNames.has(value)) errnoNames.set(value, name)
 }
 
 /** Errno name for a positive errno, e.g. 22 → 'EINVAL'; unknown numbers stay readable. */
-export function errnoName(errno: number): string {
-  return errnoNames.get(errno) ?? `E${errno}`
+export function errnoName(value: number): string {
+  return errnoNames.get(value) ?? `E${value}`
 }
 
 export class SyscallError extends Error {
@@ -46,12 +50,6 @@ export class FeatureUnavailableError extends Error {
 }
 Object.defineProperty(FeatureUnavailableError.prototype, 'name', { value: 'FeatureUnavailableError', enumerable: false })
 
-/** Throws a SyscallError when a raw native result is negative; returns it otherwise. */
-export function check(rc: number, syscall: string, context?: string): number {
-  if (rc < 0) throw new SyscallError(syscall, -rc, context)
-  return rc
-}
-
 /**
  * An operation on an object in the wrong state: a closed Region or Userfaultfd, or a view of
  * memory whose protection does not allow it. `code` says which (ERR_REGION_CLOSED, …).
@@ -59,9 +57,68 @@ export function check(rc: number, syscall: string, context?: string): number {
 export class InvalidStateError extends Error {
   readonly code: string
 
-  constructor(code: string, message: string) {
+  constructor(code: StateCode, message: string) {
     super(message)
     this.code = code
   }
 }
 Object.defineProperty(InvalidStateError.prototype, 'name', { value: 'InvalidStateError', enumerable: false })
+
+/** Every ERR_* code memdedup throws, with the class that carries it. */
+export const codes = {
+  /** An argument of the wrong type (Node's code). */
+  ERR_INVALID_ARG_TYPE: 'TypeError',
+  /** An argument of the right type with a value not allowed, or an unknown option key (Node's code). */
+  ERR_INVALID_ARG_VALUE: 'TypeError',
+  /** A number or size out of range (Node's code). */
+  ERR_OUT_OF_RANGE: 'RangeError',
+  /** `new Region(…)` from outside: Regions come from Region.anonymous/file/memfd (Node's code). */
+  ERR_ILLEGAL_CONSTRUCTOR: 'TypeError',
+  ERR_REGION_CLOSED: 'InvalidStateError',
+  /** Region.bytes on pages not read+write, or a native read of a PROT_NONE page. */
+  ERR_REGION_PROTECTION: 'InvalidStateError',
+  ERR_UFFD_CLOSED: 'InvalidStateError',
+  ERR_UFFD_ALREADY_REGISTERED: 'InvalidStateError',
+  ERR_UFFD_NOT_REGISTERED: 'InvalidStateError',
+  ERR_DEDUP_CLOSED: 'InvalidStateError',
+  ERR_DEDUP_ALREADY_TRACKED: 'InvalidStateError',
+  /** ksm.waitForFullScans() ran out of time (an errno-style code, kept from the first release). */
+  ETIMEDOUT: 'Error',
+  /** FeatureUnavailableError's code. */
+  ERR_MEMDEDUP_FEATURE_UNAVAILABLE: 'FeatureUnavailableError',
+} as const
+export type ErrorCode = keyof typeof codes
+type StateCode = { [K in ErrorCode]: (typeof codes)[K] extends 'InvalidStateError' ? K : never }[ErrorCode]
+const classes = { TypeError, RangeError, Error } as const
+
+/** The error `codes` says carries `code`, with that code. */
+export function codedError(code: Exclude<ErrorCode, 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE'>, message: string): Error {
+  const kind = codes[code]
+  if (kind === 'InvalidStateError') return new InvalidStateError(code as StateCode, message)
+  const error = new classes[kind](message)
+  ;(error as NodeJS.ErrnoException).code = code
+  return error
+}
+
+/**
+ * The one path for raw native results: returns rc when >= 0, else throws a SyscallError.
+ * `context` may be a function, called only on failure, so hot paths build no strings.
+ */
+export function check(rc: number, syscall: string, context?: string | (() => string)): number {
+  if (rc < 0) throw new SyscallError(syscall, -rc, typeof context === 'function' ? context() : context)
+  return rc
+}
+
+/**
+ * Runs a node:fs call and turns its error into a SyscallError (same code and errno, our syscall
+ * name and the path as context), so callers see one error shape for kernel failures.
+ */
+export function fsCall<T>(syscall: string, path: string, body: () => T): T {
+  try {
+    return body()
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException
+    if (typeof e?.errno !== 'number') throw error
+    throw new SyscallError(syscall, e.errno, path)
+  }
+}

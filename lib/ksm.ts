@@ -2,9 +2,9 @@
 // ksmd's sysfs knobs and counters. ksmd merges in the background; see sksm.ts for synchronous.
 import fs from 'node:fs'
 import { native, constants as C } from './native.ts'
-import { check, FeatureUnavailableError } from './errors.ts'
+import { check, codedError, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
 import { resolveSpan, type Range, type Region } from './region.ts'
-import { invalidArgType, invalidArgValue, validateBoolean, validateInteger, validateObject } from './validate.ts'
+import { invalidArgType, invalidArgValue, readOptions, validateBoolean, validateInteger, validateObject, validatePid } from './validate.ts'
 
 export const sysfsDir = '/sys/kernel/mm/ksm'
 
@@ -75,7 +75,7 @@ function parseValue(text: string): number | string {
 export function stats(): KsmStats {
   assertKsm()
   const out: Record<string, number | string> = {}
-  for (const file of fs.readdirSync(sysfsDir)) {
+  for (const file of fsCall('scandir', sysfsDir, () => fs.readdirSync(sysfsDir))) {
     try {
       out[camel(file)] = parseValue(fs.readFileSync(`${sysfsDir}/${file}`, 'utf8'))
     } catch {
@@ -97,12 +97,12 @@ export interface KsmProcessStats {
 }
 
 export function processStats(pid: number | 'self' = 'self'): KsmProcessStats {
-  if (pid !== 'self') validateInteger(pid, 'pid', 1)
   let text: string
+  const file = `/proc/${validatePid(pid)}/ksm_stat`
   try {
-    text = fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8')
+    text = fsCall('open', file, () => fs.readFileSync(file, 'utf8'))
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && pid === 'self') {
+    if ((error as SyscallError).code === 'ENOENT' && pid === 'self') {
       throw new FeatureUnavailableError('ksm', '/proc/self/ksm_stat does not exist')
     }
     throw error
@@ -150,17 +150,16 @@ export function configure(settings: KsmSettings): KsmSettings {
     if (key === 'run' && ![0, 1, 2].includes(value as number)) throw invalidArgValue('settings.run', 'must be 0, 1 or 2', value)
   }
   const previous: KsmSettings = {}
-  for (const [key] of entries) previous[key] = parseValue(fs.readFileSync(`${sysfsDir}/${snake(key)}`, 'utf8'))
+  for (const [key] of entries) {
+    const file = `${sysfsDir}/${snake(key)}`
+    previous[key] = parseValue(fsCall('read', file, () => fs.readFileSync(file, 'utf8')))
+  }
   const rank = ([key, value]: [string, unknown]) => (key !== 'run' ? 1 : value === 1 ? 2 : 0)
   const ordered = entries.sort((a, b) => rank(a) - rank(b))
   for (const [key, value] of ordered) {
     const text = typeof value === 'boolean' ? (value ? '1' : '0') : String(value)
-    try {
-      fs.writeFileSync(`${sysfsDir}/${snake(key)}`, text)
-    } catch (error) {
-      const e = error as NodeJS.ErrnoException
-      throw Object.assign(new Error(`writing ${text} to ${sysfsDir}/${snake(key)}: ${e.code}`), { code: e.code, errno: e.errno, syscall: 'write' })
-    }
+    const file = `${sysfsDir}/${snake(key)}`
+    fsCall('write', `${text} to ${file}`, () => fs.writeFileSync(file, text))
   }
   return previous
 }
@@ -172,20 +171,18 @@ export function configure(settings: KsmSettings): KsmSettings {
  */
 export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number; pollMs?: number }): Promise<void> {
   validateInteger(scans, 'scans', 1)
-  const opts = validateObject(options, 'options')
+  const opts = readOptions(options, 'options', ['timeoutMs', 'pollMs'])
   const timeoutMs = validateInteger(opts.timeoutMs ?? 60_000, 'options.timeoutMs', 1)
   const pollMs = validateInteger(opts.pollMs ?? 10, 'options.pollMs', 1)
   assertKsm()
-  const read = () => Number(fs.readFileSync(`${sysfsDir}/full_scans`, 'utf8'))
+  const file = `${sysfsDir}/full_scans`
+  const read = () => Number(fsCall('read', file, () => fs.readFileSync(file, 'utf8')))
   const target = read() + scans
   const deadline = Date.now() + timeoutMs
   while (read() < target) {
     if (Date.now() > deadline) {
       // ksmd counts a full scan only while some memory is mergeable: with none it sleeps.
-      throw Object.assign(
-        new Error(`ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1, and is any memory MADV_MERGEABLE?)`),
-        { code: 'ETIMEDOUT' },
-      )
+      throw codedError('ETIMEDOUT', `ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1, and is any memory MADV_MERGEABLE?)`)
     }
     await new Promise((resolve) => setTimeout(resolve, pollMs))
   }

@@ -7,6 +7,40 @@ import path from 'node:path'
 /** Raw result convention: >= 0 success, negative value = -errno. */
 export type Rc = number
 
+// The constants the native side exports, by name. These lists are the one place lib/ spells a
+// native constant: the types below come from them (a typo does not compile) and load() checks
+// that the addon exports every one (a stale build fails at load, not with NaN flags later).
+const mmConstantNames = [
+  'pageSize', 'PROT_NONE', 'PROT_READ', 'PROT_WRITE', 'PROT_EXEC', 'MAP_SHARED', 'MAP_PRIVATE', 'MAP_ANONYMOUS',
+  'MAP_NORESERVE', 'MAP_POPULATE', 'MAP_HUGETLB', 'MAP_FIXED', 'MAP_FIXED_NOREPLACE', 'MREMAP_MAYMOVE', 'MREMAP_FIXED',
+  'MREMAP_DONTUNMAP', 'MFD_CLOEXEC', 'MFD_ALLOW_SEALING', 'F_SEAL_SHRINK', 'F_SEAL_GROW', 'O_PATH', 'O_NONBLOCK',
+  'MADV_NORMAL', 'MADV_RANDOM', 'MADV_SEQUENTIAL', 'MADV_WILLNEED', 'MADV_DONTNEED', 'MADV_FREE', 'MADV_REMOVE',
+  'MADV_DONTFORK', 'MADV_DOFORK', 'MADV_MERGEABLE', 'MADV_UNMERGEABLE', 'MADV_HUGEPAGE', 'MADV_NOHUGEPAGE',
+  'MADV_DONTDUMP', 'MADV_DODUMP', 'MADV_WIPEONFORK', 'MADV_KEEPONFORK', 'MADV_COLD', 'MADV_PAGEOUT',
+  'MADV_POPULATE_READ', 'MADV_POPULATE_WRITE', 'MADV_COLLAPSE', 'MADV_MERGE',
+] as const
+const pagemapConstantNames = [
+  'PAGE_IS_WPALLOWED', 'PAGE_IS_WRITTEN', 'PAGE_IS_FILE', 'PAGE_IS_PRESENT', 'PAGE_IS_SWAPPED', 'PAGE_IS_PFNZERO',
+  'PAGE_IS_HUGE', 'PAGE_IS_SOFT_DIRTY', 'PAGE_IS_GUARD', 'PM_SCAN_WP_MATCHING', 'PM_SCAN_CHECK_WPASYNC',
+  'SCAN_ARG_LENGTH', 'ENTRY_PRESENT', 'ENTRY_SWAPPED', 'ENTRY_FILE', 'ENTRY_EXCLUSIVE', 'ENTRY_SOFT_DIRTY', 'ENTRY_UFFD_WP',
+] as const
+const uffdConstantNames = [
+  'OPEN_SYSCALL', 'OPEN_SYSCALL_USER_MODE_ONLY', 'OPEN_DEVICE', 'UFFD_FEATURE_PAGEFAULT_FLAG_WP', 'UFFD_FEATURE_EVENT_FORK',
+  'UFFD_FEATURE_EVENT_REMAP', 'UFFD_FEATURE_EVENT_REMOVE', 'UFFD_FEATURE_MISSING_HUGETLBFS', 'UFFD_FEATURE_MISSING_SHMEM',
+  'UFFD_FEATURE_EVENT_UNMAP', 'UFFD_FEATURE_SIGBUS', 'UFFD_FEATURE_THREAD_ID', 'UFFD_FEATURE_MINOR_HUGETLBFS',
+  'UFFD_FEATURE_MINOR_SHMEM', 'UFFD_FEATURE_EXACT_ADDRESS', 'UFFD_FEATURE_WP_HUGETLBFS_SHMEM', 'UFFD_FEATURE_WP_UNPOPULATED',
+  'UFFD_FEATURE_POISON', 'UFFD_FEATURE_WP_ASYNC', 'UFFD_FEATURE_MOVE', 'UFFDIO_REGISTER_MODE_MISSING',
+  'UFFDIO_REGISTER_MODE_WP', 'UFFDIO_REGISTER_MODE_MINOR', 'UFFDIO_WRITEPROTECT_MODE_WP', 'UFFDIO_WRITEPROTECT_MODE_DONTWAKE',
+  '_UFFDIO_REGISTER', '_UFFDIO_UNREGISTER', '_UFFDIO_WAKE', '_UFFDIO_COPY', '_UFFDIO_ZEROPAGE', '_UFFDIO_WRITEPROTECT',
+  '_UFFDIO_CONTINUE', '_UFFDIO_API',
+] as const
+export type MmConstants = Readonly<Record<(typeof mmConstantNames)[number], number>>
+export type PagemapConstants = Readonly<Record<(typeof pagemapConstantNames)[number], number>>
+export type UffdConstants = Readonly<Record<(typeof uffdConstantNames)[number], number>>
+
+// Every native function re-checks its arguments (type, range, and for typed arrays the element
+// type and length of the exact object): a failed check throws TypeError ERR_INVALID_ARG_TYPE or
+// RangeError ERR_OUT_OF_RANGE before any syscall. Addresses and lengths are integer Numbers.
 export interface MmBinding {
   mmap(hint: number, length: number, prot: number, flags: number, fd: number, offset: number): Rc
   munmap(address: number, length: number): Rc
@@ -15,11 +49,14 @@ export interface MmBinding {
   mremap(oldAddress: number, oldLength: number, newLength: number, flags: number, newAddress: number): Rc
   wrap(address: number, length: number): ArrayBuffer
   detach(buffer: ArrayBuffer): void
-  copyOut(address: number, length: number, into: Uint8Array): number
+  /** Copies through the kernel (process_vm_readv): an unreadable page is -EFAULT, never a signal. */
+  readMemory(address: number, length: number, into: Uint8Array): Rc
   memfdCreate(name: string, flags: number): Rc
   ftruncate(fd: number, length: number): Rc
+  /** fcntl(F_ADD_SEALS). */
+  addSeals(fd: number, seals: number): Rc
   closeFd(fd: number): Rc
-  constants: Record<string, number> & { pageSize: number }
+  constants: MmConstants
 }
 
 export interface PrctlBinding {
@@ -30,25 +67,20 @@ export interface PrctlBinding {
 
 export interface PagemapBinding {
   pagemapEntries(fd: number, address: number, pages: number, pfns: BigUint64Array, flags: Uint8Array): Rc
-  // --- PAGEMAP_SCAN (write tracking) ---
   /**
-   * PAGEMAP_SCAN on `fd` (/proc/self/pagemap) → number of regions | -errno. Regions are split
-   * into starts/ends/categories (capacity >= vecLen, re-checked natively); with all three null
-   * the kernel gets vec = 0. out[0] = walk_end, out[1] = bytes in the regions. Flags and masks are signed 64-bit, passed as is.
+   * PAGEMAP_SCAN on `fd` (/proc/self/pagemap) → number of regions | -errno. `arg` holds the 12
+   * pm_scan_arg fields in struct order (size and vec are set natively) plus one output slot:
+   * afterwards arg[4] = walk_end and arg[12] = bytes in the returned regions. Regions are split
+   * into starts/ends/categories (each re-checked natively for room for vec_len); with all three
+   * null the kernel gets vec = 0.
    */
-  pagemapScan(
-    fd: number, start: number, end: number, flags: number, maxPages: number,
-    categoryInverted: number, categoryMask: number, categoryAnyofMask: number, returnMask: number,
-    vecLen: number, starts: BigUint64Array | null, ends: BigUint64Array | null,
-    categories: Uint32Array | null, out: Float64Array,
-  ): Rc
+  pagemapScan(fd: number, arg: BigUint64Array, starts: BigUint64Array | null, ends: BigUint64Array | null, categories: Uint32Array | null): Rc
   /** PAGEMAP_SCAN with an invalid vec on purpose: -EFAULT means the ioctl exists. */
   pagemapScanProbe(fd: number, address: number): Rc
-  pagemapConstants: Record<string, number>
+  pagemapConstants: PagemapConstants
 }
 
 export interface UserfaultfdBinding {
-  // --- userfaultfd (write tracking) ---
   /** method: uffdConstants.OPEN_SYSCALL | OPEN_SYSCALL_USER_MODE_ONLY | OPEN_DEVICE → fd | -errno */
   uffdOpen(method: number): Rc
   /** UFFDIO_API (once per fd) → 0 | -errno; out[0] = offered features, out[1] = ioctls. */
@@ -58,15 +90,28 @@ export interface UserfaultfdBinding {
   uffdUnregister(fd: number, address: number, length: number): Rc
   /** UFFDIO_WRITEPROTECT; mode UFFDIO_WRITEPROTECT_MODE_WP protects, 0 unprotects. */
   uffdWriteProtect(fd: number, address: number, length: number, mode: number): Rc
-  uffdConstants: Record<string, number>
+  uffdConstants: UffdConstants
 }
 
 export interface ContentBinding {
-  /** Hashes the pages at address + index * pageSize into out; -EINVAL if the arrays are too short. */
-  hashPages(address: number, pageIndexes: Uint32Array, count: number, out: BigUint64Array): Rc
+  /** Hashes the pages at address + index * pageSize into out. throughKernel (1) copies each page
+   *  through the kernel first, for file-backed memory (-EFAULT instead of SIGBUS past the file's end). */
+  hashPages(address: number, pageIndexes: Uint32Array, count: number, out: BigUint64Array, throughKernel: 0 | 1): Rc
 }
 
 export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & ContentBinding
+
+function assertConstants(binding: Binding): void {
+  const missing: string[] = []
+  const groups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames]] as const
+  for (const [group, names] of groups) {
+    const values = (binding as unknown as Record<string, Record<string, unknown>>)[group] ?? {}
+    for (const name of names) if (typeof values[name] !== 'number') missing.push(`${group}.${name}`)
+  }
+  if (missing.length > 0) {
+    throw new Error(`memdedup native addon is stale (rebuild it with \`npx node-gyp rebuild\`): it does not export ${missing.join(', ')}`)
+  }
+}
 
 function load(): Binding {
   if (process.platform !== 'linux') {
@@ -82,7 +127,9 @@ function load(): Binding {
       const file = path.join(root, 'build', flavour, 'memdedup.node')
       tried.push(file)
       try {
-        return require(file) as Binding
+        const binding = require(file) as Binding
+        assertConstants(binding)
+        return binding
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw error
       }

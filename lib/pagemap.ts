@@ -2,18 +2,18 @@
 // page: every merge claim in the tests is proven with entries().
 import fs from 'node:fs'
 import { native, pageSize } from './native.ts'
-import { check, SyscallError } from './errors.ts'
-import { invalidArgType, invalidArgValue, outOfRange, validateBoolean, validateInteger, validateObject } from './validate.ts'
+import { check, errno, fsCall, SyscallError } from './errors.ts'
+import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger } from './validate.ts'
 import { Region, resolveSpan, type Range } from './region.ts'
 
 /** Bits of PagemapEntries.flags (decoded natively from the 64-bit pagemap entries). */
 export const PageFlag = {
-  present: 1,
-  swapped: 2,
-  file: 4,
-  exclusive: 8,
-  softDirty: 16,
-  uffdWp: 32,
+  present: native.pagemapConstants.ENTRY_PRESENT,
+  swapped: native.pagemapConstants.ENTRY_SWAPPED,
+  file: native.pagemapConstants.ENTRY_FILE,
+  exclusive: native.pagemapConstants.ENTRY_EXCLUSIVE,
+  softDirty: native.pagemapConstants.ENTRY_SOFT_DIRTY,
+  uffdWp: native.pagemapConstants.ENTRY_UFFD_WP,
 } as const
 
 export class PagemapEntries {
@@ -68,7 +68,7 @@ export class PagemapEntries {
 // dominate the cost of small reads. Opened lazily, O_CLOEXEC by Node.
 let pagemapFd = -1
 function pagemapDescriptor(): number {
-  if (pagemapFd < 0) pagemapFd = fs.openSync('/proc/self/pagemap', 'r')
+  if (pagemapFd < 0) pagemapFd = fsCall('open', '/proc/self/pagemap', () => fs.openSync('/proc/self/pagemap', 'r'))
   return pagemapFd
 }
 
@@ -93,25 +93,28 @@ export interface EntriesOptions {
 /** Decoded /proc/self/pagemap entries for the Region (or a page-aligned range of it). */
 export function entries(region: Region, range?: Range, options?: EntriesOptions): PagemapEntries {
   const span = resolveSpan(region, range, 'pagemap.entries')
+  const opts = readOptions(options, 'options', ['output'])
   const pages = span.length / pageSize
   let pfns: BigUint64Array
   let flags: Uint8Array
-  const output = options?.output
-  if (output === undefined) {
+  if (opts.output === undefined) {
     pfns = new BigUint64Array(pages)
     flags = new Uint8Array(pages)
   } else {
-    if (!(output.pfns instanceof BigUint64Array) || !(output.flags instanceof Uint8Array)) {
+    // Each array read once; native code re-checks the very objects it writes into.
+    const output = opts.output as EntriesOutput | null
+    const given = output === null || typeof output !== 'object' ? undefined : { pfns: output.pfns, flags: output.flags }
+    if (given === undefined || !(given.pfns instanceof BigUint64Array) || !(given.flags instanceof Uint8Array)) {
       throw invalidArgType('options.output', 'the result of pagemap.entriesOutput()', output)
     }
-    if (output.pfns.length < pages || output.flags.length < pages) {
-      throw outOfRange('options.output', `room for ${pages} pages`, Math.min(output.pfns.length, output.flags.length))
+    if (given.pfns.length < pages || given.flags.length < pages) {
+      throw outOfRange('options.output', `room for ${pages} pages`, Math.min(given.pfns.length, given.flags.length))
     }
-    pfns = output.pfns.subarray(0, pages)
-    flags = output.flags.subarray(0, pages)
+    pfns = given.pfns.subarray(0, pages)
+    flags = given.flags.subarray(0, pages)
   }
   const got = check(native.pagemapEntries(pagemapDescriptor(), span.address, pages, pfns, flags), 'pread', '/proc/self/pagemap')
-  if (got !== pages) throw new Error(`short read of /proc/self/pagemap: ${got} of ${pages} entries`)
+  if (got !== pages) throw new SyscallError('pread', errno.EIO, `short read of /proc/self/pagemap: ${got} of ${pages} entries`)
   return new PagemapEntries(BigInt(span.address), pfns, flags)
 }
 
@@ -254,8 +257,21 @@ interface Plan {
   output: ScanOutput | undefined
 }
 
+const scanOptionKeys = ['range', 'require', 'anyOf', 'exclude', 'report', 'writeProtect', 'checkWpAsync', 'maxPages', 'vectorLength', 'output'] as const
+
+/** A ScanOutput's three arrays, each read once (native code re-checks the very same objects). */
+function readScanOutput(value: unknown, name: string): ScanOutput {
+  const expected = 'a ScanOutput { starts: BigUint64Array, ends: BigUint64Array, categories: Uint32Array }'
+  if (value === null || typeof value !== 'object') throw invalidArgType(name, expected, value)
+  const { starts, ends, categories } = value as ScanOutput
+  if (!(starts instanceof BigUint64Array) || !(ends instanceof BigUint64Array) || !(categories instanceof Uint32Array)) {
+    throw invalidArgType(name, expected, value)
+  }
+  return { starts, ends, categories }
+}
+
 function plan(region: Region, options: ScanOptions | undefined): Plan {
-  const opts = validateObject(options, 'options')
+  const opts = readOptions(options, 'options', scanOptionKeys)
   const span = resolveSpan(region, opts.range as Range | undefined, 'pagemap.scan')
   const mask = categoryMask(opts.require, 'options.require')
   const anyof = categoryMask(opts.anyOf, 'options.anyOf')
@@ -267,12 +283,8 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
   let output: ScanOutput | undefined
   let capacity = 2 ** 26
   if (opts.output !== undefined) {
-    const o = opts.output as ScanOutput
-    if (o === null || typeof o !== 'object' || !(o.starts instanceof BigUint64Array) || !(o.ends instanceof BigUint64Array) || !(o.categories instanceof Uint32Array)) {
-      throw invalidArgType('options.output', 'a ScanOutput { starts: BigUint64Array, ends: BigUint64Array, categories: Uint32Array }', o)
-    }
-    output = o
-    capacity = Math.min(o.starts.length, o.ends.length, o.categories.length)
+    output = readScanOutput(opts.output, 'options.output')
+    capacity = Math.min(output.starts.length, output.ends.length, output.categories.length)
     if (capacity < 1) throw outOfRange('options.output', 'arrays of at least 1 element', capacity)
   }
   const vectorLength = opts.vectorLength === undefined ? (output ? capacity : 1024) : validateInteger(opts.vectorLength, 'options.vectorLength', 1, capacity)
@@ -290,22 +302,36 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
   }
 }
 
-const walkOut = new Float64Array(2)
+/** pm_scan_arg fields, in struct order (see native/pagemap.cc), then the covered-bytes output. */
+const Arg = { flags: 1, start: 2, end: 3, walkEnd: 4, vecLen: 6, maxPages: 7, inverted: 8, mask: 9, anyof: 10, report: 11, covered: 12 } as const
+type ScanFields = { [K in Exclude<keyof typeof Arg, 'walkEnd' | 'covered'>]: number }
+// One per module instance (each worker has its own): no JS runs while the native call uses it.
+const scanArg = new BigUint64Array(P.SCAN_ARG_LENGTH)
+
+/** Fills scanArg; numbers are signed 64-bit (so -1 reaches the kernel as ~0, for raw scans). */
+function fillScanArg(fields: ScanFields): BigUint64Array {
+  scanArg.fill(0n)
+  for (const key of Object.keys(fields) as (keyof ScanFields)[]) scanArg[Arg[key]] = BigInt.asUintN(64, BigInt(fields[key]))
+  return scanArg
+}
 
 function run(p: Plan, start: number): ScanResult {
   const starts = p.output?.starts ?? new BigUint64Array(p.vectorLength)
   const ends = p.output?.ends ?? new BigUint64Array(p.vectorLength)
   const categories = p.output?.categories ?? new Uint32Array(p.vectorLength)
-  const n = native.pagemapScan(pagemapDescriptor(), start, p.end, p.flags, p.maxPages, p.inverted, p.mask, p.anyof, p.report, p.vectorLength, starts, ends, categories, walkOut)
+  const arg = fillScanArg({
+    flags: p.flags, start, end: p.end, vecLen: p.vectorLength, maxPages: p.maxPages,
+    inverted: p.inverted, mask: p.mask, anyof: p.anyof, report: p.report,
+  })
   // The context string is built only on failure: this runs on every scan of a hot loop.
-  if (n < 0) throw new SyscallError('ioctl(PAGEMAP_SCAN)', -n, scanContext(p))
+  const n = check(native.pagemapScan(pagemapDescriptor(), arg, starts, ends, categories), 'ioctl(PAGEMAP_SCAN)', () => scanContext(p))
   const full = n === starts.length && n === ends.length && n === categories.length
   return {
     starts: full ? starts : starts.subarray(0, n),
     ends: full ? ends : ends.subarray(0, n),
     categories: full ? categories : categories.subarray(0, n),
-    walkEnd: BigInt(walkOut[0]),
-    pages: walkOut[1] / pageSize,
+    walkEnd: arg[Arg.walkEnd],
+    pages: Number(arg[Arg.covered]) / pageSize,
   }
 }
 
@@ -371,24 +397,38 @@ function rawInt(value: unknown, name: string): number {
   return value
 }
 
-function rawScan(fd: number, start: number, end: number, args: RawScanArgs | undefined): { regions: number; walkEnd: bigint } {
-  const a = validateObject(args, 'args') as RawScanArgs
-  const vec = a.vec ?? null
-  const vecLen = rawInt(a.vecLen, 'args.vecLen')
-  if (vec !== null) {
-    if (!(vec.starts instanceof BigUint64Array) || !(vec.ends instanceof BigUint64Array) || !(vec.categories instanceof Uint32Array)) {
-      throw invalidArgType('args.vec', '{ starts: BigUint64Array, ends: BigUint64Array, categories: Uint32Array } or null', vec)
-    }
-    const capacity = Math.min(vec.starts.length, vec.ends.length, vec.categories.length)
-    if (vecLen < 0 || vecLen > capacity) throw outOfRange('args.vecLen', `>= 0 and <= ${capacity} (the vector's capacity)`, vecLen)
+const rawScanKeys = ['flags', 'maxPages', 'categoryInverted', 'categoryMask', 'categoryAnyofMask', 'returnMask', 'vec', 'vecLen'] as const
+type RawFields = { [K in Exclude<(typeof rawScanKeys)[number], 'vec'>]: number } & { vec: ScanOutput | null }
+
+/** RawScanArgs read once into validated locals. */
+function readRawArgs(args: RawScanArgs | undefined): RawFields {
+  const a = readOptions(args, 'args', rawScanKeys, ['vec'])
+  const vec = a.vec === undefined || a.vec === null ? null : readScanOutput(a.vec, 'args.vec')
+  const fields: RawFields = {
+    flags: rawInt(a.flags, 'args.flags'),
+    maxPages: rawInt(a.maxPages, 'args.maxPages'),
+    categoryInverted: rawInt(a.categoryInverted, 'args.categoryInverted'),
+    categoryMask: rawInt(a.categoryMask, 'args.categoryMask'),
+    categoryAnyofMask: rawInt(a.categoryAnyofMask, 'args.categoryAnyofMask'),
+    returnMask: rawInt(a.returnMask, 'args.returnMask'),
+    vecLen: rawInt(a.vecLen, 'args.vecLen'),
+    vec,
   }
-  const out = new Float64Array(2)
-  const n = native.pagemapScan(fd, start, end, rawInt(a.flags, 'args.flags'), rawInt(a.maxPages, 'args.maxPages'),
-    rawInt(a.categoryInverted, 'args.categoryInverted'), rawInt(a.categoryMask, 'args.categoryMask'),
-    rawInt(a.categoryAnyofMask, 'args.categoryAnyofMask'), rawInt(a.returnMask, 'args.returnMask'), vecLen,
-    vec?.starts ?? null, vec?.ends ?? null, vec?.categories ?? null, out)
-  check(n, 'ioctl(PAGEMAP_SCAN)', `raw flags ${a.flags ?? 0}`)
-  return { regions: n, walkEnd: BigInt(out[0]) }
+  if (vec !== null) {
+    const capacity = Math.min(vec.starts.length, vec.ends.length, vec.categories.length)
+    if (fields.vecLen < 0 || fields.vecLen > capacity) throw outOfRange('args.vecLen', `>= 0 and <= ${capacity} (the vector's capacity)`, fields.vecLen)
+  }
+  return fields
+}
+
+function rawScan(start: number, end: number, a: RawFields): { regions: number; walkEnd: bigint } {
+  const arg = fillScanArg({
+    flags: a.flags, start, end, vecLen: a.vecLen, maxPages: a.maxPages, inverted: a.categoryInverted,
+    mask: a.categoryMask, anyof: a.categoryAnyofMask, report: a.returnMask,
+  })
+  const n = check(native.pagemapScan(pagemapDescriptor(), arg, a.vec?.starts ?? null, a.vec?.ends ?? null, a.vec?.categories ?? null),
+    'ioctl(PAGEMAP_SCAN)', () => `raw flags ${a.flags}`)
+  return { regions: n, walkEnd: arg[Arg.walkEnd] }
 }
 
 /**
@@ -397,17 +437,19 @@ function rawScan(fd: number, start: number, end: number, args: RawScanArgs | und
  * length 0 (an empty scan) but must lie within it. Output goes only into the arrays given.
  */
 export function scanRaw(region: Region, range: Range | undefined, args?: RawScanArgs): { regions: number; walkEnd: bigint } {
+  const r = readRange(range)
+  const fields = readRawArgs(args)
   let start: number, end: number
-  if (range !== undefined && range !== null && typeof range === 'object' && range.length === 0) {
+  if (r !== undefined && r.length === 0) {
     const whole = resolveSpan(region, undefined, 'pagemap.scanRaw')
-    const offset = validateInteger(range.offset, 'range.offset', 0, whole.length)
+    const offset = validateInteger(r.offset, 'range.offset', 0, whole.length)
     start = end = whole.address + offset
   } else {
-    const span = resolveSpan(region, range, 'pagemap.scanRaw')
+    const span = resolveSpan(region, r as Range | undefined, 'pagemap.scanRaw')
     start = span.address
     end = span.address + span.length
   }
-  return rawScan(pagemapDescriptor(), start, end, args)
+  return rawScan(start, end, fields)
 }
 
 /**
@@ -418,10 +460,12 @@ export function scanRaw(region: Region, range: Range | undefined, args?: RawScan
 export function scanAddressesReadOnly(start: bigint, length: number, args?: RawScanArgs): { regions: number; walkEnd: bigint } {
   if (typeof start !== 'bigint' || start < 0n || start >= 2n ** 53n) throw invalidArgType('start', 'a bigint address below 2^53', start)
   validateInteger(length, 'length')
-  if ((rawInt(args?.flags, 'args.flags') & P.PM_SCAN_WP_MATCHING) !== 0) {
-    throw invalidArgValue('args.flags', 'may not contain PM_SCAN_WP_MATCHING outside a Region', args?.flags)
+  // Read once: the flags checked here are the flags the kernel gets.
+  const fields = readRawArgs(args)
+  if ((fields.flags & P.PM_SCAN_WP_MATCHING) !== 0) {
+    throw invalidArgValue('args.flags', 'may not contain PM_SCAN_WP_MATCHING outside a Region', fields.flags)
   }
-  return rawScan(pagemapDescriptor(), Number(start), Number(start) + length, args)
+  return rawScan(Number(start), Number(start) + length, fields)
 }
 
 let scanSupported: boolean | undefined
@@ -434,7 +478,7 @@ export function probePagemapScan(): boolean {
     try {
       const rc = native.pagemapScanProbe(pagemapDescriptor(), pageSize)
       if (rc === 0) throw new Error('PAGEMAP_SCAN succeeded with an invalid vector')
-      scanSupported = rc === -14 // EFAULT
+      scanSupported = rc === -errno.EFAULT
     } catch {
       scanSupported = false
     }

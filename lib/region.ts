@@ -1,14 +1,17 @@
 // Region: a mapping memdedup created and owns. Every other module acts only on memory a live
 // Region owns (resolveSpan), which is what keeps bad arguments from crashing the process.
+import { constants as bufferConstants } from 'node:buffer'
 import fs from 'node:fs'
 import { native, constants as C, pageSize } from './native.ts'
-import { check, InvalidStateError, SyscallError } from './errors.ts'
+import { check, codedError, errno, fsCall, SyscallError } from './errors.ts'
+import { PageRuns } from './runs.ts'
 import {
   invalidArgType,
   outOfRange,
+  readOptions,
+  readRange,
   validateBoolean,
   validateInteger,
-  validateObject,
   validateOneOf,
   validatePageLength,
   validatePageOffset,
@@ -22,6 +25,8 @@ export interface Range {
   length: number
 }
 
+/** Largest `bytes` view: Node's typed array limit. */
+const maxViewLength = Math.floor(bufferConstants.MAX_LENGTH / pageSize) * pageSize
 const protections: readonly Protection[] = ['none', 'r', 'rw', 'rx', 'rwx']
 const protBits: Record<Protection, number> = {
   none: C.PROT_NONE,
@@ -67,18 +72,81 @@ export interface Span {
   length: number
 }
 
-/** Called with the Region when it closes or moves, before its memory goes away (internal). */
-export type CloseHook = (region: Region) => void
+/**
+ * Called with the Region when it closes or moves, before its views are detached and it is
+ * marked closed (internal). `next` is where the memory is now after remap()
+ * (undefined on close): with next.address === region.address it grew or shrank in place.
+ */
+export type CloseHook = (region: Region, next?: Span) => void
+
+/** Longest Region: the x86_64 user address space (47 bits). */
+export const maxRegionLength = 2 ** 47
+// Module-private: only the factories below can construct a Region (`private` is TypeScript-only).
+const internal = Symbol('Region.internal')
+
+// ---------------------------------------------------------------------------------------------
+// Late native users of a view. Detaching an ArrayBuffer does not stop native code that took its
+// pointer earlier (zlib.deflate, crypto.randomFill, fs.write run in the thread pool). So when a
+// Region's memory goes away while one of its views may still be reachable, the range is not
+// unmapped: mmap(MAP_FIXED) atomically replaces it with private, zero-filled, MAP_NORESERVE
+// anonymous memory (no RSS until touched), where late reads see zeros and late writes land
+// harmlessly. The range is unmapped once every such view has been garbage-collected (Node keeps
+// a buffer reachable while its thread-pool work runs, as it must for its own Buffers).
+
+/**
+ * The views of one piece of memory, shared by a Region and its in-place remap() successors.
+ * `pending` are ranges that went away while views were live: reserved, unmapped at zero views.
+ * Counted through a FinalizationRegistry, not WeakRefs: a WeakRef keeps its target alive until
+ * the current job ends, which would hold every reservation of a synchronous loop.
+ */
+interface Views {
+  live: number
+  pending: Span[]
+}
+let pendingBytes = 0
+const viewCollected = new FinalizationRegistry<Views>((views) => {
+  if (--views.live > 0) return
+  for (const range of views.pending) {
+    native.munmap(range.address, range.length)
+    pendingBytes -= range.length
+  }
+  views.pending = []
+})
+
+/**
+ * The memory of [address, address + length) goes away. `mapped`: it is still mapped (close), so
+ * it is replaced or unmapped here; otherwise the kernel already vacated it (mremap) and a
+ * reservation is put there only if the address is still free (MAP_FIXED_NOREPLACE).
+ */
+function vacate(address: number, length: number, views: Views, mapped: boolean): void {
+  if (views.live === 0) {
+    if (mapped) native.munmap(address, length)
+    return
+  }
+  const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE | (mapped ? C.MAP_FIXED : C.MAP_FIXED_NOREPLACE)
+  const rc = native.mmap(address, length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0)
+  // MAP_FIXED failing (ENOMEM) leaves the old mapping in place: it serves as the reservation.
+  // MAP_FIXED_NOREPLACE failing (EEXIST) means someone else mapped there: not ours to track.
+  if (rc < 0 && !mapped) return
+  views.pending.push({ address, length })
+  pendingBytes += length
+}
+
+/** Bytes of address space held for views not yet garbage-collected (tests, bench). */
+export function reservedBytes(): number {
+  return pendingBytes
+}
 
 interface Mapping {
   address: number
   length: number
   fd: number
+  views: Views
 }
 
 let warnedUnclosed = false
 const finalizer = new FinalizationRegistry<Mapping>((mapping) => {
-  native.munmap(mapping.address, mapping.length)
+  vacate(mapping.address, mapping.length, mapping.views, true)
   if (mapping.fd >= 0) native.closeFd(mapping.fd)
   if (!warnedUnclosed) {
     warnedUnclosed = true
@@ -97,8 +165,26 @@ function protectionOf(bits: number): Protection {
   return (Object.keys(protBits) as Protection[]).find((p) => protBits[p] === bits) ?? 'none'
 }
 
+function validateRegionLength(value: unknown, name: string): number {
+  const length = validatePageLength(value, name)
+  if (length > maxRegionLength) throw outOfRange(name, `<= ${maxRegionLength} (the 47-bit user address space)`, value)
+  return length
+}
+
 function mapOrThrow(length: number, prot: number, flags: number, fd: number, offset: number, what: string): number {
   return check(native.mmap(0, length, prot, flags, fd, offset), 'mmap', what)
+}
+
+interface RegionInit {
+  address: number
+  length: number
+  kind: RegionKind
+  prot: PageRuns
+  fd?: number
+  path?: string
+  /** file: the longest the mapping may grow (to the file's last page); memfd: the memfd's size. */
+  limit?: number
+  views?: Views
 }
 
 export class Region {
@@ -107,64 +193,75 @@ export class Region {
   #kind: RegionKind
   #fd: number
   #path: string | undefined
+  #limit: number
   /** PROT_* bits per page: views are only handed out while every page is read+write. */
-  #pageProt: Uint8Array
+  #prot: PageRuns
   #buffer: ArrayBuffer | null = null
   #bytes: Uint8Array | null = null
+  /** The ArrayBuffers handed out over this memory and not yet collected: see vacate(). */
+  #views: Views
   #closed = false
   #hooks = new Set<CloseHook>()
   #token = {}
 
-  private constructor(address: number, length: number, prot: number, kind: RegionKind, fd: number, path?: string) {
-    this.#address = address
-    this.#length = length
-    this.#kind = kind
-    this.#fd = fd
-    this.#path = path
-    this.#pageProt = new Uint8Array(length / pageSize).fill(prot)
-    finalizer.register(this, { address, length, fd }, this.#token)
+  /** Not callable from outside: use Region.anonymous(), Region.file() or Region.memfd(). */
+  private constructor(token: symbol, init: RegionInit) {
+    if (token !== internal) {
+      throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use Region.anonymous(), Region.file() or Region.memfd()')
+    }
+    this.#address = init.address
+    this.#length = init.length
+    this.#kind = init.kind
+    this.#fd = init.fd ?? -1
+    this.#path = init.path
+    this.#limit = init.limit ?? Infinity
+    this.#prot = init.prot
+    this.#views = init.views ?? { live: 0, pending: [] }
+    finalizer.register(this, { address: init.address, length: init.length, fd: this.#fd, views: this.#views }, this.#token)
+  }
+
+  /** @internal Whether `value` is a real Region (not an object made from Region.prototype). */
+  static isRegion(value: unknown): value is Region {
+    return typeof value === 'object' && value !== null && #address in value
   }
 
   /** A private anonymous mapping (MAP_PRIVATE | MAP_ANONYMOUS), zero-filled. */
   static anonymous(length: number, options?: { prot?: Protection }): Region {
-    const size = validatePageLength(length, 'length')
-    const opts = validateObject(options, 'options')
+    const size = validateRegionLength(length, 'length')
+    const opts = readOptions(options, 'options', ['prot'])
     const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
     const address = mapOrThrow(size, prot, C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0, `anonymous ${size} bytes`)
     // "[anon:memdedup]" in /proc/pid/maps tells our mappings from V8's; best effort
     // (kernels without CONFIG_ANON_VMA_NAME say EINVAL, which changes nothing else).
     native.prctlSetVmaAnonName(address, size, 'memdedup')
-    return new Region(address, size, prot, 'anonymous', -1)
+    return new Region(internal, { address, length: size, kind: 'anonymous', prot: new PageRuns(size / pageSize, prot) })
   }
 
   /**
-   * A private (copy-on-write) mapping of a file, like the text of a shared library. The length
-   * defaults to the rest of the file; it may not reach past the file's last page (that would
-   * SIGBUS on access).
+   * A private (copy-on-write) mapping of a regular file, like the text of a shared library. The
+   * length defaults to the rest of the file; it may not reach past the file's last page (that
+   * would SIGBUS on access). Anything but a regular file (a FIFO, a device, a directory) is
+   * refused with ENODEV without opening it for reading, so nothing blocks.
    */
   static file(path: string, options?: { offset?: number; length?: number; prot?: Protection }): Region {
     if (typeof path !== 'string' || path.length === 0) throw invalidArgType('path', 'a non-empty string', path)
     if (path.includes('\0')) throw invalidArgType('path', 'a string without null bytes', path)
-    const opts = validateObject(options, 'options')
+    const opts = readOptions(options, 'options', ['offset', 'length', 'prot'])
     const offset = validatePageOffset(opts.offset ?? 0, 'options.offset')
+    const wanted = opts.length === undefined ? undefined : validateRegionLength(opts.length, 'options.length')
     const prot = protBits[validateOneOf(opts.prot ?? 'r', 'options.prot', protections)]
-    let fd: number
+    const fd = openRegularFile(path)
     try {
-      fd = fs.openSync(path, 'r')
-    } catch (error) {
-      const e = error as NodeJS.ErrnoException
-      throw new SyscallError('open', e.errno ?? 0, path)
-    }
-    try {
-      const size = fs.fstatSync(fd).size
+      const size = fsCall('fstat', path, () => fs.fstatSync(fd).size)
+      if (size === 0) throw outOfRange('path', 'a file of at least one byte (an empty file has nothing to map)', path)
       const mappable = Math.ceil(size / pageSize) * pageSize
-      if (offset >= mappable && fs.fstatSync(fd).isFile()) throw outOfRange('options.offset', `< ${mappable} (the file's mappable size)`, offset)
-      const length = opts.length === undefined ? mappable - offset : validatePageLength(opts.length, 'options.length')
-      if (fs.fstatSync(fd).isFile() && offset + length > mappable) {
+      if (offset >= mappable) throw outOfRange('options.offset', `< ${mappable} (the file's mappable size)`, offset)
+      const length = wanted ?? mappable - offset
+      if (offset + length > mappable) {
         throw outOfRange('options.length', `<= ${mappable - offset} (pages past the end of the file would SIGBUS)`, length)
       }
       const address = mapOrThrow(length, prot, C.MAP_PRIVATE, fd, offset, path)
-      return new Region(address, length, prot, 'file', -1, path)
+      return new Region(internal, { address, length, kind: 'file', prot: new PageRuns(length / pageSize, prot), path, limit: mappable - offset })
     } finally {
       fs.closeSync(fd)
     }
@@ -172,19 +269,21 @@ export class Region {
 
   /**
    * A shared mapping of a new memfd. `fd` stays open while the Region lives, so another
-   * process can map the same pages through /proc/<pid>/fd/<fd>.
+   * process can map the same pages through /proc/<pid>/fd/<fd>. The memfd is sealed against
+   * shrinking (F_SEAL_SHRINK): nobody can cut pages from under the mapping; remap() grows it.
    */
   static memfd(length: number, options?: { name?: string }): Region {
-    const size = validatePageLength(length, 'length')
-    const opts = validateObject(options, 'options')
+    const size = validateRegionLength(length, 'length')
+    const opts = readOptions(options, 'options', ['name'])
     const name = opts.name ?? 'memdedup'
     if (typeof name !== 'string' || name.includes('\0')) throw invalidArgType('options.name', 'a string without null bytes', name)
-    const fd = check(native.memfdCreate(name, C.MFD_CLOEXEC), 'memfd_create', name)
+    const fd = check(native.memfdCreate(name, C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING), 'memfd_create', name)
     try {
       check(native.ftruncate(fd, size), 'ftruncate', `memfd ${size} bytes`)
+      check(native.addSeals(fd, C.F_SEAL_SHRINK), 'fcntl(F_ADD_SEALS)', 'F_SEAL_SHRINK')
       const prot = protBits.rw
       const address = mapOrThrow(size, prot, C.MAP_SHARED, fd, 0, `memfd ${size} bytes`)
-      return new Region(address, size, prot, 'memfd', fd)
+      return new Region(internal, { address, length: size, kind: 'memfd', prot: new PageRuns(size / pageSize, prot), fd, limit: size })
     } catch (error) {
       native.closeFd(fd)
       throw error
@@ -225,24 +324,31 @@ export class Region {
   get bytes(): Uint8Array {
     if (this.#closed) return this.#bytes ?? new Uint8Array(0)
     if (this.#bytes === null) {
-      if (!this.#pageProt.every((p) => (p & protBits.rw) === protBits.rw)) {
-        throw new InvalidStateError(
-          'ERR_REGION_PROTECTION',
-          'Region.bytes needs every page readable and writable; protect(\'rw\') it first or use read()',
-        )
+      if (this.#prot.findFailing((p) => (p & protBits.rw) === protBits.rw) >= 0) {
+        throw codedError('ERR_REGION_PROTECTION', "Region.bytes needs every page readable and writable; protect('rw') it first or use read()")
       }
-      this.#buffer = native.wrap(this.#address, this.#length)
-      viewOwners.set(this.#buffer, this)
-      this.#bytes = new Uint8Array(this.#buffer)
+      if (this.#length > maxViewLength) {
+        throw outOfRange('Region.length', `<= ${maxViewLength} for a view (the largest typed array); use read() on ranges`, this.#length)
+      }
+      const buffer = native.wrap(this.#address, this.#length)
+      viewOwners.set(buffer, this)
+      this.#views.live++
+      viewCollected.register(buffer, this.#views)
+      this.#buffer = buffer
+      this.#bytes = new Uint8Array(buffer)
     }
     return this.#bytes
   }
 
-  /** Copies bytes out; works on read-only pages too (never on PROT_NONE ones). */
+  /**
+   * Copies bytes out; works on read-only pages too (never on PROT_NONE ones). The copy goes
+   * through the kernel: a page of a file truncated under the mapping is a SyscallError EFAULT,
+   * not a SIGBUS.
+   */
   read(range?: Range): Buffer {
     const span = this.readableSpan(range, 'read')
     const out = Buffer.allocUnsafe(span.length)
-    native.copyOut(span.address, span.length, out)
+    check(native.readMemory(span.address, span.length, out), 'process_vm_readv', () => `read ${span.length} bytes of a ${this.#kind} Region`)
     return out
   }
 
@@ -250,9 +356,9 @@ export class Region {
   protect(prot: Protection, range?: Range): void {
     const bits = protBits[validateOneOf(prot, 'prot', protections)]
     const span = this.#span(range, `mprotect(${prot})`)
-    check(native.mprotect(span.address, span.length, bits), 'mprotect', `${prot} on ${span.length} bytes`)
+    check(native.mprotect(span.address, span.length, bits), 'mprotect', () => `${prot} on ${span.length} bytes`)
     const first = (span.address - this.#address) / pageSize
-    this.#pageProt.fill(bits, first, first + span.length / pageSize)
+    this.#prot.fill(bits, first, first + span.length / pageSize)
     if (bits !== protBits.rw && bits !== protBits.rwx) this.#detach()
   }
 
@@ -260,54 +366,75 @@ export class Region {
   protection(offset = 0): Protection {
     this.#assertOpen('protection')
     const page = validateInteger(offset, 'offset', 0, this.#length - 1)
-    return protectionOf(this.#pageProt[Math.floor(page / pageSize)])
+    return protectionOf(this.#prot.get(Math.floor(page / pageSize)))
   }
 
   /** madvise(2) with non-merging advice; see ksm.ts and sksm.ts for merging. */
   advise(advice: Advice, range?: Range): void {
-    if (!Object.hasOwn(adviceValues, advice)) validateOneOf(advice, 'advice', adviceNames)
+    // typeof first: hasOwn() would coerce an object through its toString().
+    if (typeof advice !== 'string' || !Object.hasOwn(adviceValues, advice)) validateOneOf(advice, 'advice', adviceNames)
     const span = this.#span(range, 'advise')
-    const rc = native.madvise(span.address, span.length, adviceValues[advice])
-    if (rc < 0) throw new SyscallError(adviceSyscalls[advice], -rc)
+    check(native.madvise(span.address, span.length, adviceValues[advice]), adviceSyscalls[advice])
   }
 
   /**
    * mremap(2) to `newLength`. Returns the Region that owns the memory now; this one is closed
    * (its views detached), unless `dontUnmap` kept the old range mapped (then both are live).
+   * A memfd Region grows its memfd first; a file Region cannot grow past the file's last page
+   * (RangeError). On any error nothing changed (a memfd may be left larger: it is sealed against
+   * shrinking, and the extra size costs nothing until mapped).
    */
   remap(newLength: number, options?: { mayMove?: boolean; dontUnmap?: boolean }): Region {
-    const length = validatePageLength(newLength, 'newLength')
-    const opts = validateObject(options, 'options')
+    const length = validateRegionLength(newLength, 'newLength')
+    const opts = readOptions(options, 'options', ['mayMove', 'dontUnmap'])
     const mayMove = validateBoolean(opts.mayMove ?? true, 'options.mayMove')
     const dontUnmap = validateBoolean(opts.dontUnmap ?? false, 'options.dontUnmap')
     this.#assertOpen('remap')
     if (dontUnmap && (!mayMove || length !== this.#length || this.#kind !== 'anonymous')) {
       throw outOfRange('options.dontUnmap', 'used with mayMove, the same length and an anonymous Region (MREMAP_DONTUNMAP)', true)
     }
-    const flags = (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0)
-    const address = check(native.mremap(this.#address, this.#length, length, flags, 0), 'mremap', `${this.#length} -> ${length} bytes`)
-    const pageProt = new Uint8Array(length / pageSize).fill(this.#pageProt[this.#pageProt.length - 1])
-    pageProt.set(this.#pageProt.subarray(0, Math.min(this.#pageProt.length, pageProt.length)))
-    if (dontUnmap) {
-      const moved = new Region(address, length, 0, this.#kind, -1, this.#path)
-      moved.#pageProt = pageProt
-      return moved
+    if (this.#kind === 'file' && length > this.#limit) {
+      throw outOfRange('newLength', `<= ${this.#limit} (pages past the end of the file would SIGBUS)`, length)
     }
-    // The old range no longer exists: retire this object without unmapping anything.
-    const fd = this.#fd
-    this.#retire()
-    const moved = new Region(address, length, 0, this.#kind, fd, this.#path)
-    moved.#pageProt = pageProt
-    return moved
+    if (this.#kind === 'memfd' && length > this.#limit) {
+      check(native.ftruncate(this.#fd, length), 'ftruncate', () => `memfd ${this.#limit} -> ${length} bytes`)
+      this.#limit = length
+    }
+    const prot = this.#prot.resized(length / pageSize, this.#prot.get(this.#prot.pages - 1))
+    const flags = (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0)
+    const oldAddress = this.#address
+    const oldLength = this.#length
+    const address = check(native.mremap(oldAddress, oldLength, length, flags, 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
+    // From here on nothing can fail: the memory has moved.
+    const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit }
+    if (dontUnmap) return new Region(internal, init)
+    if (address === oldAddress) {
+      // Same memory, grown or shrunk in place: old views still point into it (or its cut tail).
+      if (length < oldLength) vacate(address + length, oldLength - length, this.#views, false)
+      init.views = this.#views
+    } else {
+      vacate(oldAddress, oldLength, this.#views, false)
+    }
+    init.fd = this.#fd
+    this.#retire({ address, length })
+    // Old views keep only the old Region object alive; if the successor is dropped while one of
+    // them is still reachable, its finalizer sees the shared view count and reserves instead.
+    return new Region(internal, init)
   }
 
-  /** Unmaps the Region. Idempotent; views become length 0; never throws for a closed Region. */
+  /**
+   * Unmaps the Region. Idempotent; views become length 0; never throws for a closed Region.
+   * If a view was ever handed out and may still be reachable, the range is first replaced by
+   * zero-filled memory and unmapped when those views are garbage-collected (see vacate()).
+   */
   close(): void {
     if (this.#closed) return
-    const { address, length } = { address: this.#address, length: this.#length }
+    const address = this.#address
+    const length = this.#length
     const fd = this.#fd
+    const views = this.#views
     this.#retire()
-    native.munmap(address, length)
+    vacate(address, length, views, true)
     if (fd >= 0) native.closeFd(fd)
   }
 
@@ -326,11 +453,8 @@ export class Region {
   readableSpan(range: Range | undefined, operation: string): Span {
     const span = this.#span(range, operation)
     const first = (span.address - this.#address) / pageSize
-    for (let page = first; page < first + span.length / pageSize; page++) {
-      if ((this.#pageProt[page] & C.PROT_READ) === 0) {
-        throw new InvalidStateError('ERR_REGION_PROTECTION', `Cannot ${operation}: page ${page} of the Region is not readable`)
-      }
-    }
+    const page = this.#prot.findFailing((p) => (p & C.PROT_READ) !== 0, first, first + span.length / pageSize)
+    if (page >= 0) throw codedError('ERR_REGION_PROTECTION', `Cannot ${operation}: page ${page} of the Region is not readable`)
     return span
   }
 
@@ -341,10 +465,10 @@ export class Region {
 
   #span(range: Range | undefined, operation: string): Span {
     this.#assertOpen(operation)
-    if (range === undefined) return { address: this.#address, length: this.#length }
-    if (range === null || typeof range !== 'object') throw invalidArgType('range', 'an object like { offset, length }', range)
-    const offset = validatePageOffset(range.offset, 'range.offset')
-    const length = validatePageLength(range.length, 'range.length')
+    const r = readRange(range)
+    if (r === undefined) return { address: this.#address, length: this.#length }
+    const offset = validatePageOffset(r.offset, 'range.offset')
+    const length = validatePageLength(r.length, 'range.length')
     if (offset + length > this.#length) {
       throw outOfRange('range', `inside the Region (offset + length <= ${this.#length})`, `offset ${offset} + length ${length}`)
     }
@@ -352,7 +476,7 @@ export class Region {
   }
 
   #assertOpen(operation: string): void {
-    if (this.#closed) throw new InvalidStateError('ERR_REGION_CLOSED', `Cannot ${operation}: the Region is closed`)
+    if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the Region is closed`)
   }
 
   #detach(): void {
@@ -361,11 +485,11 @@ export class Region {
     this.#bytes = null
   }
 
-  /** Marks closed, runs hooks, detaches views; the caller decides what happens to the memory. */
-  #retire(): void {
+  /** Runs hooks, detaches views, marks closed; the caller decides what happens to the memory. */
+  #retire(next?: Span): void {
     for (const hook of this.#hooks) {
       try {
-        hook(this)
+        hook(this, next)
       } catch {
         // A hook (e.g. uffd unregister) failing must not keep the memory alive.
       }
@@ -380,8 +504,23 @@ export class Region {
   }
 }
 
+/**
+ * Opens a regular file for reading without blocking: O_PATH first (opens nothing: a FIFO does
+ * not wait for a writer, a device runs no open handler), fstat, and only a regular file is then
+ * reopened for reading through /proc/self/fd, which is the same inode whatever the path does.
+ */
+function openRegularFile(path: string): number {
+  const pathFd = fsCall('open', path, () => fs.openSync(path, C.O_PATH))
+  try {
+    if (!fs.fstatSync(pathFd).isFile()) throw new SyscallError('mmap', errno.ENODEV, `${path} is not a regular file`)
+    return fsCall('open', path, () => fs.openSync(`/proc/self/fd/${pathFd}`, fs.constants.O_RDONLY | C.O_NONBLOCK))
+  } finally {
+    fs.closeSync(pathFd)
+  }
+}
+
 /** @internal Validated span of a live Region, for the other modules. */
 export function resolveSpan(region: unknown, range: Range | undefined, operation: string): Span {
-  if (!(region instanceof Region)) throw invalidArgType('region', 'an instance of Region', region)
+  if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
   return region.span(range, operation)
 }

@@ -5,12 +5,12 @@
 // deduplicated). Pages that are written soon after a merge (a COW) are left alone for
 // `backoffPasses` passes, so hot pages do not ping-pong between merged and private.
 import { native, pageSize } from './native.ts'
-import { FeatureUnavailableError, InvalidStateError } from './errors.ts'
+import { check, codedError, FeatureUnavailableError } from './errors.ts'
 import { Region, type Range } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
 import * as pagemap from './pagemap.ts'
 import * as sksm from './sksm.ts'
-import { invalidArgType, validateInteger, validateObject, validateOneOf } from './validate.ts'
+import { invalidArgType, readOptions, validateInteger, validateOneOf } from './validate.ts'
 
 export interface DeduplicatorOptions {
   /** Passes a page must stay unwritten before it is considered (default 2). */
@@ -70,7 +70,7 @@ export class Deduplicator {
   #closed = false
 
   constructor(options?: DeduplicatorOptions) {
-    const opts = validateObject(options, 'options')
+    const opts = readOptions(options, 'options', ['stablePasses', 'backoffPasses', 'merge'])
     this.#stablePasses = validateInteger(opts.stablePasses ?? 2, 'options.stablePasses', 1, 255)
     this.#backoffPasses = validateInteger(opts.backoffPasses ?? 16, 'options.backoffPasses', 0, 65535)
     this.#merge = validateOneOf(opts.merge ?? (sksm.available() ? 'sksm' : 'none'), 'options.merge', ['sksm', 'none'] as const)
@@ -83,9 +83,9 @@ export class Deduplicator {
   /** Starts tracking a private anonymous Region: registers it for async write-protection and arms it. */
   add(region: Region): void {
     this.#assertOpen('add')
-    if (!(region instanceof Region)) throw invalidArgType('region', 'an instance of Region', region)
+    if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
     if (region.kind !== 'anonymous') throw invalidArgType('region', "an anonymous Region (MADV_MERGE merges private anonymous pages)", region.kind)
-    if (this.#tracked.has(region)) throw new InvalidStateError('ERR_DEDUP_ALREADY_TRACKED', 'The Region is already tracked by this Deduplicator')
+    if (this.#tracked.has(region)) throw codedError('ERR_DEDUP_ALREADY_TRACKED', 'The Region is already tracked by this Deduplicator')
     region.readableSpan(undefined, 'Deduplicator.add')
     this.#uffd.register(region, { writeProtect: true })
     // Arm: every page write-protected, so the first pass sees only writes made after add().
@@ -140,7 +140,7 @@ export class Deduplicator {
       if (pages.length === 0) continue
       const hashes = new BigUint64Array(pages.length)
       const span = tracked.region.readableSpan(undefined, 'Deduplicator.pass')
-      native.hashPages(span.address, pages, pages.length, hashes)
+      check(native.hashPages(span.address, pages, pages.length, hashes, 0), 'hashPages')
       candidates.push({ tracked, pages, hashes })
       report.candidatePages += pages.length
     }
@@ -187,7 +187,7 @@ export class Deduplicator {
 
   /** Runs passes every `intervalMs` until `signal` aborts; calls onPass with each report. */
   async run(options: { intervalMs?: number; signal?: AbortSignal; onPass?: (report: PassReport) => void }): Promise<void> {
-    const opts = validateObject(options, 'options')
+    const opts = readOptions(options, 'options', ['intervalMs', 'signal', 'onPass'])
     const intervalMs = validateInteger(opts.intervalMs ?? 1000, 'options.intervalMs', 0)
     const signal = opts.signal as AbortSignal | undefined
     while (!signal?.aborted && !this.#closed) {
@@ -261,17 +261,18 @@ export class Deduplicator {
   }
 
   #assertOpen(operation: string): void {
-    if (this.#closed) throw new InvalidStateError('ERR_DEDUP_CLOSED', `Cannot ${operation}: the Deduplicator is closed`)
+    if (this.#closed) throw codedError('ERR_DEDUP_CLOSED', `Cannot ${operation}: the Deduplicator is closed`)
   }
 }
 
 /** Content hashes of the Region's pages (or a range): equal content, equal hash. */
 export function hashPages(region: Region, range?: Range): BigUint64Array {
-  if (!(region instanceof Region)) throw invalidArgType('region', 'an instance of Region', region)
+  if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
   const span = region.readableSpan(range, 'hashPages')
   const pages = span.length / pageSize
   const indexes = new Uint32Array(pages).map((_, i) => i)
   const out = new BigUint64Array(pages)
-  native.hashPages(span.address, indexes, pages, out)
+  // A file's pages are copied through the kernel first: a truncated file is EFAULT, not SIGBUS.
+  check(native.hashPages(span.address, indexes, pages, out, region.kind === 'file' ? 1 : 0), 'process_vm_readv', 'hashPages')
   return out
 }

@@ -1,9 +1,12 @@
 // Kernel counters that prove (or disprove) savings: /proc/vmstat, smaps_rollup, status.
+// A file that cannot be read (no such pid) is a SyscallError, like every kernel failure here.
 import fs from 'node:fs'
+import { fsCall } from './errors.ts'
+import { validatePid } from './validate.ts'
 
 function readKeyValues(path: string, separator: RegExp, scale: (unit: string | undefined) => number): Record<string, number> {
   const out: Record<string, number> = {}
-  for (const line of fs.readFileSync(path, 'utf8').split('\n')) {
+  for (const line of fsCall('open', path, () => fs.readFileSync(path, 'utf8')).split('\n')) {
     const match = separator.exec(line)
     if (match) out[match[1]] = Number(match[2]) * scale(match[3])
   }
@@ -19,12 +22,12 @@ export function vmstat(): Record<string, number> {
 
 /** /proc/<pid>/smaps_rollup in bytes: Rss, Pss, Anonymous, Swap, … */
 export function smapsRollup(pid: number | 'self' = 'self'): Record<string, number> {
-  return readKeyValues(`/proc/${pid}/smaps_rollup`, /^(\w+):\s+(\d+)\s*(kB)?$/, kB)
+  return readKeyValues(`/proc/${validatePid(pid)}/smaps_rollup`, /^(\w+):\s+(\d+)\s*(kB)?$/, kB)
 }
 
 /** /proc/<pid>/status numeric fields, memory ones in bytes: VmRSS, VmPTE, RssAnon, … */
 export function status(pid: number | 'self' = 'self'): Record<string, number> {
-  return readKeyValues(`/proc/${pid}/status`, /^(\w+):\s+(\d+)\s*(kB)?$/, kB)
+  return readKeyValues(`/proc/${validatePid(pid)}/status`, /^(\w+):\s+(\d+)\s*(kB)?$/, kB)
 }
 
 /** /proc/meminfo in bytes: MemTotal, MemFree, AnonPages, … */

@@ -16,9 +16,10 @@
 //     madvise(DONTNEED)/munmap wait for the event to be read; open() refuses them unless
 //     { allowBlockingFaults: true }.
 import { native, pageSize } from './native.ts'
-import { check, FeatureUnavailableError, InvalidStateError, SyscallError } from './errors.ts'
-import { Region, resolveSpan, type Range } from './region.ts'
-import { invalidArgType, invalidArgValue, validateBoolean, validateObject } from './validate.ts'
+import { check, codedError, errno, FeatureUnavailableError, SyscallError } from './errors.ts'
+import { Region, resolveSpan, type Range, type Span } from './region.ts'
+import { PageRuns } from './runs.ts'
+import { invalidArgType, invalidArgValue, readOptions, validateBoolean } from './validate.ts'
 
 const U = native.uffdConstants
 
@@ -51,8 +52,7 @@ function namesOf(mask: number): UffdFeature[] {
   return featureNames.filter((name) => (mask & uffdFeatures[name]) !== 0)
 }
 
-const MODE = { missing: 1, writeProtect: 2, minor: 4 } as const
-const modeNames: Record<number, string> = { 1: 'missing', 2: 'writeProtect', 4: 'minor' }
+const MODE = { missing: U.UFFDIO_REGISTER_MODE_MISSING, writeProtect: U.UFFDIO_REGISTER_MODE_WP, minor: U.UFFDIO_REGISTER_MODE_MINOR } as const
 
 interface Opened {
   fd: number
@@ -81,10 +81,11 @@ function openFresh(): Opened {
 function openWithApi(features: number): { opened: Opened; offered: number; ioctls: bigint } {
   const opened = openFresh()
   const out = new BigUint64Array(2)
-  const rc = native.uffdApi(opened.fd, features, out)
-  if (rc < 0) {
+  try {
+    check(native.uffdApi(opened.fd, features, out), 'ioctl(UFFDIO_API)', () => `features 0x${features.toString(16)}`)
+  } catch (error) {
     native.closeFd(opened.fd)
-    throw new SyscallError('ioctl(UFFDIO_API)', -rc, `features 0x${features.toString(16)}`)
+    throw error
   }
   return { opened, offered: Number(out[0]), ioctls: out[1] }
 }
@@ -129,7 +130,7 @@ export interface RegisterOptions {
 
 interface Registration {
   /** Register mode bits per page of the Region (0 = not registered by this uffd). */
-  modes: Uint8Array
+  modes: PageRuns
   unsubscribe: () => void
 }
 
@@ -163,7 +164,7 @@ export class Userfaultfd {
    * memory needs it for PAGEMAP_SCAN's PM_SCAN_WP_MATCHING).
    */
   static open(options?: UserfaultfdOptions): Userfaultfd {
-    const opts = validateObject(options, 'options')
+    const opts = readOptions(options, 'options', ['features', 'allowBlockingFaults'])
     const allowBlocking = validateBoolean(opts.allowBlockingFaults ?? false, 'options.allowBlockingFaults')
     const list = opts.features ?? []
     if (!Array.isArray(list)) throw invalidArgType('options.features', 'an array of feature names', list)
@@ -245,7 +246,7 @@ export class Userfaultfd {
    * moves.
    */
   register(region: Region, options?: RegisterOptions, range?: Range): bigint {
-    const opts = validateObject(options, 'options')
+    const opts = readOptions(options, 'options', ['writeProtect', 'missing', 'minor', 'allowBlockingFaults'])
     const wp = validateBoolean(opts.writeProtect ?? false, 'options.writeProtect')
     const missing = validateBoolean(opts.missing ?? false, 'options.missing')
     const minor = validateBoolean(opts.minor ?? false, 'options.minor')
@@ -260,19 +261,16 @@ export class Userfaultfd {
     const first = (span.address - Number(region.address)) / pageSize
     const count = span.length / pageSize
     const existing = this.#registrations.get(region)
-    if (existing !== undefined) {
-      for (let page = first; page < first + count; page++) {
-        if (existing.modes[page] !== 0) {
-          throw new InvalidStateError('ERR_UFFD_ALREADY_REGISTERED', `Cannot register: page ${page} of the Region is already registered with this userfaultfd (unregister it first)`)
-        }
-      }
+    const taken = existing?.modes.findFailing((m) => m === 0, first, first + count) ?? -1
+    if (taken >= 0) {
+      throw codedError('ERR_UFFD_ALREADY_REGISTERED', `Cannot register: page ${taken} of the Region is already registered with this userfaultfd (unregister it first)`)
     }
     const out = new BigUint64Array(1)
-    check(native.uffdRegister(fd, span.address, span.length, mode, out), 'ioctl(UFFDIO_REGISTER)', `${describeMode(mode)} on ${span.length} bytes of a ${region.kind} Region`)
+    check(native.uffdRegister(fd, span.address, span.length, mode, out), 'ioctl(UFFDIO_REGISTER)', () => `${describeMode(mode)} on ${span.length} bytes of a ${region.kind} Region`)
     let registration = existing
     if (registration === undefined) {
-      const unsubscribe = region.onClose((closing) => this.#forget(closing, true))
-      registration = { modes: new Uint8Array(region.pages), unsubscribe }
+      const unsubscribe = region.onClose((closing, next) => this.#forget(closing, next))
+      registration = { modes: new PageRuns(region.pages, 0), unsubscribe }
       this.#registrations.set(region, registration)
     }
     registration.modes.fill(mode, first, first + count)
@@ -289,11 +287,11 @@ export class Userfaultfd {
     const count = span.length / pageSize
     // Only the runs we registered: a range of the Region that is not uffd-capable would
     // otherwise make the kernel refuse the whole call.
-    for (const [page, pages] of runs(registration.modes, first, first + count)) {
-      check(native.uffdUnregister(fd, Number(region.address) + page * pageSize, pages * pageSize), 'ioctl(UFFDIO_UNREGISTER)')
+    for (const [page, end, mode] of registration.modes.runs(first, first + count)) {
+      if (mode !== 0) check(native.uffdUnregister(fd, Number(region.address) + page * pageSize, (end - page) * pageSize), 'ioctl(UFFDIO_UNREGISTER)')
     }
     registration.modes.fill(0, first, first + count)
-    if (registration.modes.every((m) => m === 0)) {
+    if (registration.modes.findFailing((m) => m === 0) < 0) {
       registration.unsubscribe()
       this.#registrations.delete(region)
     }
@@ -311,19 +309,18 @@ export class Userfaultfd {
     const first = (span.address - Number(region.address)) / pageSize
     const count = span.length / pageSize
     const modes = this.#registrations.get(region)?.modes
-    for (let page = first; page < first + count; page++) {
-      if (modes === undefined || (modes[page] & MODE.writeProtect) === 0) {
-        throw new InvalidStateError('ERR_UFFD_NOT_REGISTERED', `Cannot writeProtect: page ${page} of the Region is not registered with { writeProtect: true } on this userfaultfd`)
-      }
+    const page = modes === undefined ? first : modes.findFailing((m) => (m & MODE.writeProtect) !== 0, first, first + count)
+    if (page >= 0) {
+      throw codedError('ERR_UFFD_NOT_REGISTERED', `Cannot writeProtect: page ${page} of the Region is not registered with { writeProtect: true } on this userfaultfd`)
     }
     const mode = protect ? U.UFFDIO_WRITEPROTECT_MODE_WP : 0
     let rc: number
     // EAGAIN: the mm is changing under us (e.g. a concurrent fork event); the kernel asks to retry.
     for (let attempt = 0; ; attempt++) {
       rc = native.uffdWriteProtect(fd, span.address, span.length, mode)
-      if (rc !== -11 || attempt >= 100) break
+      if (rc !== -errno.EAGAIN || attempt >= 100) break
     }
-    check(rc, 'ioctl(UFFDIO_WRITEPROTECT)', `${protect ? 'protect' : 'unprotect'} ${span.length} bytes`)
+    check(rc, 'ioctl(UFFDIO_WRITEPROTECT)', () => `${protect ? 'protect' : 'unprotect'} ${span.length} bytes`)
   }
 
   /** Registered pages of `region` as [offset, length, modes] runs (for inspection/tests). */
@@ -331,14 +328,9 @@ export class Userfaultfd {
     const modes = this.#registrations.get(region)?.modes
     if (modes === undefined) return []
     const out = []
-    let start = 0
-    for (let page = 1; page <= modes.length; page++) {
-      if (page === modes.length || modes[page] !== modes[start]) {
-        const m = modes[start]
-        if (m !== 0) {
-          out.push({ offset: start * pageSize, length: (page - start) * pageSize, writeProtect: (m & MODE.writeProtect) !== 0, missing: (m & MODE.missing) !== 0, minor: (m & MODE.minor) !== 0 })
-        }
-        start = page
+    for (const [start, end, m] of modes.runs()) {
+      if (m !== 0) {
+        out.push({ offset: start * pageSize, length: (end - start) * pageSize, writeProtect: (m & MODE.writeProtect) !== 0, missing: (m & MODE.missing) !== 0, minor: (m & MODE.minor) !== 0 })
       }
     }
     return out
@@ -362,38 +354,35 @@ export class Userfaultfd {
     this.close()
   }
 
-  /** Region hook: unregister before the memory goes away (errors ignored: it is going anyway). */
-  #forget(region: Region, fromHook: boolean): void {
+  /**
+   * Region hook, run when the Region closes or after remap() moved its memory to `next`:
+   * unregister what is still registered in the kernel (errors ignored: the memory is going).
+   * mremap() moving a range drops its registration; growing in place extends the last VMA,
+   * registration included, over the new tail, which is unregistered too.
+   */
+  #forget(region: Region, next: Span | undefined): void {
     const registration = this.#registrations.get(region)
     if (registration === undefined) return
-    if (this.#fd >= 0) {
-      for (const [page, pages] of runs(registration.modes, 0, registration.modes.length)) {
-        native.uffdUnregister(this.#fd, Number(region.address) + page * pageSize, pages * pageSize)
+    const address = Number(region.address)
+    if (this.#fd >= 0 && (next === undefined || next.address === address)) {
+      const keep = next === undefined ? registration.modes.pages : Math.min(registration.modes.pages, next.length / pageSize)
+      for (const [page, end, mode] of registration.modes.runs(0, keep)) {
+        if (mode !== 0) native.uffdUnregister(this.#fd, address + page * pageSize, (end - page) * pageSize)
+      }
+      const last = registration.modes.pages - 1
+      if (next !== undefined && next.length > region.length && registration.modes.get(last) !== 0) {
+        native.uffdUnregister(this.#fd, address + region.length, next.length - region.length)
       }
     }
-    if (!fromHook) registration.unsubscribe()
     this.#registrations.delete(region)
   }
 
   #assertOpen(operation: string): number {
-    if (this.#fd < 0) throw new InvalidStateError('ERR_UFFD_CLOSED', `Cannot ${operation}: the Userfaultfd is closed`)
+    if (this.#fd < 0) throw codedError('ERR_UFFD_CLOSED', `Cannot ${operation}: the Userfaultfd is closed`)
     return this.#fd
   }
 }
 
-/** [firstPage, pages] runs of non-zero entries within [from, to). */
-function* runs(modes: Uint8Array, from: number, to: number): Generator<[number, number]> {
-  let start = -1
-  for (let page = from; page <= to; page++) {
-    const on = page < to && modes[page] !== 0
-    if (on && start < 0) start = page
-    if (!on && start >= 0) {
-      yield [start, page - start]
-      start = -1
-    }
-  }
-}
-
 function describeMode(mode: number): string {
-  return Object.entries(modeNames).filter(([bit]) => mode & Number(bit)).map(([, n]) => n).join('+')
+  return Object.entries(MODE).filter(([, bit]) => mode & bit).map(([name]) => name).join('+')
 }

@@ -1,9 +1,14 @@
-// Shared helpers for the per-family native files. Policy and validation live in lib/;
-// these only convert already-checked positional arguments.
+// Shared helpers for the per-family native files. Policy and validation live in lib/; native code
+// re-checks every argument it uses through one accessor per kind (below), on the exact value it
+// was given: JS checks are for messages, these are for safety.
 #pragma once
 #include <napi.h>
+
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
+#include <optional>
+#include <string>
 
 namespace memdedup {
 
@@ -14,25 +19,118 @@ void InitUserfaultfd(Napi::Env env, Napi::Object exports);
 void InitPagemap(Napi::Env env, Napi::Object exports);
 void InitContent(Napi::Env env, Napi::Object exports);
 
-// Addresses and lengths travel as JS numbers: user addresses on x86_64 are < 2^47, well
+// Copies `length` bytes at `address` of this process into dst through the kernel (never faults
+// here: an unreadable page is EFAULT). Returns the bytes copied, or -1 with errno set.
+long ReadOwnMemory(void* dst, uintptr_t address, size_t length);
+
+// Throws a TypeError (wrong kind) or RangeError (right kind, bad size) with a Node-style code.
+// Only reachable when lib/ was bypassed or an argument changed under it (a getter returning a
+// different array the second time): the message names the native function and the argument.
+inline void ThrowArgument(const Napi::CallbackInfo& info, size_t i, bool range, const std::string& what) {
+  Napi::Env env = info.Env();
+  const char* fn = info.Data() != nullptr ? static_cast<const char*>(info.Data()) : "native";
+  std::string message = std::string(fn) + ": argument " + std::to_string(i) + " must be " + what;
+  Napi::Error error = range ? static_cast<Napi::Error>(Napi::RangeError::New(env, message))
+                            : static_cast<Napi::Error>(Napi::TypeError::New(env, message));
+  error.Set("code", Napi::String::New(env, range ? "ERR_OUT_OF_RANGE" : "ERR_INVALID_ARG_TYPE"));
+  error.ThrowAsJavaScriptException();
+}
+
+// Addresses, lengths and offsets travel as JS numbers: user addresses on x86_64 are < 2^47, well
 // inside a double's 2^53 exact range, and numbers are much cheaper than BigInt across N-API.
-inline uintptr_t ArgAddress(const Napi::CallbackInfo& info, size_t i) {
-  return static_cast<uintptr_t>(info[i].As<Napi::Number>().DoubleValue());
+constexpr double kMaxSafeInteger = 9007199254740991.0;
+
+// A non-negative integer Number <= max.
+inline std::optional<uint64_t> ArgU64(const Napi::CallbackInfo& info, size_t i, double max = kMaxSafeInteger) {
+  double value;
+  if (napi_get_value_double(info.Env(), info[i], &value) != napi_ok) {
+    ThrowArgument(info, i, false, "a number");
+    return std::nullopt;
+  }
+  if (!(value >= 0) || value > max || std::floor(value) != value) {
+    ThrowArgument(info, i, true, "an integer >= 0 and <= " + std::to_string(static_cast<uint64_t>(max)));
+    return std::nullopt;
+  }
+  return static_cast<uint64_t>(value);
 }
-inline size_t ArgSize(const Napi::CallbackInfo& info, size_t i) {
-  return static_cast<size_t>(info[i].As<Napi::Number>().DoubleValue());
+
+// An int32 Number in [min, max] (fds, flag words, enum values).
+inline std::optional<int> ArgInt(const Napi::CallbackInfo& info, size_t i, int min = INT32_MIN, int max = INT32_MAX) {
+  double value;
+  if (napi_get_value_double(info.Env(), info[i], &value) != napi_ok) {
+    ThrowArgument(info, i, false, "a number");
+    return std::nullopt;
+  }
+  if (!(value >= min && value <= max) || std::floor(value) != value) {
+    ThrowArgument(info, i, true, "an integer >= " + std::to_string(min) + " and <= " + std::to_string(max));
+    return std::nullopt;
+  }
+  return static_cast<int>(value);
 }
-inline int ArgInt(const Napi::CallbackInfo& info, size_t i) {
-  return info[i].As<Napi::Number>().Int32Value();
+
+inline std::optional<std::string> ArgString(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsString()) {
+    ThrowArgument(info, i, false, "a string");
+    return std::nullopt;
+  }
+  std::string value = info[i].As<Napi::String>().Utf8Value();
+  if (value.find('\0') != std::string::npos) {
+    ThrowArgument(info, i, false, "a string without null bytes");
+    return std::nullopt;
+  }
+  return value;
 }
-inline int64_t ArgInt64(const Napi::CallbackInfo& info, size_t i) {
-  return info[i].As<Napi::Number>().Int64Value();
+
+template <typename T> struct TypedArrayKind;
+template <> struct TypedArrayKind<uint8_t> { static constexpr napi_typedarray_type type = napi_uint8_array; static constexpr const char* name = "a Uint8Array"; };
+template <> struct TypedArrayKind<uint32_t> { static constexpr napi_typedarray_type type = napi_uint32_array; static constexpr const char* name = "a Uint32Array"; };
+template <> struct TypedArrayKind<uint64_t> { static constexpr napi_typedarray_type type = napi_biguint64_array; static constexpr const char* name = "a BigUint64Array"; };
+template <> struct TypedArrayKind<double> { static constexpr napi_typedarray_type type = napi_float64_array; static constexpr const char* name = "a Float64Array"; };
+
+template <typename T> struct ArrayArg {
+  T* data;
+  size_t length;  // elements
+};
+
+// A typed array of exactly element type T with at least minElements elements, read from the very
+// object passed (its type, data pointer and length at this moment: no JS runs between this check
+// and the native code that uses it). A detached or resized array has fewer elements and fails.
+template <typename T>
+std::optional<ArrayArg<T>> ArgTypedArray(const Napi::CallbackInfo& info, size_t i, size_t minElements) {
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  bool is_typed_array = false;
+  napi_is_typedarray(info.Env(), info[i], &is_typed_array);
+  if (!is_typed_array || napi_get_typedarray_info(info.Env(), info[i], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != TypedArrayKind<T>::type) {
+    ThrowArgument(info, i, false, TypedArrayKind<T>::name);
+    return std::nullopt;
+  }
+  if (length < minElements || (minElements > 0 && data == nullptr)) {
+    ThrowArgument(info, i, true,
+                  std::string(TypedArrayKind<T>::name) + " of at least " + std::to_string(minElements) +
+                      " elements (it has " + std::to_string(length) + ")");
+    return std::nullopt;
+  }
+  return ArrayArg<T>{static_cast<T*>(data), length};
 }
+
+// Unwraps an accessor's result or returns from the native function (the exception is pending).
+#define MEMDEDUP_ARG(var, expr)                     \
+  auto var##_arg = (expr);                          \
+  if (!var##_arg) return info.Env().Undefined();    \
+  auto var = *var##_arg
 
 // Result convention (kernel style): >= 0 is success, -errno is failure. lib/errors.ts turns
 // the negative value plus the syscall name it already knows into a SyscallError.
 inline Napi::Value Result(Napi::Env env, long rc) {
   return Napi::Number::New(env, rc < 0 ? -errno : static_cast<double>(rc));
+}
+
+// Registers a native function; its name is also the callback data, for ThrowArgument's message.
+inline void Export(Napi::Object exports, const char* name, Napi::Function::Callback fn) {
+  exports.Set(name, Napi::Function::New(exports.Env(), fn, name, const_cast<char*>(name)));
 }
 
 inline void SetConst(Napi::Object obj, const char* name, double value) {

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <vector>
 
 #include "addon.h"
 
@@ -40,28 +41,37 @@ uint64_t HashPage(const unsigned char* p, size_t length) {
   return h ^ (h >> 32);
 }
 
-// hashPages(address, pageIndexes: Uint32Array, count, out: BigUint64Array) -> count
+// hashPages(address, pageIndexes: Uint32Array, count, out: BigUint64Array, throughKernel) -> count | -errno
 // Hashes the pages at address + index * pageSize; indexes lib/ validated against the Region.
+// throughKernel (file-backed Regions, whose file someone may truncate): each batch of pages is
+// first copied through the kernel (ReadOwnMemory), so a page past the file's new end is EFAULT
+// instead of a SIGBUS in this process.
 Napi::Value HashPages(const Napi::CallbackInfo& info) {
-  const unsigned char* base = reinterpret_cast<const unsigned char*>(ArgAddress(info, 0));
-  Napi::Uint32Array indexes = info[1].As<Napi::Uint32Array>();
-  size_t count = ArgSize(info, 2);
-  Napi::TypedArray out_array = info[3].As<Napi::TypedArray>();
-  if (out_array.TypedArrayType() != napi_biguint64_array) return Napi::Number::New(info.Env(), -EINVAL);
-  // Cheap re-checks: never read or write past the arrays we were given.
-  size_t out_length = out_array.ElementLength();
-  if (count > indexes.ElementLength() || count > out_length) return Napi::Number::New(info.Env(), -EINVAL);
-  uint64_t* out = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(out_array.ArrayBuffer().Data()) +
-                                              out_array.ByteOffset());
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(count, ArgU64(info, 2));
+  MEMDEDUP_ARG(indexes, ArgTypedArray<uint32_t>(info, 1, count));
+  MEMDEDUP_ARG(out, ArgTypedArray<uint64_t>(info, 3, count));
+  MEMDEDUP_ARG(through_kernel, ArgInt(info, 4, 0, 1));
+  const unsigned char* base = reinterpret_cast<const unsigned char*>(address);
   size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  for (size_t i = 0; i < count; i++) out[i] = HashPage(base + static_cast<size_t>(indexes[i]) * page_size, page_size);
+  if (!through_kernel) {
+    for (size_t i = 0; i < count; i++) out.data[i] = HashPage(base + static_cast<size_t>(indexes.data[i]) * page_size, page_size);
+    return Napi::Number::New(info.Env(), static_cast<double>(count));
+  }
+  std::vector<unsigned char> copy(page_size);
+  for (size_t i = 0; i < count; i++) {
+    if (ReadOwnMemory(copy.data(), address + static_cast<size_t>(indexes.data[i]) * page_size, page_size) < 0) {
+      return Napi::Number::New(info.Env(), -errno);
+    }
+    out.data[i] = HashPage(copy.data(), page_size);
+  }
   return Napi::Number::New(info.Env(), static_cast<double>(count));
 }
 
 }  // namespace
 
 void InitContent(Napi::Env env, Napi::Object exports) {
-  exports.Set("hashPages", Napi::Function::New(env, HashPages, "hashPages"));
+  Export(exports, "hashPages", HashPages);
 }
 
 }  // namespace memdedup

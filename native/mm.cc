@@ -1,9 +1,9 @@
 // mmap family: mmap, munmap, mprotect, madvise, mremap, memfd_create, plus the zero-copy
 // ArrayBuffer view of a mapping. lib/region.ts owns every mapping and validates everything.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
-
-#include <cstring>
 
 #include "addon.h"
 #include "compat.h"
@@ -11,82 +11,152 @@
 namespace memdedup {
 namespace {
 
+Napi::Value PointerResult(Napi::Env env, void* p) {
+  if (p == MAP_FAILED) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, static_cast<double>(reinterpret_cast<uintptr_t>(p)));
+}
+
+// mmap(hint, length, prot, flags, fd, offset) -> address | -errno
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
-  void* hint = reinterpret_cast<void*>(ArgAddress(info, 0));
-  void* p = mmap(hint, ArgSize(info, 1), ArgInt(info, 2), ArgInt(info, 3), ArgInt(info, 4),
-                 static_cast<off_t>(ArgInt64(info, 5)));
-  if (p == MAP_FAILED) return Napi::Number::New(info.Env(), -errno);
-  return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(p)));
+  MEMDEDUP_ARG(hint, ArgU64(info, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  MEMDEDUP_ARG(prot, ArgInt(info, 2));
+  MEMDEDUP_ARG(flags, ArgInt(info, 3));
+  MEMDEDUP_ARG(fd, ArgInt(info, 4, -1));
+  MEMDEDUP_ARG(offset, ArgU64(info, 5));
+  return PointerResult(info.Env(), mmap(reinterpret_cast<void*>(hint), length, prot, flags, fd, static_cast<off_t>(offset)));
 }
 
 Napi::Value Munmap(const Napi::CallbackInfo& info) {
-  return Result(info.Env(), munmap(reinterpret_cast<void*>(ArgAddress(info, 0)), ArgSize(info, 1)));
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  return Result(info.Env(), munmap(reinterpret_cast<void*>(address), length));
 }
 
 Napi::Value Mprotect(const Napi::CallbackInfo& info) {
-  return Result(info.Env(), mprotect(reinterpret_cast<void*>(ArgAddress(info, 0)), ArgSize(info, 1),
-                                     ArgInt(info, 2)));
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  MEMDEDUP_ARG(prot, ArgInt(info, 2));
+  return Result(info.Env(), mprotect(reinterpret_cast<void*>(address), length, prot));
 }
 
 Napi::Value Madvise(const Napi::CallbackInfo& info) {
-  return Result(info.Env(), madvise(reinterpret_cast<void*>(ArgAddress(info, 0)), ArgSize(info, 1),
-                                    ArgInt(info, 2)));
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  MEMDEDUP_ARG(advice, ArgInt(info, 2));
+  return Result(info.Env(), madvise(reinterpret_cast<void*>(address), length, advice));
 }
 
+// mremap(oldAddress, oldLength, newLength, flags, newAddress) -> address | -errno
 Napi::Value Mremap(const Napi::CallbackInfo& info) {
-  void* p = mremap(reinterpret_cast<void*>(ArgAddress(info, 0)), ArgSize(info, 1), ArgSize(info, 2),
-                   ArgInt(info, 3), reinterpret_cast<void*>(ArgAddress(info, 4)));
-  if (p == MAP_FAILED) return Napi::Number::New(info.Env(), -errno);
-  return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(p)));
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(old_length, ArgU64(info, 1));
+  MEMDEDUP_ARG(new_length, ArgU64(info, 2));
+  MEMDEDUP_ARG(flags, ArgInt(info, 3));
+  MEMDEDUP_ARG(new_address, ArgU64(info, 4));
+  return PointerResult(info.Env(), mremap(reinterpret_cast<void*>(address), old_length, new_length, flags,
+                                          reinterpret_cast<void*>(new_address)));
 }
 
-// The ArrayBuffer does not own the memory: lib/region.ts detaches it before munmap/mremap,
-// so no JS view can outlive the pages it points at.
+// The ArrayBuffer does not own the memory: lib/region.ts detaches it before the Region's memory
+// goes away, and unmaps the range only once the ArrayBuffer itself is garbage-collected (until
+// then a late reader in the thread pool finds zero-filled memory there, see Region.close()).
 Napi::Value Wrap(const Napi::CallbackInfo& info) {
-  return Napi::ArrayBuffer::New(info.Env(), reinterpret_cast<void*>(ArgAddress(info, 0)),
-                                ArgSize(info, 1));
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  return Napi::ArrayBuffer::New(info.Env(), reinterpret_cast<void*>(address), length);
 }
 
 Napi::Value Detach(const Napi::CallbackInfo& info) {
+  if (!info[0].IsArrayBuffer()) {
+    ThrowArgument(info, 0, false, "an ArrayBuffer");
+    return info.Env().Undefined();
+  }
   Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
   if (!buffer.IsDetached()) buffer.Detach();
   return info.Env().Undefined();
 }
 
-// Copies out of a mapping that is readable but not writable (no writable view is handed out).
-Napi::Value CopyOut(const Napi::CallbackInfo& info) {
-  Napi::Uint8Array dst = info[2].As<Napi::Uint8Array>();
-  size_t length = ArgSize(info, 1);
-  if (length > dst.ByteLength()) length = dst.ByteLength();
-  memcpy(dst.Data(), reinterpret_cast<const void*>(ArgAddress(info, 0)), length);
-  return Napi::Number::New(info.Env(), static_cast<double>(length));
+// readMemory(address, length, into: Uint8Array) -> bytes | -errno
+// Copies through the kernel (process_vm_readv on ourselves, /proc/self/mem where a seccomp filter
+// refuses that): a page that cannot be read (a file truncated under its mapping) is EFAULT, never
+// a SIGBUS in this process.
+Napi::Value ReadMemory(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  MEMDEDUP_ARG(into, ArgTypedArray<uint8_t>(info, 2, length));
+  return Result(info.Env(), ReadOwnMemory(into.data, address, length));
 }
 
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
-  std::string name = info[0].As<Napi::String>().Utf8Value();
-  return Result(info.Env(), memfd_create(name.c_str(), static_cast<unsigned>(ArgInt(info, 1))));
+  MEMDEDUP_ARG(name, ArgString(info, 0));
+  MEMDEDUP_ARG(flags, ArgInt(info, 1));
+  return Result(info.Env(), memfd_create(name.c_str(), static_cast<unsigned>(flags)));
 }
 
 Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
-  return Result(info.Env(), ftruncate(ArgInt(info, 0), static_cast<off_t>(ArgInt64(info, 1))));
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  return Result(info.Env(), ftruncate(fd, static_cast<off_t>(length)));
 }
 
-Napi::Value CloseFd(const Napi::CallbackInfo& info) { return Result(info.Env(), close(ArgInt(info, 0))); }
+// fcntl(F_ADD_SEALS): a memfd Region seals F_SEAL_SHRINK so no one can cut pages from under it.
+Napi::Value AddSeals(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  MEMDEDUP_ARG(seals, ArgInt(info, 1, 0));
+  return Result(info.Env(), fcntl(fd, F_ADD_SEALS, seals));
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  return Result(info.Env(), close(fd));
+}
 
 }  // namespace
 
+long ReadOwnMemory(void* dst, uintptr_t address, size_t length) {
+  static int proc_mem = -2;  // -2: process_vm_readv not refused yet
+  size_t done = 0;
+  while (done < length) {
+    ssize_t n;
+    if (proc_mem == -2) {
+      struct iovec local = {static_cast<char*>(dst) + done, length - done};
+      struct iovec remote = {reinterpret_cast<void*>(address + done), length - done};
+      n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+      if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
+        proc_mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+        if (proc_mem < 0) return -1;
+        continue;
+      }
+    } else {
+      n = pread(proc_mem, static_cast<char*>(dst) + done, length - done, static_cast<off_t>(address + done));
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (n == 0) {
+      errno = EFAULT;
+      return -1;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<long>(done);
+}
+
 void InitMm(Napi::Env env, Napi::Object exports) {
-  exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
-  exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
-  exports.Set("mprotect", Napi::Function::New(env, Mprotect, "mprotect"));
-  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
-  exports.Set("mremap", Napi::Function::New(env, Mremap, "mremap"));
-  exports.Set("wrap", Napi::Function::New(env, Wrap, "wrap"));
-  exports.Set("detach", Napi::Function::New(env, Detach, "detach"));
-  exports.Set("copyOut", Napi::Function::New(env, CopyOut, "copyOut"));
-  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
-  exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
-  exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
+  Export(exports, "mmap", Mmap);
+  Export(exports, "munmap", Munmap);
+  Export(exports, "mprotect", Mprotect);
+  Export(exports, "madvise", Madvise);
+  Export(exports, "mremap", Mremap);
+  Export(exports, "wrap", Wrap);
+  Export(exports, "detach", Detach);
+  Export(exports, "readMemory", ReadMemory);
+  Export(exports, "addSeals", AddSeals);
+  Export(exports, "memfdCreate", MemfdCreate);
+  Export(exports, "ftruncate", Ftruncate);
+  Export(exports, "closeFd", CloseFd);
 
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "pageSize", static_cast<double>(sysconf(_SC_PAGESIZE)));
@@ -100,10 +170,17 @@ void InitMm(Napi::Env env, Napi::Object exports) {
   SetConst(c, "MAP_NORESERVE", MAP_NORESERVE);
   SetConst(c, "MAP_POPULATE", MAP_POPULATE);
   SetConst(c, "MAP_HUGETLB", MAP_HUGETLB);
+  SetConst(c, "MAP_FIXED", MAP_FIXED);
+  SetConst(c, "MAP_FIXED_NOREPLACE", MAP_FIXED_NOREPLACE);
   SetConst(c, "MREMAP_MAYMOVE", MREMAP_MAYMOVE);
   SetConst(c, "MREMAP_FIXED", MREMAP_FIXED);
   SetConst(c, "MREMAP_DONTUNMAP", MREMAP_DONTUNMAP);
   SetConst(c, "MFD_CLOEXEC", MFD_CLOEXEC);
+  SetConst(c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  SetConst(c, "F_SEAL_SHRINK", F_SEAL_SHRINK);
+  SetConst(c, "F_SEAL_GROW", F_SEAL_GROW);
+  SetConst(c, "O_PATH", O_PATH);
+  SetConst(c, "O_NONBLOCK", O_NONBLOCK);
   SetConst(c, "MADV_NORMAL", MADV_NORMAL);
   SetConst(c, "MADV_RANDOM", MADV_RANDOM);
   SetConst(c, "MADV_SEQUENTIAL", MADV_SEQUENTIAL);

@@ -15,22 +15,25 @@ Napi::Value GetMemoryMerge(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value SetMemoryMerge(const Napi::CallbackInfo& info) {
-  return Result(info.Env(), prctl(PR_SET_MEMORY_MERGE, static_cast<unsigned long>(ArgInt(info, 0)), 0, 0, 0));
+  MEMDEDUP_ARG(value, ArgInt(info, 0, 0, 1));
+  return Result(info.Env(), prctl(PR_SET_MEMORY_MERGE, static_cast<unsigned long>(value), 0, 0, 0));
 }
 
 // Names an anonymous mapping in /proc/pid/maps ("[anon:<name>]"); EINVAL without CONFIG_ANON_VMA_NAME.
 Napi::Value SetVmaAnonName(const Napi::CallbackInfo& info) {
-  std::string name = info[2].As<Napi::String>().Utf8Value();
-  return Result(info.Env(), prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ArgAddress(info, 0), ArgSize(info, 1),
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(length, ArgU64(info, 1));
+  MEMDEDUP_ARG(name, ArgString(info, 2));
+  return Result(info.Env(), prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, address, length,
                                   reinterpret_cast<unsigned long>(name.c_str())));
 }
 
 }  // namespace
 
 void InitPrctl(Napi::Env env, Napi::Object exports) {
-  exports.Set("prctlGetMemoryMerge", Napi::Function::New(env, GetMemoryMerge, "prctlGetMemoryMerge"));
-  exports.Set("prctlSetMemoryMerge", Napi::Function::New(env, SetMemoryMerge, "prctlSetMemoryMerge"));
-  exports.Set("prctlSetVmaAnonName", Napi::Function::New(env, SetVmaAnonName, "prctlSetVmaAnonName"));
+  Export(exports, "prctlGetMemoryMerge", GetMemoryMerge);
+  Export(exports, "prctlSetMemoryMerge", SetMemoryMerge);
+  Export(exports, "prctlSetVmaAnonName", SetVmaAnonName);
 }
 
 }  // namespace memdedup

@@ -20,7 +20,7 @@ enum : int { kSyscall = 0, kSyscallUserModeOnly = 1, kDevice = 2 };
 
 // uffdOpen(method) -> fd | -errno
 Napi::Value UffdOpen(const Napi::CallbackInfo& info) {
-  int method = ArgInt(info, 0);
+  MEMDEDUP_ARG(method, ArgInt(info, 0, kSyscall, kDevice));
   long fd;
   if (method == kDevice) {
     int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
@@ -39,16 +39,16 @@ Napi::Value UffdOpen(const Napi::CallbackInfo& info) {
 // out[0] = features the kernel offers, out[1] = ioctls available on the fd. One call per fd:
 // the kernel refuses a second UFFDIO_API on an initialized context.
 Napi::Value UffdApi(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  MEMDEDUP_ARG(features, ArgU64(info, 1, UINT32_MAX));
+  MEMDEDUP_ARG(out, ArgTypedArray<uint64_t>(info, 2, 2));
   struct uffdio_api api = {};
   api.api = UFFD_API;
-  api.features = static_cast<__u64>(ArgInt64(info, 1));
-  long rc = ioctl(ArgInt(info, 0), UFFDIO_API, &api);
+  api.features = features;
+  long rc = ioctl(fd, UFFDIO_API, &api);
   if (rc == 0) {
-    Napi::BigUint64Array out = info[2].As<Napi::BigUint64Array>();
-    if (out.ElementLength() >= 2) {
-      out[0] = api.features;
-      out[1] = api.ioctls;
-    }
+    out.data[0] = api.features;
+    out.data[1] = api.ioctls;
   }
   return Result(info.Env(), rc);
 }
@@ -56,44 +56,53 @@ Napi::Value UffdApi(const Napi::CallbackInfo& info) {
 // uffdRegister(fd, address, length, mode, out: BigUint64Array(1)) -> 0 | -errno
 // out[0] = ioctls usable on the registered range.
 Napi::Value UffdRegister(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  MEMDEDUP_ARG(address, ArgU64(info, 1));
+  MEMDEDUP_ARG(length, ArgU64(info, 2));
+  MEMDEDUP_ARG(mode, ArgInt(info, 3, 0));
+  MEMDEDUP_ARG(out, ArgTypedArray<uint64_t>(info, 4, 1));
   struct uffdio_register reg = {};
-  reg.range.start = ArgAddress(info, 1);
-  reg.range.len = ArgSize(info, 2);
-  reg.mode = static_cast<__u64>(ArgInt64(info, 3));
-  long rc = ioctl(ArgInt(info, 0), UFFDIO_REGISTER, &reg);
-  if (rc == 0) {
-    Napi::BigUint64Array out = info[4].As<Napi::BigUint64Array>();
-    if (out.ElementLength() >= 1) out[0] = reg.ioctls;
-  }
+  reg.range.start = address;
+  reg.range.len = length;
+  reg.mode = static_cast<__u64>(mode);
+  long rc = ioctl(fd, UFFDIO_REGISTER, &reg);
+  if (rc == 0) out.data[0] = reg.ioctls;
   return Result(info.Env(), rc);
 }
 
 // uffdUnregister(fd, address, length) -> 0 | -errno
 Napi::Value UffdUnregister(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  MEMDEDUP_ARG(address, ArgU64(info, 1));
+  MEMDEDUP_ARG(length, ArgU64(info, 2));
   struct uffdio_range range = {};
-  range.start = ArgAddress(info, 1);
-  range.len = ArgSize(info, 2);
-  return Result(info.Env(), ioctl(ArgInt(info, 0), UFFDIO_UNREGISTER, &range));
+  range.start = address;
+  range.len = length;
+  return Result(info.Env(), ioctl(fd, UFFDIO_UNREGISTER, &range));
 }
 
 // uffdWriteProtect(fd, address, length, mode) -> 0 | -errno
 // mode: UFFDIO_WRITEPROTECT_MODE_WP to protect, 0 to unprotect (and wake waiters).
 Napi::Value UffdWriteProtect(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  MEMDEDUP_ARG(address, ArgU64(info, 1));
+  MEMDEDUP_ARG(length, ArgU64(info, 2));
+  MEMDEDUP_ARG(mode, ArgInt(info, 3, 0));
   struct uffdio_writeprotect wp = {};
-  wp.range.start = ArgAddress(info, 1);
-  wp.range.len = ArgSize(info, 2);
-  wp.mode = static_cast<__u64>(ArgInt64(info, 3));
-  return Result(info.Env(), ioctl(ArgInt(info, 0), UFFDIO_WRITEPROTECT, &wp));
+  wp.range.start = address;
+  wp.range.len = length;
+  wp.mode = static_cast<__u64>(mode);
+  return Result(info.Env(), ioctl(fd, UFFDIO_WRITEPROTECT, &wp));
 }
 
 }  // namespace
 
 void InitUserfaultfd(Napi::Env env, Napi::Object exports) {
-  exports.Set("uffdOpen", Napi::Function::New(env, UffdOpen, "uffdOpen"));
-  exports.Set("uffdApi", Napi::Function::New(env, UffdApi, "uffdApi"));
-  exports.Set("uffdRegister", Napi::Function::New(env, UffdRegister, "uffdRegister"));
-  exports.Set("uffdUnregister", Napi::Function::New(env, UffdUnregister, "uffdUnregister"));
-  exports.Set("uffdWriteProtect", Napi::Function::New(env, UffdWriteProtect, "uffdWriteProtect"));
+  Export(exports, "uffdOpen", UffdOpen);
+  Export(exports, "uffdApi", UffdApi);
+  Export(exports, "uffdRegister", UffdRegister);
+  Export(exports, "uffdUnregister", UffdUnregister);
+  Export(exports, "uffdWriteProtect", UffdWriteProtect);
 
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "OPEN_SYSCALL", kSyscall);

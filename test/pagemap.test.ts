@@ -3,7 +3,9 @@
 import { describe, expect, it } from 'vitest'
 import { InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
 import { thrown } from './helpers/errors.ts'
-import { fdCount } from './helpers/process.ts'
+import { noFdLeak } from './helpers/process.ts'
+import { runChild } from './helpers/child.ts'
+import { native } from '../lib/native.ts'
 
 const P = pageSize
 const f = features()
@@ -12,11 +14,6 @@ const whyScan = noScan ? '(PAGEMAP_SCAN is not available on this kernel)' : ''
 const noAsync = noScan || !f.uffdWpAsync
 const whyAsync = noAsync ? '(UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN is not available)' : ''
 
-function noFdLeak(body: () => void): void {
-  const before = fdCount()
-  body()
-  expect(fdCount()).toBe(before)
-}
 
 /** Page indexes (relative to the Region) covered by a scan result. */
 function pagesOf(r: Region, res: pagemap.ScanResult): number[] {
@@ -267,5 +264,103 @@ describe('entries output reuse', () => {
     expect(() => pagemap.entries(r, undefined, { output: pagemap.entriesOutput(4) })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
     expect(() => pagemap.entries(r, undefined, { output: { pfns: [], flags: [] } as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
     expect(() => pagemap.entriesOutput(0)).toThrow(RangeError)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9: native code writes only into arrays it re-checked itself, options are read once.
+// Reproducers that overflowed the heap run in a child (a regression is a failed test).
+describe('safety: output arrays and options', () => {
+  it('class 1: an output whose getter, subarray or subclass narrows the array is refused natively, never overflowed', () => {
+    const { result } = runChild(`
+      const { Region, pagemap, pageSize: P } = lib
+      const r = Region.anonymous(256 * P)
+      r.bytes.fill(1)
+      const outcomes = []
+      const attempt = (name, fn) => { try { fn(); outcomes.push([name, 'no error']) } catch (e) { outcomes.push([name, e.name, e.code]) } }
+      // A getter: a long array for the JS check, a 1-element one the second time.
+      let reads = 0
+      const sneaky = { get pfns() { return ++reads === 1 ? new BigUint64Array(256) : new BigUint64Array(1) }, flags: new Uint8Array(256) }
+      attempt('getter', () => pagemap.entries(r, undefined, { output: sneaky }))
+      // A subclass whose subarray() returns a narrower array.
+      class Narrow extends BigUint64Array { subarray() { return new BigUint64Array(1) } }
+      attempt('subclass', () => pagemap.entries(r, undefined, { output: { pfns: new Narrow(256), flags: new Uint8Array(256) } }))
+      // Species: subarray() builds through Symbol.species.
+      class Species extends Uint8Array { static get [Symbol.species]() { return function () { return new Uint8Array(1) } } }
+      attempt('species', () => pagemap.entries(r, undefined, { output: { pfns: new BigUint64Array(256), flags: new Species(256) } }))
+      // Species of another element type, as long: 8 bytes per page into 1 byte per element
+      // (SIGSEGV or a malloc abort before: the old check counted elements, not their type).
+      class OtherType extends BigUint64Array { static get [Symbol.species]() { return function (b, o, n) { return new Uint8Array(n) } } }
+      for (let i = 0; i < 20; i++) attempt('other type', () => pagemap.entries(r, undefined, { output: { pfns: new OtherType(256), flags: new Uint8Array(256) } }))
+      // Scan output: a getter narrowing starts.
+      let sreads = 0
+      const out = { get starts() { return ++sreads === 1 ? new BigUint64Array(256) : new BigUint64Array(1) }, ends: new BigUint64Array(256), categories: new Uint32Array(256) }
+      if (${JSON.stringify(features().pagemapScan)}) attempt('scan getter', () => pagemap.scan(r, { anyOf: 0xff, output: out, vectorLength: 256 }))
+      // A detached output (its buffer transferred away).
+      const detached = pagemap.entriesOutput(256)
+      structuredClone(detached.pfns.buffer, { transfer: [detached.pfns.buffer] })
+      attempt('detached', () => pagemap.entries(r, undefined, { output: detached }))
+      console.log(JSON.stringify({ outcomes, reads, sreads }))
+    `)
+    const expected = [
+      ['getter', 'no error'], // read once: the array checked is the array written
+      ['subclass', 'RangeError', 'ERR_OUT_OF_RANGE'], // native re-check of the exact object
+      ['species', 'RangeError', 'ERR_OUT_OF_RANGE'],
+      ...Array(20).fill(['other type', 'TypeError', 'ERR_INVALID_ARG_TYPE']),
+      ...(features().pagemapScan ? [['scan getter', 'no error']] : []),
+      ['detached', 'RangeError', 'ERR_OUT_OF_RANGE'],
+    ]
+    expect(result.outcomes).toEqual(expected)
+    expect(result.reads).toBe(1) // options are read once
+  })
+
+  it('class 1: native functions check their arguments themselves, with a code (lib bypassed)', () => {
+    const short = new BigUint64Array(1)
+    const flags = new Uint8Array(1)
+    expect(thrown(() => native.pagemapEntries(0, 0, 4096, short, flags))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
+    expect(thrown(() => native.pagemapEntries(0, 0, 1, new Float64Array(1) as never, flags))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' })
+    expect(thrown(() => native.pagemapEntries('x' as never, 0, 1, short, flags))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' })
+    expect(thrown(() => native.mmap(0, -4096, 0, 0, -1, 0))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
+    expect(thrown(() => native.hashPages(4096, new Uint32Array(1), 2, new BigUint64Array(2), 0))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
+    expect(thrown(() => native.readMemory(4096, 4096, new Uint8Array(16)))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
+    const arg = new BigUint64Array(native.pagemapConstants.SCAN_ARG_LENGTH)
+    arg[6] = 1000n // vec_len larger than the arrays given
+    expect(thrown(() => native.pagemapScan(0, arg, new BigUint64Array(1), new BigUint64Array(1), new Uint32Array(1)))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
+    expect(thrown(() => native.pagemapScan(0, new BigUint64Array(3), null, null, null))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
+  })
+
+  it.skipIf(noScan)(`class 10: a 1-page scan with a huge vectorLength allocates by the range, and keeps nothing ${whyScan}`, () => {
+    const { result } = runChild(`
+      const { Region, pagemap, pageSize: P } = lib
+      const fs = await import('node:fs')
+      const rss = () => Number(/VmRSS:\\s+(\\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) * 1024
+      const r = Region.anonymous(P)
+      r.bytes[0] = 1
+      const output = pagemap.scanOutput(2 ** 26)
+      const before = rss()
+      for (let i = 0; i < 3; i++) pagemap.scan(r, { anyOf: 0xff, output, vectorLength: 2 ** 26 })
+      console.log(JSON.stringify({ growth: rss() - before }))
+    `)
+    expect(result.growth).toBeLessThan(32 * 1024 * 1024) // was 1.5 GiB of scratch, kept per thread
+  })
+
+  it(`class 11: options are read once, so the write-protect check sees what the kernel gets`, () => {
+    using r = Region.anonymous(4 * P)
+    let reads = 0
+    const args = { get flags() { return reads++ === 0 ? 0 : pagemap.ScanFlag.wpMatching } }
+    if (!noScan) pagemap.scanAddressesReadOnly(r.address, 4 * P, args as never)
+    else thrown(() => pagemap.scanAddressesReadOnly(r.address, 4 * P, args as never))
+    expect(reads).toBe(1)
+    let wpReads = 0
+    const options = { require: ['written'], get writeProtect() { wpReads++; return false } }
+    thrown(() => pagemap.scan(r, options as never))
+    expect(wpReads).toBe(1)
+  })
+
+  it('class 12: unknown option keys are refused, not ignored', () => {
+    using r = Region.anonymous(P)
+    expect(thrown(() => pagemap.scan(r, { writeprotect: true } as never))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' })
+    expect(thrown(() => pagemap.entries(r, undefined, { ouptut: {} } as never))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' })
+    expect(thrown(() => pagemap.scanRaw(r, undefined, { vecln: 1 } as never))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' })
   })
 })

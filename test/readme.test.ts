@@ -7,7 +7,8 @@ import { spawnSync } from 'node:child_process'
 import ts from 'typescript'
 import { describe, expect, it } from 'vitest'
 import { features, type Features } from '../lib/index.ts'
-import { assertDistBuilt, distEntry } from './helpers/dist.ts'
+import { ensureDist, distEntry } from './helpers/dist.mjs'
+import { acquireKsmLock } from './helpers/lock.mjs'
 
 const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8')
 const blocks = [...readme.matchAll(/^```ts([^\n]*)\n([\s\S]*?)^```$/gm)].map((m, index) => {
@@ -23,14 +24,22 @@ describe('README examples', () => {
   for (const block of blocks) {
     const missing = block.requires.filter((feature) => !features()[feature])
     const title = `${block.heading} (#${block.index + 1})${missing.length ? ` — skipped: this kernel (${os.release()}) lacks ${missing.join(', ')}` : ''}`
-    it.skipIf(missing.length > 0)(title, () => {
-      assertDistBuilt()
+    it.skipIf(missing.length > 0)(title, async () => {
+      ensureDist()
+      // Examples that drive ksmd hold the KSM tests' lock: a concurrent KSM test or bench
+      // changing ksmd's settings mid-example would make its merge claims fail.
+      const release = /\bksm\./.test(block.source) ? await acquireKsmLock() : () => {}
       const js = ts.transpileModule(block.source.replaceAll("from 'memdedup'", `from ${JSON.stringify(distEntry)}`), {
         compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ESNext },
       }).outputText
       const file = path.join(dir, `example-${block.index + 1}.mjs`)
       fs.writeFileSync(file, js)
-      const run = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 120_000 })
+      let run
+      try {
+        run = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 120_000 })
+      } finally {
+        release()
+      }
       expect(run.stderr).not.toMatch(/Error/)
       expect(run.status, run.stderr).toBe(0)
     })

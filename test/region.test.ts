@@ -2,11 +2,13 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { spawnSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { Region, InvalidStateError, SyscallError, ksm, pagemap, pageSize } from '../lib/index.ts'
+import { Region, InvalidStateError, SyscallError, ksm, pagemap, pageSize, stats } from '../lib/index.ts'
+import { reservedBytes } from '../lib/region.ts'
+import { runChild } from './helpers/child.ts'
 import { fdCount, isMapped, libcPath, ownMappingCount as mappingCount, rssBytes, vmSizeBytes } from './helpers/process.ts'
-import { assertDistBuilt, distEntry } from './helpers/dist.ts'
+import { ensureDist, distEntry } from './helpers/dist.mjs'
 import { expectThrowsCode } from './helpers/errors.ts'
 
 const P = pageSize
@@ -31,13 +33,21 @@ describe('Region.anonymous', () => {
     expect(r.bytes).toBe(r.bytes) // one view per mapping
   })
 
-  it('closes idempotently, unmaps, and detaches every view', () => {
+  it('closes idempotently, detaches every view, and unmaps at once when no view was handed out', () => {
+    const plain = Region.anonymous(2 * P)
+    const plainAddress = plain.address
+    plain.close()
+    expect(isMapped(plainAddress)).toBe(false)
     const r = Region.anonymous(2 * P)
     const view = r.bytes
     const address = r.address
+    const reserved = reservedBytes()
     r.close()
     expect(r.closed).toBe(true)
-    expect(isMapped(address)).toBe(false)
+    // A view is still reachable (a thread-pool job might hold its pointer): the range is held as
+    // zero-filled memory until the view is garbage-collected (see 'async consumers' below).
+    expect(reservedBytes() - reserved).toBe(2 * P)
+    expect(isMapped(address)).toBe(true)
     expect(view.length).toBe(0)
     expect(view.byteLength).toBe(0)
     expect(view[0]).toBeUndefined() // reading a detached view is harmless
@@ -173,10 +183,15 @@ describe('Region.remap', () => {
     const r = Region.anonymous(4 * P)
     const address = r.address
     r.bytes[0] = 1
+    const reserved = reservedBytes()
     using r2 = r.remap(P, { mayMove: false })
     expect(r2.address).toBe(address)
     expect(r2.bytes[0]).toBe(1)
-    expect(isMapped(address + BigInt(2 * P))).toBe(false)
+    // The cut tail is held (zero-filled) only for the view r handed out, until it is collected.
+    expect(reservedBytes() - reserved).toBe(3 * P)
+    const plain = Region.anonymous(4 * P)
+    using plain2 = plain.remap(P, { mayMove: false })
+    expect(isMapped(plain2.address + BigInt(2 * P))).toBe(false)
   })
 
   it('dontUnmap moves the pages and leaves the old range mapped and empty', () => {
@@ -250,7 +265,7 @@ describe('leaks', () => {
   const cycle = (n: number) => {
     for (let i = 0; i < n; i++) {
       const r = Region.anonymous(16 * P)
-      r.bytes.fill(1)
+      r.advise('populateWrite')
       r.close()
     }
   }
@@ -263,6 +278,25 @@ describe('leaks', () => {
     expect(mappingCount()).toBe(maps)
     expect(rssBytes() - rss).toBeLessThan(32 * 1024 * 1024)
     expect(vmSizeBytes() - vm).toBeLessThan(64 * 1024 * 1024)
+  })
+
+  it('10^4 cycles that use `bytes` hold address space only until their views are collected', () => {
+    const { result } = runChild(`
+      const { Region, pageSize: P } = lib
+      const { reservedBytes } = await import(${JSON.stringify(new URL('../dist/lib/region.js', import.meta.url).pathname)})
+      const fs = await import('node:fs')
+      const vmSize = () => Number(/VmSize:\\s+(\\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) * 1024
+      const cycle = (n) => { for (let i = 0; i < n; i++) { const r = Region.anonymous(16 * P); r.bytes.fill(1); r.close() } }
+      cycle(1000); await gcAll()
+      const vm = vmSize()
+      cycle(10000)
+      const held = reservedBytes()
+      await gcAll()
+      console.log(JSON.stringify({ held, after: reservedBytes(), vmGrowth: vmSize() - vm }))
+    `)
+    expect(result.held).toBeGreaterThan(0) // the cost: until GC, each closed Region's range stays reserved
+    expect(result.after).toBe(0)
+    expect(result.vmGrowth).toBeLessThan(64 * 1024 * 1024)
   })
 
   it('10^3 memfd and file cycles leave fds and mappings at baseline', () => {
@@ -279,7 +313,7 @@ describe('leaks', () => {
   })
 
   it('a Region dropped without close() is unmapped by the finalizer, with one warning', () => {
-    assertDistBuilt()
+    ensureDist()
     const script = `
       import { Region } from ${JSON.stringify(distEntry)}
       import fs from 'node:fs'
@@ -309,6 +343,8 @@ describe('bad inputs', () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-'))
   const emptyFile = path.join(tmp, 'empty')
   fs.writeFileSync(emptyFile, '')
+  const fifo = path.join(tmp, 'fifo')
+  execFileSync('mkfifo', [fifo])
   let region: Region
   let closed: Region
   let maps = 0
@@ -358,7 +394,23 @@ describe('bad inputs', () => {
     ['file: bad prot', () => Region.file(libcPath, { prot: 'x' as never }), TypeError, 'ERR_INVALID_ARG_VALUE'],
     ['memfd: zero length', () => Region.memfd(0), RangeError, 'ERR_OUT_OF_RANGE'],
     ['memfd: non-string name', () => Region.memfd(P, { name: 5 as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
-    ['memfd: huge length (mmap refuses, the memfd is closed)', () => Region.memfd(2 ** 50), SyscallError, 'ENOMEM'],
+    ['memfd: huge length (mmap refuses, the memfd is closed)', () => Region.memfd(2 ** 47 - P), SyscallError, 'ENOMEM'],
+    ['memfd: beyond the address space', () => Region.memfd(2 ** 50), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: beyond the address space', () => Region.anonymous(2 ** 48), RangeError, 'ERR_OUT_OF_RANGE'],
+    ['anonymous: unknown option key', () => Region.anonymous(P, { prott: 'r' } as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['file: unknown option key', () => Region.file(libcPath, { offest: P } as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['file: a FIFO (refused without blocking)', () => Region.file(fifo), SyscallError, 'ENODEV'],
+    ['file: a character device', () => Region.file('/dev/zero'), SyscallError, 'ENODEV'],
+    ['file: a device with an offset (no negative length reaches mmap)', () => Region.file('/dev/zero', { offset: P }), SyscallError, 'ENODEV'],
+    ['memfd: unknown option key', () => Region.memfd(P, { nmae: 'x' } as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['remap: unknown option key', () => region.remap(8 * P, { maymove: false } as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+    ['advise: object with toString (no coercion)', () => region.advise({ toString: () => 'dontneed' } as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['advise: String object (no coercion)', () => region.advise(new String('dontneed') as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['constructor: new Region() from outside', () => new (Region as unknown as new (...a: unknown[]) => Region)(Symbol('x'), { address: 4096, length: P }), TypeError, 'ERR_ILLEGAL_CONSTRUCTOR'],
+    ['constructor: a subclass', () => new (class extends (Region as unknown as new (...a: unknown[]) => object) { constructor() { super(Symbol('x'), {}) } })(), TypeError, 'ERR_ILLEGAL_CONSTRUCTOR'],
+    ['constructor: Object.create(Region.prototype) is no Region', () => pagemap.entries(Object.create(Region.prototype)), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ['stats: status of a pid that does not exist', () => stats.status(2 ** 22 + 1), SyscallError, 'ENOENT'],
+    ['ksm.processStats: a pid that does not exist', () => ksm.processStats(2 ** 22 + 1), SyscallError, 'ENOENT'],
     ['protect: bad prot string', () => region.protect('rwz' as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
     ['protect: unaligned offset', () => region.protect('r', { offset: 1, length: P }), RangeError, 'ERR_OUT_OF_RANGE'],
     ['protect: zero length range', () => region.protect('r', { offset: 0, length: 0 }), RangeError, 'ERR_OUT_OF_RANGE'],
@@ -431,5 +483,153 @@ describe('bad inputs', () => {
     view[0] = 1 // writes to a detached view are dropped, not a SIGSEGV
     expect(view[0]).toBeUndefined()
     expect(() => view.fill(1)).toThrow(TypeError) // a JS exception, never a fault
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// What could crash or hang the process before (issue 9). Each reproducer runs in a child: a
+// regression is a failed test (signal or exit status), not a dead vitest worker.
+describe('safety: lifetime and outside changes', () => {
+  const region = JSON.stringify(new URL('../dist/lib/region.js', import.meta.url).pathname)
+
+  it('class 2: remap grows a memfd (the new pages are backed) and refuses to grow a file past its end', () => {
+    const { result } = runChild(`
+      const { Region, pageSize: P } = lib
+      const m = Region.memfd(P)
+      m.bytes.fill(1)
+      const grown = m.remap(64 * P)
+      grown.bytes.fill(2, P)            // SIGBUS here before: pages past the memfd's end
+      const size = (await import('node:fs')).fstatSync(grown.fd).size
+      const f = Region.file(process.execPath, { length: P })
+      let fileError
+      try { f.remap(1 << 30) } catch (e) { fileError = [e.name, e.code, f.closed] }
+      const f2 = f.remap(2 * P)         // within the file: fine
+      console.log(JSON.stringify({ size, first: grown.bytes[0], last: grown.bytes[64 * P - 1], fileError, f2: f2.read()[0] >= 0 }))
+      grown.close(); f2.close()
+    `)
+    expect(result.size).toBe(64 * pageSize)
+    expect(result.first).toBe(1)
+    expect(result.last).toBe(2)
+    expect(result.fileError).toEqual(['RangeError', 'ERR_OUT_OF_RANGE', false])
+  })
+
+  it('class 4/5: a remap or memfd that cannot be done changes nothing and leaks nothing', () => {
+    const { result } = runChild(`
+      const { Region, pageSize: P } = lib
+      const fs = await import('node:fs')
+      const fds = () => fs.readdirSync('/proc/self/fd').length
+      const maps = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes('memfd:')).length
+      const before = { fds: fds(), maps: maps() }
+      const errors = []
+      for (const n of [2 ** 50, 2 ** 47 - P]) {
+        try { Region.memfd(n).close() } catch (e) { errors.push([e.name, e.code]) }
+      }
+      const m = Region.memfd(P)
+      m.bytes[0] = 7
+      const view = m.bytes
+      for (const n of [2 ** 50, 2 ** 47 - P]) {
+        try { m.remap(n).close() } catch (e) { errors.push([e.name, e.code]) }
+      }
+      view[1] = 8                        // SIGSEGV here before: the view pointed at moved memory
+      const still = [m.closed, view.length, m.bytes[0], m.bytes[1]]
+      m.close()
+      const huge = Region.memfd(24 * 2 ** 40)   // a sparse 24 TiB memfd maps; its view is refused cleanly
+      try { huge.bytes } catch (e) { errors.push([e.name, e.code]) }
+      huge.close()
+      console.log(JSON.stringify({ errors, still, leaked: { fds: fds() - before.fds, maps: maps() - before.maps } }))
+    `)
+    expect(result.errors).toEqual([
+      ['RangeError', 'ERR_OUT_OF_RANGE'], ['SyscallError', 'ENOMEM'],
+      ['RangeError', 'ERR_OUT_OF_RANGE'], ['SyscallError', 'ENOMEM'],
+      ['RangeError', 'ERR_OUT_OF_RANGE'],
+    ])
+    expect(result.still).toEqual([false, P, 7, 8])
+    expect(result.leaked).toEqual({ fds: 0, maps: 0 })
+  })
+
+  it('class 6: a memfd cannot be shrunk from outside; reads of a truncated file are EFAULT, not SIGBUS', () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-'))
+    const file = path.join(tmp, 'data')
+    fs.writeFileSync(file, Buffer.alloc(4 * P, 5))
+    const { result } = runChild(`
+      const { Region, hashPages, pageSize: P } = lib
+      const fs = await import('node:fs')
+      const m = Region.memfd(4 * P)
+      let shrink
+      try { fs.ftruncateSync(m.fd, 0) } catch (e) { shrink = e.code }
+      m.bytes[4 * P - 1] = 1             // SIGBUS here before, had the shrink worked
+      const f = Region.file(${JSON.stringify(file)})
+      const before = f.read({ offset: 3 * P, length: P })[0]
+      fs.truncateSync(${JSON.stringify(file)}, P)
+      const errors = []
+      try { f.read({ offset: 3 * P, length: P }) } catch (e) { errors.push([e.name, e.code, e.syscall]) }
+      try { hashPages(f) } catch (e) { errors.push([e.name, e.code]) }
+      const firstPage = f.read({ offset: 0, length: P })[0]
+      f.close(); m.close()
+      console.log(JSON.stringify({ shrink, before, errors, firstPage }))
+    `)
+    expect(result.shrink).toBe('EPERM')
+    expect(result.before).toBe(5)
+    expect(result.errors).toEqual([['SyscallError', 'EFAULT', 'process_vm_readv'], ['SyscallError', 'EFAULT']])
+    expect(result.firstPage).toBe(5)
+  })
+
+  it('class 7: async consumers (zlib, crypto, fs) still working on a view when close() runs', () => {
+    const { result } = runChild(`
+      const { Region, pageSize: P } = lib
+      const { reservedBytes } = await import(${region})
+      const zlib = await import('node:zlib')
+      const crypto = await import('node:crypto')
+      const fs = await import('node:fs')
+      const os = await import('node:os')
+      const done = []
+      const addresses = []
+      const jobs = []
+      for (let i = 0; i < 20; i++) {
+        for (const start of [
+          (r, cb) => zlib.deflate(r.bytes, cb),
+          (r, cb) => crypto.randomFill(r.bytes, cb),
+          (r, cb) => fs.writeFile(os.tmpdir() + '/memdedup-async-' + process.pid, r.bytes, cb),
+        ]) {
+          const r = Region.anonymous(256 * P)
+          r.bytes.fill(9)
+          addresses.push(r.address)
+          jobs.push(new Promise((resolve) => start(r, (error) => { done.push(error ? error.code ?? error.message : 'ok'); resolve() })))
+          r.close()                      // SIGSEGV in the thread pool before
+        }
+      }
+      await Promise.all(jobs)
+      fs.rmSync(os.tmpdir() + '/memdedup-async-' + process.pid, { force: true })
+      const held = reservedBytes()
+      await gcAll()
+      const maps = fs.readFileSync('/proc/self/maps', 'utf8')
+      const stillMapped = addresses.filter((a) => maps.includes(a.toString(16) + '-')).length
+      console.log(JSON.stringify({ done: done.length, errors: done.filter((d) => d !== 'ok'), heldWhileRunning: held > 0, after: reservedBytes(), stillMapped }))
+    `)
+    expect(result.done).toBe(60)
+    expect(result.errors).toEqual([])
+    expect(result.after).toBe(0)
+    expect(result.stillMapped).toBe(0)
+  })
+
+  it('class 8: Region.file refuses a FIFO without blocking', () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-'))
+    const fifo = path.join(tmp, 'fifo')
+    execFileSync('mkfifo', [fifo])
+    const started = Date.now()
+    const { result } = runChild(`
+      try { lib.Region.file(${JSON.stringify(fifo)}) } catch (e) { console.log(JSON.stringify([e.name, e.code])) }
+    `, { timeoutMs: 10_000 })
+    expect(result).toEqual(['SyscallError', 'ENODEV'])
+    expect(Date.now() - started).toBeLessThan(9_000)
+  })
+
+  it('class 12: an empty file is named as such, not as a bad offset', () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-'))
+    const empty = path.join(tmp, 'empty')
+    fs.writeFileSync(empty, '')
+    const error = expectThrowsCode(() => Region.file(empty), RangeError, 'ERR_OUT_OF_RANGE')
+    expect(error.message).toContain('empty')
+    expect(error.message).not.toContain('offset')
   })
 })

@@ -12,6 +12,7 @@ import { Region, ksm, pagemap, pageSize, sksm } from '../lib/index.ts'
 import type { KsmSettings } from '../lib/ksm.ts'
 import { checkPattern, fillPattern, kernelProblemsSince, kmsgCursor } from './fixtures/sksm-common.mjs'
 import { acquireKsmLock } from './helpers/ksm.ts'
+import { inVm } from './helpers/env.mjs'
 
 const hasSksm = sksm.available()
 const hasKsm = (() => {
@@ -27,7 +28,6 @@ const skipReason = !hasSksm
   : !hasKsm
     ? ` [skipped: kernel ${os.release()} has no KSM (/sys/kernel/mm/ksm missing)]`
     : ''
-const inVm = process.env.MEMDEDUP_VM === '1'
 // TCG runs Node ~18x slower: fewer pages, longer races
 const raceMs = inVm ? 20_000 : 3_000
 const run = `${process.pid}-${Date.now()}`
@@ -139,7 +139,7 @@ describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () =
     expect(checkPattern(twin.read(), seed, pageSize)).toBe(-1)
   })
 
-  it('MADV_MERGE on pages ksmd already merged leaves them to ksmd, content intact', async () => {
+  it('MADV_MERGE on pages ksmd already merged leaves them, and merges a third copy into them', async () => {
     const pages = 64
     const seed = `${run}-ksm-first`
     using one = Region.anonymous(pages * pageSize)
@@ -150,8 +150,8 @@ describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () =
     ksm.enable(two)
     await ksm.waitForFullScans(3, { timeoutMs: inVm ? 300_000 : 60_000 })
     expect(pfnsOf(two), 'ksmd merged one and two').toEqual(pfnsOf(one))
-    // SKSM on pages ksmd already shares (the port skips KSM folios: their ->mapping is a
-    // stable node), and on a third copy ksmd never saw
+    // SKSM on pages ksmd already shares (KSM pages: left as they are), and on a third copy
+    // ksmd never saw: SKSM v2 searches KSM's stable tree, so it maps ksmd's pages.
     const ksmPfns = pfnsOf(one)
     sksm.merge(one)
     sksm.merge(two)
@@ -159,6 +159,7 @@ describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () =
     for (const r of [one, two, three]) expect(checkPattern(r.read(), seed, pageSize)).toBe(-1)
     expect(pfnsOf(one)).toEqual(ksmPfns)
     expect(pfnsOf(two)).toEqual(ksmPfns)
+    expect(pfnsOf(three), 'MADV_MERGE found the KSM pages ksmd made').toEqual(ksmPfns)
     three.bytes[0] ^= 1
     three.bytes[0] ^= 1
     expect(checkPattern(three.read(), seed, pageSize)).toBe(-1)

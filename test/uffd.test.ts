@@ -7,8 +7,8 @@ import { describe, expect, it } from 'vitest'
 import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
 import { thrown } from './helpers/errors.ts'
 import { probeUserfaultfd } from '../lib/uffd.ts'
-import { fdCount } from './helpers/process.ts'
-import { assertDistBuilt, distEntry } from './helpers/dist.ts'
+import { noFdLeak } from './helpers/process.ts'
+import { ensureDist, distEntry } from './helpers/dist.mjs'
 
 const P = pageSize
 const f = features()
@@ -17,12 +17,6 @@ const noAsync = !f.uffdWpAsync || !f.pagemapScan
 const why = noUffd ? 'userfaultfd is not available here' : ''
 const whyAsync = noAsync ? 'UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN is not available here' : ''
 
-/** Runs `body` and asserts that it leaves the process's fd count unchanged. */
-function noFdLeak(body: () => void): void {
-  const before = fdCount()
-  body()
-  expect(fdCount()).toBe(before)
-}
 
 describe('probe', () => {
   it('probeUserfaultfd() never throws and agrees with features()', () => {
@@ -269,6 +263,30 @@ describe.skipIf(noUffd)(`register / unregister / writeProtect ${why}`, () => {
     expect(moved.bytes[P]).toBe(7)
   })
 
+  it('class 9: growing or shrinking in place leaves no registration behind in the kernel', () => {
+    for (const newLength of [64 * P, 2 * P]) {
+      using a = Userfaultfd.open()
+      using b = Userfaultfd.open()
+      // A hole after the Region so it can grow in place: map 64 pages, keep the first 4.
+      const big = Region.anonymous(64 * P)
+      const r = big.remap(4 * P, { mayMove: false })
+      a.register(r, { writeProtect: true })
+      using resized = r.remap(newLength, { mayMove: false })
+      expect(resized.address).toBe(r.address)
+      expect(a.registrations(resized)).toEqual([])
+      // Another uffd can register all of it: the kernel kept nothing for `a` (EBUSY before).
+      b.register(resized, { writeProtect: true })
+      expect(b.registrations(resized)).toEqual([{ offset: 0, length: newLength, writeProtect: true, missing: false, minor: false }])
+    }
+  })
+
+  it('class 12: unknown option keys are refused', () => {
+    expect(thrown(() => Userfaultfd.open({ featurs: [] } as never))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' })
+    using uffd = Userfaultfd.open()
+    using r = Region.anonymous(P)
+    expect(thrown(() => uffd.register(r, { writeprotect: true } as never))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' })
+  })
+
   it('closing the uffd leaves registered Regions usable (the kernel drops the registrations)', () => {
     noFdLeak(() => {
       using r = Region.anonymous(4 * P)
@@ -303,7 +321,7 @@ describe.skipIf(noUffd)(`register / unregister / writeProtect ${why}`, () => {
   })
 
   it('the documented danger: a write to a sync-WP page blocks the thread (in a child, killed after a timeout)', async () => {
-    assertDistBuilt()
+    ensureDist()
     const script = `
       import { Region, Userfaultfd } from ${JSON.stringify(distEntry)}
       const r = Region.anonymous(4096)

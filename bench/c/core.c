@@ -13,12 +13,7 @@
 
 #include "bench.h"
 
-#ifndef PR_GET_MEMORY_MERGE
-#define PR_GET_MEMORY_MERGE 68
-#endif
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
+#include "../../native/compat.h"  // PR_GET_MEMORY_MERGE, MADV_POPULATE_WRITE: one definition for C and the addon
 
 static long page_size;
 static void *page;            // 1-page mapping for the madvise tests

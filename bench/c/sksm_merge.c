@@ -14,9 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef MADV_MERGE
-#define MADV_MERGE 26
-#endif
+#include "../../native/compat.h"  // MADV_MERGE: one definition for C and the addon
 
 static long page;
 

@@ -3,15 +3,17 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { Region, ksm, pagemap, features, pageSize, type Range } from '../../lib/index.ts'
 import type { KsmSettings } from '../../lib/ksm.ts'
 
+import { inVm } from './env.mjs'
+import { repoRoot } from './dist.mjs'
+export { inVm } from './env.mjs'
+export { acquireKsmLock, ksmLockTimeoutMs } from './lock.mjs'
+export { ensureDist, repoRoot } from './dist.mjs'
+
 export const ksmSysfs = '/sys/kernel/mm/ksm'
-/** Set by ci/test-vm.mjs: the patched 6.12 under TCG, where everything is ~18x slower. */
-export const inVm = Boolean(process.env.MEMDEDUP_VM)
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const fixturesDir = path.join(repoRoot, 'test', 'fixtures')
 /** How long to wait for ksmd: below vitest's per-test timeout (60 s host, 600 s VM). */
 export const ksmdTimeoutMs = inVm ? 540_000 : 50_000
@@ -309,93 +311,6 @@ export async function waitForExclusiveKsm(timeoutMs = inVm ? 120_000 : 20_000): 
       throw new Error(`other processes use KSM, so the global counters are not this test's alone: ${list}`)
     }
     await new Promise((resolve) => setTimeout(resolve, 200))
-  }
-}
-
-const lockPath = path.join(os.tmpdir(), 'memdedup-ksm-tests.lock')
-/**
- * Cross-process lock around everything that drives ksmd: global counters (pages_shared) and knobs
- * (run) are system-wide, so two test runs at once (two checkouts, two engineers) would corrupt each
- * other's exact expectations. A lock left by a dead process is taken over. Returns the release.
- */
-export const ksmLockTimeoutMs = inVm ? 540_000 : 300_000
-export async function acquireKsmLock(timeoutMs = ksmLockTimeoutMs): Promise<() => void> {
-  const deadline = Date.now() + timeoutMs
-  let told = false
-  for (;;) {
-    try {
-      fs.writeFileSync(lockPath, String(process.pid), { flag: 'wx' })
-      let released = false
-      return () => {
-        if (released) return
-        released = true
-        try {
-          if (fs.readFileSync(lockPath, 'utf8') === String(process.pid)) fs.unlinkSync(lockPath)
-        } catch {
-          // already gone
-        }
-      }
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
-    }
-    let owner = NaN
-    try {
-      owner = Number(fs.readFileSync(lockPath, 'utf8'))
-    } catch {
-      continue // released between our open and read
-    }
-    if (!alive(owner)) {
-      fs.rmSync(lockPath, { force: true })
-      continue
-    }
-    if (Date.now() > deadline) throw new Error(`${lockPath} is held by pid ${owner} (another KSM test run) for more than ${timeoutMs} ms`)
-    if (!told) {
-      told = true
-      process.stderr.write(`waiting for ${lockPath}, held by pid ${owner}\n`)
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-}
-
-function alive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
-/**
- * Child scripts (test/fixtures/*.mjs) import the compiled library, dist/lib/index.js.
- * `npm run test:host` compiles it first; a direct `npx vitest run <file>` relies on this:
- * rebuild when dist is missing or older than lib/, unless the checkout is read-only (the VM).
- */
-export function ensureDist(): void {
-  const distIndex = path.join(repoRoot, 'dist', 'lib', 'index.js')
-  const libDir = path.join(repoRoot, 'lib')
-  const newestLib = Math.max(...fs.readdirSync(libDir).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(libDir, f)).mtimeMs))
-  const built = fs.existsSync(distIndex) ? fs.statSync(distIndex).mtimeMs : -1
-  if (built >= newestLib) return
-  let writable = true
-  try {
-    fs.accessSync(repoRoot, fs.constants.W_OK)
-    fs.accessSync(path.join(repoRoot, 'dist'), fs.constants.W_OK)
-  } catch (error) {
-    // dist/ missing but the root is writable: tsc creates it.
-    writable = (error as NodeJS.ErrnoException).code === 'ENOENT' && !inVm
-  }
-  if (!writable) {
-    if (built < 0) throw new Error(`${distIndex} is missing and the checkout is read-only: run \`npx tsc -p tsconfig.json\` on the host first`)
-    return // stale but unbuildable here: use it
-  }
-  const tsc = path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc')
-  try {
-    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: repoRoot, stdio: 'pipe' })
-  } catch (error) {
-    // Type errors elsewhere in lib/ (work in progress) still emit JavaScript; only a missing build is fatal.
-    if (!fs.existsSync(distIndex)) throw new Error(`tsc did not produce ${distIndex}: ${String((error as { stdout?: Buffer }).stdout ?? error)}`)
   }
 }
 

@@ -1,5 +1,6 @@
 // Process-level observations used to prove "nothing left behind": mappings, fds, RSS.
 import fs from 'node:fs'
+import { expect } from 'vitest'
 
 export function mappingCount(): number {
   return fs.readFileSync('/proc/self/maps', 'utf8').trimEnd().split('\n').length
@@ -25,6 +26,13 @@ export function anonNamesSupported(): boolean {
 
 export function fdCount(): number {
   return fs.readdirSync('/proc/self/fd').length
+}
+
+/** Runs `body` and asserts that it leaves the process's fd count unchanged. */
+export function noFdLeak(body: () => void): void {
+  const before = fdCount()
+  body()
+  expect(fdCount()).toBe(before)
 }
 
 function statusBytes(field: string): number {

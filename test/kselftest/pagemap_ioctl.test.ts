@@ -32,6 +32,7 @@ import { Worker } from 'node:worker_threads'
 import { afterAll, beforeAll, beforeEach, describe, expect, it, type TestContext } from 'vitest'
 import { Region, SyscallError, Userfaultfd, features, pagemap, pageSize, type Range } from '../../lib/index.ts'
 import { native } from '../../lib/native.ts'
+import { inVm } from '../helpers/env.mjs'
 
 const here = fileURLToPath(import.meta.url)
 const repoRoot = path.resolve(path.dirname(here), '..', '..')
@@ -52,7 +53,6 @@ const PAGEMAP_NON_WRITTEN_BITS = PAGE_IS_WPALLOWED | PAGE_IS_FILE | PAGE_IS_PRES
 const TEST_ITERATIONS = 100
 const page_size = pageSize
 const hpage_size = readPmdPagesize()
-const inVm = Boolean(process.env.MEMDEDUP_VM)
 
 function readPmdPagesize(): number {
   try {

@@ -1,0 +1,40 @@
+// Crash reproducers run in a child process: a regression then fails the test (signal, exit
+// status) instead of killing vitest's worker.
+import { spawnSync } from 'node:child_process'
+import { expect } from 'vitest'
+import { distEntry, ensureDist } from './dist.mjs'
+
+export interface ChildRun {
+  status: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  /** The JSON object the script printed last (console.log(JSON.stringify(…))), if any. */
+  result: any
+}
+
+/**
+ * Runs `body` as an ES module in `node --expose-gc`, with `lib` bound to the compiled library
+ * (`const { Region } = lib`) and `gcAll()` collecting garbage and running finalizers. Asserts that
+ * the child was not killed by a signal and exited 0, and returns what it printed.
+ */
+export function runChild(body: string, { timeoutMs = 30_000, expectExit = 0 }: { timeoutMs?: number; expectExit?: number } = {}): ChildRun {
+  ensureDist()
+  const script = `
+    import * as lib from ${JSON.stringify(distEntry)}
+    const gcAll = async () => { for (let i = 0; i < 6; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 10)) } }
+    ${body}
+  `
+  const child = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: timeoutMs })
+  const lines = child.stdout.trim().split('\n').filter(Boolean)
+  let result: unknown
+  try {
+    result = lines.length ? JSON.parse(lines[lines.length - 1]) : undefined
+  } catch {
+    result = undefined
+  }
+  const run = { status: child.status, signal: child.signal, stdout: child.stdout, stderr: child.stderr, result }
+  expect(run.signal, `child killed by ${run.signal}; stderr:\n${run.stderr}`).toBeNull()
+  expect(run.status, `child exited ${run.status}; stderr:\n${run.stderr}`).toBe(expectExit)
+  return run
+}

@@ -26,6 +26,13 @@ export default async function (h) {
   const mmapFlags = C.MAP_PRIVATE | C.MAP_ANONYMOUS
   const rawMmap = () => native.munmap(native.mmap(0, 4096, C.PROT_READ | C.PROT_WRITE, mmapFlags, -1, 0), 4096)
   compare('mmap+munmap 4 KiB: Region.anonymous().close', 'mmap_munmap', () => Region.anonymous(4096).close(), rawMmap, 2, { batch: 500, warmup: 500 })
+  // The price of the async-consumer rule: with a view handed out, close() replaces the range with
+  // zero-filled memory (mmap MAP_FIXED) and unmaps it when the view is collected (a finalizer).
+  compare('mmap+bytes+close 4 KiB (view out: close reserves)', 'mmap_munmap', () => {
+    const r = Region.anonymous(4096)
+    r.bytes[0] = 1
+    r.close()
+  }, rawMmap, null, { batch: 500, warmup: 500 })
 
   // 1 GiB populated. The C process maps and populates its own GiB each round; ours lives across rounds.
   const big = Region.anonymous(GiB)

@@ -4,15 +4,16 @@ import { describe, expect, it } from 'vitest'
 import { InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
 import { thrown } from './helpers/errors.ts'
 import { noFdLeak } from './helpers/process.ts'
+import { requires } from './helpers/env.mjs'
 import { runChild } from './helpers/child.ts'
 import { native } from '../lib/native.ts'
 
 const P = pageSize
 const f = features()
 const noScan = !f.pagemapScan
-const whyScan = noScan ? '(PAGEMAP_SCAN is not available on this kernel)' : ''
+const whyScan = requires(f, ['pagemapScan'])
 const noAsync = noScan || !f.uffdWpAsync
-const whyAsync = noAsync ? '(UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN is not available)' : ''
+const whyAsync = requires(f, ['uffdWpAsync', 'pagemapScan'])
 
 
 /** Page indexes (relative to the Region) covered by a scan result. */

@@ -9,12 +9,13 @@ import { describe, expect, it } from 'vitest'
 import { features, type Features } from '../lib/index.ts'
 import { ensureDist, distEntry } from './helpers/dist.mjs'
 import { acquireKsmLock } from './helpers/lock.mjs'
+import { requires } from './helpers/env.mjs'
 
 const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8')
 const blocks = [...readme.matchAll(/^```ts([^\n]*)\n([\s\S]*?)^```$/gm)].map((m, index) => {
-  const requires = /requires=(\S+)/.exec(m[1])?.[1].split(',') ?? []
+  const needs = /requires=(\S+)/.exec(m[1])?.[1].split(',') ?? []
   const heading = readme.slice(0, m.index).match(/^#+ (.*)$/gm)?.pop()?.replace(/^#+ /, '') ?? 'README'
-  return { index, heading, requires: requires as (keyof Features)[], source: m[2] }
+  return { index, heading, requires: needs as (keyof Features)[], source: m[2] }
 })
 
 describe('README examples', () => {
@@ -22,9 +23,8 @@ describe('README examples', () => {
 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-readme-'))
   for (const block of blocks) {
-    const missing = block.requires.filter((feature) => !features()[feature])
-    const title = `${block.heading} (#${block.index + 1})${missing.length ? ` — skipped: this kernel (${os.release()}) lacks ${missing.join(', ')}` : ''}`
-    it.skipIf(missing.length > 0)(title, async () => {
+    const why = requires(features(), block.requires)
+    it.skipIf(why !== '')(`${block.heading} (#${block.index + 1})${why}`, async () => {
       ensureDist()
       // Examples that drive ksmd hold the KSM tests' lock: a concurrent KSM test or bench
       // changing ksmd's settings mid-example would make its merge claims fail.

@@ -8,14 +8,15 @@ import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, Userf
 import { thrown } from './helpers/errors.ts'
 import { probeUserfaultfd } from '../lib/uffd.ts'
 import { noFdLeak } from './helpers/process.ts'
+import { requires } from './helpers/env.mjs'
 import { ensureDist, distEntry } from './helpers/dist.mjs'
 
 const P = pageSize
 const f = features()
 const noUffd = !f.userfaultfd
 const noAsync = !f.uffdWpAsync || !f.pagemapScan
-const why = noUffd ? 'userfaultfd is not available here' : ''
-const whyAsync = noAsync ? 'UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN is not available here' : ''
+const why = requires(f, ['userfaultfd'])
+const whyAsync = requires(f, ['uffdWpAsync', 'pagemapScan'])
 
 
 describe('probe', () => {

@@ -1,0 +1,46 @@
+// The lab's console check (ci/vm.mjs kernelProblem): every report the lab kernel's debug options
+// can print must fail a run, and ordinary messages (the OOM killer, which tests provoke) must not.
+import { describe, expect, it } from 'vitest'
+import { kernelProblem } from '../ci/vm.mjs'
+
+const reports = [
+  '[   74.045825] BUG: kernel NULL pointer dereference, address: 0000000000000000',
+  '[   74.047001] Oops: Oops: 0000 [#1] SMP',
+  '[   26.266941] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:283',
+  '[    3.100000] WARNING: CPU: 1 PID: 77 at mm/ksm.c:2180 stable_tree_append+0x4c/0x60',
+  '[    5.000000] WARNING: possible circular locking dependency detected',
+  '[    5.000000] WARNING: possible recursive locking detected',
+  '[    5.000000] WARNING: inconsistent lock state',
+  '[    5.000000] DEBUG_LOCKS_WARN_ON(1)',
+  '[    5.000000] list_add corruption. prev->next should be next (ffff888100000000)',
+  '[    5.000000] list_del corruption, ffff888100000000->next is LIST_POISON1 (dead000000000100)',
+  '[    5.000000] kernel BUG at mm/rmap.c:1234!',
+  '[    5.000000] page dumped because: VM_BUG_ON_FOLIO(!folio_test_locked(folio))',
+  '[    5.000000] BUG: Bad page state in process node  pfn:12345',
+  '[    5.000000] BUG: Bad rss-counter state mm:00000000 type:MM_ANONPAGES val:-1',
+  '[    5.000000] general protection fault, probably for non-canonical address 0xdead000000000100',
+  '[    5.000000] Kernel panic - not syncing: Fatal exception',
+  '[   30.000000] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:',
+  '[   30.000000] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:123]',
+  '[  150.000000] INFO: task node:123 blocked for more than 120 seconds.',
+  '[    5.000000] BUG: KASAN: use-after-free in stable_tree_search+0x1/0x2',
+  '[    5.000000] UBSAN: array-index-out-of-bounds in mm/ksm.c:100:5',
+]
+
+const ordinary = [
+  '[   60.000000] node invoked oom-killer: gfp_mask=0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP|__GFP_ZERO), order=0, oom_score_adj=0',
+  '[   60.000000] Out of memory: Killed process 321 (sksm-stress) total-vm:4200000kB, anon-rss:3900000kB',
+  '[    0.500000] Adding 1048572k swap on /dev/vda.  Priority:-2 extents:1 across:1048572k',
+  '[    1.000000] memdedup-init: command exited with status 0',
+  '[    0.100000] Memory failure: 0x12345: recovery action for clean LRU page: Recovered',
+]
+
+describe('lab console check (ci/vm.mjs kernelProblem)', () => {
+  it.each(reports)('fails a run on: %s', (line) => {
+    expect(kernelProblem.test(line)).toBe(true)
+  })
+
+  it.each(ordinary)('lets pass: %s', (line) => {
+    expect(kernelProblem.test(line)).toBe(false)
+  })
+})

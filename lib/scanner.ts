@@ -10,7 +10,7 @@ import { Region, type Range } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
 import * as pagemap from './pagemap.ts'
 import * as sksm from './sksm.ts'
-import { invalidArgType, readOptions, validateInteger, validateOneOf } from './validate.ts'
+import { invalidArgType, outOfRange, readOptions, validateInteger, validateOneOf } from './validate.ts'
 
 export interface DeduplicatorOptions {
   /** Passes a page must stay unwritten before it is considered (default 2). */
@@ -87,19 +87,24 @@ export class Deduplicator {
     if (region.kind !== 'anonymous') throw invalidArgType('region', "an anonymous Region (MADV_MERGE merges private anonymous pages)", region.kind)
     if (this.#tracked.has(region)) throw codedError('ERR_DEDUP_ALREADY_TRACKED', 'The Region is already tracked by this Deduplicator')
     region.readableSpan(undefined, 'Deduplicator.add')
-    this.#uffd.register(region, { writeProtect: true })
-    // Arm: every page write-protected, so the first pass sees only writes made after add().
-    this.#uffd.writeProtect(region, { offset: 0, length: region.length }, true)
+    // Per-page state first: a Region too large to track fails here, before anything is registered.
     const pages = region.pages
+    let state: Pick<Tracked, 'clean' | 'merged' | 'backoff' | 'hashes'>
+    try {
+      state = { clean: new Uint8Array(pages), merged: new Uint8Array(pages), backoff: new Uint16Array(pages), hashes: new BigUint64Array(pages) }
+    } catch {
+      throw outOfRange('region.length', 'small enough to track (12 bytes of state per page)', region.length)
+    }
+    this.#uffd.register(region, { writeProtect: true })
+    try {
+      // Arm: every page write-protected, so the first pass sees only writes made after add().
+      this.#uffd.writeProtect(region, { offset: 0, length: region.length }, true)
+    } catch (error) {
+      this.#uffd.unregister(region)
+      throw error
+    }
     const unsubscribe = region.onClose(() => this.#tracked.delete(region))
-    this.#tracked.set(region, {
-      region,
-      unsubscribe,
-      clean: new Uint8Array(pages),
-      merged: new Uint8Array(pages),
-      backoff: new Uint16Array(pages),
-      hashes: new BigUint64Array(pages),
-    })
+    this.#tracked.set(region, { region, unsubscribe, ...state })
   }
 
   /** Stops tracking the Region (it stays mapped; merged pages stay merged until written). */

@@ -40,32 +40,33 @@ inline void ThrowArgument(const Napi::CallbackInfo& info, size_t i, bool range, 
 // inside a double's 2^53 exact range, and numbers are much cheaper than BigInt across N-API.
 constexpr double kMaxSafeInteger = 9007199254740991.0;
 
-// A non-negative integer Number <= max.
-inline std::optional<uint64_t> ArgU64(const Napi::CallbackInfo& info, size_t i, double max = kMaxSafeInteger) {
-  double value;
-  if (napi_get_value_double(info.Env(), info[i], &value) != napi_ok) {
-    ThrowArgument(info, i, false, "a number");
-    return std::nullopt;
-  }
-  if (!(value >= 0) || value > max || std::floor(value) != value) {
-    ThrowArgument(info, i, true, "an integer >= 0 and <= " + std::to_string(static_cast<uint64_t>(max)));
-    return std::nullopt;
-  }
-  return static_cast<uint64_t>(value);
-}
-
-// An int32 Number in [min, max] (fds, flag words, enum values).
-inline std::optional<int> ArgInt(const Napi::CallbackInfo& info, size_t i, int min = INT32_MIN, int max = INT32_MAX) {
+// An integer Number in [min, max] (never coerced: a string or an object is a TypeError).
+inline std::optional<double> ArgInteger(const Napi::CallbackInfo& info, size_t i, double min, double max) {
   double value;
   if (napi_get_value_double(info.Env(), info[i], &value) != napi_ok) {
     ThrowArgument(info, i, false, "a number");
     return std::nullopt;
   }
   if (!(value >= min && value <= max) || std::floor(value) != value) {
-    ThrowArgument(info, i, true, "an integer >= " + std::to_string(min) + " and <= " + std::to_string(max));
+    ThrowArgument(info, i, true, "an integer >= " + std::to_string(static_cast<int64_t>(min)) + " and <= " +
+                                     std::to_string(static_cast<int64_t>(max)));
     return std::nullopt;
   }
-  return static_cast<int>(value);
+  return value;
+}
+
+// A non-negative integer Number <= max (addresses, lengths, offsets).
+inline std::optional<uint64_t> ArgU64(const Napi::CallbackInfo& info, size_t i, double max = kMaxSafeInteger) {
+  auto value = ArgInteger(info, i, 0, max);
+  if (!value) return std::nullopt;
+  return static_cast<uint64_t>(*value);
+}
+
+// An int32 Number in [min, max] (fds, flag words, enum values).
+inline std::optional<int> ArgInt(const Napi::CallbackInfo& info, size_t i, int min = INT32_MIN, int max = INT32_MAX) {
+  auto value = ArgInteger(info, i, min, max);
+  if (!value) return std::nullopt;
+  return static_cast<int>(*value);
 }
 
 inline std::optional<std::string> ArgString(const Napi::CallbackInfo& info, size_t i) {

@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { Region, InvalidStateError, SyscallError, ksm, pagemap, pageSize, stats } from '../lib/index.ts'
+import { Region, InvalidStateError, SyscallError, ksm, pagemap, pageSize } from '../lib/index.ts'
 import { reservedBytes } from '../lib/region.ts'
 import { runChild } from './helpers/child.ts'
 import { fdCount, isMapped, libcPath, ownMappingCount as mappingCount, rssBytes, vmSizeBytes } from './helpers/process.ts'
@@ -409,8 +409,8 @@ describe('bad inputs', () => {
     ['constructor: new Region() from outside', () => new (Region as unknown as new (...a: unknown[]) => Region)(Symbol('x'), { address: 4096, length: P }), TypeError, 'ERR_ILLEGAL_CONSTRUCTOR'],
     ['constructor: a subclass', () => new (class extends (Region as unknown as new (...a: unknown[]) => object) { constructor() { super(Symbol('x'), {}) } })(), TypeError, 'ERR_ILLEGAL_CONSTRUCTOR'],
     ['constructor: Object.create(Region.prototype) is no Region', () => pagemap.entries(Object.create(Region.prototype)), TypeError, 'ERR_INVALID_ARG_TYPE'],
-    ['stats: status of a pid that does not exist', () => stats.status(2 ** 22 + 1), SyscallError, 'ENOENT'],
     ['ksm.processStats: a pid that does not exist', () => ksm.processStats(2 ** 22 + 1), SyscallError, 'ENOENT'],
+    ['ksm.processStats: a path instead of a pid', () => ksm.processStats('../self' as never), TypeError, 'ERR_INVALID_ARG_TYPE'],
     ['protect: bad prot string', () => region.protect('rwz' as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
     ['protect: unaligned offset', () => region.protect('r', { offset: 1, length: P }), RangeError, 'ERR_OUT_OF_RANGE'],
     ['protect: zero length range', () => region.protect('r', { offset: 0, length: 0 }), RangeError, 'ERR_OUT_OF_RANGE'],

@@ -3,10 +3,11 @@
 // the merges themselves are proven with PFNs where the kernel has MADV_MERGE (the lab VM).
 import { describe, expect, it } from 'vitest'
 import { Region, Deduplicator, hashPages, features, pagemap, pageSize as P, InvalidStateError } from '../lib/index.ts'
+import { requires } from './helpers/env.mjs'
 
 const f = features()
-const tracking = f.uffdWpAsync && f.pagemapScan
-const why = `this kernel (${f.kernelRelease}) lacks ${!f.uffdWpAsync ? 'UFFD_FEATURE_WP_ASYNC' : 'PAGEMAP_SCAN'}`
+const why = requires(f, ['uffdWpAsync', 'pagemapScan'])
+const tracking = why === ''
 
 /** Page i of both regions: 32 distinct contents shared by A and B, then content unique to each. */
 function fillTwins(a: Region, b: Region): void {
@@ -41,7 +42,7 @@ describe('hashPages', () => {
   })
 })
 
-describe.skipIf(!tracking)(`Deduplicator${tracking ? '' : ` — skipped: ${why}`}`, () => {
+describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
   it('dry run: only pages unwritten for stablePasses and with a twin are chosen', () => {
     using dedup = new Deduplicator({ merge: 'none', stablePasses: 2 })
     using a = Region.anonymous(64 * P)
@@ -87,7 +88,7 @@ describe.skipIf(!tracking)(`Deduplicator${tracking ? '' : ` — skipped: ${why}`
     expect(dedup.pass().trackedPages).toBe(0)
   })
 
-  describe.skipIf(!f.sksm)(`with MADV_MERGE${f.sksm ? '' : ` — skipped: this kernel (${f.kernelRelease}) has no SKSM`}`, () => {
+  describe.skipIf(!f.sksm)(`with MADV_MERGE${requires(f, ['sksm'])}`, () => {
     it('merges twins (same PFN), saves their frames, keeps content, and backs off after a COW', () => {
       using dedup = new Deduplicator({ stablePasses: 1, backoffPasses: 4 })
       using a = Region.anonymous(64 * P)

@@ -5,9 +5,10 @@ import os from 'node:os'
 import { describe, expect, it } from 'vitest'
 import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, features, pagemap, pageSize, sksm } from '../lib/index.ts'
 import { expectThrowsCode, thrown } from './helpers/errors.ts'
+import { requires } from './helpers/env.mjs'
 
 const hasSksm = sksm.available()
-const withSksm = hasSksm ? '' : ` [skipped: kernel ${os.release()} has no SKSM, madvise(MADV_MERGE) is EINVAL]`
+const withSksm = requires(features(), ['sksm'])
 const withoutSksm = hasSksm ? ` [skipped: kernel ${os.release()} has SKSM]` : ''
 
 const expectCode = expectThrowsCode

@@ -1,7 +1,8 @@
 // lib/stats.ts: the kernel counters the savings claims rest on.
 import fs from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { Region, stats, pageSize } from '../lib/index.ts'
+import { Region, SyscallError, stats, pageSize } from '../lib/index.ts'
+import { thrown } from './helpers/errors.ts'
 
 describe('stats', () => {
   it('vmstat() parses /proc/vmstat; RssAnon follows a populated region', () => {
@@ -34,5 +35,15 @@ describe('stats', () => {
   it('reads another process by pid', () => {
     expect(stats.status(1).VmPTE ?? 0).toBeGreaterThanOrEqual(0)
     expect(() => stats.smapsRollup(2 ** 30)).toThrow(expect.objectContaining({ code: 'ENOENT' }))
+  })
+
+  it('class 12: a /proc file that cannot be read is a SyscallError, and a pid is never a path', () => {
+    for (const read of [() => stats.status(2 ** 22 + 1), () => stats.smapsRollup(2 ** 22 + 1)]) {
+      const error = thrown(read) as SyscallError
+      expect(error).toBeInstanceOf(SyscallError) // Node's raw fs Error before
+      expect(error).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'open' })
+    }
+    expect(thrown(() => stats.status('../self' as never))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' })
+    expect(thrown(() => stats.smapsRollup(-1))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
   })
 })

@@ -114,20 +114,17 @@ const viewCollected = new FinalizationRegistry<Views>((views) => {
 })
 
 /**
- * The memory of [address, address + length) goes away. `mapped`: it is still mapped (close), so
- * it is replaced or unmapped here; otherwise the kernel already vacated it (mremap) and a
- * reservation is put there only if the address is still free (MAP_FIXED_NOREPLACE).
+ * The memory of [address, address + length) goes away: unmapped at once without live views;
+ * otherwise atomically replaced (mmap MAP_FIXED) by the reservation, unmapped at zero views.
  */
-function vacate(address: number, length: number, views: Views, mapped: boolean): void {
+function vacate(address: number, length: number, views: Views): void {
   if (views.live === 0) {
-    if (mapped) native.munmap(address, length)
+    native.munmap(address, length)
     return
   }
-  const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE | (mapped ? C.MAP_FIXED : C.MAP_FIXED_NOREPLACE)
-  const rc = native.mmap(address, length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0)
-  // MAP_FIXED failing (ENOMEM) leaves the old mapping in place: it serves as the reservation.
-  // MAP_FIXED_NOREPLACE failing (EEXIST) means someone else mapped there: not ours to track.
-  if (rc < 0 && !mapped) return
+  const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE | C.MAP_FIXED
+  // Failing (ENOMEM) leaves the old mapping in place: it serves as the reservation.
+  native.mmap(address, length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0)
   views.pending.push({ address, length })
   pendingBytes += length
 }
@@ -146,7 +143,7 @@ interface Mapping {
 
 let warnedUnclosed = false
 const finalizer = new FinalizationRegistry<Mapping>((mapping) => {
-  vacate(mapping.address, mapping.length, mapping.views, true)
+  vacate(mapping.address, mapping.length, mapping.views)
   if (mapping.fd >= 0) native.closeFd(mapping.fd)
   if (!warnedUnclosed) {
     warnedUnclosed = true
@@ -401,25 +398,47 @@ export class Region {
       this.#limit = length
     }
     const prot = this.#prot.resized(length / pageSize, this.#prot.get(this.#prot.pages - 1))
-    const flags = (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0)
     const oldAddress = this.#address
     const oldLength = this.#length
-    const address = check(native.mremap(oldAddress, oldLength, length, flags, 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
+    const address = dontUnmap || this.#views.live === 0
+      ? check(native.mremap(oldAddress, oldLength, length, (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0), 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
+      : this.#resizeUnderViews(length, mayMove)
     // From here on nothing can fail: the memory has moved.
-    const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit }
-    if (dontUnmap) return new Region(internal, init)
-    if (address === oldAddress) {
-      // Same memory, grown or shrunk in place: old views still point into it (or its cut tail).
-      if (length < oldLength) vacate(address + length, oldLength - length, this.#views, false)
-      init.views = this.#views
-    } else {
-      vacate(oldAddress, oldLength, this.#views, false)
-    }
-    init.fd = this.#fd
+    const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit, fd: this.#fd }
+    if (dontUnmap) return new Region(internal, { ...init, fd: -1 })
+    // Same memory, grown or shrunk in place: old views still point into it, so it shares their count.
+    if (address === oldAddress) init.views = this.#views
     this.#retire({ address, length })
     // Old views keep only the old Region object alive; if the successor is dropped while one of
     // them is still reachable, its finalizer sees the shared view count and reserves instead.
     return new Region(internal, init)
+  }
+
+  /**
+   * remap() while a view may still be in use by native code: no address an old view covers is
+   * ever unmapped, not even for a moment (see vacate()). Shrinking replaces the cut tail with a
+   * reservation; growing tries in place, else moves with MREMAP_DONTUNMAP (the old range stays
+   * mapped), grows the moved mapping, and only then replaces the old range with a reservation.
+   */
+  #resizeUnderViews(length: number, mayMove: boolean): number {
+    const oldAddress = this.#address
+    const oldLength = this.#length
+    const context = () => `${oldLength} -> ${length} bytes`
+    if (length <= oldLength) {
+      if (length < oldLength) vacate(oldAddress + length, oldLength - length, this.#views)
+      return oldAddress
+    }
+    const inPlace = native.mremap(oldAddress, oldLength, length, 0, 0)
+    if (inPlace >= 0 || !mayMove || inPlace !== -errno.ENOMEM) return check(inPlace, 'mremap', context)
+    const moved = check(native.mremap(oldAddress, oldLength, oldLength, C.MREMAP_MAYMOVE | C.MREMAP_DONTUNMAP, 0), 'mremap(MREMAP_DONTUNMAP)', context)
+    const grown = native.mremap(moved, oldLength, length, C.MREMAP_MAYMOVE, 0)
+    if (grown < 0) {
+      // Undo: the pages go back over the old range (one mremap, atomic for faults).
+      native.mremap(moved, oldLength, oldLength, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, oldAddress)
+      check(grown, 'mremap', context)
+    }
+    vacate(oldAddress, oldLength, this.#views)
+    return grown
   }
 
   /**
@@ -434,7 +453,7 @@ export class Region {
     const fd = this.#fd
     const views = this.#views
     this.#retire()
-    vacate(address, length, views, true)
+    vacate(address, length, views)
     if (fd >= 0) native.closeFd(fd)
   }
 

@@ -612,6 +612,35 @@ describe('safety: lifetime and outside changes', () => {
     expect(result.stillMapped).toBe(0)
   })
 
+  it('class 7: remap() under an async consumer never unmaps what its view covers (move, grow, shrink)', () => {
+    const { result } = runChild(`
+      const { Region, pageSize: P } = lib
+      const { reservedBytes } = await import(${region})
+      const zlib = await import('node:zlib')
+      const fs = await import('node:fs')
+      const done = []
+      const jobs = []
+      const results = []
+      for (let i = 0; i < 6; i++) {
+        for (const kind of ['anonymous', 'memfd']) {
+          const r = kind === 'memfd' ? Region.memfd(2048 * P) : Region.anonymous(2048 * P)
+          r.bytes.fill(7)
+          const address = r.address
+          jobs.push(new Promise((resolve) => zlib.deflate(r.bytes, (e) => { done.push(e ? e.message : 'ok'); resolve() })))
+          const grown = r.remap(64 * 2048 * P)          // moves or grows in place, the view still in use
+          const first = grown.bytes[0]
+          const shrunk = grown.remap(16 * P)             // cuts a tail another view may be reading
+          results.push([first, shrunk.bytes[16 * P - 1], address === grown.address])
+          shrunk.close()
+        }
+      }
+      await Promise.all(jobs)
+      await gcAll()
+      console.log(JSON.stringify({ done: done.filter((d) => d === 'ok').length, contents: results.every(([a, b]) => a === 7 && b === 7), after: reservedBytes() }))
+    `)
+    expect(result).toEqual({ done: 12, contents: true, after: 0 })
+  })
+
   it('class 8: Region.file refuses a FIFO without blocking', () => {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-'))
     const fifo = path.join(tmp, 'fifo')

@@ -3,12 +3,17 @@
 //
 //   npm run kernel            build (or reuse) the lab kernel, print its path
 //   npm run kernel -- --force rebuild even on a cache hit
+//   npm run kernel -- --unpatched   the baseline: same config fragment (minus options only the
+//                             series adds, e.g. CONFIG_SKSM), no patches (ci/kselftest.mjs compares)
 //
 // Cache layout (~/.cache/memdedup, or $MEMDEDUP_CACHE_DIR):
 //   linux-src/             unpacked source, a git repo; tag memdedup-base = pristine tarball
 //   kbuild/                out-of-tree build dir (O=), kept between builds for incremental make
 //   ccache/                compiler cache (CCACHE_DIR)
 //   bzImage-<key>          the result, keyed by (source version, patches, config fragment)
+//   linux-src-unpatched/   git worktree of linux-src at memdedup-base, for the --unpatched build
+//   kbuild-unpatched/      its build dir (so a baseline build never resets the patched one's state)
+//   unpatched-bzImage-<key>  the baseline kernel (named so that bzImage-* stays the patched one)
 //   basic_test-<key>, madv-merge-probe-<key>   user-space test programs for the guest
 import { $, fs, path, os, chalk } from 'zx'
 import { spawn } from 'node:child_process'
@@ -183,6 +188,7 @@ async function buildGuestPrograms(tree, key) {
     basicTest: { source: tree && path.join(tree, 'tools/testing/selftests/sksm/basic_test.c'), output: path.join(cacheDir, `basic_test-${key}`) },
     madvMergeProbe: { source: path.join(repoRoot, 'ci/madv-merge-probe.c'), output: path.join(cacheDir, `madv-merge-probe-${sha256(fs.readFileSync(path.join(repoRoot, 'ci/madv-merge-probe.c'))).slice(0, 16)}`) },
   }
+  if (key === null) delete programs.basicTest // the unpatched baseline has no sksm selftest
   for (const { source, output } of Object.values(programs)) {
     if (fs.existsSync(output)) continue
     if (!source || !fs.existsSync(source)) fail(`missing source for ${output}`)
@@ -208,7 +214,8 @@ export async function ensureKernel({ force = false } = {}) {
  * @returns {Promise<{bzImage: string, release: string, key: string, cached: boolean,
  *   buildMs: number, programs: {basicTest: string, madvMergeProbe: string}}>}
  */
-export async function ensureKernelBuild({ force = false } = {}) {
+export async function ensureKernelBuild({ force = false, unpatched = false } = {}) {
+  if (unpatched) return ensureUnpatchedBuild({ force })
   const started = Date.now()
   await ensurePackages()
   const { key, version, patches, fragment } = await kernelKey()
@@ -238,9 +245,81 @@ export async function ensureKernelBuild({ force = false } = {}) {
   return { bzImage, release, key, cached: false, buildMs: Date.now() - started, programs }
 }
 
+// --- The unpatched baseline -------------------------------------------------------------------
+// Same recipe and config fragment, no series: what the patched kernel's kselftest verdicts are
+// compared against (ci/kselftest.mjs). It has its own worktree and build dir, so building it never
+// touches the patched build's linux-src/ checkout or kbuild/ objects.
+const unpatchedLocalVersion = '-memdedup-unpatched'
+
+// The fragment minus the options that exist only with the series (a Kconfig symbol the pristine
+// source does not define, such as CONFIG_SKSM); LOCALVERSION marks the release as the baseline.
+async function unpatchedFragment(fragment, tree) {
+  const { stdout } = await $`git -C ${tree} grep -h -E ${'^\\s*(menu)?config\\s+[A-Za-z0-9_]+'} ${baseTag} -- ${':(glob)**/Kconfig*'}`.quiet()
+  const known = new Set(stdout.split('\n').map((line) => line.trim().split(/\s+/)[1]).filter(Boolean))
+  const dropped = []
+  const lines = fragment.split('\n').map((line) => {
+    const name = line.match(/^(?:# )?CONFIG_(\w+)(?:=| is not set$)/)?.[1]
+    if (name === 'LOCALVERSION') return `CONFIG_LOCALVERSION="${unpatchedLocalVersion}"`
+    if (name && !known.has(name)) { dropped.push(`CONFIG_${name}`); return `# (series only, dropped: ${line.trim()})` }
+    return line
+  })
+  return { fragment: lines.join('\n'), dropped }
+}
+
+async function ensureUnpatchedTree(version) {
+  const tree = await ensurePristineTree(version) // the patched checkout; only its git objects are used
+  const worktree = path.join(cacheDir, 'linux-src-unpatched')
+  const base = (await $`git -C ${tree} rev-parse ${`${baseTag}^{commit}`}`.quiet()).stdout.trim()
+  const head = (await $`git -C ${worktree} rev-parse HEAD`.nothrow().quiet()).stdout.trim()
+  if (head === base) return worktree
+  // Missing, or left over from an older linux-src (its git dir is gone): make it again.
+  log(`adding the unpatched worktree ${worktree} (${baseTag})`)
+  await fs.remove(worktree)
+  await $`git -C ${tree} worktree prune`.quiet()
+  await $`git -C ${tree} worktree add -f --detach ${worktree} ${baseTag}`.quiet()
+  return worktree
+}
+
+export async function unpatchedKernelKey() {
+  const version = await sourceVersion()
+  const tree = await ensurePristineTree(version)
+  const { fragment, dropped } = await unpatchedFragment(await fs.readFile(path.join(patchesDir, 'config'), 'utf8'), tree)
+  const key = sha256(recipeVersion, 'unpatched', version, fragment).slice(0, 16)
+  return { key, version, fragment, dropped }
+}
+
+async function ensureUnpatchedBuild({ force = false } = {}) {
+  const started = Date.now()
+  await ensurePackages()
+  const { key, version, fragment, dropped } = await unpatchedKernelKey()
+  const bzImage = path.join(cacheDir, `unpatched-bzImage-${key}`)
+  const releaseFile = `${bzImage}.release`
+  if (!force && fs.existsSync(bzImage) && fs.existsSync(releaseFile)) {
+    const programs = await buildGuestPrograms(null, null)
+    const release = (await fs.readFile(releaseFile, 'utf8')).trim()
+    log(`unpatched kernel cache hit: ${bzImage} (${release})`)
+    return { bzImage, release, key, cached: true, buildMs: Date.now() - started, programs, unpatched: true }
+  }
+  log(`unpatched kernel cache miss (key ${key}, source ${version}; series-only options dropped: ${dropped.join(' ') || 'none'}); building`)
+  const tree = await ensureUnpatchedTree(version)
+  const buildDir = path.join(cacheDir, 'kbuild-unpatched')
+  await configure(tree, buildDir, fragment)
+  const makeMs = await build(tree, buildDir)
+  const release = (await $({ env: buildEnv(), cwd: tree })`make -s ${makeArgs(buildDir)} kernelrelease`.quiet()).stdout.trim()
+  if (!release.endsWith(unpatchedLocalVersion)) fail(`kernel release ${release} does not end in ${unpatchedLocalVersion}`)
+  await fs.copy(path.join(buildDir, 'arch/x86/boot/bzImage'), `${bzImage}.tmp`)
+  await fs.copy(path.join(buildDir, '.config'), `${bzImage}.config`)
+  await fs.writeFile(releaseFile, `${release}\n`)
+  await fs.move(`${bzImage}.tmp`, bzImage, { overwrite: true })
+  const programs = await buildGuestPrograms(null, null)
+  log(`built ${release} in ${formatSeconds(makeMs)} (make) / ${formatSeconds(Date.now() - started)} (total): ${bzImage}`)
+  return { bzImage, release, key, cached: false, buildMs: Date.now() - started, programs, unpatched: true }
+}
+
 async function main() {
   const force = process.argv.includes('--force')
-  const result = await ensureKernelBuild({ force })
+  const unpatched = process.argv.includes('--unpatched')
+  const result = await ensureKernelBuild({ force, unpatched })
   console.log(result.bzImage)
   return 0
 }

@@ -133,6 +133,38 @@ export function zeroPfn(): bigint {
   return zeroPagePfn
 }
 
+/**
+ * Clears the soft-dirty bit of every page of this process: writes "4" to /proc/self/clear_refs.
+ * Afterwards PageFlag.softDirty (and PAGEMAP_SCAN's 'softDirty') mark exactly the pages written
+ * since, plus mappings created since (new VMAs start soft-dirty). The kernel only offers this per
+ * process, not per range; it write-protects the page tables, so the next write to each page takes
+ * a fault. Needs CONFIG_MEM_SOFT_DIRTY to mean anything (see softDirtySupported()).
+ */
+export function clearSoftDirty(): void {
+  fsCall('write', '/proc/self/clear_refs', () => fs.writeFileSync('/proc/self/clear_refs', '4'))
+}
+
+let softDirty: boolean | undefined
+/**
+ * Whether this kernel tracks soft-dirty (CONFIG_MEM_SOFT_DIRTY): a new mapping carries the "sd"
+ * VmFlag in /proc/self/smaps (vm_util.c's softdirty_supported()). Cached.
+ */
+export function softDirtySupported(): boolean {
+  if (softDirty === undefined) {
+    const probe = Region.anonymous(pageSize)
+    try {
+      const start = probe.address.toString(16)
+      const smaps = fsCall('read', '/proc/self/smaps', () => fs.readFileSync('/proc/self/smaps', 'utf8'))
+      const at = smaps.search(new RegExp(`^0*${start}-`, 'm'))
+      const flags = at < 0 ? undefined : /^VmFlags:(.*)$/m.exec(smaps.slice(at))?.[1]
+      softDirty = flags !== undefined && flags.split(' ').includes('sd')
+    } finally {
+      probe.close()
+    }
+  }
+  return softDirty
+}
+
 // ---------------------------------------------------------------------------------------------
 // PAGEMAP_SCAN (6.7+): page categories of a range in one ioctl, optionally write-protecting the
 // matching pages (PM_SCAN_WP_MATCHING) of a range registered with a 'wpAsync' Userfaultfd.

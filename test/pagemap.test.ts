@@ -75,6 +75,31 @@ describe('entries', () => {
   })
 })
 
+describe('clearSoftDirty / softDirtySupported', () => {
+  const why = pagemap.softDirtySupported() ? '' : ' — skipped: this kernel has no CONFIG_MEM_SOFT_DIRTY'
+  it('softDirtySupported() is a cached boolean', () => {
+    expect(typeof pagemap.softDirtySupported()).toBe('boolean')
+    expect(pagemap.softDirtySupported()).toBe(pagemap.softDirtySupported())
+  })
+  it.skipIf(Boolean(why))(`a written page is soft-dirty until clearSoftDirty(), and again after the next write${why}`, () => {
+    using r = Region.anonymous(2 * P)
+    r.bytes[0] = 1
+    expect(pagemap.entries(r).softDirty(0)).toBe(true)
+    pagemap.clearSoftDirty()
+    const clean = pagemap.entries(r)
+    expect(clean.softDirty(0)).toBe(false)
+    expect(clean.present(0), 'clearing keeps the page mapped').toBe(true)
+    expect(r.bytes[0], 'and its content').toBe(1)
+    r.bytes[P] = 2
+    const after = pagemap.entries(r)
+    expect([after.softDirty(0), after.softDirty(1)]).toEqual([false, true])
+  })
+  it('takes no arguments and returns nothing (one process-wide operation)', () => {
+    expect(pagemap.clearSoftDirty()).toBeUndefined()
+    expect(pagemap.clearSoftDirty.length).toBe(0)
+  })
+})
+
 describe('probePagemapScan', () => {
   it('agrees with features() and is cached', () => {
     expect(pagemap.probePagemapScan()).toBe(f.pagemapScan)

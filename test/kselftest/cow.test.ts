@@ -1,0 +1,302 @@
+// Port of tools/testing/selftests/mm/cow.c (6.12.117): the anonymous-memory cases, the anonymous
+// THP collapse cases and the non-anonymous cases (shared zeropage, huge zeropage, memfd, tmpfile).
+//
+// Anonymous cases need fork(2), which Node cannot do: test/fixtures/mm-fork.c prepares the memory
+// the way do_run_with_base_page()/do_run_with_thp() do, forks, and reports the child's verdict
+// plus PFNs; the assertions are here. Not in the C: the parent's first page got a new frame on
+// its write while the child still maps the frame from before fork (same PFN), and the parent
+// reads back what it wrote. Non-anonymous cases run in this process on memdedup Regions and add
+// the PFN checks (the private mapping leaves the shared frame on its write, the other mapping
+// keeps it). Not in the C either: "Basic COW ... with KSM page", a page merged by ksmd is the
+// same kind of shared frame as the zeropage and must be copied on write the same way.
+//
+// THP: the PMD size only, with MADV_HUGEPAGE (as the C runs the PMD size). Skipped, with the
+// reason in the title: the C's runs at each mTHP size (they rewrite the global
+// transparent_hugepage/hugepages-*kB/enabled knobs, and would multiply the lab's TCG time by the
+// number of sizes), hugetlb (needs reserved huge pages and MAP_HUGETLB, which memdedup does not
+// map), the R/O GUP pin cases (/sys/kernel/debug/gup_test, a test driver memdedup does not bind)
+// and the io_uring fixed-buffer cases (memdedup does not bind io_uring). Swap-out runs skip like
+// the C ("MADV_PAGEOUT did not work, is swap enabled?") where there is no swap.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { Region, ksm, pagemap, pageSize, type Range } from '../../lib/index.ts'
+import { KsmState, acquireKsmLock, fastKsmd, ksmLockTimeoutMs, probe } from '../helpers/ksm.ts'
+import { mmFork, pmdSize } from '../helpers/mm-fork.ts'
+
+const pmdsize = pmdSize()
+const isRoot = process.getuid?.() === 0
+
+// anon_test_cases[]: description, mm-fork test, whether the child (not the parent) writes.
+const anonTestCases: Array<[string, string]> = [
+  ['Basic COW after fork()', 'cow-in-parent'],
+  ['Basic COW after fork() with mprotect() optimization', 'cow-in-parent-mprotect'],
+  ['vmsplice() + unmap in child', 'vmsplice-in-child'],
+  ['vmsplice() + unmap in child with mprotect() optimization', 'vmsplice-in-child-mprotect'],
+  ['vmsplice() before fork(), unmap in parent after fork()', 'vmsplice-before-fork'],
+  ['vmsplice() + unmap in parent after fork()', 'vmsplice-after-fork'],
+]
+const gupAnonTestCases = [
+  'R/O GUP pin on R/O-mapped shared page',
+  'R/O GUP-fast pin on R/O-mapped shared page',
+  'R/O GUP pin on R/O-mapped previously-shared page',
+  'R/O GUP-fast pin on R/O-mapped previously-shared page',
+  'R/O GUP pin on R/O-mapped exclusive page',
+  'R/O GUP-fast pin on R/O-mapped exclusive page',
+]
+const iouringAnonTestCases = ['R/O-mapping a page registered as iouring fixed buffer', 'fork() with an iouring fixed buffer']
+
+// run_anon_test_case(): the memory each case runs on ("[RUN] %s ... with <run>").
+const kb = pmdsize / 1024
+const anonRuns: Array<[string, string]> = [
+  ['base page', 'base'],
+  ['swapped out base page', 'base-swap'],
+  ...((pmdsize
+    ? [
+        [`THP (${kb} kB)`, 'thp'],
+        [`swapped-out THP (${kb} kB)`, 'thp-swap'],
+        [`PTE-mapped THP (${kb} kB)`, 'pte-thp'],
+        [`swapped-out, PTE-mapped THP (${kb} kB)`, 'pte-thp-swap'],
+        [`single PTE of THP (${kb} kB)`, 'single-pte'],
+        [`single PTE of swapped-out THP (${kb} kB)`, 'single-pte-swap'],
+        [`partially mremap()'ed THP (${kb} kB)`, 'partial-mremap'],
+        [`partially shared THP (${kb} kB)`, 'partial-shared'],
+      ]
+    : []) as Array<[string, string]>),
+]
+
+/** The mTHP sizes below the PMD size this kernel offers (transparent_hugepage/hugepages-*kB). */
+function mthpSizesKb(): number[] {
+  try {
+    return fs
+      .readdirSync('/sys/kernel/mm/transparent_hugepage')
+      .map((name) => /^hugepages-(\d+)kB$/.exec(name)?.[1])
+      .filter((size): size is string => size !== undefined)
+      .map(Number)
+      .filter((size) => size * 1024 !== pmdsize)
+      .sort((a, b) => a - b)
+  } catch {
+    return []
+  }
+}
+
+function hugetlbSizesKb(): number[] {
+  try {
+    return fs.readdirSync('/sys/kernel/mm/hugepages').map((name) => Number(/^hugepages-(\d+)kB$/.exec(name)?.[1])).filter(Boolean)
+  } catch {
+    return []
+  }
+}
+
+const mthpSkip = ` — skipped: the C's mTHP runs rewrite the global transparent_hugepage/hugepages-*kB/enabled knobs; ported at the PMD size only`
+const hugetlbSkip = ' — skipped: needs reserved hugetlb pages and MAP_HUGETLB, which memdedup does not map'
+const gupSkip = ' — skipped: needs /sys/kernel/debug/gup_test (PIN_LONGTERM_TEST_*), a test driver memdedup does not bind'
+const iouringSkip = ' — skipped: needs io_uring fixed buffers, which memdedup does not bind'
+const rootSkip = isRoot ? '' : ' — skipped: PFNs in /proc/self/pagemap need root'
+
+/** Asserts a run of do_test_cow_in_parent(): "No leak from parent into child", plus the PFNs. */
+function expectNoLeakFromParent(result: Record<string, number | string>, swappedOut: boolean, childMaps: boolean): void {
+  expect(result.signal, 'child killed by a signal').toBe(0)
+  expect(result.child, 'No leak from parent into child (the child read back what it saw before the parent wrote)').toBe(0)
+  // Not in the C: the parent sees its own write, byte for byte.
+  expect(result.parentWritten, 'the parent reads 0xff everywhere after its memset').toBe(1)
+  if (swappedOut) return // pagemap reports swap entries, not PFNs, before the fault
+  // Not in the C: the write copied the page in the parent; the child (if it still maps the
+  // memory) kept the frame both shared after fork.
+  expect(result.pfnParent, "the parent's write moved it to a new frame").not.toBe(result.pfnBefore)
+  if (childMaps) expect(result.pfnChild, 'the child still maps the frame from before fork').toBe(result.pfnBefore)
+}
+
+describe('cow: Anonymous memory tests in private mappings', () => {
+  for (const [desc, test] of anonTestCases) {
+    for (const [runName, run] of anonRuns) {
+      it.skipIf(!isRoot)(`${desc} ... with ${runName}${rootSkip}`, (ctx) => {
+        const result = mmFork(['cow', run, test, pmdsize])
+        if (result.skip) ctx.skip(String(result.skip))
+        if (test.startsWith('vmsplice-') && test.includes('fork')) {
+          expect(result.signal, 'child killed by a signal').toBe(0)
+          expect(result.transferred, 'vmsplice() took the pages').toBeGreaterThan(0)
+          expect(result.leak, 'No leak from child into parent (the pipe still reads the old bytes)').toBe(0)
+        } else {
+          expectNoLeakFromParent(result, run.endsWith('-swap'), !test.startsWith('vmsplice-'))
+        }
+      })
+    }
+    for (const size of mthpSizesKb()) it.skip(`${desc} ... with THP, PTE-mapped THP, single PTE, partial mremap/shared (${size} kB)${mthpSkip}`, () => {})
+    for (const size of hugetlbSizesKb()) it.skip(`${desc} ... with hugetlb (${size} kB)${hugetlbSkip}`, () => {})
+  }
+  for (const desc of gupAnonTestCases) it.skip(`${desc} ... with every run${gupSkip}`, () => {})
+  for (const desc of iouringAnonTestCases) it.skip(`${desc} ... with every run${iouringSkip}`, () => {})
+})
+
+describe('cow: Anonymous THP tests', () => {
+  const cases: Array<[string, string]> = [
+    ['Basic COW after fork() when collapsing before fork()', 'collapse-unshared'],
+    ['Basic COW after fork() when collapsing after fork() (fully shared)', 'collapse-fully-shared'],
+    ['Basic COW after fork() when collapsing after fork() (lower shared)', 'collapse-lower-shared'],
+    ['Basic COW after fork() when collapsing after fork() (upper shared)', 'collapse-upper-shared'],
+  ]
+  const why = !pmdsize ? ' — skipped: no THP on this kernel' : rootSkip
+  for (const [desc, test] of cases) {
+    it.skipIf(Boolean(why))(`${desc}${why}`, (ctx) => {
+      const result = mmFork(['cow', 'thp', test, pmdsize])
+      if (result.skip) ctx.skip(String(result.skip))
+      expectNoLeakFromParent(result, false, true)
+    })
+  }
+})
+
+// ---- Non-anonymous memory tests in private mappings ----------------------------------------------
+
+interface Pair {
+  /** The private, writable mapping. */
+  mem: Region
+  memRange: Range
+  /** The other mapping of the same frame(s), only read. */
+  smem: Region
+  smemRange: Range
+}
+
+const regions: Region[] = []
+afterEach(() => {
+  for (const region of regions.splice(0)) region.close()
+})
+const track = (region: Region) => (regions.push(region), region)
+const whole = (length: number): Range => ({ offset: 0, length })
+
+/**
+ * A copy of the range. Through `bytes` where the Region is writable: Region.read() goes through
+ * process_vm_readv, whose R/O pin unshares a KSM page (gup_must_unshare()), a copy-on-write of its own.
+ */
+function peek(region: Region, { offset, length }: Range): Buffer {
+  return region.protection(offset) === 'rw' ? Buffer.from(region.bytes.subarray(offset, offset + length)) : region.read({ offset, length })
+}
+
+/** test_cow(): write 0xff through mem, smem must read what it read before. Plus the PFNs. */
+function testCow({ mem, memRange, smem, smemRange }: Pair): void {
+  const old = peek(smem, smemRange)
+  const smemPfns = pagemap.entries(smem, smemRange).pfns.slice()
+  const memPfns = pagemap.entries(mem, memRange).pfns.slice()
+  // Not in the C: before the write both mappings map the very same frames.
+  if (isRoot) expect(memPfns, 'mem and smem map the same frames before the write').toEqual(smemPfns)
+  mem.bytes.fill(0xff, memRange.offset, memRange.offset + memRange.length)
+  expect(Buffer.compare(peek(smem, smemRange), old), 'Other mapping not modified').toBe(0)
+  // Not in the C: the write copied every page of mem; smem kept its frames; mem reads 0xff.
+  expect(peek(mem, memRange).every((b) => b === 0xff), 'mem reads back its write').toBe(true)
+  if (isRoot) {
+    expect(pagemap.entries(smem, smemRange).pfns, 'smem still maps its frames').toEqual(smemPfns)
+    const after = pagemap.entries(mem, memRange).pfns
+    expect(after.some((pfn, i) => pfn === smemPfns[i]), 'no page of mem still maps a frame of smem').toBe(false)
+  }
+}
+
+function withZeropage(): Pair {
+  const mem = track(Region.anonymous(pageSize))
+  const smem = track(Region.anonymous(pageSize, { prot: 'r' }))
+  // Read from the page to populate the shared zeropage.
+  mem.read()
+  smem.read()
+  if (isRoot) expect(pagemap.entries(mem).pfns[0], 'the read mapped the shared zeropage').toBe(pagemap.zeroPfn())
+  return { mem, memRange: whole(pageSize), smem, smemRange: whole(pageSize) }
+}
+
+function withMemfd(): Pair {
+  // memfd_create + fallocate(pagesize): Region.memfd is the MAP_SHARED mapping (smem), the
+  // private mapping goes through /proc/self/fd like any other file.
+  const smem = track(Region.memfd(pageSize, { name: 'test' }))
+  const mem = track(Region.file(`/proc/self/fd/${smem.fd}`, { prot: 'rw' }))
+  mem.read()
+  smem.read()
+  return { mem, memRange: whole(pageSize), smem, smemRange: whole(pageSize) }
+}
+
+function withTmpfile(): Pair {
+  // tmpfile(): a one-page file of zeros. Deviation: smem is a *private* read-only mapping (Region.file
+  // maps MAP_PRIVATE); unwritten, it maps the same page-cache frame a shared one would.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-cow-'))
+  const file = path.join(dir, 'tmpfile')
+  fs.writeFileSync(file, Buffer.alloc(pageSize))
+  try {
+    const mem = track(Region.file(file, { prot: 'rw' }))
+    const smem = track(Region.file(file, { prot: 'r' }))
+    mem.read()
+    smem.read()
+    return { mem, memRange: whole(pageSize), smem, smemRange: whole(pageSize) }
+  } finally {
+    fs.rmSync(dir, { recursive: true })
+  }
+}
+
+function hugeZeropageEnabled(): boolean {
+  try {
+    return fs.readFileSync('/sys/kernel/mm/transparent_hugepage/use_zero_page', 'utf8').trim() === '1'
+  } catch {
+    return false
+  }
+}
+
+/** A PMD-aligned range inside a Region twice the PMD size (the C's mmap + align). */
+function pmdAligned(region: Region): Range {
+  const misalign = Number(region.address % BigInt(pmdsize))
+  return { offset: misalign === 0 ? 0 : pmdsize - misalign, length: pmdsize }
+}
+
+function withHugeZeropage(ctx: { skip(note?: string): never }): Pair {
+  if (!hugeZeropageEnabled()) ctx.skip('Huge zeropage not enabled')
+  const mem = track(Region.anonymous(2 * pmdsize))
+  const smem = track(Region.anonymous(2 * pmdsize, { prot: 'r' }))
+  const memRange = pmdAligned(mem)
+  const smemRange = pmdAligned(smem)
+  mem.advise('hugepage', memRange)
+  smem.advise('hugepage', smemRange)
+  // Read from the first sub-page and test if we get another sub-page populated automatically.
+  mem.read({ offset: memRange.offset, length: pageSize })
+  smem.read({ offset: smemRange.offset, length: pageSize })
+  const second = (range: Range): Range => ({ offset: range.offset + pageSize, length: pageSize })
+  if (!pagemap.entries(mem, second(memRange)).present(0) || !pagemap.entries(smem, second(smemRange)).present(0)) {
+    ctx.skip('Did not get THPs populated')
+  }
+  return { mem, memRange, smem, smemRange }
+}
+
+describe('cow: Non-anonymous memory tests in private mappings', () => {
+  it('Basic COW ... with shared zeropage', () => testCow(withZeropage()))
+  it('Basic COW ... with memfd', () => testCow(withMemfd()))
+  it('Basic COW ... with tmpfile', () => testCow(withTmpfile()))
+  it.skipIf(!pmdsize)(`Basic COW ... with huge zeropage${pmdsize ? '' : ' — skipped: no THP on this kernel'}`, (ctx) => testCow(withHugeZeropage(ctx)))
+  for (const size of hugetlbSizesKb()) it.skip(`Basic COW ... with memfd hugetlb (${size} kB)${hugetlbSkip}`, () => {})
+  for (const desc of ['R/O longterm GUP pin', 'R/O longterm GUP-fast pin']) {
+    it.skip(`${desc} ... with shared zeropage, memfd, tmpfile, huge zeropage, memfd hugetlb${gupSkip}`, () => {})
+  }
+})
+
+// ---- Not in the C: a KSM page is a shared frame like the zeropage --------------------------------
+describe('cow: Not in the C: KSM', () => {
+  const state = new KsmState()
+  let releaseLock: (() => void) | undefined
+  const why = !probe().ksm ? ` — skipped: no KSM on ${os.release()}` : rootSkip
+  beforeAll(async () => {
+    if (!why) releaseLock = await acquireKsmLock()
+  }, ksmLockTimeoutMs + 10_000)
+  afterAll(() => {
+    state.restore()
+    releaseLock?.()
+  })
+
+  it.skipIf(Boolean(why))(`Basic COW ... with KSM page${why}`, async () => {
+    const mem = track(Region.anonymous(pageSize))
+    const smem = track(Region.anonymous(pageSize))
+    mem.bytes.fill(0x5a)
+    smem.bytes.fill(0x5a)
+    ksm.enable(mem)
+    ksm.enable(smem)
+    state.set(fastKsmd)
+    state.set({ run: 1 })
+    const same = () => pagemap.entries(mem).pfns[0] === pagemap.entries(smem).pfns[0]
+    expect(await state.until(same, 4), 'ksmd merged the two pages into one frame').toBe(true)
+    testCow({ mem, memRange: whole(pageSize), smem, smemRange: whole(pageSize) })
+    ksm.disable(mem)
+    ksm.disable(smem)
+  })
+})

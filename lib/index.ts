@@ -1,5 +1,5 @@
 // memdedup: Linux memory deduplication (KSM, SKSM) and write tracking (userfaultfd, PAGEMAP_SCAN).
-export { Region, type Range, type Protection, type Advice, type RegionKind } from './region.ts'
+export { Region, Reservation, type Range, type Protection, type Advice, type RegionKind } from './region.ts'
 export { SyscallError, FeatureUnavailableError, InvalidStateError } from './errors.ts'
 export * as ksm from './ksm.ts'
 export * as sksm from './sksm.ts'

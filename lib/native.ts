@@ -47,6 +47,10 @@ export interface MmBinding {
   mprotect(address: number, length: number, prot: number): Rc
   madvise(address: number, length: number, advice: number): Rc
   mremap(oldAddress: number, oldLength: number, newLength: number, flags: number, newAddress: number): Rc
+  /** mmap with MAP_FIXED (added natively) at a range re-checked to lie inside [within, within + withinLength). */
+  mmapFixed(within: number, withinLength: number, address: number, length: number, prot: number, flags: number, fd: number, offset: number): Rc
+  /** mremap with MREMAP_MAYMOVE | MREMAP_FIXED (added natively) into a range re-checked to lie inside [within, within + withinLength). */
+  mremapFixed(oldAddress: number, oldLength: number, newLength: number, flags: number, newAddress: number, within: number, withinLength: number): Rc
   wrap(address: number, length: number): ArrayBuffer
   detach(buffer: ArrayBuffer): void
   /** Copies through the kernel (process_vm_readv): an unreadable page is -EFAULT, never a signal. */

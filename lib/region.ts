@@ -7,6 +7,7 @@ import { check, codedError, errno, fsCall, SyscallError } from './errors.ts'
 import { PageRuns } from './runs.ts'
 import {
   invalidArgType,
+  invalidArgValue,
   outOfRange,
   readOptions,
   readRange,
@@ -101,13 +102,18 @@ const internal = Symbol('Region.internal')
  */
 interface Views {
   live: number
-  pending: Span[]
+  pending: PendingRange[]
+}
+/** A range held for views; `release` returns it to its reservation instead of unmapping it. */
+interface PendingRange extends Span {
+  release?: () => void
 }
 let pendingBytes = 0
 const viewCollected = new FinalizationRegistry<Views>((views) => {
   if (--views.live > 0) return
   for (const range of views.pending) {
-    native.munmap(range.address, range.length)
+    if (range.release) range.release()
+    else native.munmap(range.address, range.length)
     pendingBytes -= range.length
   }
   views.pending = []
@@ -117,7 +123,11 @@ const viewCollected = new FinalizationRegistry<Views>((views) => {
  * The memory of [address, address + length) goes away: unmapped at once without live views;
  * otherwise atomically replaced (mmap MAP_FIXED) by the reservation, unmapped at zero views.
  */
-function vacate(address: number, length: number, views: Views): void {
+function vacate(address: number, length: number, views: Views, home?: Home | null): void {
+  if (home) {
+    giveBack(home, address, length, views)
+    return
+  }
   if (views.live === 0) {
     native.munmap(address, length)
     return
@@ -139,11 +149,12 @@ interface Mapping {
   length: number
   fd: number
   views: Views
+  home: Home | null
 }
 
 let warnedUnclosed = false
 const finalizer = new FinalizationRegistry<Mapping>((mapping) => {
-  vacate(mapping.address, mapping.length, mapping.views)
+  vacate(mapping.address, mapping.length, mapping.views, mapping.home)
   if (mapping.fd >= 0) native.closeFd(mapping.fd)
   if (!warnedUnclosed) {
     warnedUnclosed = true
@@ -182,7 +193,11 @@ interface RegionInit {
   /** file: the longest the mapping may grow (to the file's last page); memfd: the memfd's size. */
   limit?: number
   views?: Views
+  /** Where the memory lies inside a Reservation, if it does. */
+  home?: Home | null
 }
+
+let makeRegion: (init: RegionInit) => Region
 
 export class Region {
   #address: number
@@ -198,6 +213,8 @@ export class Region {
   /** The ArrayBuffers handed out over this memory and not yet collected: see vacate(). */
   #views: Views
   #closed = false
+  /** The Reservation slot this memory occupies (null: the kernel chose the address). */
+  #home: Home | null
   #hooks = new Set<CloseHook>()
   #token = {}
 
@@ -214,7 +231,13 @@ export class Region {
     this.#limit = init.limit ?? Infinity
     this.#prot = init.prot
     this.#views = init.views ?? { live: 0, pending: [] }
-    finalizer.register(this, { address: init.address, length: init.length, fd: this.#fd, views: this.#views }, this.#token)
+    this.#home = init.home ?? null
+    if (this.#home) this.#home.slot.owner = new WeakRef(this)
+    finalizer.register(this, { address: init.address, length: init.length, fd: this.#fd, views: this.#views, home: this.#home }, this.#token)
+  }
+
+  static {
+    makeRegion = (init) => new Region(internal, init)
   }
 
   /** @internal Whether `value` is a real Region (not an object made from Region.prototype). */
@@ -380,13 +403,21 @@ export class Region {
    * A memfd Region grows its memfd first; a file Region cannot grow past the file's last page
    * (RangeError). On any error nothing changed (a memfd may be left larger: it is sealed against
    * shrinking, and the extra size costs nothing until mapped).
+   *
+   * `fixed: { into, offset }` moves the memory to `into.address + offset` (MREMAP_FIXED), a free
+   * range of a live Reservation; the Region may span several VMAs where the kernel allows moving
+   * them at once (6.17+; older kernels say EFAULT and nothing changed). A Region placed in a
+   * Reservation grows in place when the reservation is free after it, else moves out
+   * (`mayMove`); what it leaves behind goes back to the reservation, never to a hole.
    */
-  remap(newLength: number, options?: { mayMove?: boolean; dontUnmap?: boolean }): Region {
+  remap(newLength: number, options?: { mayMove?: boolean; dontUnmap?: boolean; fixed?: { into: Reservation; offset: number } }): Region {
     const length = validateRegionLength(newLength, 'newLength')
-    const opts = readOptions(options, 'options', ['mayMove', 'dontUnmap'])
+    const opts = readOptions(options, 'options', ['mayMove', 'dontUnmap', 'fixed'])
     const mayMove = validateBoolean(opts.mayMove ?? true, 'options.mayMove')
     const dontUnmap = validateBoolean(opts.dontUnmap ?? false, 'options.dontUnmap')
+    const target = opts.fixed === undefined ? undefined : readTarget(opts.fixed, length)
     this.#assertOpen('remap')
+    if (target && !mayMove) throw invalidArgValue('options.mayMove', 'true with options.fixed (MREMAP_FIXED implies MREMAP_MAYMOVE)', false)
     if (dontUnmap && (!mayMove || length !== this.#length || this.#kind !== 'anonymous')) {
       throw outOfRange('options.dontUnmap', 'used with mayMove, the same length and an anonymous Region (MREMAP_DONTUNMAP)', true)
     }
@@ -400,14 +431,21 @@ export class Region {
     const prot = this.#prot.resized(length / pageSize, this.#prot.get(this.#prot.pages - 1))
     const oldAddress = this.#address
     const oldLength = this.#length
-    const address = dontUnmap || this.#views.live === 0
-      ? check(native.mremap(oldAddress, oldLength, length, (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0), 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
-      : this.#resizeUnderViews(length, mayMove)
+    let address: number
+    if (target) address = this.#moveInto(target, length, dontUnmap)
+    else if (dontUnmap || (this.#views.live === 0 && this.#home === null)) {
+      address = check(native.mremap(oldAddress, oldLength, length, (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0), 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
+    } else address = this.#resizeKeepingOldRange(length, mayMove)
     // From here on nothing can fail: the memory has moved.
-    const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit, fd: this.#fd }
+    const home = target ? { reservation: target.state, slot: claim(target.state, target.offset, length, 'region') } : null
+    const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit, fd: this.#fd, home }
     if (dontUnmap) return new Region(internal, { ...init, fd: -1 })
-    // Same memory, grown or shrunk in place: old views still point into it, so it shares their count.
-    if (address === oldAddress) init.views = this.#views
+    // Same memory, grown or shrunk in place: old views still point into it, so it shares their
+    // count, and its reservation slot (already resized).
+    if (address === oldAddress) {
+      init.views = this.#views
+      init.home = this.#home
+    }
     this.#retire({ address, length })
     // Old views keep only the old Region object alive; if the successor is dropped while one of
     // them is still reachable, its finalizer sees the shared view count and reserves instead.
@@ -415,21 +453,37 @@ export class Region {
   }
 
   /**
-   * remap() while a view may still be in use by native code: no address an old view covers is
-   * ever unmapped, not even for a moment (see vacate()). Shrinking replaces the cut tail with a
-   * reservation; growing tries in place, else moves with MREMAP_DONTUNMAP (the old range stays
-   * mapped), grows the moved mapping, and only then replaces the old range with a reservation.
+   * remap() when the old range must stay mapped until the pages are elsewhere: a view may still
+   * be in use by native code (no address it covers is ever unmapped, not even for a moment, see
+   * vacate()), or the range belongs to a Reservation (a hole there could be taken by anyone's
+   * mmap). Shrinking hands the cut tail back; growing tries in place (inside the reservation),
+   * else moves with MREMAP_DONTUNMAP, grows the moved mapping, and only then hands the old range
+   * back.
    */
-  #resizeUnderViews(length: number, mayMove: boolean): number {
+  #resizeKeepingOldRange(length: number, mayMove: boolean): number {
     const oldAddress = this.#address
     const oldLength = this.#length
     const context = () => `${oldLength} -> ${length} bytes`
     if (length <= oldLength) {
-      if (length < oldLength) vacate(oldAddress + length, oldLength - length, this.#views)
+      if (length < oldLength) vacate(oldAddress + length, oldLength - length, this.#views, this.#home)
       return oldAddress
     }
-    const inPlace = native.mremap(oldAddress, oldLength, length, 0, 0)
-    if (inPlace >= 0 || !mayMove || inPlace !== -errno.ENOMEM) return check(inPlace, 'mremap', context)
+    if (this.#home) {
+      if (this.#growInReservation(length)) return oldAddress
+      if (!mayMove) throw new SyscallError('mremap', errno.ENOMEM, `${context()}: the reservation is not free after the Region`)
+    } else {
+      const inPlace = native.mremap(oldAddress, oldLength, length, 0, 0)
+      if (inPlace >= 0 || !mayMove || inPlace !== -errno.ENOMEM) return check(inPlace, 'mremap', context)
+    }
+    const grown = this.#moveAndGrow(length, context)
+    vacate(oldAddress, oldLength, this.#views, this.#home)
+    return grown
+  }
+
+  /** MREMAP_DONTUNMAP to where the kernel likes, then grow there; undone on failure. */
+  #moveAndGrow(length: number, context: () => string): number {
+    const oldAddress = this.#address
+    const oldLength = this.#length
     const moved = check(native.mremap(oldAddress, oldLength, oldLength, C.MREMAP_MAYMOVE | C.MREMAP_DONTUNMAP, 0), 'mremap(MREMAP_DONTUNMAP)', context)
     const grown = native.mremap(moved, oldLength, length, C.MREMAP_MAYMOVE, 0)
     if (grown < 0) {
@@ -437,8 +491,114 @@ export class Region {
       native.mremap(moved, oldLength, oldLength, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, oldAddress)
       check(grown, 'mremap', context)
     }
-    vacate(oldAddress, oldLength, this.#views)
     return grown
+  }
+
+  /** Grows over the free reservation right after the Region (mmap MAP_FIXED); false if it cannot. */
+  #growInReservation(length: number): boolean {
+    const { reservation: state, slot } = this.#home!
+    const extra = length - this.#length
+    const end = slot.offset + slot.length
+    if (state.closed || this.#kind === 'file' || end + extra > state.length || overlapping(state, end, extra)) return false
+    const flags = this.#kind === 'memfd' ? C.MAP_SHARED : C.MAP_PRIVATE | C.MAP_ANONYMOUS
+    const prot = this.#prot.get(this.#prot.pages - 1)
+    const fileOffset = this.#kind === 'memfd' ? this.#length : 0
+    const rc = native.mmapFixed(state.address, state.length, this.#address + this.#length, extra, prot, flags, this.#kind === 'memfd' ? this.#fd : -1, fileOffset)
+    if (rc < 0) {
+      repairHole(state, end, extra)
+      return false
+    }
+    slot.length += extra
+    return true
+  }
+
+  /**
+   * MREMAP_FIXED into a free range of a Reservation. The old range is unmapped by the move itself
+   * only when nothing needs it (no view out, not in a reservation); otherwise the pages move with
+   * MREMAP_DONTUNMAP and the old range is handed back afterwards. A failed move leaves the target
+   * reserved again (repairHole), so the reservation never ends with a hole it does not know of.
+   */
+  #moveInto(target: Target, length: number, dontUnmap: boolean): number {
+    const { state, offset } = target
+    const to = state.address + offset
+    const oldAddress = this.#address
+    const oldLength = this.#length
+    const context = () => `${oldLength} -> ${length} bytes into a reservation at offset ${offset}`
+    const into = (from: number, fromLength: number, flags: number): number => {
+      const rc = native.mremapFixed(from, fromLength, length, flags, to, state.address, state.length)
+      if (rc < 0) repairHole(state, offset, length)
+      return rc
+    }
+    if (dontUnmap) return check(into(oldAddress, oldLength, C.MREMAP_DONTUNMAP), 'mremap(MREMAP_FIXED)', context)
+    if (this.#views.live === 0 && this.#home === null) return check(into(oldAddress, oldLength, 0), 'mremap(MREMAP_FIXED)', context)
+    let moved: number
+    if (length <= oldLength) {
+      moved = check(into(oldAddress, length, C.MREMAP_DONTUNMAP), 'mremap(MREMAP_FIXED)', context)
+    } else {
+      const grown = this.#moveAndGrow(length, context)
+      moved = into(grown, length, 0)
+      if (moved < 0) {
+        native.mremap(grown, length, oldLength, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, oldAddress)
+        check(moved, 'mremap(MREMAP_FIXED)', context)
+      }
+    }
+    vacate(oldAddress, oldLength, this.#views, this.#home)
+    return moved
+  }
+
+  /**
+   * Splits the Region at `offset` into two Regions over the same memory (no syscall; the kernel
+   * splits VMAs only when the halves are treated differently). This Region is closed and its
+   * views detached, as by remap(); a partial move is `split()` then `remap()` of one part.
+   * Anonymous and file Regions only (a memfd Region owns one fd).
+   */
+  split(offset: number): [Region, Region] {
+    const at = validatePageOffset(offset, 'offset')
+    this.#assertOpen('split')
+    if (at === 0 || at >= this.#length) throw outOfRange('offset', `> 0 and < ${this.#length} (both parts non-empty)`, offset)
+    if (this.#kind === 'memfd') throw invalidArgValue('region', 'an anonymous or file Region (a memfd Region owns one fd)', 'memfd')
+    const pages = at / pageSize
+    const headProt = this.#prot.resized(pages, 0)
+    const tailProt = new PageRuns(this.pages - pages, 0)
+    for (const [start, end, value] of this.#prot.runs(pages)) tailProt.fill(value, start - pages, end - pages)
+    let headHome: Home | null = null
+    let tailHome: Home | null = null
+    if (this.#home) {
+      const { reservation: state, slot } = this.#home
+      removeSlot(state, slot)
+      headHome = { reservation: state, slot: claim(state, slot.offset, at, 'region') }
+      tailHome = { reservation: state, slot: claim(state, slot.offset + at, slot.length - at, 'region') }
+    }
+    const common = { kind: this.#kind, path: this.#path, views: this.#views }
+    const address = this.#address
+    const length = this.#length
+    const limit = this.#limit
+    this.#retire()
+    return [
+      new Region(internal, { ...common, address, length: at, prot: headProt, limit, home: headHome }),
+      new Region(internal, { ...common, address: address + at, length: length - at, prot: tailProt, limit: limit - at, home: tailHome }),
+    ]
+  }
+
+  /**
+   * Reserves `length` bytes of address space (PROT_NONE, MAP_NORESERVE: no memory, no commit)
+   * that only memdedup maps into: `reservation.mapAnonymous(range)` and
+   * `region.remap(n, { fixed: { into: reservation, offset } })` place memory at exact addresses
+   * inside it. `alignment` (a power of two, a page multiple) aligns its start.
+   */
+  static reserve(length: number, options?: { alignment?: number }): Reservation {
+    const size = validateRegionLength(length, 'length')
+    const opts = readOptions(options, 'options', ['alignment'])
+    const alignment = validateInteger(opts.alignment ?? pageSize, 'options.alignment', pageSize, 2 ** 40)
+    if (!Number.isInteger(Math.log2(alignment))) throw outOfRange('options.alignment', 'a power of two >= the page size', alignment)
+    const span = size + alignment - pageSize
+    if (span > maxRegionLength) throw outOfRange('length', `<= ${maxRegionLength - alignment + pageSize} with this alignment`, length)
+    const base = mapOrThrow(span, C.PROT_NONE, reservedFlags, -1, 0, `reserve ${size} bytes`)
+    const address = Math.ceil(base / alignment) * alignment
+    if (address > base) native.munmap(base, address - base)
+    if (base + span > address + size) native.munmap(address + size, base + span - address - size)
+    nameReserved(address, size)
+    return newReservation({ address, length: size, closed: false, slots: [] })
   }
 
   /**
@@ -452,8 +612,9 @@ export class Region {
     const length = this.#length
     const fd = this.#fd
     const views = this.#views
+    const home = this.#home
     this.#retire()
-    vacate(address, length, views)
+    vacate(address, length, views, home)
     if (fd >= 0) native.closeFd(fd)
   }
 
@@ -542,4 +703,269 @@ function openRegularFile(path: string): number {
 export function resolveSpan(region: unknown, range: Range | undefined, operation: string): Span {
   if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
   return region.span(range, operation)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reservations: address space memdedup owns and maps into with MAP_FIXED / MREMAP_FIXED. The
+// state lists the occupied slots; everything else in [address, address + length) is PROT_NONE
+// memory of ours named "memdedup-reserved". A slot is a Region placed there, a range held for a
+// closed Region's views (see vacate()), or a range lost after a failed placement (never mapped
+// over nor unmapped again: something else may live there).
+
+type SlotKind = 'region' | 'pending' | 'lost'
+interface Slot {
+  /** Relative to the reservation's start. */
+  offset: number
+  length: number
+  kind: SlotKind
+  /** The Region in a 'region' slot (weak: a dropped Region is unmapped by its own finalizer). */
+  owner?: WeakRef<Region>
+}
+interface ReservationState {
+  address: number
+  length: number
+  closed: boolean
+  /** Sorted by offset, never overlapping. */
+  slots: Slot[]
+}
+interface Home {
+  reservation: ReservationState
+  slot: Slot
+}
+interface Target {
+  state: ReservationState
+  offset: number
+}
+
+const reservedFlags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE
+const reservedName = 'memdedup-reserved'
+
+function nameReserved(address: number, length: number): void {
+  // Best effort: lets repairHole() tell our PROT_NONE from anyone else's in /proc/self/maps.
+  native.prctlSetVmaAnonName(address, length, reservedName)
+}
+
+function overlapping(state: ReservationState, offset: number, length: number): Slot | undefined {
+  return state.slots.find((s) => s.offset < offset + length && offset < s.offset + s.length)
+}
+
+function claim(state: ReservationState, offset: number, length: number, kind: SlotKind): Slot {
+  const slot: Slot = { offset, length, kind }
+  const at = state.slots.findIndex((s) => s.offset > offset)
+  state.slots.splice(at < 0 ? state.slots.length : at, 0, slot)
+  return slot
+}
+
+function removeSlot(state: ReservationState, slot: Slot): void {
+  const at = state.slots.indexOf(slot)
+  if (at >= 0) state.slots.splice(at, 1)
+}
+
+/**
+ * [address, address + length), a whole slot or its head or tail, leaves its Region: it goes back
+ * to the reservation (PROT_NONE again) at once without live views, else once they are collected.
+ */
+function giveBack(home: Home, address: number, length: number, views: Views): void {
+  const { reservation: state, slot } = home
+  const offset = address - state.address
+  if (offset === slot.offset && length === slot.length) removeSlot(state, slot)
+  else if (offset === slot.offset) {
+    slot.offset += length
+    slot.length -= length
+  } else slot.length -= length
+  if (views.live === 0) {
+    returnToReservation(state, address, length)
+    return
+  }
+  // A view may still be read or written by native code: zero-filled memory stands in until then
+  // (if this fails the old mapping stays, which serves as well).
+  if (!state.closed) native.mmapFixed(state.address, state.length, address, length, C.PROT_READ | C.PROT_WRITE, reservedFlags, -1, 0)
+  const pending = claim(state, offset, length, 'pending')
+  views.pending.push({
+    address,
+    length,
+    release: () => {
+      removeSlot(state, pending)
+      returnToReservation(state, address, length)
+    },
+  })
+  pendingBytes += length
+}
+
+/** Makes our own mapping at [address, length) PROT_NONE reservation again (atomically: MAP_FIXED). */
+function returnToReservation(state: ReservationState, address: number, length: number): void {
+  if (state.closed) {
+    native.munmap(address, length)
+    return
+  }
+  if (native.mmapFixed(state.address, state.length, address, length, C.PROT_NONE, reservedFlags, -1, 0) >= 0) {
+    nameReserved(address, length)
+    return
+  }
+  // Still our mapping: unmap it, and never touch that range again.
+  native.munmap(address, length)
+  claim(state, address - state.address, length, 'lost')
+}
+
+/**
+ * After a failed MAP_FIXED / MREMAP_FIXED at [offset, offset + length): the kernel may have
+ * unmapped the target before failing (mremap checks the source after unmapping the target on
+ * kernels before 6.17; mmap restores a gap). Re-reserve a hole with MAP_FIXED_NOREPLACE; if
+ * something is mapped there and it is not all our named reservation, the range is lost.
+ */
+function repairHole(state: ReservationState, offset: number, length: number): void {
+  const address = state.address + offset
+  const rc = native.mmap(address, length, C.PROT_NONE, reservedFlags | C.MAP_FIXED_NOREPLACE, -1, 0)
+  if (rc === address) {
+    nameReserved(address, length)
+    return
+  }
+  if (rc >= 0) native.munmap(rc, length)
+  if (!stillReserved(address, length)) claim(state, offset, length, 'lost')
+}
+
+/** Whether /proc/self/maps shows [address, address + length) wholly as our named PROT_NONE. */
+function stillReserved(address: number, length: number): boolean {
+  let maps: string
+  try {
+    maps = fs.readFileSync('/proc/self/maps', 'latin1')
+  } catch {
+    return false
+  }
+  let covered = address
+  for (const line of maps.split('\n')) {
+    const match = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line)
+    if (!match) continue
+    const start = parseInt(match[1], 16)
+    const end = parseInt(match[2], 16)
+    if (end <= covered || start >= address + length) continue
+    if (start > covered || match[3] !== '---p' || match[4] !== `[anon:${reservedName}]`) return false
+    covered = end
+    if (covered >= address + length) return true
+  }
+  return false
+}
+
+/** Unmaps every free part of the reservation (slots stay: their owners unmap them). */
+function releaseFree(state: ReservationState): void {
+  let at = 0
+  for (const slot of state.slots) {
+    if (slot.offset > at) native.munmap(state.address + at, slot.offset - at)
+    at = Math.max(at, slot.offset + slot.length)
+  }
+  if (at < state.length) native.munmap(state.address + at, state.length - at)
+}
+
+const reservationFinalizer = new FinalizationRegistry<ReservationState>((state) => {
+  if (state.closed) return
+  releaseFree(state)
+  state.closed = true
+})
+
+function readTarget(value: unknown, length: number): Target {
+  const fixed = readOptions(value, 'options.fixed', ['into', 'offset'])
+  if (!isReservation(fixed.into)) throw invalidArgType('options.fixed.into', 'an instance of Reservation', fixed.into)
+  const state = stateOf(fixed.into)
+  const offset = validatePageOffset(fixed.offset, 'options.fixed.offset')
+  if (state.closed) throw codedError('ERR_REGION_CLOSED', 'Cannot remap into a closed Reservation')
+  checkFree(state, offset, length, 'options.fixed')
+  return { state, offset }
+}
+
+function checkFree(state: ReservationState, offset: number, length: number, name: string): void {
+  if (offset + length > state.length) {
+    throw outOfRange(name, `inside the Reservation (offset + length <= ${state.length})`, `offset ${offset} + length ${length}`)
+  }
+  const taken = overlapping(state, offset, length)
+  if (taken) {
+    const what = taken.kind === 'region' ? 'a Region placed' : taken.kind === 'pending' ? 'memory held for the views of a closed Region' : 'a range lost to a failed placement'
+    throw outOfRange(name, `a free range of the Reservation (it overlaps ${what} at offset ${taken.offset}, length ${taken.length})`, `offset ${offset} + length ${length}`)
+  }
+}
+
+let stateOf: (reservation: Reservation) => ReservationState
+let isReservation: (value: unknown) => value is Reservation
+let newReservation: (state: ReservationState) => Reservation
+
+/**
+ * Address space memdedup owns (`Region.reserve()`): PROT_NONE until memory is placed in it with
+ * `mapAnonymous()` or `region.remap(n, { fixed: { into, offset } })`. Nothing else is ever
+ * mapped with MAP_FIXED. `close()` closes the Regions placed in it and unmaps the rest.
+ */
+export class Reservation {
+  #state: ReservationState
+
+  static {
+    stateOf = (reservation) => reservation.#state
+    isReservation = (value): value is Reservation => typeof value === 'object' && value !== null && #state in value
+    newReservation = (state) => new Reservation(internal, state)
+  }
+
+  /** Not callable from outside: use Region.reserve(). */
+  private constructor(token: symbol, state: ReservationState) {
+    if (token !== internal) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use Region.reserve()')
+    this.#state = state
+    reservationFinalizer.register(this, state, state)
+  }
+
+  get address(): bigint {
+    return BigInt(this.#state.address)
+  }
+  get length(): number {
+    return this.#state.length
+  }
+  get closed(): boolean {
+    return this.#state.closed
+  }
+
+  /** Whether `range` (page-aligned, inside) is free: nothing placed or held there. */
+  isFree(range: Range): boolean {
+    const { offset, length } = this.#range(range, 'isFree')
+    return overlapping(this.#state, offset, length) === undefined
+  }
+
+  /**
+   * A private anonymous Region at exactly `address + range.offset` (mmap MAP_FIXED over the
+   * reservation). `noReserve` adds MAP_NORESERVE (no commit charge, and no VM_ACCOUNT: VMAs
+   * merge only with VMAs alike).
+   */
+  mapAnonymous(range: Range, options?: { prot?: Protection; noReserve?: boolean }): Region {
+    const opts = readOptions(options, 'options', ['prot', 'noReserve'])
+    const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
+    const noReserve = validateBoolean(opts.noReserve ?? false, 'options.noReserve')
+    const { offset, length } = this.#range(range, 'mapAnonymous')
+    const state = this.#state
+    checkFree(state, offset, length, 'range')
+    const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | (noReserve ? C.MAP_NORESERVE : 0)
+    const rc = native.mmapFixed(state.address, state.length, state.address + offset, length, prot, flags, -1, 0)
+    if (rc < 0) repairHole(state, offset, length)
+    const address = check(rc, 'mmap(MAP_FIXED)', () => `anonymous ${length} bytes at offset ${offset} of a reservation`)
+    return makeRegion({ address, length, kind: 'anonymous', prot: new PageRuns(length / pageSize, prot), home: { reservation: state, slot: claim(state, offset, length, 'region') } })
+  }
+
+  /** Closes every Region placed here, then unmaps the reservation. Idempotent. */
+  close(): void {
+    const state = this.#state
+    if (state.closed) return
+    for (const slot of [...state.slots]) if (slot.kind === 'region') slot.owner?.deref()?.close()
+    releaseFree(state)
+    state.closed = true
+    reservationFinalizer.unregister(state)
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  #range(range: Range, operation: string): { offset: number; length: number } {
+    if (this.#state.closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the Reservation is closed`)
+    const r = readRange(range)
+    if (r === undefined) throw invalidArgType('range', 'an object { offset, length }', range)
+    const offset = validatePageOffset(r.offset, 'range.offset')
+    const length = validatePageLength(r.length, 'range.length')
+    if (offset + length > this.#state.length) {
+      throw outOfRange('range', `inside the Reservation (offset + length <= ${this.#state.length})`, `offset ${offset} + length ${length}`)
+    }
+    return { offset, length }
+  }
 }

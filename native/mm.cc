@@ -58,6 +58,51 @@ Napi::Value Mremap(const Napi::CallbackInfo& info) {
                                           reinterpret_cast<void*>(new_address)));
 }
 
+// Placement inside a reservation (lib/region.ts Reservation). The target is re-checked here, on
+// the exact numbers the syscall gets: page-aligned, non-empty and wholly inside
+// [within, within + withinLength), which lib/ passes as the reservation's own range. MAP_FIXED /
+// MREMAP_FIXED are added here, never taken from the caller, so no argument can aim them elsewhere.
+bool InsideReservation(const Napi::CallbackInfo& info, size_t i, uint64_t address, uint64_t length, uint64_t within,
+                       uint64_t within_length) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (length == 0 || address % page != 0 || length % page != 0 || within % page != 0 || address < within ||
+      length > within_length || address - within > within_length - length) {
+    ThrowArgument(info, i, true, "a non-empty page-aligned range inside the reservation");
+    return false;
+  }
+  return true;
+}
+
+// mmapFixed(within, withinLength, address, length, prot, flags, fd, offset) -> address | -errno
+Napi::Value MmapFixed(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(within, ArgU64(info, 0));
+  MEMDEDUP_ARG(within_length, ArgU64(info, 1));
+  MEMDEDUP_ARG(address, ArgU64(info, 2));
+  MEMDEDUP_ARG(length, ArgU64(info, 3));
+  MEMDEDUP_ARG(prot, ArgInt(info, 4));
+  MEMDEDUP_ARG(flags, ArgInt(info, 5));
+  MEMDEDUP_ARG(fd, ArgInt(info, 6, -1));
+  MEMDEDUP_ARG(offset, ArgU64(info, 7));
+  if (!InsideReservation(info, 2, address, length, within, within_length)) return info.Env().Undefined();
+  int fixed = (flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED;
+  return PointerResult(info.Env(), mmap(reinterpret_cast<void*>(address), length, prot, fixed, fd, static_cast<off_t>(offset)));
+}
+
+// mremapFixed(oldAddress, oldLength, newLength, flags, newAddress, within, withinLength) -> address | -errno
+// Moves into [newAddress, newAddress + newLength), which must lie inside the reservation.
+Napi::Value MremapFixed(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(address, ArgU64(info, 0));
+  MEMDEDUP_ARG(old_length, ArgU64(info, 1));
+  MEMDEDUP_ARG(new_length, ArgU64(info, 2));
+  MEMDEDUP_ARG(flags, ArgInt(info, 3));
+  MEMDEDUP_ARG(new_address, ArgU64(info, 4));
+  MEMDEDUP_ARG(within, ArgU64(info, 5));
+  MEMDEDUP_ARG(within_length, ArgU64(info, 6));
+  if (!InsideReservation(info, 4, new_address, new_length, within, within_length)) return info.Env().Undefined();
+  return PointerResult(info.Env(), mremap(reinterpret_cast<void*>(address), old_length, new_length,
+                                          flags | MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(new_address)));
+}
+
 // The ArrayBuffer does not own the memory: lib/region.ts detaches it before the Region's memory
 // goes away, and unmaps the range only once the ArrayBuffer itself is garbage-collected (until
 // then a late reader in the thread pool finds zero-filled memory there, see Region.close()).
@@ -150,6 +195,8 @@ void InitMm(Napi::Env env, Napi::Object exports) {
   Export(exports, "mprotect", Mprotect);
   Export(exports, "madvise", Madvise);
   Export(exports, "mremap", Mremap);
+  Export(exports, "mmapFixed", MmapFixed);
+  Export(exports, "mremapFixed", MremapFixed);
   Export(exports, "wrap", Wrap);
   Export(exports, "detach", Detach);
   Export(exports, "readMemory", ReadMemory);

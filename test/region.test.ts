@@ -4,8 +4,10 @@ import os from 'node:os'
 import path from 'node:path'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { Region, InvalidStateError, SyscallError, ksm, pagemap, pageSize } from '../lib/index.ts'
+import { Region, Reservation, InvalidStateError, SyscallError, ksm, pagemap, pageSize } from '../lib/index.ts'
 import { reservedBytes } from '../lib/region.ts'
+import { native } from '../lib/native.ts'
+import { layout } from './helpers/vma.ts'
 import { runChild } from './helpers/child.ts'
 import { fdCount, isMapped, libcPath, ownMappingCount as mappingCount, rssBytes, vmSizeBytes } from './helpers/process.ts'
 import { ensureDist, distEntry } from './helpers/dist.mjs'
@@ -660,5 +662,195 @@ describe('safety: lifetime and outside changes', () => {
     const error = expectThrowsCode(() => Region.file(empty), RangeError, 'ERR_OUT_OF_RANGE')
     expect(error.message).toContain('empty')
     expect(error.message).not.toContain('offset')
+  })
+})
+
+describe('Region.reserve: placement inside address space memdedup owns', () => {
+  const MiB = 1024 * 1024
+  // Multi-VMA moves in one mremap: mainline 6.17 ("mm/mremap: permit mremap() move of multiple VMAs").
+  const [major, minor] = os.release().split('.').map(Number)
+  const multiVmaMoves = major > 6 || (major === 6 && minor >= 17)
+  const vmaLayout = (res: Reservation) => layout(res.address, res.length, P)
+
+  it('reserves aligned PROT_NONE address space and unmaps it on close (idempotent, using)', () => {
+    const res = Region.reserve(16 * P, { alignment: 2 * MiB })
+    expect(res.address % BigInt(2 * MiB)).toBe(0n)
+    expect(res.length).toBe(16 * P)
+    expect(vmaLayout(res).map((v) => v.split(' ')[1])).toEqual(['---p'])
+    expect(res.isFree({ offset: 0, length: 16 * P })).toBe(true)
+    res.close()
+    res.close()
+    expect(res.closed).toBe(true)
+    expect(isMapped(res.address)).toBe(false)
+    {
+      using r2 = Region.reserve(P)
+      expect(isMapped(r2.address)).toBe(true)
+    }
+  })
+
+  it('mapAnonymous places memory at the exact address; close hands it back as PROT_NONE', () => {
+    using res = Region.reserve(10 * P)
+    const a = res.mapAnonymous({ offset: 2 * P, length: 3 * P })
+    expect(a.address).toBe(res.address + BigInt(2 * P))
+    expect(a.kind).toBe('anonymous')
+    a.bytes.fill(9)
+    expect(res.isFree({ offset: 2 * P, length: P })).toBe(false)
+    expect(res.isFree({ offset: 5 * P, length: 5 * P })).toBe(true)
+    expect(vmaLayout(res)).toEqual(['0-2 ---p', '2-5 rw-p', '5-10 ---p'].map((s) => expect.stringContaining(s)))
+    a.close()
+    // A view was handed out: the range stays zero-filled rw memory (held, not free) until it is collected.
+    expect(res.isFree({ offset: 2 * P, length: 3 * P })).toBe(false)
+    const b = res.mapAnonymous({ offset: 6 * P, length: 2 * P }, { prot: 'r', noReserve: true })
+    expect(b.protection()).toBe('r')
+    b.close() // no view: back to PROT_NONE at once
+    expect(res.isFree({ offset: 6 * P, length: 2 * P })).toBe(true)
+    expect(vmaLayout(res).at(-1)).toMatch(/-10 ---p/)
+    const again = res.mapAnonymous({ offset: 6 * P, length: 2 * P })
+    expect(again.read().every((x) => x === 0)).toBe(true)
+  })
+
+  it('remap({ fixed }) moves a Region into the reservation, content and per-page protection kept', () => {
+    using res = Region.reserve(20 * P)
+    const r = Region.anonymous(4 * P)
+    r.bytes.fill(0x5a)
+    const moved = r.remap(4 * P, { fixed: { into: res, offset: 8 * P } })
+    expect(r.closed).toBe(true)
+    expect(r.bytes.length).toBe(0)
+    expect(moved.address).toBe(res.address + BigInt(8 * P))
+    expect(moved.bytes.every((x) => x === 0x5a)).toBe(true)
+    // Again, inside the reservation, growing: the old range goes back to the reservation.
+    const again = moved.remap(6 * P, { fixed: { into: res, offset: 12 * P } })
+    expect(again.read({ offset: 0, length: 4 * P }).every((x) => x === 0x5a)).toBe(true)
+    expect(again.read({ offset: 4 * P, length: 2 * P }).every((x) => x === 0)).toBe(true)
+    expect(res.isFree({ offset: 12 * P, length: P })).toBe(false)
+    // moved had a view: its old range is held for it, never a hole anyone else could map.
+    expect(isMapped(res.address + BigInt(8 * P))).toBe(true)
+    const shrunk = again.remap(2 * P, { fixed: { into: res, offset: 0 } })
+    expect(shrunk.read().every((x) => x === 0x5a)).toBe(true)
+  })
+
+  it('grows in place over the free reservation after it, moves out when it is taken, shrinks by handing the tail back', () => {
+    using res = Region.reserve(12 * P)
+    const a = res.mapAnonymous({ offset: 0, length: 2 * P })
+    a.bytes.fill(1)
+    const grown = a.remap(4 * P)
+    expect(grown.address).toBe(a.address)
+    expect(res.isFree({ offset: 2 * P, length: 2 * P })).toBe(false)
+    expect(grown.read({ offset: 0, length: 2 * P }).every((x) => x === 1)).toBe(true)
+    const blocker = res.mapAnonymous({ offset: 4 * P, length: P })
+    expect(() => grown.remap(6 * P, { mayMove: false })).toThrow(expect.objectContaining({ code: 'ENOMEM' }))
+    expect(blocker.closed).toBe(false)
+    const shrunk = grown.remap(3 * P)
+    expect(shrunk.address).toBe(grown.address)
+    expect(res.isFree({ offset: 3 * P, length: P })).toBe(false) // held for a's view until it is collected
+    const out = shrunk.remap(8 * P) // offset 4 is taken: moves out of the reservation
+    expect(out.address < res.address || out.address >= res.address + BigInt(res.length)).toBe(true)
+    expect(out.read({ offset: 0, length: 2 * P }).every((x) => x === 1)).toBe(true)
+    expect(isMapped(res.address)).toBe(true) // handed back (or held for the view), never unmapped
+    out.close()
+  })
+
+  it('split() + remap({ fixed }) is a partial move that splits the VMA; dontUnmap keeps the source', () => {
+    using res = Region.reserve(20 * P)
+    const r = res.mapAnonymous({ offset: 0, length: 6 * P })
+    for (let i = 0; i < 6; i++) r.bytes.fill(i + 1, i * P, (i + 1) * P)
+    const [head, tail] = r.split(2 * P)
+    expect(r.closed).toBe(true)
+    expect([head.length, tail.length]).toEqual([2 * P, 4 * P])
+    expect(tail.address).toBe(res.address + BigInt(2 * P))
+    const moved = tail.remap(4 * P, { fixed: { into: res, offset: 10 * P } })
+    expect(vmaLayout(res).filter((v) => v.includes('rw-p')).length).toBeGreaterThanOrEqual(2)
+    expect(head.read()[P]).toBe(2)
+    expect(moved.read()[0]).toBe(3)
+    expect(moved.read()[3 * P]).toBe(6)
+    const copy = moved.remap(4 * P, { fixed: { into: res, offset: 15 * P }, dontUnmap: true })
+    expect(moved.closed).toBe(false)
+    expect(copy.read()[3 * P]).toBe(6)
+    expect(moved.read().every((x) => x === 0)).toBe(true) // MREMAP_DONTUNMAP: the source is empty now
+    expect(() => head.split(0)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    expect(() => head.split(2 * P)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    expect(() => head.split(100)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    using m = Region.memfd(2 * P)
+    expect(() => m.split(P)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }))
+  })
+
+  it(`moves a Region spanning several VMAs at once where the kernel allows it (${multiVmaMoves ? 'this kernel does' : 'EFAULT here: before 6.17'})`, () => {
+    using res = Region.reserve(20 * P)
+    const r = Region.anonymous(6 * P)
+    r.bytes.fill(4)
+    r.protect('r', { offset: 2 * P, length: P })
+    if (multiVmaMoves) {
+      const moved = r.remap(6 * P, { fixed: { into: res, offset: 4 * P } })
+      expect(moved.read().every((x) => x === 4)).toBe(true)
+      expect(moved.protection(2 * P)).toBe('r')
+      expect(vmaLayout(res)).toEqual(['0-4 ---p', '4-6 rw-p', '6-7 r--p', '7-10 rw-p', '10-20 ---p'].map((s) => expect.stringContaining(s)))
+      moved.close()
+    } else {
+      expectThrowsCode(() => r.remap(6 * P, { fixed: { into: res, offset: 4 * P } }), SyscallError, 'EFAULT')
+      expect(r.closed).toBe(false)
+      expect(r.read().every((x) => x === 4)).toBe(true)
+      // The target was unmapped by the failed mremap (before 6.17): re-reserved, or set aside.
+      expect(isMapped(res.address + BigInt(4 * P))).toBe(true)
+      r.close()
+    }
+  })
+
+  it('close() of the reservation closes every Region placed in it', () => {
+    const res = Region.reserve(8 * P)
+    const a = res.mapAnonymous({ offset: 0, length: P })
+    const b = Region.anonymous(P).remap(P, { fixed: { into: res, offset: 4 * P } })
+    res.close()
+    expect(a.closed && b.closed).toBe(true)
+    expect(isMapped(res.address + BigInt(4 * P))).toBe(false)
+    expect(isMapped(res.address)).toBe(false)
+  })
+
+  describe('bad inputs', () => {
+    const cases: [string, (res: Reservation, r: Region, placed: Region) => unknown, ErrorConstructor | typeof InvalidStateError, string][] = [
+      ['reserve: zero length', () => Region.reserve(0), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['reserve: misaligned length', () => Region.reserve(P + 1), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['reserve: alignment not a power of two', () => Region.reserve(P, { alignment: 3 * P }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['reserve: alignment below the page size', () => Region.reserve(P, { alignment: 1024 }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['reserve: unknown option', () => Region.reserve(P, { align: P } as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+      ['mapAnonymous: overlapping a placed Region', (res) => res.mapAnonymous({ offset: 3 * P, length: 2 * P }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['mapAnonymous: outside the reservation', (res) => res.mapAnonymous({ offset: 14 * P, length: 4 * P }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['mapAnonymous: misaligned offset', (res) => res.mapAnonymous({ offset: 100, length: P }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['mapAnonymous: misaligned length', (res) => res.mapAnonymous({ offset: 0, length: P + 1 }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['mapAnonymous: no range', (res) => (res.mapAnonymous as () => Region)(), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      ['mapAnonymous: string offset', (res) => res.mapAnonymous({ offset: '0' as never, length: P }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      ['mapAnonymous: bad prot', (res) => res.mapAnonymous({ offset: 0, length: P }, { prot: 'w' as never }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+      ['remap fixed: overlapping a placed Region', (res, r) => r.remap(P, { fixed: { into: res, offset: 4 * P } }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['remap fixed: overlapping itself', (res, _, placed) => placed.remap(2 * P, { fixed: { into: res, offset: 5 * P } }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['remap fixed: outside the reservation', (res, r) => r.remap(4 * P, { fixed: { into: res, offset: 14 * P } }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['remap fixed: misaligned offset', (res, r) => r.remap(P, { fixed: { into: res, offset: 1 } }), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['remap fixed: into a Region, not a Reservation', (_, r) => r.remap(P, { fixed: { into: Region.anonymous(P) as never, offset: 0 } }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      ['remap fixed: into a fake Reservation', (_, r) => r.remap(P, { fixed: { into: Object.create(Reservation.prototype), offset: 0 } }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      ['remap fixed: mayMove false', (res, r) => r.remap(P, { fixed: { into: res, offset: 0 }, mayMove: false }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+      ['remap fixed: unknown key', (res, r) => r.remap(P, { fixed: { into: res, offset: 0, at: 1 } as never }), TypeError, 'ERR_INVALID_ARG_VALUE'],
+      ['remap fixed: null', (_, r) => r.remap(P, { fixed: null as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      ['remap fixed: into a closed reservation', (_, r) => { const c = Region.reserve(P); c.close(); return r.remap(P, { fixed: { into: c, offset: 0 } }) }, InvalidStateError, 'ERR_REGION_CLOSED'],
+      ['mapAnonymous: closed reservation', () => { const c = Region.reserve(P); c.close(); return c.mapAnonymous({ offset: 0, length: P }) }, InvalidStateError, 'ERR_REGION_CLOSED'],
+      ['isFree: closed reservation', () => { const c = Region.reserve(P); c.close(); return c.isFree({ offset: 0, length: P }) }, InvalidStateError, 'ERR_REGION_CLOSED'],
+      ['new Reservation()', () => new (Reservation as unknown as new (...a: unknown[]) => unknown)(Symbol('x'), {}), TypeError, 'ERR_ILLEGAL_CONSTRUCTOR'],
+      ['native mmapFixed outside its reservation', (res) => native.mmapFixed(Number(res.address), res.length, Number(res.address) + res.length, P, 0, 0x22, -1, 0), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['native mmapFixed below its reservation', (res) => native.mmapFixed(Number(res.address), res.length, Number(res.address) - P, 2 * P, 0, 0x22, -1, 0), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['native mmapFixed misaligned', (res) => native.mmapFixed(Number(res.address), res.length, Number(res.address) + 1, P, 0, 0x22, -1, 0), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['native mremapFixed outside its reservation', (res, r) => native.mremapFixed(Number(r.address), P, P, 0, Number(res.address) + res.length - P, Number(res.address), res.length - 2 * P), RangeError, 'ERR_OUT_OF_RANGE'],
+      ['native mremapFixed length overflowing', (res, r) => native.mremapFixed(Number(r.address), P, 2 ** 52, 0, Number(res.address), Number(res.address), res.length), RangeError, 'ERR_OUT_OF_RANGE'],
+    ]
+    it.each(cases)('%s', (_, run, errorClass, code) => {
+      using res = Region.reserve(16 * P)
+      using placed = res.mapAnonymous({ offset: 4 * P, length: 2 * P })
+      using r = Region.anonymous(P)
+      placed.bytes[0] = 1
+      r.bytes[0] = 2
+      const before = layout(res.address, res.length, P)
+      expectThrowsCode(() => run(res, r, placed), errorClass as never, code)
+      // Nothing changed: same VMAs, same content, both Regions usable.
+      expect(layout(res.address, res.length, P)).toEqual(before)
+      expect(placed.read()[0]).toBe(1)
+      expect(r.read()[0]).toBe(2)
+      expect(r.closed).toBe(false)
+    })
   })
 })

@@ -418,8 +418,9 @@ export class Region {
     const target = opts.fixed === undefined ? undefined : readTarget(opts.fixed, length)
     this.#assertOpen('remap')
     if (target && !mayMove) throw invalidArgValue('options.mayMove', 'true with options.fixed (MREMAP_FIXED implies MREMAP_MAYMOVE)', false)
-    if (dontUnmap && (!mayMove || length !== this.#length || this.#kind !== 'anonymous')) {
-      throw outOfRange('options.dontUnmap', 'used with mayMove, the same length and an anonymous Region (MREMAP_DONTUNMAP)', true)
+    // MREMAP_DONTUNMAP: any kind since Linux 5.13 (a shared or file source keeps showing the file).
+    if (dontUnmap && (!mayMove || length !== this.#length)) {
+      throw outOfRange('options.dontUnmap', 'used with mayMove and the same length (MREMAP_DONTUNMAP)', true)
     }
     if (this.#kind === 'file' && length > this.#limit) {
       throw outOfRange('newLength', `<= ${this.#limit} (pages past the end of the file would SIGBUS)`, length)

@@ -3,10 +3,14 @@
 // The exact expectations on the global counters pages_shared / pages_sharing are the C's
 // (assert_ksm_pages_count); this port adds the per-process and per-page truth behind them:
 // /proc/self/ksm_stat and the PFNs of the region, and compares the memory byte for byte.
-// The performance modes (-P, -H, -D, -C) are benchmarks: bench/ksm.bench.mjs.
+// The performance modes (-P, -H, -D, -C) print times in the C and assert nothing; here they
+// print the same times and assert what the timed step did, per page: every page merged (or
+// unmerged, or copied on write) by PFN, ksm_merging_pages, the content byte for byte. Sizes: the
+// C takes -s size_MB; these use 16 MiB (4 MiB in the TCG lab), and -C 4000 pages (1000 in the
+// lab). bench/ksm.bench.mjs compares the speeds with C.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import fs from 'node:fs'
-import { Region, ksm, pagemap, pageSize } from '../../lib/index.ts'
+import { Region, features, ksm, pagemap, pageSize } from '../../lib/index.ts'
 import {
   KsmState,
   acquireKsmLock,
@@ -19,7 +23,9 @@ import {
   memoryNodes,
   probe,
   waitForExclusiveKsm,
+  inVm,
 } from '../helpers/ksm.ts'
+import { pmdSize } from '../helpers/mm-fork.ts'
 
 const KSM_PAGE_COUNT_DEFAULT = 10
 /** '*' — the C fills duplicate pages with it. */
@@ -37,22 +43,25 @@ afterAll(() => {
   releaseLock?.()
 })
 
-beforeEach(async (ctx) => {
+beforeEach((ctx) => {
   // access(KSM_SYSFS_PATH) → ksft_exit_skip("Config KSM not enabled").
   if (!probe().ksm) ctx.skip(`Config KSM not enabled (no ${ksmSysfs} on ${probe().kernelRelease})`)
-  // The C assumes it is ksmd's only user; with a second one its exact global counts cannot hold.
-  await waitForExclusiveKsm()
-  // main(): save the tunables (ksm_save_def; KsmState keeps what each knob was), then
-  // run=2, sleep_millisecs=0, merge_across_nodes=1 where NUMA exists, pages_to_scan=page_count.
-  // pages_to_scan is raised to fastKsmd's batch: it only shortens a full scan, and keeps ksmd fast
-  // if some other process on the machine has mergeable memory too.
+})
+
+/**
+ * main(): save the tunables (ksm_save_def; KsmState keeps what each knob was), then run=2,
+ * sleep_millisecs=0, merge_across_nodes=1 where NUMA exists, pages_to_scan=page_count.
+ * pages_to_scan is raised to fastKsmd's batch: it only shortens a full scan, and keeps ksmd fast
+ * if some other process on the machine has mergeable memory too.
+ */
+function ksmSaveDefAndSet(): void {
   state.set({ run: 2 })
   state.set({
     ...fastKsmd,
     sleepMillisecs: 0,
     ...(fs.existsSync(`${ksmSysfs}/merge_across_nodes`) ? { mergeAcrossNodes: 1 } : {}),
   })
-})
+}
 
 afterEach(() => {
   for (const region of regions.splice(0)) region.close()
@@ -111,6 +120,12 @@ function expectMergedPfns(map: Region, pages: number): void {
 }
 
 describe('ksm_tests', () => {
+  beforeEach(async () => {
+    // The C assumes it is ksmd's only user; with a second one its exact global counts cannot hold.
+    await waitForExclusiveKsm()
+    ksmSaveDefAndSet()
+  })
+
   it('check_ksm_merge (-M -p 10): KSM merging', async () => {
     const pageCount = KSM_PAGE_COUNT_DEFAULT
     // fill pages with the same data and merge them
@@ -187,4 +202,125 @@ describe('ksm_tests', () => {
       ctx.skip('memdedup has no mbind()/numa_alloc_onnode() binding to place one page on each node')
     })
   }
+})
+
+/** -s size_MB of the performance modes. */
+const sizeMB = inVm ? 4 : 16
+const MB = 1024 * 1024
+
+/** ksft_print_msg() of the timed modes: "Total size / Total time / Average speed". */
+function printTime(mode: string, bytes: number, ns: bigint): void {
+  const seconds = Number(ns) / 1e9
+  console.log(`${mode}: Total size: ${bytes / MB} MiB, Total time: ${seconds.toFixed(9)} s, Average speed: ${(bytes / MB / seconds).toFixed(3)} MiB/s`)
+}
+
+/**
+ * Every page of `map` maps a KSM page: no frame mapped more than max_page_sharing times, so about
+ * ceil(pages / max_page_sharing) frames (one more where ksmd opened a new chain link before
+ * filling the last: the remainder cases of assert_ksm_pages_count()).
+ */
+function expectAllMerged(map: Region, range = { offset: 0, length: map.length }): void {
+  const pages = range.length / pageSize
+  const entries = pagemap.entries(map, range)
+  const maxPageSharing = ksm.stats().maxPageSharing ?? 256
+  expect(entries.count(1 /* present */), 'every page is mapped').toBe(pages)
+  const perFrame = new Map<bigint, number>()
+  for (const pfn of entries.pfns) perFrame.set(pfn, (perFrame.get(pfn) ?? 0) + 1)
+  expect(Math.max(...perFrame.values()), `no frame mapped more than max_page_sharing (${maxPageSharing}) times`).toBeLessThanOrEqual(maxPageSharing)
+  expect(perFrame.size, `${pages} identical pages share about ceil(${pages}/${maxPageSharing}) frames`).toBeLessThanOrEqual(Math.ceil(pages / maxPageSharing) + 1)
+  expect(ksm.processStats().ksmMergingPages, 'ksm_merging_pages of this process').toBe(pages)
+}
+
+// These check only this process's pages and ksm_stat: other KSM users on the machine do not matter.
+describe('ksm_tests: the timed modes, with assertions', () => {
+  beforeEach(ksmSaveDefAndSet)
+
+  it(`ksm_merge_time (-P -s ${sizeMB}): KSM merging time`, async () => {
+    const size = sizeMB * MB
+    const map = allocateMemory(FILL, size)
+    const start = process.hrtime.bigint()
+    await ksmMergePages(map)
+    printTime('-P', size, process.hrtime.bigint() - start)
+    expectAllMerged(map)
+    expect(firstMismatch(map, () => FILL), 'content after merging').toBe(-1)
+  })
+
+  const hpage = pmdSize()
+  const noThp = !features().thp || hpage === 0 ? ' — skipped: Transparent Hugepages not available' : ''
+  it.skipIf(Boolean(noThp))(`ksm_merge_hugepages_time (-H -s ${sizeMB}): KSM merging time of THP-backed memory${noThp}`, async () => {
+    const len = sizeMB * MB - ((sizeMB * MB) % hpage)
+    // mmap(len + HPAGE_SIZE) and align, MADV_HUGEPAGE, allocate_transhuge() per huge page.
+    const orig = Region.anonymous(len + hpage)
+    regions.push(orig)
+    const misalign = Number(orig.address % BigInt(hpage))
+    const range = { offset: misalign === 0 ? 0 : hpage - misalign, length: len }
+    orig.advise('hugepage', range)
+    for (let off = 0; off < len; off += hpage) orig.bytes[range.offset + off] = 1
+    const huge = features().pagemapScan ? pagemap.scan(orig, { range, require: ['huge'] }).pages / (hpage / pageSize) : -1
+    console.log(`-H: Number of normal pages: ${huge < 0 ? '?' : len / hpage - huge}, Number of huge pages: ${huge < 0 ? '?' : huge}`)
+    orig.bytes.fill(FILL, range.offset, range.offset + len)
+    const start = process.hrtime.bigint()
+    ksm.enable(orig, range)
+    await state.merge()
+    printTime('-H', len, process.hrtime.bigint() - start)
+    // Not in the C: KSM split every huge page and merged all of its subpages.
+    expectAllMerged(orig, range)
+    if (features().pagemapScan) expect(pagemap.scan(orig, { range, require: ['huge'] }).pages, 'no huge page left').toBe(0)
+    expect(firstMismatch(orig, () => FILL, range), 'content after merging').toBe(-1)
+  })
+
+  it(`ksm_unmerge_time (-D -s ${sizeMB}): KSM unmerging time`, async () => {
+    const size = sizeMB * MB
+    const map = allocateMemory(FILL, size)
+    await ksmMergePages(map)
+    expectAllMerged(map)
+    const start = process.hrtime.bigint()
+    ksm.disable(map) // ksm_unmerge_pages(): MADV_UNMERGEABLE
+    printTime('-D', size, process.hrtime.bigint() - start)
+    // Not in the C: every page has its own frame again, none merged, same content.
+    expect(pagemap.entries(map).distinctPfns(), 'one frame per page').toBe(size / pageSize)
+    // ksm_merging_pages drops when ksmd next walks this mm and drops the stale rmap items.
+    expect(await state.until(() => ksm.processStats().ksmMergingPages === 0, 3), 'ksm_merging_pages of this process drops to 0').toBe(true)
+    expect(firstMismatch(map, () => FILL), 'content after unmerging').toBe(-1)
+  })
+
+  it('ksm_cow_time (-C): COW time of merged vs not merged pages', async () => {
+    // page_count must be less than 2*page_size
+    const pageCount = inVm ? 1000 : 4000
+    const map = allocateMemory(FILL, pageSize * pageCount)
+    const bytes = map.bytes
+    let start = process.hrtime.bigint()
+    for (let i = 0; i < pageCount - 1; i += 2) bytes[pageSize * i] = 0x2d /* '-' */
+    printTime('-C not merged', (pageSize * pageCount) / 2, process.hrtime.bigint() - start)
+
+    // Create pageCount / 2 pairs of duplicate pages
+    for (let i = 0; i < pageCount - 1; i += 2) {
+      bytes.fill(0x2b /* '+' */, pageSize * i, pageSize * i + i / 2 + 1)
+      bytes.fill(0x2b, pageSize * (i + 1), pageSize * (i + 1) + i / 2 + 1)
+    }
+    await ksmMergePages(map)
+    // Not in the C: each pair shares one frame, and the pairs are all different.
+    let entries = pagemap.entries(map)
+    for (let i = 0; i < pageCount; i += 2) if (entries.pfns[i] !== entries.pfns[i + 1]) expect.fail(`pair ${i / 2} not merged`)
+    expect(entries.distinctPfns(), 'one frame per pair').toBe(pageCount / 2)
+    expect(ksm.processStats().ksmMergingPages).toBe(pageCount)
+
+    start = process.hrtime.bigint()
+    for (let i = 0; i < pageCount - 1; i += 2) bytes[pageSize * i] = 0x2d
+    printTime('-C merged', (pageSize * pageCount) / 2, process.hrtime.bigint() - start)
+    // Not in the C: every write broke COW (a new frame for the written page), the twin kept the KSM page.
+    entries = pagemap.entries(map)
+    expect(entries.distinctPfns(), 'every page has its own frame after the COW writes').toBe(pageCount)
+    // ksm_merging_pages drops when ksmd next visits a written page.
+    const twinsMerged = () => ksm.processStats().ksmMergingPages === pageCount / 2
+    expect(await state.until(twinsMerged, 3), 'the unwritten twins still map KSM pages (ksm_merging_pages)').toBe(true)
+    const expected = (offset: number) => {
+      const page = Math.floor(offset / pageSize)
+      const at = offset % pageSize
+      const pair = Math.floor(page / 2)
+      if (page % 2 === 0 && at === 0) return 0x2d
+      return at < pair + 1 ? 0x2b : FILL
+    }
+    expect(firstMismatch(map, expected), 'content after COW').toBe(-1)
+  })
 })

@@ -22,8 +22,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { Region, ksm, pagemap, pageSize, type Range } from '../../lib/index.ts'
-import { KsmState, acquireKsmLock, fastKsmd, ksmLockTimeoutMs, probe } from '../helpers/ksm.ts'
-import { mmFork, pmdSize } from '../helpers/mm-fork.ts'
+import { KsmState, acquireKsmLock, fastKsmd, foreignKsmUsers, ksmLockTimeoutMs, probe } from '../helpers/ksm.ts'
+import { mmFork, mmForkLines, pmdSize } from '../helpers/mm-fork.ts'
 
 const pmdsize = pmdSize()
 const isRoot = process.getuid?.() === 0
@@ -110,21 +110,31 @@ function expectNoLeakFromParent(result: Record<string, number | string>, swapped
 
 describe('cow: Anonymous memory tests in private mappings', () => {
   for (const [desc, test] of anonTestCases) {
-    for (const [runName, run] of anonRuns) {
-      it.skipIf(!isRoot)(`${desc} ... with ${runName}${rootSkip}`, (ctx) => {
-        const result = mmFork(['cow', run, test, pmdsize])
-        if (result.skip) ctx.skip(String(result.skip))
-        if (test.startsWith('vmsplice-') && test.includes('fork')) {
-          expect(result.signal, 'child killed by a signal').toBe(0)
-          expect(result.transferred, 'vmsplice() took the pages').toBeGreaterThan(0)
-          expect(result.leak, 'No leak from child into parent (the pipe still reads the old bytes)').toBe(0)
-        } else {
-          expectNoLeakFromParent(result, run.endsWith('-swap'), !test.startsWith('vmsplice-'))
-        }
+    describe(desc, () => {
+      // All runs of the case in one exec of the helper (each run forks inside it): under TCG an
+      // exec costs seconds, a fork milliseconds.
+      let results: Record<string, number | string>[] = []
+      beforeAll(() => {
+        if (isRoot) results = mmForkLines(['cow-all', test, pmdsize, anonRuns.map(([, run]) => run).join(',')])
       })
-    }
-    for (const size of mthpSizesKb()) it.skip(`${desc} ... with THP, PTE-mapped THP, single PTE, partial mremap/shared (${size} kB)${mthpSkip}`, () => {})
-    for (const size of hugetlbSizesKb()) it.skip(`${desc} ... with hugetlb (${size} kB)${hugetlbSkip}`, () => {})
+      anonRuns.forEach(([runName, run], index) => {
+        it.skipIf(!isRoot)(`${desc} ... with ${runName}${rootSkip}`, (ctx) => {
+          const result = results[index]
+          expect(result, `no result for run ${run}`).toBeDefined()
+          expect(result.error, String(result.error)).toBeUndefined()
+          if (result.skip) ctx.skip(String(result.skip))
+          if (test.startsWith('vmsplice-') && test.includes('fork')) {
+            expect(result.signal, 'child killed by a signal').toBe(0)
+            expect(result.transferred, 'vmsplice() took the pages').toBeGreaterThan(0)
+            expect(result.leak, 'No leak from child into parent (the pipe still reads the old bytes)').toBe(0)
+          } else {
+            expectNoLeakFromParent(result, run.endsWith('-swap'), !test.startsWith('vmsplice-'))
+          }
+        })
+      })
+      for (const size of mthpSizesKb()) it.skip(`${desc} ... with THP, PTE-mapped THP, single PTE, partial mremap/shared (${size} kB)${mthpSkip}`, () => {})
+      for (const size of hugetlbSizesKb()) it.skip(`${desc} ... with hugetlb (${size} kB)${hugetlbSkip}`, () => {})
+    })
   }
   for (const desc of gupAnonTestCases) it.skip(`${desc} ... with every run${gupSkip}`, () => {})
   for (const desc of iouringAnonTestCases) it.skip(`${desc} ... with every run${iouringSkip}`, () => {})
@@ -181,9 +191,9 @@ function testCow({ mem, memRange, smem, smemRange }: Pair): void {
   // Not in the C: before the write both mappings map the very same frames.
   if (isRoot) expect(memPfns, 'mem and smem map the same frames before the write').toEqual(smemPfns)
   mem.bytes.fill(0xff, memRange.offset, memRange.offset + memRange.length)
-  expect(Buffer.compare(peek(smem, smemRange), old), 'Other mapping not modified').toBe(0)
+  expect(peek(smem, smemRange).equals(old), 'Other mapping not modified').toBe(true)
   // Not in the C: the write copied every page of mem; smem kept its frames; mem reads 0xff.
-  expect(peek(mem, memRange).every((b) => b === 0xff), 'mem reads back its write').toBe(true)
+  expect(peek(mem, memRange).equals(Buffer.alloc(memRange.length, 0xff)), 'mem reads back its write').toBe(true)
   if (isRoot) {
     expect(pagemap.entries(smem, smemRange).pfns, 'smem still maps its frames').toEqual(smemPfns)
     const after = pagemap.entries(mem, memRange).pfns
@@ -284,7 +294,7 @@ describe('cow: Not in the C: KSM', () => {
     releaseLock?.()
   })
 
-  it.skipIf(Boolean(why))(`Basic COW ... with KSM page${why}`, async () => {
+  it.skipIf(Boolean(why))(`Basic COW ... with KSM page${why}`, async (ctx) => {
     const mem = track(Region.anonymous(pageSize))
     const smem = track(Region.anonymous(pageSize))
     mem.bytes.fill(0x5a)
@@ -294,7 +304,12 @@ describe('cow: Not in the C: KSM', () => {
     state.set(fastKsmd)
     state.set({ run: 1 })
     const same = () => pagemap.entries(mem).pfns[0] === pagemap.entries(smem).pfns[0]
-    expect(await state.until(same, 4), 'ksmd merged the two pages into one frame').toBe(true)
+    if (!(await state.until(same, 4))) {
+      // ksmd's full scans are shared with every other KSM user of the machine (a lab VM on the host).
+      const others = foreignKsmUsers()
+      if (others.length > 0) ctx.skip(`ksmd did not merge within 4 full scans while ${others.map((u) => `pid ${u.pid} (${u.rmapItems} rmap items)`).join(', ')} also use it`)
+      expect.fail('ksmd merged the two pages into one frame')
+    }
     testCow({ mem, memRange: whole(pageSize), smem, smemRange: whole(pageSize) })
     ksm.disable(mem)
     ksm.disable(smem)

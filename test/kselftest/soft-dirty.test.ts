@@ -70,8 +70,9 @@ describe.skipIf(Boolean(unsupported))(`soft-dirty${unsupported}`, () => {
     let map: Region | undefined
     let offset = 0
     it.skipIf(Boolean(noThp))(`Test test_hugepage huge page allocation${noThp}`, (ctx) => {
-      // memalign(hpage_len, hpage_len): an aligned hpage_len inside twice that.
-      map = track(Region.anonymous(2 * hpageLen))
+      // memalign(hpage_len, hpage_len): an aligned hpage_len inside twice that. Closed after the
+      // next test, which uses it (the C's free(map)).
+      map = Region.anonymous(2 * hpageLen)
       const misalign = Number(map.address % BigInt(hpageLen))
       offset = misalign === 0 ? 0 : hpageLen - misalign
       map.advise('hugepage', { offset, length: hpageLen })
@@ -81,6 +82,7 @@ describe.skipIf(Boolean(unsupported))(`soft-dirty${unsupported}`, () => {
       if (!features().pagemapScan) ctx.skip('check_huge_anon() needs PAGEMAP_SCAN here')
       const huge = pagemap.scan(map, { range: { offset, length: hpageLen }, require: ['huge'] }).pages
       if (huge !== hpageLen / pageSize) {
+        map.close()
         map = undefined
         ctx.skip('Test test_hugepage huge page allocation (hugepage allocation failed)')
       }
@@ -92,6 +94,7 @@ describe.skipIf(Boolean(unsupported))(`soft-dirty${unsupported}`, () => {
       // Not in the C: the rest of the huge page kept its pattern.
       const bytes = map!.bytes
       for (let j = 1; j < hpageLen; j++) if (bytes[offset + j] !== (j & 0xff)) expect.fail(`byte ${j} changed`)
+      map!.close()
     })
   })
 

@@ -123,9 +123,8 @@ Napi::Value Detach(const Napi::CallbackInfo& info) {
 }
 
 // readMemory(address, length, into: Uint8Array) -> bytes | -errno
-// Copies through the kernel (process_vm_readv on ourselves, /proc/self/mem where a seccomp filter
-// refuses that): a page that cannot be read (a file truncated under its mapping) is EFAULT, never
-// a SIGBUS in this process.
+// Copies through the kernel (/proc/self/mem, process_vm_readv where that cannot be opened): a
+// page that cannot be read (a file truncated under its mapping) is EFAULT, never a SIGBUS here.
 Napi::Value ReadMemory(const Napi::CallbackInfo& info) {
   MEMDEDUP_ARG(address, ArgU64(info, 0));
   MEMDEDUP_ARG(length, ArgU64(info, 1));
@@ -160,24 +159,24 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 }  // namespace
 
 long ReadOwnMemory(void* dst, uintptr_t address, size_t length) {
-  static int proc_mem = -2;  // -2: process_vm_readv not refused yet
+  // /proc/self/mem first: it reads with a plain GUP reference. process_vm_readv pins the pages
+  // (FOLL_PIN), and GUP unshares a KSM or COW-shared anonymous page before pinning it: reading a
+  // merged Region that way would unmerge every page it reads (test/kselftest/ksm_mremap_rmap).
+  static int proc_mem = -2;  // -2: not opened yet; -1: cannot be opened, use process_vm_readv
+  if (proc_mem == -2) proc_mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
   size_t done = 0;
   while (done < length) {
     ssize_t n;
-    if (proc_mem == -2) {
+    if (proc_mem >= 0) {
+      n = pread(proc_mem, static_cast<char*>(dst) + done, length - done, static_cast<off_t>(address + done));
+    } else {
       struct iovec local = {static_cast<char*>(dst) + done, length - done};
       struct iovec remote = {reinterpret_cast<void*>(address + done), length - done};
       n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
-      if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
-        proc_mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
-        if (proc_mem < 0) return -1;
-        continue;
-      }
-    } else {
-      n = pread(proc_mem, static_cast<char*>(dst) + done, length - done, static_cast<off_t>(address + done));
     }
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EIO && proc_mem >= 0) errno = EFAULT;  // /proc/self/mem: nothing readable there
       return -1;
     }
     if (n == 0) {

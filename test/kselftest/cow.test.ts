@@ -175,25 +175,17 @@ afterEach(() => {
 const track = (region: Region) => (regions.push(region), region)
 const whole = (length: number): Range => ({ offset: 0, length })
 
-/**
- * A copy of the range. Through `bytes` where the Region is writable: Region.read() goes through
- * process_vm_readv, whose R/O pin unshares a KSM page (gup_must_unshare()), a copy-on-write of its own.
- */
-function peek(region: Region, { offset, length }: Range): Buffer {
-  return region.protection(offset) === 'rw' ? Buffer.from(region.bytes.subarray(offset, offset + length)) : region.read({ offset, length })
-}
-
 /** test_cow(): write 0xff through mem, smem must read what it read before. Plus the PFNs. */
 function testCow({ mem, memRange, smem, smemRange }: Pair): void {
-  const old = peek(smem, smemRange)
+  const old = smem.read(smemRange)
   const smemPfns = pagemap.entries(smem, smemRange).pfns.slice()
   const memPfns = pagemap.entries(mem, memRange).pfns.slice()
   // Not in the C: before the write both mappings map the very same frames.
   if (isRoot) expect(memPfns, 'mem and smem map the same frames before the write').toEqual(smemPfns)
   mem.bytes.fill(0xff, memRange.offset, memRange.offset + memRange.length)
-  expect(peek(smem, smemRange).equals(old), 'Other mapping not modified').toBe(true)
+  expect(smem.read(smemRange).equals(old), 'Other mapping not modified').toBe(true)
   // Not in the C: the write copied every page of mem; smem kept its frames; mem reads 0xff.
-  expect(peek(mem, memRange).equals(Buffer.alloc(memRange.length, 0xff)), 'mem reads back its write').toBe(true)
+  expect(mem.read(memRange).equals(Buffer.alloc(memRange.length, 0xff)), 'mem reads back its write').toBe(true)
   if (isRoot) {
     expect(pagemap.entries(smem, smemRange).pfns, 'smem still maps its frames').toEqual(smemPfns)
     const after = pagemap.entries(mem, memRange).pfns

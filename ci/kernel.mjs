@@ -187,6 +187,8 @@ async function buildGuestPrograms(tree, key) {
   const programs = {
     basicTest: { source: tree && path.join(tree, 'tools/testing/selftests/sksm/basic_test.c'), output: path.join(cacheDir, `basic_test-${key}`) },
     madvMergeProbe: { source: path.join(repoRoot, 'ci/madv-merge-probe.c'), output: path.join(cacheDir, `madv-merge-probe-${sha256(fs.readFileSync(path.join(repoRoot, 'ci/madv-merge-probe.c'))).slice(0, 16)}`) },
+    // test/sksm_stress.test.ts runs it in the guest (compiling there would take TCG seconds).
+    sksmStress: { source: path.join(repoRoot, 'test/fixtures/sksm-stress.c'), output: path.join(cacheDir, `sksm-stress-${sha256(fs.readFileSync(path.join(repoRoot, 'test/fixtures/sksm-stress.c')), fs.readFileSync(path.join(repoRoot, 'native/compat.h'))).slice(0, 16)}`) },
   }
   if (key === null) delete programs.basicTest // the unpatched baseline has no sksm selftest
   for (const { source, output } of Object.values(programs)) {
@@ -212,7 +214,7 @@ export async function ensureKernel({ force = false } = {}) {
 /**
  * Like ensureKernel(), with everything a caller may want.
  * @returns {Promise<{bzImage: string, release: string, key: string, cached: boolean,
- *   buildMs: number, programs: {basicTest: string, madvMergeProbe: string}}>}
+ *   buildMs: number, programs: {basicTest: string, madvMergeProbe: string, sksmStress: string}}>}
  */
 export async function ensureKernelBuild({ force = false, unpatched = false } = {}) {
   if (unpatched) return ensureUnpatchedBuild({ force })

@@ -50,7 +50,7 @@ echo "suite took $(awk -v s="$suite_started" '{print $1 - s}' /proc/uptime) s (g
     kernel: kernel.bzImage,
     memory: process.env.MEMDEDUP_VM_MEMORY ?? '4G',
     timeoutMs: Number(process.env.MEMDEDUP_VM_TIMEOUT ?? 45 * 60) * 1000,
-    env: { VITEST_CACHE_DIR: '/tmp/vitest-cache', TMPDIR: '/tmp', CI: process.env.CI ?? '1' },
+    env: { VITEST_CACHE_DIR: '/tmp/vitest-cache', TMPDIR: '/tmp', CI: process.env.CI ?? '1', MEMDEDUP_SKSM_STRESS: kernel.programs.sksmStress },
   })
   const summary = [
     `kernel ${kernel.release} (${kernel.cached ? 'cached' : `built in ${formatSeconds(kernel.buildMs)}`})`,

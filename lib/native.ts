@@ -53,7 +53,7 @@ export interface MmBinding {
   mremapFixed(oldAddress: number, oldLength: number, newLength: number, flags: number, newAddress: number, within: number, withinLength: number): Rc
   wrap(address: number, length: number): ArrayBuffer
   detach(buffer: ArrayBuffer): void
-  /** Copies through the kernel (process_vm_readv): an unreadable page is -EFAULT, never a signal. */
+  /** Copies through the kernel (/proc/self/mem, which never unshares a KSM page): an unreadable page is -EFAULT, never a signal. */
   readMemory(address: number, length: number, into: Uint8Array): Rc
   memfdCreate(name: string, flags: number): Rc
   ftruncate(fd: number, length: number): Rc

@@ -368,7 +368,7 @@ export class Region {
   read(range?: Range): Buffer {
     const span = this.readableSpan(range, 'read')
     const out = Buffer.allocUnsafe(span.length)
-    check(native.readMemory(span.address, span.length, out), 'process_vm_readv', () => `read ${span.length} bytes of a ${this.#kind} Region`)
+    check(native.readMemory(span.address, span.length, out), 'pread(/proc/self/mem)', () => `read ${span.length} bytes of a ${this.#kind} Region`)
     return out
   }
 

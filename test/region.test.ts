@@ -572,7 +572,7 @@ describe('safety: lifetime and outside changes', () => {
     `)
     expect(result.shrink).toBe('EPERM')
     expect(result.before).toBe(5)
-    expect(result.errors).toEqual([['SyscallError', 'EFAULT', 'process_vm_readv'], ['SyscallError', 'EFAULT']])
+    expect(result.errors).toEqual([['SyscallError', 'EFAULT', 'pread(/proc/self/mem)'], ['SyscallError', 'EFAULT']])
     expect(result.firstPage).toBe(5)
   })
 

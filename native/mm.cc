@@ -162,8 +162,15 @@ long ReadOwnMemory(void* dst, uintptr_t address, size_t length) {
   // /proc/self/mem first: it reads with a plain GUP reference. process_vm_readv pins the pages
   // (FOLL_PIN), and GUP unshares a KSM or COW-shared anonymous page before pinning it: reading a
   // merged Region that way would unmerge every page it reads (test/kselftest/ksm_mremap_rmap).
-  static int proc_mem = -2;  // -2: not opened yet; -1: cannot be opened, use process_vm_readv
-  if (proc_mem == -2) proc_mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+  // Opened per call, not cached: a library call leaves no descriptor behind (and a cached one
+  // would race between worker threads). -1: cannot be opened, use process_vm_readv.
+  const int proc_mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+  struct CloseOnReturn {
+    int fd;
+    ~CloseOnReturn() {
+      if (fd >= 0) close(fd);
+    }
+  } closer{proc_mem};
   size_t done = 0;
   while (done < length) {
     ssize_t n;

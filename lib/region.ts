@@ -440,18 +440,7 @@ export class Region {
     // From here on nothing can fail: the memory has moved.
     const home = target ? { reservation: target.state, slot: claim(target.state, target.offset, length, 'region') } : null
     const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit, fd: this.#fd, home }
-    if (dontUnmap) {
-      // The old range stays mapped, but mremap() took its uffd registration with it (a later
-      // UFFDIO_WRITEPROTECT there is ENOENT): hooks forget it as after a move, the Region stays.
-      for (const hook of this.#hooks) {
-        try {
-          hook(this, { address, length })
-        } catch {
-          // best effort, as in #retire()
-        }
-      }
-      return new Region(internal, { ...init, fd: -1 })
-    }
+    if (dontUnmap) return new Region(internal, { ...init, fd: -1 })
     // Same memory, grown or shrunk in place: old views still point into it, so it shares their
     // count, and its reservation slot (already resized).
     if (address === oldAddress) {

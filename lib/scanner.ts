@@ -278,6 +278,6 @@ export function hashPages(region: Region, range?: Range): BigUint64Array {
   const indexes = new Uint32Array(pages).map((_, i) => i)
   const out = new BigUint64Array(pages)
   // A file's pages are copied through the kernel first: a truncated file is EFAULT, not SIGBUS.
-  check(native.hashPages(span.address, indexes, pages, out, region.kind === 'file' ? 1 : 0), 'process_vm_readv', 'hashPages')
+  check(native.hashPages(span.address, indexes, pages, out, region.kind === 'file' ? 1 : 0), 'pread(/proc/self/mem)', 'hashPages')
   return out
 }

@@ -6,33 +6,23 @@
 //
 // On v1 of the port (the RFC's own table in struct page) these failed: see the closing note of
 // issue 8 and `npm run vm -- --kernel=<v1 bzImage> -- <stress binary> <subcommand>`.
-import { execFileSync, spawnSync } from 'node:child_process'
-import crypto from 'node:crypto'
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sksm } from '../lib/index.ts'
+import { fixtureBinary } from './helpers/c-fixture.ts'
 import { KsmState } from './helpers/ksm.ts'
 
-const source = fileURLToPath(new URL('./fixtures/sksm-stress.c', import.meta.url))
 const hasSksm = sksm.available()
 const skipWhy = hasSksm ? '' : ` [skipped: kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL)]`
 const isRoot = process.getuid?.() === 0
 const rootWhy = isRoot ? '' : ' [skipped: needs root for PFNs, clear_refs, compact_memory and ksm sysfs]'
 
-/** The stress binary: prebuilt by ci/kernel.mjs for the VM, else compiled here once per source. */
+/** The stress binary: prebuilt by ci/kernel.mjs for the VM, else compiled here. */
 function stressBinary(): string {
   const prebuilt = process.env.MEMDEDUP_SKSM_STRESS
-  if (prebuilt && fs.existsSync(prebuilt)) return prebuilt
-  const hash = crypto.createHash('sha256').update(fs.readFileSync(source)).digest('hex').slice(0, 16)
-  const output = path.join(os.tmpdir(), `memdedup-sksm-stress-${hash}`)
-  if (!fs.existsSync(output)) {
-    execFileSync('gcc', ['-O2', '-Wall', '-static', '-pthread', '-o', `${output}.tmp`, source], { stdio: 'pipe' })
-    fs.renameSync(`${output}.tmp`, output)
-  }
-  return output
+  return prebuilt && fs.existsSync(prebuilt) ? prebuilt : fixtureBinary('sksm-stress')
 }
 
 interface Run {

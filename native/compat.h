@@ -94,3 +94,24 @@ struct pm_scan_arg {
 #ifndef PAGE_IS_GUARD
 #define PAGE_IS_GUARD (1 << 8)
 #endif
+
+// msharefs (the mshare series, v3: include/uapi/linux/msharefs.h; not merged upstream).
+#ifndef MSHAREFS_CREATE_MAPPING
+struct mshare_create {
+  __u64 region_offset;
+  __u64 size;
+  __u64 offset;
+  __u32 prot;
+  __u32 flags;
+  __u32 fd;
+};
+struct mshare_unmap {
+  __u64 region_offset;
+  __u64 size;
+};
+#define MSHAREFS_CREATE_MAPPING _IOW('x', 0, struct mshare_create)
+#define MSHAREFS_UNMAP _IOW('x', 1, struct mshare_unmap)
+#endif
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif

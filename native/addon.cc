@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitUserfaultfd(env, exports);
   InitPagemap(env, exports);
   InitContent(env, exports);
+  InitMshare(env, exports);
   return exports;
 }
 

@@ -18,6 +18,7 @@ void InitPrctl(Napi::Env env, Napi::Object exports);
 void InitUserfaultfd(Napi::Env env, Napi::Object exports);
 void InitPagemap(Napi::Env env, Napi::Object exports);
 void InitContent(Napi::Env env, Napi::Object exports);
+void InitMshare(Napi::Env env, Napi::Object exports);
 
 // Copies `length` bytes at `address` of this process into dst through the kernel (never faults
 // here: an unreadable page is EFAULT). Returns the bytes copied, or -1 with errno set.

@@ -34,9 +34,11 @@ const uffdConstantNames = [
   '_UFFDIO_REGISTER', '_UFFDIO_UNREGISTER', '_UFFDIO_WAKE', '_UFFDIO_COPY', '_UFFDIO_ZEROPAGE', '_UFFDIO_WRITEPROTECT',
   '_UFFDIO_CONTINUE', '_UFFDIO_API',
 ] as const
+const mshareConstantNames = ['MSHAREFS_CREATE_MAPPING', 'MSHAREFS_UNMAP', 'MAP_SHARED_VALIDATE', 'MAP_HUGE_SHIFT'] as const
 export type MmConstants = Readonly<Record<(typeof mmConstantNames)[number], number>>
 export type PagemapConstants = Readonly<Record<(typeof pagemapConstantNames)[number], number>>
 export type UffdConstants = Readonly<Record<(typeof uffdConstantNames)[number], number>>
+export type MshareConstants = Readonly<Record<(typeof mshareConstantNames)[number], number>>
 
 // Every native function re-checks its arguments (type, range, and for typed arrays the element
 // type and length of the exact object): a failed check throws TypeError ERR_INVALID_ARG_TYPE or
@@ -103,11 +105,21 @@ export interface ContentBinding {
   hashPages(address: number, pageIndexes: Uint32Array, count: number, out: BigUint64Array, throughKernel: 0 | 1): Rc
 }
 
-export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & ContentBinding
+export interface MshareBinding {
+  /** MSHAREFS_CREATE_MAPPING on an msharefs file; mapFd -1 for MAP_ANONYMOUS. */
+  mshareCreateMapping(fd: number, regionOffset: number, size: number, fileOffset: number, prot: number, flags: number, mapFd: number): Rc
+  /** MSHAREFS_UNMAP on an msharefs file. */
+  mshareUnmap(fd: number, regionOffset: number, size: number): Rc
+  /** mount("msharefs", target, "msharefs", 0, NULL). */
+  mountMsharefs(target: string): Rc
+  mshareConstants: MshareConstants
+}
+
+export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & ContentBinding & MshareBinding
 
 function assertConstants(binding: Binding): void {
   const missing: string[] = []
-  const groups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames]] as const
+  const groups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames]] as const
   for (const [group, names] of groups) {
     const values = (binding as unknown as Record<string, Record<string, unknown>>)[group] ?? {}
     for (const name of names) if (typeof values[name] !== 'number') missing.push(`${group}.${name}`)

@@ -1,46 +1,466 @@
 #!/usr/bin/env node
-// memdedup command line: what this kernel offers and what it is merging right now.
+// memdedup command line, for people who never write code against the library: what this kernel
+// offers (probe), what KSM saves system-wide (stats) and per process (top), and any program run
+// with KSM on for its whole process tree (run). Exit codes: 0 ok, 1 runtime failure, 2 usage
+// error; `run` exits with its command's status (128 + signal when killed, 127 not found).
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
+import { SyscallError } from './errors.ts'
 import { features } from './features.ts'
 import * as ksm from './ksm.ts'
 import * as stats from './stats.ts'
+import type { ProcessStats, UnreadableProcess } from './stats.ts'
 
-const usage = `usage: memdedup <command> [--json]
+/** A failure to report as `memdedup: message` with exit status `exitCode`. */
+class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+    readonly code = 'ERR_MEMDEDUP_CLI',
+  ) {
+    super(message)
+  }
+}
 
-commands:
-  probe    which deduplication and write-tracking features this kernel offers
-  stats    KSM counters (/sys/kernel/mm/ksm), this system's anonymous pages and KSM savings
-`
+// https://no-color.org: any non-empty NO_COLOR turns colour off; so does a stdout that is not a terminal.
+const colour = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR
+const paint = (code: string) => (text: string) => (colour ? `\x1b[${code}m${text}\x1b[0m` : text)
+const bold = paint('1')
+const dim = paint('2')
+const green = paint('32')
+const yellow = paint('33')
+const stderrColour = Boolean(process.stderr.isTTY) && !process.env.NO_COLOR
+const warnColour = (text: string) => (stderrColour ? `\x1b[33m${text}\x1b[0m` : text)
+
+let jsonMessages = false
+/** A warning on stderr: text, or one JSON line under --json. */
+function warn(message: string, code: string): void {
+  process.stderr.write(jsonMessages ? JSON.stringify({ warning: { code, message } }) + '\n' : warnColour(`memdedup: warning: ${message}`) + '\n')
+}
+
+function mib(bytes: number | null): string {
+  if (bytes === null) return '-'
+  const abs = Math.abs(bytes)
+  if (abs >= 2 ** 30) return `${(bytes / 2 ** 30).toFixed(1)}G`
+  if (abs >= 2 ** 20) return `${(bytes / 2 ** 20).toFixed(1)}M`
+  if (abs >= 2 ** 10) return `${(bytes / 2 ** 10).toFixed(0)}K`
+  return `${bytes}B`
+}
 
 function table(rows: [string, unknown][]): string {
   const width = Math.max(...rows.map(([k]) => k.length))
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${String(v)}`).join('\n')
 }
 
-function main(argv: string[]): number {
-  const json = argv.includes('--json')
-  const command = argv.find((a) => !a.startsWith('-'))
-  if (command === 'probe') {
-    const f = features()
-    console.log(json ? JSON.stringify(f, null, 2) : table(Object.entries(f)))
-    return 0
-  }
-  if (command === 'stats') {
-    const f = features()
-    const vm = stats.vmstat()
-    const out: Record<string, unknown> = { kernelRelease: f.kernelRelease, nrAnonPages: vm.nr_anon_pages }
-    if (f.ksm) Object.assign(out, ksm.stats())
-    if (json) console.log(JSON.stringify(out, null, 2))
-    else {
-      console.log(table(Object.entries(out)))
-      if (f.ksm) {
-        const s = ksm.stats()
-        console.log(`\nKSM saves ${(((s.pagesSharing ?? 0) * f.pageSize) / 2 ** 20).toFixed(1)} MiB (pages_sharing × page size)`)
-      }
-    }
-    return 0
-  }
-  process.stderr.write(usage)
-  return command === undefined || command === 'help' || argv.includes('--help') ? 0 : 2
+function seconds(value: string): number {
+  const s = Number(value)
+  if (!Number.isFinite(s) || s < 0.05 || s > 86_400) throw new InvalidArgumentError('must be a number of seconds between 0.05 and 86400.')
+  return s
 }
 
-process.exitCode = main(process.argv.slice(2))
+/** Terminal size: the tty's, else $COLUMNS/$LINES, else unlimited (a pipe gets every row and column). */
+function terminalSize(): { columns: number; rows: number } {
+  const env = (name: string) => (Number(process.env[name]) > 0 ? Number(process.env[name]) : Infinity)
+  return {
+    columns: process.stdout.isTTY ? process.stdout.columns : env('COLUMNS'),
+    rows: process.stdout.isTTY ? process.stdout.rows : env('LINES'),
+  }
+}
+
+/**
+ * Calls `draw` now and every `intervalMs` until SIGINT, SIGTERM or `q` (stdin a terminal), or
+ * once when `once`. A throw from `draw` ends the loop with that error.
+ */
+function refresh(intervalMs: number, once: boolean, draw: () => void): Promise<void> {
+  if (once) {
+    draw()
+    return Promise.resolve()
+  }
+  return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined
+    const stdin = process.stdin
+    const keys = (data: Buffer) => {
+      // Raw mode turns ^C into a byte instead of SIGINT.
+      if (data.includes(0x71) || data.includes(0x51) || data.includes(0x03)) finish()
+    }
+    const finish = (error?: unknown) => {
+      clearTimeout(timer)
+      process.off('SIGINT', stop)
+      process.off('SIGTERM', stop)
+      if (stdin.isTTY) {
+        stdin.off('data', keys)
+        stdin.setRawMode(false)
+        stdin.pause()
+      }
+      if (error === undefined) resolve()
+      else reject(error)
+    }
+    const stop = () => finish()
+    process.on('SIGINT', stop)
+    process.on('SIGTERM', stop)
+    if (stdin.isTTY) {
+      stdin.setRawMode(true)
+      stdin.on('data', keys)
+      stdin.resume()
+    }
+    const tick = () => {
+      try {
+        draw()
+      } catch (error) {
+        finish(error)
+        return
+      }
+      timer = setTimeout(tick, intervalMs)
+    }
+    tick()
+  })
+}
+
+const clearScreen = () => (process.stdout.isTTY ? '\x1b[H\x1b[2J' : '')
+
+// probe ------------------------------------------------------------------------------------------
+
+function probe(opts: { json?: boolean }): void {
+  const f = features()
+  console.log(opts.json ? JSON.stringify(f, null, 2) : table(Object.entries(f)))
+}
+
+// stats ------------------------------------------------------------------------------------------
+
+function statsText(s: stats.SystemStats): string {
+  const rows: [string, unknown][] = [
+    ['kernel', s.kernelRelease],
+    ['nr_anon_pages', `${s.nrAnonPages} (${mib(s.nrAnonPages * s.pageSize)})`],
+    ['nr_page_table_pages', `${s.nrPageTablePages} (${mib(s.nrPageTablePages * s.pageSize)})`],
+  ]
+  if (s.ksm === null) rows.push(['ksm', 'not available (no /sys/kernel/mm/ksm: CONFIG_KSM=n)'])
+  else {
+    rows.push(['ksmd', s.ksm.run === 1 ? green('running') : yellow(`stopped (run = ${s.ksm.run})`)])
+    rows.push(['saved (pages_sharing)', mib(s.savedBytes)])
+    rows.push(['general_profit', mib(s.generalProfit)])
+    for (const [key, value] of Object.entries(s.ksm)) {
+      if (key !== 'run' && key !== 'generalProfit') rows.push([key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase()), value])
+    }
+  }
+  return table(rows)
+}
+
+async function statsCommand(opts: { json?: boolean; watch?: boolean; interval: number }): Promise<void> {
+  if (!opts.watch) {
+    const s = stats.system()
+    console.log(opts.json ? JSON.stringify(s, null, 2) : statsText(s))
+    return
+  }
+  await refresh(opts.interval * 1000, false, () => {
+    const s = stats.system()
+    if (opts.json) process.stdout.write(JSON.stringify({ time: new Date().toISOString(), ...s }) + '\n')
+    else process.stdout.write(`${clearScreen()}${bold(`memdedup stats, every ${opts.interval} s`)}  ${dim(new Date().toLocaleTimeString())}\n${statsText(s)}\n\n`)
+  })
+}
+
+// run --------------------------------------------------------------------------------------------
+
+/** PR_SET_MEMORY_MERGE on this process, inherited by what it spawns; the kernel's refusal explained. */
+function enableProcessMerge(): void {
+  if (!fs.existsSync(ksm.sysfsDir)) {
+    throw new CliError(`KSM is not available on kernel ${os.release()}: ${ksm.sysfsDir} does not exist (built without CONFIG_KSM)`, 1, 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE')
+  }
+  try {
+    ksm.process.set(true)
+  } catch (error) {
+    const code = (error as SyscallError).code
+    if (code === 'EINVAL') {
+      throw new CliError(`the kernel refused prctl(PR_SET_MEMORY_MERGE) with EINVAL: kernel ${os.release()} lacks process-wide KSM (Linux 6.4+ with CONFIG_KSM)`, 1, code)
+    }
+    if (code === 'EPERM') {
+      throw new CliError('the kernel refused prctl(PR_SET_MEMORY_MERGE) with EPERM: it needs CAP_SYS_RESOURCE (run as root, or give the process that capability)', 1, code)
+    }
+    throw error
+  }
+}
+
+/** Warns when ksmd is stopped (nothing merges then), or starts it when asked. */
+function checkKsmd(start: boolean): void {
+  const runFile = `${ksm.sysfsDir}/run`
+  let run: number
+  try {
+    run = Number(fs.readFileSync(runFile, 'utf8').trim())
+  } catch (error) {
+    warn(`cannot read ${runFile} (${(error as NodeJS.ErrnoException).code}): whether ksmd runs is unknown`, 'KSMD_UNKNOWN')
+    return
+  }
+  if (run === 1) return
+  if (!start) {
+    warn(`ksmd is not running (${runFile} = ${run}): nothing will be merged until it runs; start it with --start-ksmd or \`echo 1 > ${runFile}\` (root)`, 'KSMD_STOPPED')
+    return
+  }
+  try {
+    ksm.configure({ run: 1 })
+  } catch (error) {
+    const code = (error as SyscallError).code
+    throw new CliError(`--start-ksmd: cannot write 1 to ${runFile} (${code})${code === 'EACCES' || code === 'EPERM' ? ': only root can start ksmd' : ''}`, 1, code)
+  }
+}
+
+async function runCommand(argv: string[], opts: { json?: boolean; startKsmd?: boolean }): Promise<number> {
+  enableProcessMerge()
+  checkKsmd(Boolean(opts.startKsmd))
+  const [file, ...args] = argv
+  const child = spawn(file, args, { stdio: 'inherit' })
+  const forwarded = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
+  const forward = (signal: NodeJS.Signals) => {
+    child.kill(signal)
+  }
+  for (const signal of forwarded) process.on(signal, forward)
+  try {
+    const status = await new Promise<{ code: number; signal: NodeJS.Signals | null }>((resolve, reject) => {
+      child.once('error', (error: NodeJS.ErrnoException) => {
+        // spawn failed (the child never ran): the shell's statuses.
+        if (error.code === 'ENOENT') reject(new CliError(`${file}: command not found`, 127, 'ENOENT'))
+        else if (error.code === 'EACCES') reject(new CliError(`${file}: permission denied`, 126, 'EACCES'))
+        else reject(new CliError(`${file}: cannot run it (${error.code ?? error.message})`, 126, error.code))
+      })
+      child.once('exit', (code, signal) => resolve({ code: signal ? 128 + (os.constants.signals[signal] ?? 0) : (code ?? 1), signal }))
+    })
+    if (opts.json) process.stderr.write(JSON.stringify({ command: argv, pid: child.pid, exitCode: status.code, signal: status.signal }) + '\n')
+    return status.code
+  } finally {
+    for (const signal of forwarded) process.off(signal, forward)
+  }
+}
+
+// top --------------------------------------------------------------------------------------------
+
+const sortFields = ['merged', 'zero', 'profit', 'rss', 'pss', 'anon', 'pte', 'pid', 'command'] as const
+type SortField = (typeof sortFields)[number]
+
+const sortKey: Record<SortField, (p: ProcessStats) => number | string> = {
+  merged: (p) => p.ksmMergingPages,
+  zero: (p) => p.ksmZeroPages ?? 0,
+  profit: (p) => p.ksmProcessProfit ?? 0,
+  rss: (p) => p.rss,
+  pss: (p) => p.pss,
+  anon: (p) => p.anonymous,
+  pte: (p) => p.pageTableBytes,
+  pid: (p) => p.pid,
+  command: (p) => p.command,
+}
+
+interface TopSnapshot {
+  time: string
+  system: stats.SystemStats
+  processes: ProcessStats[]
+  unreadable: UnreadableProcess[]
+  totals: { processes: number; ksmMergingPages: number; ksmZeroPages: number; ksmProcessProfit: number; rss: number; pss: number; anonymous: number; pageTableBytes: number }
+}
+
+function snapshot(all: boolean, sort: SortField): TopSnapshot {
+  const readable: ProcessStats[] = []
+  const unreadable: UnreadableProcess[] = []
+  for (const p of stats.processes({ all })) {
+    if ('error' in p) unreadable.push(p)
+    else readable.push(p)
+  }
+  const key = sortKey[sort]
+  // Numbers largest first, pid and command ascending.
+  readable.sort((a, b) => {
+    const x = key(a)
+    const y = key(b)
+    if (typeof x === 'string' || sort === 'pid') return x < y ? -1 : x > y ? 1 : 0
+    return (y as number) - (x as number) || a.pid - b.pid
+  })
+  const sum = (f: (p: ProcessStats) => number) => readable.reduce((total, p) => total + f(p), 0)
+  return {
+    time: new Date().toISOString(),
+    system: stats.system(),
+    processes: readable,
+    unreadable,
+    totals: {
+      processes: readable.length,
+      ksmMergingPages: sum((p) => p.ksmMergingPages),
+      ksmZeroPages: sum((p) => p.ksmZeroPages ?? 0),
+      ksmProcessProfit: sum((p) => p.ksmProcessProfit ?? 0),
+      rss: sum((p) => p.rss),
+      pss: sum((p) => p.pss),
+      anonymous: sum((p) => p.anonymous),
+      pageTableBytes: sum((p) => p.pageTableBytes),
+    },
+  }
+}
+
+interface Column {
+  title: string
+  width: number
+  /** Lower is dropped first when the terminal is too narrow. */
+  keep: number
+  cell: (p: ProcessStats | UnreadableProcess) => string
+  total: (t: TopSnapshot['totals']) => string
+}
+
+function topColumns(pageSize: number): Column[] {
+  const size = (f: (p: ProcessStats) => number | null) => (p: ProcessStats | UnreadableProcess) => ('error' in p ? '-' : mib(f(p)))
+  const pages = (n: number | null) => (n === null ? null : n * pageSize)
+  return [
+    { title: 'PID', width: 7, keep: 9, cell: (p) => String(p.pid), total: () => '' },
+    { title: 'MERGED', width: 8, keep: 8, cell: size((p) => pages(p.ksmMergingPages)), total: (t) => mib(t.ksmMergingPages * pageSize) },
+    { title: 'PROFIT', width: 8, keep: 6, cell: size((p) => p.ksmProcessProfit), total: (t) => mib(t.ksmProcessProfit) },
+    { title: 'ZERO', width: 7, keep: 2, cell: size((p) => pages(p.ksmZeroPages)), total: (t) => mib(t.ksmZeroPages * pageSize) },
+    { title: 'RSS', width: 8, keep: 7, cell: size((p) => p.rss), total: (t) => mib(t.rss) },
+    { title: 'PSS', width: 8, keep: 1, cell: size((p) => p.pss), total: (t) => mib(t.pss) },
+    { title: 'ANON', width: 8, keep: 4, cell: size((p) => p.anonymous), total: (t) => mib(t.anonymous) },
+    { title: 'PTE', width: 7, keep: 3, cell: size((p) => p.pageTableBytes), total: (t) => mib(t.pageTableBytes) },
+    {
+      title: 'KSM',
+      width: 4,
+      keep: 5,
+      cell: (p) => ('error' in p ? p.error : p.ksmMergeAny ? 'any' : p.ksmMergeable ? 'vma' : '-'),
+      total: () => '',
+    },
+  ]
+}
+
+const minCommandWidth = 12
+
+/** The table as lines that fit `columns` × `rows`: low-priority columns dropped, commands cut. */
+function topText(s: TopSnapshot, sort: SortField, size: { columns: number; rows: number }): string[] {
+  let columns = topColumns(s.system.pageSize)
+  const widthOf = (cols: Column[]) => cols.reduce((w, c) => w + c.width + 1, 0)
+  while (columns.length > 2 && widthOf(columns) + minCommandWidth > size.columns) {
+    const drop = columns.reduce((low, c) => (c.keep < low.keep ? c : low))
+    columns = columns.filter((c) => c !== drop)
+  }
+  const commandWidth = Math.max(1, size.columns - widthOf(columns))
+  const cut = (text: string, width: number) => (text.length <= width ? text : width <= 1 ? text.slice(0, width) : text.slice(0, width - 1) + '…')
+  const line = (cells: string[], command: string) =>
+    cut(cells.map((cell, i) => cut(cell, columns[i].width).padStart(columns[i].width)).join(' ') + ' ' + cut(command, commandWidth), size.columns).trimEnd()
+  const k = s.system.ksm
+  const ksmdState = k === null ? 'KSM not available' : k.run === 1 ? 'ksmd running' : `ksmd stopped (run = ${k.run})`
+  const header = [
+    cut(
+      `memdedup top  ${ksmdState}  saved ${mib(s.system.savedBytes)} (pages_sharing)  general_profit ${mib(s.system.generalProfit)}  sorted by ${sort}`,
+      size.columns,
+    ),
+    cut(`${s.processes.length} processes${s.unreadable.length ? `, ${s.unreadable.length} unreadable (run as root to see them)` : ''}  ${s.time}`, size.columns),
+  ]
+  const titles = line(
+    columns.map((c) => c.title),
+    'COMMAND',
+  )
+  const totals = line(
+    columns.map((c) => c.total(s.totals)),
+    'total',
+  )
+  const body = [...s.processes, ...s.unreadable]
+  const room = Number.isFinite(size.rows) ? Math.max(0, size.rows - header.length - 3) : Infinity
+  let shown = body.map((p) => {
+    const text = line(
+      columns.map((c) => c.cell(p)),
+      p.command,
+    )
+    return 'error' in p ? dim(text) : p.ksmMergingPages > 0 ? green(text) : text
+  })
+  if (shown.length > room) {
+    const hidden = shown.length - room + 1
+    shown = [...shown.slice(0, Math.max(0, room - 1)), dim(cut(`… ${hidden} more`, size.columns))]
+  }
+  return [...header.map(bold), bold(titles), ...shown, bold(totals)]
+}
+
+async function topCommand(opts: { once?: boolean; json?: boolean; sort: SortField; interval: number; all?: boolean }): Promise<void> {
+  await refresh(opts.interval * 1000, Boolean(opts.once), () => {
+    const s = snapshot(Boolean(opts.all), opts.sort)
+    if (opts.json) process.stdout.write(JSON.stringify(s) + '\n')
+    else process.stdout.write(clearScreen() + topText(s, opts.sort, terminalSize()).join('\n') + '\n')
+  })
+}
+
+// program ----------------------------------------------------------------------------------------
+
+function packageVersion(): string {
+  // lib/cli.ts or dist/lib/cli.js: the package.json above either.
+  for (let dir = path.dirname(fileURLToPath(import.meta.url)); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'))
+      if (pkg.name === 'memdedup') return pkg.version
+    } catch {
+      // no package.json here: go up
+    }
+  }
+  return 'unknown'
+}
+
+function program(setExit: (code: number) => void): Command {
+  const json = () => new Option('--json', 'machine-readable output (JSON)')
+  const interval = () => new Option('--interval <seconds>', 'seconds between refreshes').argParser(seconds).default(2)
+  const cli = new Command('memdedup')
+    .description('Linux memory deduplication (KSM, SKSM): what the kernel offers, what it merges, and programs run with KSM on')
+    .version(packageVersion())
+    .enablePositionalOptions()
+    .exitOverride()
+    .showHelpAfterError('(memdedup --help lists the commands)')
+  cli
+    .command('probe')
+    .description('which deduplication and write-tracking features this kernel offers')
+    .addOption(json())
+    .action((opts) => {
+      jsonMessages = Boolean(opts.json)
+      probe(opts)
+    })
+  cli
+    .command('stats')
+    .description('system-wide KSM counters (/sys/kernel/mm/ksm), general_profit, nr_anon_pages and nr_page_table_pages')
+    .addOption(json())
+    .option('--watch', 'refresh until q or Ctrl-C (with --json: one JSON line per refresh)')
+    .addOption(interval())
+    .action(async (opts) => {
+      jsonMessages = Boolean(opts.json)
+      await statsCommand(opts)
+    })
+  cli
+    .command('run')
+    .description('run a command with KSM on for its whole process tree (PR_SET_MEMORY_MERGE, inherited across fork and exec)')
+    .argument('<command...>', 'the program and its arguments (put -- before them when they start with -)')
+    .addOption(new Option('--json', 'report warnings, errors and the exit status as JSON lines on stderr (stdout is the command\'s)'))
+    .option('--start-ksmd', 'start ksmd (/sys/kernel/mm/ksm/run = 1) when it is stopped (root only)')
+    .passThroughOptions()
+    .action(async (argv: string[], opts) => {
+      jsonMessages = Boolean(opts.json)
+      setExit(await runCommand(argv, opts))
+    })
+  cli
+    .command('top')
+    .description('per-process table of what KSM and SKSM merged (/proc/*/ksm_stat, smaps_rollup, VmPTE), refreshing, with totals')
+    .addOption(json())
+    .option('--once', 'print one table (or JSON line) and exit')
+    .addOption(new Option('--sort <field>', 'sort by').choices(sortFields).default('merged'))
+    .addOption(interval())
+    .option('--all', 'every process, not only those KSM tracks or merged')
+    .action(async (opts) => {
+      jsonMessages = Boolean(opts.json)
+      await topCommand(opts)
+    })
+  return cli
+}
+
+async function main(argv: string[]): Promise<number> {
+  let exitCode = 0
+  try {
+    await program((code) => (exitCode = code)).parseAsync(argv, { from: 'user' })
+    return exitCode
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // --help and --version "fail" with code 0; everything else commander rejects is a usage error.
+      return error.exitCode === 0 ? 0 : 2
+    }
+    const e = error as Error & { code?: string; exitCode?: number }
+    if (jsonMessages) process.stderr.write(JSON.stringify({ error: { code: e.code ?? 'ERR_MEMDEDUP_CLI', message: e.message } }) + '\n')
+    else process.stderr.write(`memdedup: ${e.message}\n`)
+    return error instanceof CliError ? error.exitCode : 1
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2))

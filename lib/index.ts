@@ -3,6 +3,8 @@ export { Region, Reservation, type Range, type Protection, type Advice, type Reg
 export { SyscallError, FeatureUnavailableError, InvalidStateError } from './errors.ts'
 export * as ksm from './ksm.ts'
 export * as sksm from './sksm.ts'
+export * as mshare from './mshare.ts'
+export { MshareRegion, MshareAttachment } from './mshare.ts'
 export * as pagemap from './pagemap.ts'
 export * as stats from './stats.ts'
 export { Userfaultfd } from './uffd.ts'

@@ -1,0 +1,488 @@
+// mshare (msharefs, the page-table sharing series; not in mainline): processes that mmap one
+// msharefs file share the page tables of its region, so N processes mapping S bytes cost one
+// set of PTEs (S / 4 KiB * 8 bytes) instead of N. An msharefs file is a control file: its size
+// (ftruncate, once, a multiple of mshare_info's alignment) is the region; memory is placed in
+// the region with MSHAREFS_CREATE_MAPPING and removed with MSHAREFS_UNMAP; processes attach by
+// mmap()ing the whole file. Semantics of the v3 series (Aug 2025) that shape this API:
+//  - an attachment is one VMA the kernel will not split: mprotect() on it, or a munmap() or
+//    MAP_FIXED over part of it, is EINVAL (protection is chosen per mapping, in the region);
+//  - the process that created the file owns the region: when it exits, everything mapped in
+//    the region is unmapped for every attacher (an attacher exiting changes nothing);
+//  - touching a part of the region where nothing is mapped is SIGSEGV, so views are handed out
+//    only over ranges known to be mapped (mapped through this handle, or declared at open()).
+import fs from 'node:fs'
+import path from 'node:path'
+import { native, constants as C, pageSize } from './native.ts'
+import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { Region, type Protection, type Range } from './region.ts'
+import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger, validateOneOf } from './validate.ts'
+
+/** Where msharefs is mounted (the series' documented mount point). */
+export const mountPoint = '/sys/fs/mshare'
+const infoFile = path.join(mountPoint, 'mshare_info')
+const M = native.mshareConstants
+const protections: readonly Protection[] = ['none', 'r', 'rw', 'rx', 'rwx']
+const protBits: Record<Protection, number> = {
+  none: C.PROT_NONE,
+  r: C.PROT_READ,
+  rw: C.PROT_READ | C.PROT_WRITE,
+  rx: C.PROT_READ | C.PROT_EXEC,
+  rwx: C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC,
+}
+const hugePageSize = 2 * 1024 * 1024
+const maxRegionSize = 2 ** 47
+
+/** msharefs is compiled into this kernel (listed in /proc/filesystems). */
+export function available(): boolean {
+  return probe() === ''
+}
+
+/** Why mshare cannot be used here ('' when it can): for skip reasons and FeatureUnavailableError. */
+export function probe(): string {
+  let filesystems = ''
+  try {
+    filesystems = fs.readFileSync('/proc/filesystems', 'utf8')
+  } catch {
+    return '/proc/filesystems is not readable'
+  }
+  if (!/\tmsharefs$/m.test(filesystems)) return 'msharefs is not in /proc/filesystems (kernel without the mshare series)'
+  return ''
+}
+
+/** Whether msharefs is mounted at mountPoint (/proc/self/mounts). */
+export function mounted(): boolean {
+  const mounts = fs.readFileSync('/proc/self/mounts', 'utf8')
+  return mounts.split('\n').some((line) => {
+    const [, target, type] = line.split(' ')
+    return target === mountPoint && type === 'msharefs'
+  })
+}
+
+/**
+ * Mounts msharefs at /sys/fs/mshare unless it already is (needs CAP_SYS_ADMIN: SyscallError
+ * EPERM otherwise). FeatureUnavailableError on a kernel without msharefs.
+ */
+export function mount(): void {
+  const why = probe()
+  if (why) throw new FeatureUnavailableError('mshare', why)
+  if (mounted()) return
+  check(native.mountMsharefs(mountPoint), 'mount(msharefs)', mountPoint)
+}
+
+/** The alignment (and size granule) of mshare regions: /sys/fs/mshare/mshare_info, in bytes. */
+export function alignment(): number {
+  const text = fsCall('open', infoFile, () => fs.readFileSync(infoFile, 'utf8'))
+  const value = Number(text.trim())
+  if (!Number.isSafeInteger(value) || value <= 0 || value % pageSize !== 0) throw new SyscallError('read', errno.EINVAL, `${infoFile} says ${JSON.stringify(text)}`)
+  return value
+}
+
+function validateName(value: unknown): string {
+  if (typeof value !== 'string') throw invalidArgType('name', 'of type string', value)
+  if (value.length === 0 || value.length > 255 || /[/\0]/.test(value) || value === '.' || value === '..' || value === 'mshare_info') {
+    throw invalidArgValue('name', "must be a file name (1-255 characters, no '/' or null byte, not '.', '..' or 'mshare_info')", value)
+  }
+  return value
+}
+
+/** Sorted, non-overlapping [start, end) byte ranges of the region known to hold memory. */
+class RangeSet {
+  #ranges: Array<[number, number]> = []
+
+  add(start: number, end: number): void {
+    this.remove(start, end)
+    this.#ranges.push([start, end])
+    this.#ranges.sort((a, b) => a[0] - b[0])
+    const merged: Array<[number, number]> = []
+    for (const r of this.#ranges) {
+      const last = merged[merged.length - 1]
+      if (last && last[1] >= r[0]) last[1] = Math.max(last[1], r[1])
+      else merged.push([r[0], r[1]])
+    }
+    this.#ranges = merged
+  }
+
+  remove(start: number, end: number): void {
+    const out: Array<[number, number]> = []
+    for (const [s, e] of this.#ranges) {
+      if (e <= start || s >= end) out.push([s, e])
+      else {
+        if (s < start) out.push([s, start])
+        if (e > end) out.push([end, e])
+      }
+    }
+    this.#ranges = out
+  }
+
+  covers(start: number, end: number): boolean {
+    return this.#ranges.some(([s, e]) => s <= start && end <= e)
+  }
+
+  list(): Range[] {
+    return this.#ranges.map(([s, e]) => ({ offset: s, length: e - s }))
+  }
+}
+
+// Views of attachments: counted until garbage-collected (see Region's vacate(): a view's pointer
+// may still be used by native code after it is detached, so the memory stays until then).
+interface Views {
+  live: number
+  /** Set when the attachment closed while views were live: unmapped at zero views. */
+  pending: { address: number; length: number } | null
+}
+const viewCollected = new FinalizationRegistry<Views>((views) => {
+  if (--views.live > 0 || views.pending === null) return
+  native.munmap(views.pending.address, views.pending.length)
+  views.pending = null
+})
+const attachmentFinalizer = new FinalizationRegistry<{ address: number; length: number; views: Views }>((held) => {
+  if (held.views.live === 0) native.munmap(held.address, held.length)
+  else held.views.pending = { address: held.address, length: held.length }
+})
+
+const internal = Symbol('mshare.internal')
+const fdFinalizer = new FinalizationRegistry<number>((fd) => native.closeFd(fd))
+
+/**
+ * An msharefs file opened by this process: the region (its size), the memory in it, and the
+ * attachments of this process. Created with MshareRegion.create() (this process owns the
+ * region) or MshareRegion.open() (another process created it). close() closes the attachments
+ * and the file; the region itself lives until unlink() and the last close and unmap.
+ */
+export class MshareRegion {
+  #fd: number
+  #name: string
+  #size: number
+  #owner: boolean
+  #mapped = new RangeSet()
+  #attachments = new Set<MshareAttachment>()
+  #closed = false
+
+  /** Not callable from outside: use MshareRegion.create() or MshareRegion.open(). */
+  private constructor(token: symbol, fd: number, name: string, size: number, owner: boolean) {
+    if (token !== internal) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use MshareRegion.create() or MshareRegion.open()')
+    this.#fd = fd
+    this.#name = name
+    this.#size = size
+    this.#owner = owner
+    fdFinalizer.register(this, fd, this)
+  }
+
+  /**
+   * Creates /sys/fs/mshare/<name> (O_EXCL: EEXIST if it exists) and sizes its region to `size`
+   * bytes, a positive multiple of alignment(). Mounts msharefs first unless `mount: false`.
+   * The calling process becomes the region's owner (its exit unmaps the region's memory).
+   */
+  static create(name: string, size: number, options?: { mount?: boolean }): MshareRegion {
+    const file = validateName(name)
+    const opts = readOptions(options, 'options', ['mount'])
+    const doMount = validateBoolean(opts.mount ?? true, 'options.mount')
+    const bytes = validateInteger(size, 'size', 1, maxRegionSize)
+    if (doMount) mount()
+    else if (probe()) throw new FeatureUnavailableError('mshare', probe())
+    const align = alignment()
+    if (bytes % align !== 0) throw outOfRange('size', `a multiple of the mshare alignment (${align}, /sys/fs/mshare/mshare_info)`, size)
+    const filePath = path.join(mountPoint, file)
+    const fd = fsCall('open', filePath, () => fs.openSync(filePath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600))
+    try {
+      check(native.ftruncate(fd, bytes), 'ftruncate', `${filePath} to ${bytes} bytes`)
+    } catch (error) {
+      fs.closeSync(fd)
+      fs.rmSync(filePath, { force: true })
+      throw error
+    }
+    return new MshareRegion(internal, fd, file, bytes, true)
+  }
+
+  /**
+   * Opens an existing region. `mapped` declares the ranges the owner has mapped memory into
+   * (views are handed out only there: touching an empty part of a region is SIGSEGV).
+   */
+  static open(name: string, options?: { mapped?: Range[]; mount?: boolean }): MshareRegion {
+    const file = validateName(name)
+    const opts = readOptions(options, 'options', ['mapped', 'mount'])
+    const doMount = validateBoolean(opts.mount ?? true, 'options.mount')
+    const mapped = opts.mapped ?? []
+    if (!Array.isArray(mapped)) throw invalidArgType('options.mapped', 'an array of { offset, length }', mapped)
+    if (doMount) mount()
+    else if (probe()) throw new FeatureUnavailableError('mshare', probe())
+    const filePath = path.join(mountPoint, file)
+    const fd = fsCall('open', filePath, () => fs.openSync(filePath, fs.constants.O_RDWR))
+    try {
+      const size = fsCall('fstat', filePath, () => fs.fstatSync(fd).size)
+      if (size === 0) throw new SyscallError('open', errno.EINVAL, `${filePath} has no size yet (its creator has not sized the region)`)
+      const region = new MshareRegion(internal, fd, file, size, false)
+      for (const [i, range] of mapped.entries()) {
+        const { offset, length } = region.#range(range, `options.mapped[${i}]`)
+        region.#mapped.add(offset, offset + length)
+      }
+      return region
+    } catch (error) {
+      fs.closeSync(fd)
+      throw error
+    }
+  }
+
+  get name(): string {
+    return this.#name
+  }
+  get path(): string {
+    return path.join(mountPoint, this.#name)
+  }
+  /** The region's size in bytes (the file's size). */
+  get size(): number {
+    return this.#size
+  }
+  /** The msharefs file descriptor (-1 once closed). */
+  get fd(): number {
+    return this.#fd
+  }
+  /** Whether this handle created the region (this process owns it). */
+  get owner(): boolean {
+    return this.#owner
+  }
+  get closed(): boolean {
+    return this.#closed
+  }
+  /** Ranges known to hold memory: mapped through this handle or declared at open(). */
+  get mapped(): Range[] {
+    return this.#mapped.list()
+  }
+
+  /**
+   * Places shared anonymous memory at `range` of the region (MSHAREFS_CREATE_MAPPING with
+   * MAP_SHARED | MAP_FIXED | MAP_ANONYMOUS, replacing what was there). `hugetlb` uses 2 MiB
+   * hugetlb pages (range 2 MiB-aligned; needs reserved huge pages).
+   */
+  mapAnonymous(range: Range, options?: { prot?: Protection; hugetlb?: boolean }): void {
+    const opts = readOptions(options, 'options', ['prot', 'hugetlb'])
+    const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
+    const hugetlb = validateBoolean(opts.hugetlb ?? false, 'options.hugetlb')
+    this.#assertOpen('mapAnonymous')
+    const { offset, length } = this.#range(range, 'range')
+    if (hugetlb && (offset % hugePageSize !== 0 || length % hugePageSize !== 0)) {
+      throw outOfRange('range', `2 MiB-aligned for hugetlb (offset and length multiples of ${hugePageSize})`, `offset ${offset} + length ${length}`)
+    }
+    // MAP_HUGE_2MB: log2(2 MiB) in the MAP_HUGE bits.
+    const flags = C.MAP_SHARED | C.MAP_FIXED | C.MAP_ANONYMOUS | (hugetlb ? C.MAP_HUGETLB | (21 << M.MAP_HUGE_SHIFT) : 0)
+    check(native.mshareCreateMapping(this.#fd, offset, length, 0, prot, flags, -1), 'ioctl(MSHAREFS_CREATE_MAPPING)', () => `anonymous ${length} bytes at offset ${offset} of ${this.path}`)
+    this.#mapped.add(offset, offset + length)
+  }
+
+  /**
+   * Places the pages of a memfd Region at `range` of the region (MAP_SHARED | MAP_FIXED of its
+   * fd from `fileOffset`): the memfd's memory, mapped once in the region for every attacher.
+   * The Region must stay open while the region maps it only if the caller wants to use it too;
+   * the mapping holds its own reference to the file.
+   */
+  mapMemfd(memfd: Region, range: Range, options?: { fileOffset?: number; prot?: Protection }): void {
+    if (!Region.isRegion(memfd)) throw invalidArgType('memfd', 'an instance of Region', memfd)
+    const opts = readOptions(options, 'options', ['fileOffset', 'prot'])
+    const fileOffset = validateInteger(opts.fileOffset ?? 0, 'options.fileOffset')
+    if (fileOffset % pageSize !== 0) throw outOfRange('options.fileOffset', `a multiple of the page size (${pageSize})`, fileOffset)
+    const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
+    this.#assertOpen('mapMemfd')
+    if (memfd.closed) throw codedError('ERR_REGION_CLOSED', 'Cannot mapMemfd: the memfd Region is closed')
+    if (memfd.kind !== 'memfd') throw invalidArgValue('memfd', 'must be a memfd Region (Region.memfd())', memfd.kind)
+    const { offset, length } = this.#range(range, 'range')
+    // Past the memfd's end the pages would SIGBUS; the memfd is sealed against shrinking.
+    if (fileOffset + length > memfd.length) {
+      throw outOfRange('options.fileOffset', `<= ${memfd.length - length} (the memfd Region holds ${memfd.length} bytes)`, fileOffset)
+    }
+    check(native.mshareCreateMapping(this.#fd, offset, length, fileOffset, prot, C.MAP_SHARED | C.MAP_FIXED, memfd.fd), 'ioctl(MSHAREFS_CREATE_MAPPING)', () => `memfd ${length} bytes at offset ${offset} of ${this.path}`)
+    this.#mapped.add(offset, offset + length)
+  }
+
+  /**
+   * Removes the memory at `range` of the region (MSHAREFS_UNMAP) for every attacher. Views of
+   * this process's attachments over that range are detached first.
+   */
+  unmap(range: Range): void {
+    this.#assertOpen('unmap')
+    const { offset, length } = this.#range(range, 'range')
+    for (const attachment of this.#attachments) attachment.detachViews(offset, length)
+    check(native.mshareUnmap(this.#fd, offset, length), 'ioctl(MSHAREFS_UNMAP)', () => `${length} bytes at offset ${offset} of ${this.path}`)
+    this.#mapped.remove(offset, offset + length)
+  }
+
+  /**
+   * Maps the whole region into this process (mmap MAP_SHARED of the file; the kernel aligns it
+   * to the mshare alignment). `prot` 'r' maps it read-only in this process.
+   */
+  attach(options?: { prot?: 'r' | 'rw' }): MshareAttachment {
+    const opts = readOptions(options, 'options', ['prot'])
+    const prot = validateOneOf(opts.prot ?? 'rw', 'options.prot', ['r', 'rw'] as const)
+    this.#assertOpen('attach')
+    const address = check(native.mmap(0, this.#size, protBits[prot], C.MAP_SHARED, this.#fd, 0), 'mmap', () => `${this.path}, ${this.#size} bytes`)
+    const attachment = makeAttachment(this, address, this.#size, prot, (a) => this.#attachments.delete(a))
+    this.#attachments.add(attachment)
+    return attachment
+  }
+
+  /** Removes the file (the region goes when the last attachment and descriptor go). */
+  unlink(): void {
+    fsCall('unlink', this.path, () => fs.unlinkSync(this.path))
+  }
+
+  /** Closes every attachment of this handle, then the file descriptor. Idempotent. */
+  close(): void {
+    if (this.#closed) return
+    for (const attachment of [...this.#attachments]) attachment.close()
+    fdFinalizer.unregister(this)
+    native.closeFd(this.#fd)
+    this.#fd = -1
+    this.#closed = true
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  /** @internal Whether [offset, offset + length) holds memory known to this handle. */
+  covers(offset: number, length: number): boolean {
+    return this.#mapped.covers(offset, offset + length)
+  }
+
+  #range(range: unknown, name: string): { offset: number; length: number } {
+    const r = readRange(range, name)
+    if (r === undefined) throw invalidArgType(name, 'an object { offset, length }', range)
+    const offset = validateInteger(r.offset, `${name}.offset`)
+    const length = validateInteger(r.length, `${name}.length`, 1)
+    if (offset % pageSize !== 0) throw outOfRange(`${name}.offset`, `a multiple of the page size (${pageSize})`, offset)
+    if (length % pageSize !== 0) throw outOfRange(`${name}.length`, `a multiple of the page size (${pageSize})`, length)
+    if (offset + length > this.#size) throw outOfRange(name, `inside the region (offset + length <= ${this.#size})`, `offset ${offset} + length ${length}`)
+    return { offset, length }
+  }
+
+  #assertOpen(operation: string): void {
+    if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the MshareRegion is closed`)
+  }
+}
+
+let makeAttachment: (region: MshareRegion, address: number, length: number, prot: 'r' | 'rw', onClose: (a: MshareAttachment) => void) => MshareAttachment
+
+/** The region mapped into this process (MshareRegion.attach()). */
+export class MshareAttachment {
+  #region: MshareRegion
+  #address: number
+  #length: number
+  #prot: 'r' | 'rw'
+  #views: Views = { live: 0, pending: null }
+  /** Views handed out, by region offset, so unmap() and close() can detach them. */
+  #buffers = new Set<{ ref: WeakRef<ArrayBuffer>; offset: number; length: number }>()
+  #onClose: (a: MshareAttachment) => void
+  #closed = false
+  #token = {}
+
+  static {
+    makeAttachment = (region, address, length, prot, onClose) => new MshareAttachment(internal, region, address, length, prot, onClose)
+  }
+
+  /** Not callable from outside: use MshareRegion.attach(). */
+  private constructor(token: symbol, region: MshareRegion, address: number, length: number, prot: 'r' | 'rw', onClose: (a: MshareAttachment) => void) {
+    if (token !== internal) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use MshareRegion.attach()')
+    this.#region = region
+    this.#address = address
+    this.#length = length
+    this.#prot = prot
+    this.#onClose = onClose
+    attachmentFinalizer.register(this, { address, length, views: this.#views }, this.#token)
+  }
+
+  get address(): bigint {
+    return BigInt(this.#address)
+  }
+  get length(): number {
+    return this.#length
+  }
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /**
+   * A zero-copy view of `range` of the region. Only over memory known to be mapped (else a
+   * RangeError: an empty part of a region is SIGSEGV), and only on a read-write attachment.
+   * Detached (length 0) when the memory is unmapped through this process or the attachment closes.
+   */
+  view(range: Range): Uint8Array {
+    this.#assertOpen('view')
+    const r = readRange(range)
+    if (r === undefined) throw invalidArgType('range', 'an object { offset, length }', range)
+    const offset = validateInteger(r.offset, 'range.offset')
+    const length = validateInteger(r.length, 'range.length', 1, 2 ** 32)
+    if (offset % pageSize !== 0) throw outOfRange('range.offset', `a multiple of the page size (${pageSize})`, offset)
+    if (length % pageSize !== 0) throw outOfRange('range.length', `a multiple of the page size (${pageSize})`, length)
+    if (offset + length > this.#length) throw outOfRange('range', `inside the region (offset + length <= ${this.#length})`, `offset ${offset} + length ${length}`)
+    if (!this.#region.covers(offset, length)) throw outOfRange('range', 'a part of the region with memory mapped in it (see MshareRegion.mapped)', `offset ${offset} + length ${length}`)
+    if (this.#prot !== 'rw') throw codedError('ERR_REGION_PROTECTION', 'MshareAttachment.view needs a read-write attachment; use read()')
+    const buffer = native.wrap(this.#address + offset, length)
+    this.#views.live++
+    viewCollected.register(buffer, this.#views)
+    this.#buffers.add({ ref: new WeakRef(buffer), offset, length })
+    return new Uint8Array(buffer)
+  }
+
+  /** Copies `range` out through the kernel (an empty part of the region is SyscallError EFAULT/EIO, not a signal). */
+  read(range: Range): Buffer {
+    this.#assertOpen('read')
+    const r = readRange(range)
+    if (r === undefined) throw invalidArgType('range', 'an object { offset, length }', range)
+    const offset = validateInteger(r.offset, 'range.offset')
+    const length = validateInteger(r.length, 'range.length', 1, 2 ** 31)
+    if (offset + length > this.#length) throw outOfRange('range', `inside the region (offset + length <= ${this.#length})`, `offset ${offset} + length ${length}`)
+    const out = Buffer.allocUnsafe(length)
+    check(native.readMemory(this.#address + offset, length, out), 'pread(/proc/self/mem)', () => `${length} bytes at offset ${offset} of an mshare attachment`)
+    return out
+  }
+
+  /**
+   * mprotect(2) of the whole attachment. The v3 series refuses it (EINVAL: protection belongs
+   * to the region's mappings, shared by all); kept so callers get the kernel's own answer.
+   */
+  protect(prot: Protection): void {
+    const bits = protBits[validateOneOf(prot, 'prot', protections)]
+    this.#assertOpen('protect')
+    check(native.mprotect(this.#address, this.#length, bits), 'mprotect', () => `${prot} on an mshare attachment`)
+  }
+
+  /** Unmaps the attachment (views detached; memory held for views not yet collected). Idempotent. */
+  close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    this.detachViews(0, this.#length)
+    attachmentFinalizer.unregister(this.#token)
+    this.#onClose(this)
+    if (this.#views.live === 0) {
+      native.munmap(this.#address, this.#length)
+      return
+    }
+    // A detached view's pointer may still be in use by native code: private zero pages stand in
+    // (MAP_FIXED over the whole VMA, which the kernel allows) until the views are collected.
+    const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE | C.MAP_FIXED
+    if (native.mmap(this.#address, this.#length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0) < 0) native.munmap(this.#address, this.#length)
+    else this.#views.pending = { address: this.#address, length: this.#length }
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  /** @internal Detaches the views overlapping [offset, offset + length). */
+  detachViews(offset: number, length: number): void {
+    for (const entry of this.#buffers) {
+      const buffer = entry.ref.deref()
+      if (buffer === undefined) {
+        this.#buffers.delete(entry)
+        continue
+      }
+      if (entry.offset < offset + length && offset < entry.offset + entry.length) {
+        native.detach(buffer)
+        this.#buffers.delete(entry)
+      }
+    }
+  }
+
+  #assertOpen(operation: string): void {
+    if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the MshareAttachment is closed`)
+  }
+}

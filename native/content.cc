@@ -1,11 +1,21 @@
-// Page content: hashing of whole pages for the user-space deduplicator's content index.
-// Reads memory of a live Region whose pages lib/ has checked are readable.
+// Page content for the user-space deduplicator: hashing of whole pages, the cross-process twin
+// index (a hash table in a sealed shared memfd, updated only by single-word CAS), and the
+// deduplicator's per-pass loop (one PAGEMAP_SCAN, candidate selection, hashing, twin lookup,
+// merge runs). Reads memory of live Regions whose pages lib/ has checked are readable; writes
+// only into typed arrays it re-checked and into the index mapping it created itself.
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "addon.h"
+#include "compat.h"
 
 namespace memdedup {
 namespace {
@@ -68,10 +78,481 @@ Napi::Value HashPages(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(count));
 }
 
+// ---- Twin index: "the unstable tree in user space" ---------------------------------------------
+// A memfd of kIndexHeader bytes + slots 64-bit words, sealed against shrinking and growing (a
+// participant can never make another one's mapping SIGBUS) and mapped MAP_SHARED by every
+// cooperating process. Each word is one entry: the top 48 bits of a content hash (the tag) and a
+// 16-bit count of pages holding that content anywhere. Every update is one CAS on one word, so a
+// process killed at any instruction leaves no half-written entry and no lock behind; what it
+// loses is only its decrements (its pages stay counted as holders: a later page may then be
+// offered to the kernel for a merge that finds no twin, which the kernel's own compare refuses).
+// A slot whose count is 0 is free for any tag; an entry is looked up in a window of kProbe slots
+// and its holders are summed over that window, so two processes claiming two slots for the same
+// new tag at once still count together.
+constexpr uint64_t kIndexMagic = 0x31786564696d646dULL;  // "mdmidex1"
+constexpr size_t kIndexHeader = 64;
+constexpr uint64_t kCountMask = 0xffff, kCountMax = 0xffff;
+constexpr unsigned kProbe = 32;
+
+struct TwinTable {
+  int fd = -1;
+  void* base = nullptr;
+  size_t bytes = 0;
+  uint64_t slots = 0;
+  uint64_t* words = nullptr;  // inside base, after the header
+};
+
+const napi_type_tag kTwinTableTag = {0x6d656d6465647570ULL, 0x7477696e696e6478ULL};
+
+void CloseTable(TwinTable* t) {
+  if (t->base != nullptr) munmap(t->base, t->bytes);
+  if (t->fd >= 0) close(t->fd);
+  t->base = nullptr;
+  t->words = nullptr;
+  t->fd = -1;
+}
+
+inline uint64_t Tag(uint64_t hash) {
+  uint64_t tag = hash >> 16;
+  return tag != 0 ? tag : 1;
+}
+inline uint64_t LoadWord(uint64_t* w) { return __atomic_load_n(w, __ATOMIC_ACQUIRE); }
+inline bool CasWord(uint64_t* w, uint64_t* expected, uint64_t desired) {
+  return __atomic_compare_exchange_n(w, expected, desired, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+// Holders of `hash`'s content: counts of every entry with its tag in its probe window.
+uint32_t IndexHolders(const TwinTable& t, uint64_t hash) {
+  uint64_t tag = Tag(hash), mask = t.slots - 1, sum = 0;
+  for (unsigned i = 0; i < kProbe; i++) {
+    uint64_t w = LoadWord(&t.words[(hash + i) & mask]);
+    if ((w >> 16) == tag) sum += w & kCountMask;
+  }
+  return static_cast<uint32_t>(sum > 0xffffffffULL ? 0xffffffffULL : sum);
+}
+
+// Counts one more holder of `hash`. Returns false when the window is full of other live tags.
+bool IndexInsert(const TwinTable& t, uint64_t hash) {
+  uint64_t tag = Tag(hash), mask = t.slots - 1;
+  for (unsigned i = 0; i < kProbe; i++) {  // an entry with our tag: one more holder
+    uint64_t* slot = &t.words[(hash + i) & mask];
+    uint64_t w = LoadWord(slot);
+    while ((w >> 16) == tag) {
+      if ((w & kCountMask) == kCountMax) return true;  // saturated: stays counted
+      if (CasWord(slot, &w, w + 1)) return true;
+    }
+  }
+  for (unsigned i = 0; i < kProbe; i++) {  // else claim a free slot (never used, or count 0)
+    uint64_t* slot = &t.words[(hash + i) & mask];
+    uint64_t w = LoadWord(slot);
+    while ((w & kCountMask) == 0 || (w >> 16) == tag) {
+      uint64_t desired = (w >> 16) == tag ? w + 1 : (tag << 16) | 1;
+      if ((w & kCountMask) == kCountMax) return true;
+      if (CasWord(slot, &w, desired)) return true;
+    }
+  }
+  return false;
+}
+
+// One holder of `hash` fewer (a saturated entry stays saturated: its true count is unknown).
+void IndexRelease(const TwinTable& t, uint64_t hash) {
+  uint64_t tag = Tag(hash), mask = t.slots - 1;
+  for (unsigned i = 0; i < kProbe; i++) {
+    uint64_t* slot = &t.words[(hash + i) & mask];
+    uint64_t w = LoadWord(slot);
+    while ((w >> 16) == tag && (w & kCountMask) > 0) {
+      if ((w & kCountMask) == kCountMax) return;
+      if (CasWord(slot, &w, w - 1)) return;
+    }
+  }
+}
+
+Napi::Value NewTableHandle(Napi::Env env, TwinTable* table) {
+  auto external = Napi::External<TwinTable>::New(env, table, [](Napi::Env, TwinTable* t) {
+    CloseTable(t);
+    delete t;
+  });
+  napi_type_tag_object(env, external, &kTwinTableTag);
+  return external;
+}
+
+// The open table behind argument i: an External this file created (type-tagged), not closed.
+// A closed table is -EBADF for the caller (*closed = true), anything else a TypeError.
+TwinTable* ArgTable(const Napi::CallbackInfo& info, size_t i, bool* closed) {
+  bool tagged = false;
+  *closed = false;
+  if (info[i].Type() != napi_external || napi_check_object_type_tag(info.Env(), info[i], &kTwinTableTag, &tagged) != napi_ok || !tagged) {
+    ThrowArgument(info, i, false, "a twin index handle");
+    return nullptr;
+  }
+  TwinTable* t = info[i].As<Napi::External<TwinTable>>().Data();
+  if (t->words == nullptr) {
+    *closed = true;
+    return nullptr;
+  }
+  return t;
+}
+
+#define MEMDEDUP_TABLE(var, i)                                              \
+  bool var##_closed;                                                        \
+  TwinTable* var = ArgTable(info, i, &var##_closed);                        \
+  if (var##_closed) return Napi::Number::New(info.Env(), -EBADF);           \
+  if (var == nullptr) return info.Env().Undefined()
+
+// twinIndexCreate(slots) -> handle | -errno. slots: a power of two lib/ checked (re-checked here).
+Napi::Value TwinIndexCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  MEMDEDUP_ARG(slots, ArgU64(info, 0, static_cast<double>(1ULL << 28)));
+  if (slots < kProbe || (slots & (slots - 1)) != 0) {
+    ThrowArgument(info, 0, true, "a power of two >= 32");
+    return env.Undefined();
+  }
+  auto* t = new TwinTable();
+  t->slots = slots;
+  t->bytes = kIndexHeader + slots * sizeof(uint64_t);
+  t->fd = memfd_create("memdedup-twin-index", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (t->fd < 0 || ftruncate(t->fd, static_cast<off_t>(t->bytes)) < 0 ||
+      fcntl(t->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+    int error = errno;
+    CloseTable(t);
+    delete t;
+    return Napi::Number::New(env, -error);
+  }
+  void* base = mmap(nullptr, t->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, t->fd, 0);
+  if (base == MAP_FAILED) {
+    int error = errno;
+    CloseTable(t);
+    delete t;
+    return Napi::Number::New(env, -error);
+  }
+  t->base = base;
+  t->words = reinterpret_cast<uint64_t*>(static_cast<char*>(base) + kIndexHeader);
+  uint64_t* header = static_cast<uint64_t*>(base);
+  header[1] = slots;
+  __atomic_store_n(&header[0], kIndexMagic, __ATOMIC_RELEASE);
+  return NewTableHandle(env, t);
+}
+
+// twinIndexOpen(fd) -> handle | -errno | 1 (not sealed against shrink and grow) | 2 (not a twin
+// index: size or header). Takes ownership of fd only on success.
+Napi::Value TwinIndexOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) return Napi::Number::New(env, errno == EINVAL ? 1 : -errno);  // EINVAL: not a memfd
+  if ((seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW)) return Napi::Number::New(env, 1);
+  struct stat st;
+  if (fstat(fd, &st) < 0) return Napi::Number::New(env, -errno);
+  size_t bytes = static_cast<size_t>(st.st_size);
+  if (bytes < kIndexHeader + kProbe * sizeof(uint64_t)) return Napi::Number::New(env, 2);
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) return Napi::Number::New(env, -errno);
+  uint64_t* header = static_cast<uint64_t*>(base);
+  uint64_t slots = header[1];
+  if (__atomic_load_n(&header[0], __ATOMIC_ACQUIRE) != kIndexMagic || slots < kProbe || (slots & (slots - 1)) != 0 ||
+      slots > (1ULL << 28) || kIndexHeader + slots * sizeof(uint64_t) != bytes) {
+    munmap(base, bytes);
+    return Napi::Number::New(env, 2);
+  }
+  auto* t = new TwinTable();
+  t->fd = fd;
+  t->base = base;
+  t->bytes = bytes;
+  t->slots = slots;
+  t->words = reinterpret_cast<uint64_t*>(static_cast<char*>(base) + kIndexHeader);
+  return NewTableHandle(env, t);
+}
+
+// twinIndexClose(handle) -> 0: unmaps and closes now (idempotent); the finalizer frees the rest.
+Napi::Value TwinIndexClose(const Napi::CallbackInfo& info) {
+  MEMDEDUP_TABLE(t, 0);
+  CloseTable(t);
+  return Napi::Number::New(info.Env(), 0);
+}
+
+// twinIndexInfo(handle, out: Float64Array(3)) -> 0 | -EBADF; out = [fd, slots, used slots].
+Napi::Value TwinIndexInfo(const Napi::CallbackInfo& info) {
+  MEMDEDUP_TABLE(t, 0);
+  MEMDEDUP_ARG(out, ArgTypedArray<double>(info, 1, 3));
+  uint64_t used = 0;
+  for (uint64_t i = 0; i < t->slots; i++) used += (LoadWord(&t->words[i]) & kCountMask) != 0;
+  out.data[0] = t->fd;
+  out.data[1] = static_cast<double>(t->slots);
+  out.data[2] = static_cast<double>(used);
+  return Napi::Number::New(info.Env(), 0);
+}
+
+// twinIndexUpdate(handle, hashes: BigUint64Array, count, delta (-1 | 0 | 1), holders: Uint32Array)
+// -> count | -EBADF | -ENOSPC (an insert found its window full; holders are filled up to there).
+// delta 1 counts one more holder of each hash, -1 one fewer, 0 only looks; holders[i] = the
+// holders of hashes[i] right after its own update.
+Napi::Value TwinIndexUpdate(const Napi::CallbackInfo& info) {
+  MEMDEDUP_TABLE(t, 0);
+  MEMDEDUP_ARG(count, ArgU64(info, 2));
+  MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 1, count));
+  MEMDEDUP_ARG(delta, ArgInt(info, 3, -1, 1));
+  MEMDEDUP_ARG(holders, ArgTypedArray<uint32_t>(info, 4, count));
+  for (size_t i = 0; i < count; i++) {
+    if (delta > 0 && !IndexInsert(*t, hashes.data[i])) return Napi::Number::New(info.Env(), -ENOSPC);
+    if (delta < 0) IndexRelease(*t, hashes.data[i]);
+    holders.data[i] = IndexHolders(*t, hashes.data[i]);
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(count));
+}
+
+// ---- The deduplicator's pass over one region -------------------------------------------------
+// Per-page state word (a Uint32Array owned by lib/): bits 0-7 passes unwritten (saturating),
+// kHeld the page's hash is counted in the index (hashes[page] holds it), kMerged merged by
+// MADV_MERGE or marked MADV_MERGEABLE by us, bits 16-31 back-off passes left.
+constexpr uint32_t kCleanMask = 0xff, kHeld = 1u << 8, kMerged = 1u << 9, kBackoffShift = 16;
+enum PassMode { kModeNone = 0, kModeSksm = 1, kModeKsm = 2 };
+// config: Float64Array [mode, stablePasses, backoffPasses, budgetNs (0: none)]
+enum ConfigField { kCfgMode, kCfgStable, kCfgBackoff, kCfgBudgetNs, kConfigLength };
+// report: Float64Array, filled (not accumulated) by each call.
+enum ReportField {
+  kRepWritten,      // pages written since the last pass
+  kRepCandidates,   // present, unwritten for stablePasses, not merged, not backing off
+  kRepHashed,       // candidates hashed this pass (new to the index)
+  kRepDuplicates,   // candidates with another holder of their content anywhere
+  kRepMerged,       // pages passed to MADV_MERGE / marked MADV_MERGEABLE this pass
+  kRepCow,          // merged (or marked) pages written since: they back off
+  kRepMergedTotal,  // pages merged (or marked) by us now
+  kRepUnmarked,     // KSM mode: written marked pages given back with MADV_UNMERGEABLE
+  kRepDeferred,     // candidates left unhashed because the CPU budget ran out
+  kRepIndexFull,    // candidates the index had no slot for
+  kRepMergeReplaced,  // reported written but still shared (a kernel whose KSM merge drops uffd-wp)
+  kRepCpuNs,        // thread CPU time of this call
+  kRepFailedStage,  // on -errno: 1 PAGEMAP_SCAN, 2 MADV_MERGE, 3 MADV_MERGEABLE, 4 MADV_UNMERGEABLE, 5 pagemap read
+  kReportLength
+};
+
+inline uint64_t ThreadCpuNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+struct Run {
+  uint32_t first, end;
+};
+
+// Appends page to runs, extending the last run when adjacent.
+inline void AddToRuns(std::vector<Run>& runs, uint32_t page) {
+  if (!runs.empty() && runs.back().end == page) runs.back().end = page + 1;
+  else runs.push_back({page, page + 1});
+}
+
+// Bits of a /proc/pid/pagemap entry (as in pagemap.cc).
+constexpr int kEntryExclusiveBit = 56, kEntryPresentBit = 63;
+
+// dedupPass(pagemapFd, index, address, pages, state: Uint32Array, hashes: BigUint64Array,
+//           config: Float64Array, report: Float64Array) -> 0 | -errno (report[kRepFailedStage] says where)
+// The region [address, address + pages * pageSize) is a live, readable, private anonymous
+// Region registered for uffd WP_ASYNC (lib/ checked it just before this call).
+Napi::Value DedupPass(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t cpu_start = ThreadCpuNs();
+  MEMDEDUP_ARG(pagemap_fd, ArgInt(info, 0, 0));
+  MEMDEDUP_TABLE(table, 1);
+  MEMDEDUP_ARG(address, ArgU64(info, 2));
+  MEMDEDUP_ARG(pages, ArgU64(info, 3, 0xffffffffu));
+  MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 4, pages));
+  MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 5, pages));
+  MEMDEDUP_ARG(config, ArgTypedArray<double>(info, 6, kConfigLength));
+  MEMDEDUP_ARG(report, ArgTypedArray<double>(info, 7, kReportLength));
+  for (size_t i = 0; i < kReportLength; i++) report.data[i] = 0;
+  const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const int mode = static_cast<int>(config.data[kCfgMode]);
+  const uint32_t stable = static_cast<uint32_t>(std::min(std::max(config.data[kCfgStable], 1.0), 255.0));
+  const uint32_t backoff_passes = static_cast<uint32_t>(std::min(std::max(config.data[kCfgBackoff], 0.0), 65535.0));
+  const double budget = config.data[kCfgBudgetNs] > 0 ? config.data[kCfgBudgetNs] : 0;
+  const uint64_t end_address = address + pages * page_size;
+  auto fail = [&](int stage) {
+    int error = errno;
+    report.data[kRepFailedStage] = stage;
+    report.data[kRepCpuNs] = static_cast<double>(ThreadCpuNs() - cpu_start);
+    return Napi::Number::New(env, -error);
+  };
+
+  // 1. Writes since the last pass, and what is present: one PAGEMAP_SCAN walk (several calls only
+  //    when the vector fills). No category filter: every page is reported with its categories, and
+  //    PM_SCAN_WP_MATCHING re-protects the written ones in the same walk.
+  std::vector<uint8_t> eligible(pages);  // present, not the zero page
+  std::vector<Run> unmark;
+  std::vector<uint64_t> entries;
+  static thread_local std::vector<page_region> vec;
+  if (vec.size() < 1024) vec.resize(1024);
+  uint64_t start = address;
+  while (start < end_address) {
+    struct pm_scan_arg arg = {};
+    arg.size = sizeof(arg);
+    arg.flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
+    arg.start = start;
+    arg.end = end_address;
+    arg.vec = reinterpret_cast<uintptr_t>(vec.data());
+    arg.vec_len = vec.size();
+    arg.return_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO;
+    long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
+    if (n < 0) return fail(1);
+    for (long r = 0; r < n && static_cast<size_t>(r) < vec.size(); r++) {
+      const page_region& region = vec[r];
+      if (region.start < address || region.end > end_address || region.start >= region.end) continue;
+      uint32_t first = static_cast<uint32_t>((region.start - address) / page_size);
+      uint32_t last = static_cast<uint32_t>((region.end - address) / page_size);
+      bool written = region.categories & PAGE_IS_WRITTEN;
+      bool present = (region.categories & PAGE_IS_PRESENT) && !(region.categories & PAGE_IS_PFNZERO);
+      bool entries_read = false;
+      for (uint32_t page = first; page < last; page++) {
+        uint32_t s = state.data[page];
+        eligible[page] = present;
+        bool page_written = written;
+        if (page_written && (s & kMerged) && present) {
+          // Still shared with another mapping, so not written by us (a write would have COWed it):
+          // a kernel without kernel-patches/0001 drops uffd-wp when ksmd maps the KSM page.
+          if (!entries_read) {
+            entries.resize(last - first);
+            ssize_t got = pread(pagemap_fd, entries.data(), entries.size() * sizeof(uint64_t),
+                                static_cast<off_t>((address / page_size + first) * sizeof(uint64_t)));
+            if (got < 0) return fail(5);
+            entries.resize(static_cast<size_t>(got) / sizeof(uint64_t));
+            entries_read = true;
+          }
+          size_t k = page - first;
+          if (k < entries.size() && ((entries[k] >> kEntryPresentBit) & 1) && !((entries[k] >> kEntryExclusiveBit) & 1)) {
+            report.data[kRepMergeReplaced]++;
+            page_written = false;
+          }
+        }
+        if (page_written) {
+          report.data[kRepWritten]++;
+          if (s & kHeld) IndexRelease(*table, hashes.data[page]);
+          uint32_t back = s >> kBackoffShift;
+          if (s & kMerged) {
+            report.data[kRepCow]++;
+            back = backoff_passes;
+            if (mode == kModeKsm) AddToRuns(unmark, page);
+          }
+          state.data[page] = back << kBackoffShift;
+          continue;
+        }
+        uint32_t clean = s & kCleanMask;
+        if (clean < kCleanMask) clean++;
+        uint32_t back = s >> kBackoffShift;
+        if (back > 0) back--;
+        uint32_t flags = s & (kHeld | kMerged);
+        if (!present && (flags & kHeld)) {  // dropped (MADV_DONTNEED, swapped out): its hash is stale
+          IndexRelease(*table, hashes.data[page]);
+          flags = 0;
+        }
+        state.data[page] = (back << kBackoffShift) | flags | clean;
+      }
+    }
+    if (arg.walk_end <= start || arg.walk_end >= end_address) break;
+    start = arg.walk_end;
+  }
+
+  // 2. Candidates: hashed once (the hash stays valid while the page stays unwritten) and counted
+  //    in the index; within the CPU budget.
+  std::vector<uint32_t> candidates;
+  const unsigned char* base = reinterpret_cast<const unsigned char*>(address);
+  uint32_t since_check = 0;
+  bool out_of_budget = false;
+  for (uint32_t page = 0; page < pages; page++) {
+    uint32_t s = state.data[page];
+    if (!eligible[page] || (s & kCleanMask) < stable || (s & kMerged) || (s >> kBackoffShift) != 0) continue;
+    report.data[kRepCandidates]++;
+    if (!(s & kHeld)) {
+      if (budget > 0 && ++since_check >= 16) {
+        since_check = 0;
+        if (static_cast<double>(ThreadCpuNs() - cpu_start) > budget) out_of_budget = true;
+      }
+      if (out_of_budget) {
+        report.data[kRepDeferred]++;
+        continue;
+      }
+      uint64_t h = HashPage(base + static_cast<size_t>(page) * page_size, page_size);
+      report.data[kRepHashed]++;
+      if (!IndexInsert(*table, h)) {
+        report.data[kRepIndexFull]++;
+        continue;
+      }
+      hashes.data[page] = h;
+      state.data[page] = s | kHeld;
+    }
+    candidates.push_back(page);
+  }
+
+  // 3. Twins: a candidate whose content has another holder (this pass's inserts included) joins a
+  //    run; runs are merged (SKSM) or marked for ksmd (KSM fallback).
+  std::vector<Run> runs;
+  for (uint32_t page : candidates) {
+    if (IndexHolders(*table, hashes.data[page]) < 2) continue;
+    report.data[kRepDuplicates]++;
+    AddToRuns(runs, page);
+  }
+  if (mode == kModeSksm || mode == kModeKsm) {
+    int advice = mode == kModeSksm ? MADV_MERGE : MADV_MERGEABLE;
+    for (const Run& run : runs) {
+      if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(run.first) * page_size),
+                  static_cast<size_t>(run.end - run.first) * page_size, advice) < 0) {
+        return fail(mode == kModeSksm ? 2 : 3);
+      }
+      for (uint32_t page = run.first; page < run.end; page++) state.data[page] |= kMerged;
+      report.data[kRepMerged] += run.end - run.first;
+    }
+    for (const Run& run : unmark) {
+      if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(run.first) * page_size),
+                  static_cast<size_t>(run.end - run.first) * page_size, MADV_UNMERGEABLE) < 0) {
+        return fail(4);
+      }
+      report.data[kRepUnmarked] += run.end - run.first;
+    }
+  }
+  uint64_t merged_total = 0;
+  for (uint32_t page = 0; page < pages; page++) merged_total += (state.data[page] & kMerged) != 0;
+  report.data[kRepMergedTotal] = static_cast<double>(merged_total);
+  report.data[kRepCpuNs] = static_cast<double>(ThreadCpuNs() - cpu_start);
+  return Napi::Number::New(env, 0);
+}
+
+// dedupRelease(index, pages, state: Uint32Array, hashes: BigUint64Array) -> 0 | -EBADF: gives
+// back every hash the region holds in the index (untrack, close); clears the state.
+Napi::Value DedupRelease(const Napi::CallbackInfo& info) {
+  MEMDEDUP_TABLE(table, 0);
+  MEMDEDUP_ARG(pages, ArgU64(info, 1, 0xffffffffu));
+  MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 2, pages));
+  MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 3, pages));
+  for (size_t page = 0; page < pages; page++) {
+    if (state.data[page] & kHeld) IndexRelease(*table, hashes.data[page]);
+    state.data[page] = 0;
+  }
+  return Napi::Number::New(info.Env(), 0);
+}
+
+// threadCpuNs() -> CLOCK_THREAD_CPUTIME_ID of the calling thread, in ns.
+Napi::Value ThreadCpuTime(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(ThreadCpuNs()));
+}
+
 }  // namespace
 
 void InitContent(Napi::Env env, Napi::Object exports) {
   Export(exports, "hashPages", HashPages);
+  Export(exports, "twinIndexCreate", TwinIndexCreate);
+  Export(exports, "twinIndexOpen", TwinIndexOpen);
+  Export(exports, "twinIndexClose", TwinIndexClose);
+  Export(exports, "twinIndexInfo", TwinIndexInfo);
+  Export(exports, "twinIndexUpdate", TwinIndexUpdate);
+  Export(exports, "dedupPass", DedupPass);
+  Export(exports, "dedupRelease", DedupRelease);
+  Export(exports, "threadCpuNs", ThreadCpuTime);
+  Napi::Object c = Napi::Object::New(env);
+  SetConst(c, "CONFIG_LENGTH", kConfigLength);
+  SetConst(c, "REPORT_LENGTH", kReportLength);
+  SetConst(c, "MODE_NONE", kModeNone);
+  SetConst(c, "MODE_SKSM", kModeSksm);
+  SetConst(c, "MODE_KSM", kModeKsm);
+  exports.Set("contentConstants", c);
 }
 
 }  // namespace memdedup

@@ -34,6 +34,8 @@ const uffdConstantNames = [
   '_UFFDIO_REGISTER', '_UFFDIO_UNREGISTER', '_UFFDIO_WAKE', '_UFFDIO_COPY', '_UFFDIO_ZEROPAGE', '_UFFDIO_WRITEPROTECT',
   '_UFFDIO_CONTINUE', '_UFFDIO_API',
 ] as const
+const contentConstantNames = ['CONFIG_LENGTH', 'REPORT_LENGTH', 'MODE_NONE', 'MODE_SKSM', 'MODE_KSM'] as const
+export type ContentConstants = Readonly<Record<(typeof contentConstantNames)[number], number>>
 const mshareConstantNames = ['MSHAREFS_CREATE_MAPPING', 'MSHAREFS_UNMAP', 'MAP_SHARED_VALIDATE', 'MAP_HUGE_SHIFT'] as const
 export type MmConstants = Readonly<Record<(typeof mmConstantNames)[number], number>>
 export type PagemapConstants = Readonly<Record<(typeof pagemapConstantNames)[number], number>>
@@ -103,7 +105,26 @@ export interface ContentBinding {
   /** Hashes the pages at address + index * pageSize into out. throughKernel (1) copies each page
    *  through the kernel first, for file-backed memory (-EFAULT instead of SIGBUS past the file's end). */
   hashPages(address: number, pageIndexes: Uint32Array, count: number, out: BigUint64Array, throughKernel: 0 | 1): Rc
+  /** A sealed shared memfd twin index of `slots` (power of two) words → handle | -errno. */
+  twinIndexCreate(slots: number): TwinIndexHandle | Rc
+  /** Maps the twin index behind fd (ownership passes on success) → handle | -errno | 1 not sealed | 2 not a twin index. */
+  twinIndexOpen(fd: number): TwinIndexHandle | Rc
+  /** Unmaps and closes now (-EBADF once closed). */
+  twinIndexClose(index: TwinIndexHandle): Rc
+  /** out = [fd, slots, used slots]. */
+  twinIndexInfo(index: TwinIndexHandle, out: Float64Array): Rc
+  /** delta 1 / -1 / 0: one holder more / fewer / look; holders[i] after each update. -ENOSPC: index window full. */
+  twinIndexUpdate(index: TwinIndexHandle, hashes: BigUint64Array, count: number, delta: -1 | 0 | 1, holders: Uint32Array): Rc
+  /** One deduplicator pass over one region; config and report laid out as contentConstants says (lib/deduplicator.ts). */
+  dedupPass(pagemapFd: number, index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
+  /** Releases every hash the region's state holds in the index and clears the state. */
+  dedupRelease(index: TwinIndexHandle, pages: number, state: Uint32Array, hashes: BigUint64Array): Rc
+  /** CLOCK_THREAD_CPUTIME_ID in ns. */
+  threadCpuNs(): number
+  contentConstants: ContentConstants
 }
+/** An opaque native twin index (a type-tagged External; its finalizer unmaps and closes). */
+export type TwinIndexHandle = { readonly __brand: 'TwinIndexHandle' }
 
 export interface MshareBinding {
   /** MSHAREFS_CREATE_MAPPING on an msharefs file; mapFd -1 for MAP_ANONYMOUS. */
@@ -119,7 +140,7 @@ export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBin
 
 function assertConstants(binding: Binding): void {
   const missing: string[] = []
-  const groups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames]] as const
+  const groups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames], ['contentConstants', contentConstantNames]] as const
   for (const [group, names] of groups) {
     const values = (binding as unknown as Record<string, Record<string, unknown>>)[group] ?? {}
     for (const name of names) if (typeof values[name] !== 'number') missing.push(`${group}.${name}`)

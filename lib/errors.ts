@@ -82,6 +82,10 @@ export const codes = {
   ERR_UFFD_NOT_REGISTERED: 'InvalidStateError',
   ERR_DEDUP_CLOSED: 'InvalidStateError',
   ERR_DEDUP_ALREADY_TRACKED: 'InvalidStateError',
+  /** Deduplicator.run() while it already runs (stop() first). */
+  ERR_DEDUP_RUNNING: 'InvalidStateError',
+  /** An operation on a closed TwinIndex. */
+  ERR_TWIN_INDEX_CLOSED: 'InvalidStateError',
   /** ksm.waitForFullScans() ran out of time (an errno-style code, kept from the first release). */
   ETIMEDOUT: 'Error',
   /** FeatureUnavailableError's code. */

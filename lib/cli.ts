@@ -64,11 +64,10 @@ function seconds(value: string): number {
 
 /** Terminal size: the tty's, else $COLUMNS/$LINES, else unlimited (a pipe gets every row and column). */
 function terminalSize(): { columns: number; rows: number } {
-  const env = (name: string) => (Number(process.env[name]) > 0 ? Number(process.env[name]) : Infinity)
-  return {
-    columns: process.stdout.isTTY ? process.stdout.columns : env('COLUMNS'),
-    rows: process.stdout.isTTY ? process.stdout.rows : env('LINES'),
-  }
+  // A pty nobody sized (script(1) on /dev/null) reports 0 × 0: that is "unknown", not "no room".
+  const pick = (tty: number | undefined, name: string) =>
+    process.stdout.isTTY && tty !== undefined && tty > 0 ? tty : Number(process.env[name]) > 0 ? Number(process.env[name]) : Infinity
+  return { columns: pick(process.stdout.columns, 'COLUMNS'), rows: pick(process.stdout.rows, 'LINES') }
 }
 
 /**
@@ -174,10 +173,11 @@ function enableProcessMerge(): void {
   } catch (error) {
     const code = (error as SyscallError).code
     if (code === 'EINVAL') {
-      throw new CliError(`the kernel refused prctl(PR_SET_MEMORY_MERGE) with EINVAL: kernel ${os.release()} lacks process-wide KSM (Linux 6.4+ with CONFIG_KSM)`, 1, code)
+      throw new CliError(`prctl(PR_SET_MEMORY_MERGE) was refused with EINVAL: kernel ${os.release()} lacks process-wide KSM (it needs Linux 6.4+ with CONFIG_KSM)`, 1, code)
     }
-    if (code === 'EPERM') {
-      throw new CliError('the kernel refused prctl(PR_SET_MEMORY_MERGE) with EPERM: it needs CAP_SYS_RESOURCE (run as root, or give the process that capability)', 1, code)
+    if (code === 'EPERM' || code === 'EACCES') {
+      // The kernel itself asks for no capability: a seccomp filter or a security module said no.
+      throw new CliError(`prctl(PR_SET_MEMORY_MERGE) was refused with ${code}: a seccomp filter or security module forbids it here (container runtime profile, systemd SystemCallFilter=, SELinux/AppArmor)`, 1, code)
     }
     throw error
   }

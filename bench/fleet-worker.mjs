@@ -1,0 +1,183 @@
+// One worker of the fleet benchmark (bench/fleet.mjs forks N of these). It loads the state a
+// real service would: a module graph from node_modules, the shared dataset parsed into typed
+// arrays in a memdedup Region, some per-process unique data; then it serves a request loop over
+// the dataset and rewrites its hot pages every second. The parent tells it when to start
+// deduplicating and when to stop, and reads its memory from /proc; the worker reports its own
+// request throughput and, under a Deduplicator, that Deduplicator's stats.
+//
+// Messages: worker → parent {type:'ready'}, {type:'tick', ops}, {type:'final', ...};
+//           parent → worker {type:'start'}, {type:'stop'}.
+import fs from 'node:fs'
+import { createRequire } from 'node:module'
+import { randomFillSync } from 'node:crypto'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const rootDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const env = (name) => {
+  const value = process.env[name]
+  if (value === undefined) throw new Error(`fleet-worker: ${name} is not set (run bench/fleet.mjs, not this file)`)
+  return value
+}
+const config = env('FLEET_CONFIG')
+const datasetPath = env('FLEET_DATASET')
+const uniqueBytes = Number(env('FLEET_UNIQUE_BYTES'))
+const hotEvery = Number(env('FLEET_HOT_EVERY')) // every hotEvery-th page of the dataset is hot
+const intervalMs = Number(env('FLEET_INTERVAL_MS'))
+const cpuBudgetMs = Number(env('FLEET_CPU_BUDGET_MS'))
+
+const { Region, ksm, pageSize, ...lib } = await import(path.join(rootDir, 'dist', 'lib', 'index.js'))
+
+// The module graph: a few real packages, each exercised once so its functions are compiled.
+function loadModules() {
+  const require = createRequire(path.join(rootDir, 'package.json'))
+  const semver = require('semver')
+  const postcss = require('postcss')
+  const { minimatch } = require('minimatch')
+  const { Command } = require('commander')
+  const tar = require('tar')
+  const debug = require('debug')
+  semver.satisfies('1.2.3', '^1.0.0')
+  postcss.parse('a { color: red; margin: 0 auto }').toString()
+  minimatch('lib/region.ts', 'lib/**/*.ts')
+  new Command('fleet').option('--x <n>').parse(['node', 'fleet', '--x', '1'])
+  debug('fleet')('loaded')
+  return [semver, postcss, minimatch, Command, tar, debug].length
+}
+
+// The dataset file holds rows of 16 bytes (u32 id, u16 category, u16 quantity, f32 price,
+// u32 timestamp); parsing turns them into page-aligned columns, widened: ids u32, category u16,
+// quantity u16, price f64, timestamp f64 (24 bytes a record in the Region).
+const columns = [
+  ['id', Uint32Array], ['category', Uint16Array], ['quantity', Uint16Array], ['price', Float64Array], ['time', Float64Array],
+]
+const alignPage = (n) => Math.ceil(n / pageSize) * pageSize
+
+function parseDataset() {
+  const fd = fs.openSync(datasetPath, 'r')
+  try {
+    const records = fs.fstatSync(fd).size / 16
+    const offsets = []
+    let length = 0
+    for (const [, Type] of columns) {
+      offsets.push(length)
+      length = alignPage(length + records * Type.BYTES_PER_ELEMENT)
+    }
+    const region = Region.anonymous(length)
+    const buffer = region.bytes.buffer
+    const view = Object.fromEntries(columns.map(([name, Type], i) => [name, new Type(buffer, offsets[i], records)]))
+    const chunk = Buffer.allocUnsafe(16 * 65536)
+    const rows = new DataView(chunk.buffer, chunk.byteOffset, chunk.length)
+    for (let first = 0; first < records; first += 65536) {
+      const count = Math.min(65536, records - first)
+      fs.readSync(fd, chunk, 0, count * 16, first * 16)
+      for (let i = 0; i < count; i++) {
+        const at = i * 16
+        const r = first + i
+        view.id[r] = rows.getUint32(at, true)
+        view.category[r] = rows.getUint16(at + 4, true)
+        view.quantity[r] = rows.getUint16(at + 6, true)
+        view.price[r] = rows.getFloat32(at + 8, true)
+        view.time[r] = rows.getUint32(at + 12, true) * 1000
+      }
+    }
+    return { region, view, records }
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+const loadStarted = performance.now()
+const moduleCount = loadModules()
+const dataset = parseDataset()
+const unique = Region.anonymous(alignPage(uniqueBytes))
+randomFillSync(unique.bytes)
+const loadMs = performance.now() - loadStarted
+
+// Hot pages: one word of every hotEvery-th dataset page rewritten each second with a value of
+// this process, so those pages differ between workers right after each write.
+const words = new Uint32Array(dataset.region.bytes.buffer)
+const wordsPerPage = pageSize / 4
+let tick = 0
+const hotWriter = setInterval(() => {
+  tick++
+  const word = (tick * 17) % wordsPerPage
+  for (let page = hotEvery - 1; page < dataset.region.pages; page += hotEvery) words[page * wordsPerPage + word] = (process.pid << 8) ^ tick
+}, 1000)
+
+// The service: each request sums the revenue of one category over 512 consecutive records.
+let seed = process.pid >>> 0
+let ops = 0
+let checksum = 0
+function request() {
+  seed = (seed * 1664525 + 1013904223) >>> 0
+  const first = seed % (dataset.records - 512)
+  const category = seed & 63
+  const { category: cat, quantity, price } = dataset.view
+  let sum = 0
+  for (let r = first; r < first + 512; r++) if (cat[r] === category) sum += quantity[r] * price[r]
+  checksum += sum
+  ops++
+}
+let serving = true
+function serve() {
+  if (!serving) return
+  const until = performance.now() + 5
+  while (performance.now() < until) request()
+  setImmediate(serve)
+}
+serve()
+
+let dedup = null
+let index = null
+let ticker = null
+let cpuAtStart = null
+
+function startDedup() {
+  if (config === 'dedup-sksm' || config === 'dedup-ksm') {
+    index = lib.TwinIndex.open(env('FLEET_TWIN_INDEX'))
+    dedup = new lib.Deduplicator({ merge: config === 'dedup-sksm' ? 'sksm' : 'ksm', index, cpuBudgetMs })
+    dedup.track(dataset.region)
+    dedup.track(unique)
+    dedup.run({ intervalMs })
+  } else if (config.startsWith('ksmd-')) {
+    ksm.process.set(true)
+  }
+}
+
+process.on('message', async (message) => {
+  if (message.type === 'start') {
+    ops = 0
+    cpuAtStart = process.cpuUsage()
+    ticker = setInterval(() => {
+      process.send({ type: 'tick', ops })
+      ops = 0
+    }, 1000)
+    startDedup()
+  } else if (message.type === 'stop') {
+    clearInterval(ticker)
+    serving = false
+    clearInterval(hotWriter)
+    let stats = null
+    if (dedup) {
+      await dedup.stop()
+      stats = dedup.stats()
+      dedup.close()
+      index.close?.()
+    }
+    const cpu = process.cpuUsage(cpuAtStart)
+    process.send({
+      type: 'final',
+      ops,
+      cpuSeconds: (cpu.user + cpu.system) / 1e6,
+      dedup: stats && {
+        passes: stats.passes, cpuMs: stats.cpuMs, mergedPages: stats.mergedPages, cowAfterMerge: stats.cowAfterMerge,
+        history: stats.history,
+      },
+      checksum,
+    }, () => process.exit(0))
+  }
+})
+
+globalThis.gc?.()
+process.send({ type: 'ready', loadMs, moduleCount, datasetPages: dataset.region.pages, uniquePages: unique.pages })

@@ -1,0 +1,384 @@
+// The fleet benchmark (issue 11): N Node worker processes holding the same dataset, deduplicated
+// by ksmd in its usual settings and by the Deduplicator v2 (SKSM, and its KSM fallback), over a
+// fixed horizon. `npm run bench:fleet` runs it in the lab VM; run directly, it runs the
+// configurations this kernel can (ksmd ones need root and KSM; SKSM needs the lab kernel).
+//
+// Per configuration: fork the workers (bench/fleet-worker.mjs), wait until each has loaded its
+// state, take the baseline, start deduplicating, sample every second for the horizon, stop.
+// Savings = baseline − now of the workers' summed Pss (/proc/<pid>/smaps_rollup) and of
+// nr_anon_pages (/proc/vmstat). Between configurations KSM is reset (run=2: everything unmerged)
+// and every /sys/kernel/mm/ksm file written is restored at the end.
+// Output: progress on stderr; a markdown table, then one JSON object as the last stdout line.
+import { fork } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { parseArgs } from 'node:util'
+import { withKsmLock, rootDir, sleep, MiB } from './harness.mjs'
+
+const allConfigs = {
+  none: 'no dedup',
+  'ksmd-defaults': 'PR_SET_MEMORY_MERGE + ksmd at defaults (100 pages / 20 ms)',
+  'ksmd-advisor': 'PR_SET_MEMORY_MERGE + ksmd advisor_mode=scan-time',
+  'ksmd-full': 'PR_SET_MEMORY_MERGE + ksmd at full speed (10000 pages / 0 ms)',
+  'dedup-sksm': 'Deduplicator v2, SKSM (MADV_MERGE)',
+  'dedup-ksm': 'Deduplicator v2, KSM fallback (+ ksmd at defaults)',
+}
+// What each configuration writes to /sys/kernel/mm/ksm before its horizon starts.
+const ksmdDefaults = { advisorMode: 'none', pagesToScan: 100, sleepMillisecs: 20 }
+const ksmSettings = {
+  none: { run: 0 },
+  'ksmd-defaults': { ...ksmdDefaults, run: 1 },
+  'ksmd-advisor': { ...ksmdDefaults, advisorMode: 'scan-time', run: 1 },
+  'ksmd-full': { advisorMode: 'none', pagesToScan: 10_000, sleepMillisecs: 0, run: 1 },
+  'dedup-sksm': { run: 0 },
+  'dedup-ksm': { ...ksmdDefaults, run: 1 },
+}
+
+const { values: flags } = parseArgs({
+  options: {
+    workers: { type: 'string', default: '8' },
+    mib: { type: 'string', default: '64' },
+    'unique-mib': { type: 'string', default: '4' },
+    'hot-pct': { type: 'string', default: '5' },
+    'horizon-s': { type: 'string', default: '120' },
+    'interval-ms': { type: 'string', default: '1000' },
+    'cpu-budget-ms': { type: 'string', default: '50' },
+    configs: { type: 'string', default: Object.keys(allConfigs).join(',') },
+    help: { type: 'boolean', default: false },
+  },
+})
+if (flags.help) {
+  console.log(`node bench/fleet.mjs [--workers=8] [--mib=64] [--unique-mib=4] [--hot-pct=5] [--horizon-s=120]
+  [--interval-ms=1000] [--cpu-budget-ms=50] [--configs=${Object.keys(allConfigs).join(',')}]`)
+  process.exit(0)
+}
+function positive(name, { integer = true } = {}) {
+  const value = Number(flags[name])
+  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+    console.error(`fleet: --${name} must be a positive ${integer ? 'integer' : 'number'}, got ${flags[name]}`)
+    process.exit(2)
+  }
+  return value
+}
+const params = {
+  workers: positive('workers'),
+  mib: positive('mib', { integer: false }),
+  uniqueMib: positive('unique-mib', { integer: false }),
+  hotPct: positive('hot-pct', { integer: false }),
+  horizonS: positive('horizon-s'),
+  intervalMs: positive('interval-ms'),
+  cpuBudgetMs: positive('cpu-budget-ms'),
+}
+const configs = flags.configs.split(',').filter(Boolean)
+for (const name of configs) {
+  if (!(name in allConfigs)) {
+    console.error(`fleet: unknown configuration ${name} (known: ${Object.keys(allConfigs).join(', ')})`)
+    process.exit(2)
+  }
+}
+
+const lib = await import(path.join(rootDir, 'dist', 'lib', 'index.js'))
+const { ksm, features, pageSize } = lib
+const f = features()
+const log = (text) => process.stderr.write(`fleet: ${text}\n`)
+const toMiB = (pages) => (pages * pageSize) / MiB
+const ticksPerSecond = 100 // USER_HZ: /proc/<pid>/stat times
+
+/** Why `config` cannot run on this kernel/process, or ''. */
+function unavailable(config) {
+  if (config === 'none') return ''
+  if (!f.ksm) return 'no KSM (CONFIG_KSM=n)'
+  if (process.getuid?.() !== 0) return 'needs root (/sys/kernel/mm/ksm)'
+  if (config.startsWith('ksmd-')) {
+    if (!f.ksmProcess) return 'no PR_SET_MEMORY_MERGE (Linux < 6.4)'
+    if (config === 'ksmd-advisor' && !fs.existsSync('/sys/kernel/mm/ksm/advisor_mode')) return 'no ksm advisor (Linux < 6.7)'
+    return ''
+  }
+  if (typeof lib.TwinIndex?.create !== 'function' || typeof lib.Deduplicator?.prototype?.track !== 'function') {
+    return 'Deduplicator v2 (TwinIndex, track/run) is not in dist/lib yet'
+  }
+  if (config === 'dedup-sksm' && !f.sksm) return `no SKSM on ${f.kernelRelease} (MADV_MERGE: the lab kernel)`
+  if (!f.uffdWpAsync || !f.pagemapScan) return 'no userfaultfd WP_ASYNC / PAGEMAP_SCAN'
+  return ''
+}
+
+// ---- The dataset: one file every worker parses (records of 16 bytes; see fleet-worker.mjs).
+function writeDataset(file, bytesInRegion) {
+  const records = Math.floor(bytesInRegion / 24) // 24 bytes a record once parsed
+  const rows = Buffer.alloc(records * 16)
+  const view = new DataView(rows.buffer, rows.byteOffset, rows.length)
+  let state = 0x9e3779b9 // xorshift32: the same file in every run
+  const next = () => {
+    state ^= state << 13; state >>>= 0
+    state ^= state >>> 17
+    state ^= state << 5; state >>>= 0
+    return state
+  }
+  for (let r = 0; r < records; r++) {
+    const at = r * 16
+    const random = next()
+    view.setUint32(at, r, true)
+    view.setUint16(at + 4, random & 63, true)
+    view.setUint16(at + 6, (random >>> 6) & 1023, true)
+    view.setFloat32(at + 8, (next() % 100_000) / 100, true)
+    view.setUint32(at + 12, 1_700_000_000 + r, true)
+  }
+  fs.writeFileSync(file, rows)
+  return records
+}
+
+// ---- What the kernel says, sampled every second.
+function readNumber(file) {
+  return Number(fs.readFileSync(file, 'utf8'))
+}
+function vmstat(key) {
+  const match = new RegExp(`^${key} (\\d+)$`, 'm').exec(fs.readFileSync('/proc/vmstat', 'utf8'))
+  return match ? Number(match[1]) : NaN
+}
+/** smaps_rollup fields of one process, in kB. */
+function rollup(pid) {
+  const out = {}
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').split('\n')) {
+    const match = /^(\w+):\s+(\d+) kB/.exec(line)
+    if (match) out[match[1]] = Number(match[2])
+  }
+  return out
+}
+function ksmMergingPages(pid) {
+  try {
+    return Number(/ksm_merging_pages (\d+)/.exec(fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8'))?.[1] ?? 0)
+  } catch {
+    return 0
+  }
+}
+let ksmdPid
+function ksmdCpuSeconds() {
+  if (ksmdPid === undefined) {
+    ksmdPid = null
+    for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+      try {
+        if (fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'ksmd') ksmdPid = pid
+      } catch { /* exited */ }
+    }
+  }
+  if (ksmdPid === null) return 0
+  const fields = fs.readFileSync(`/proc/${ksmdPid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond // utime + stime
+}
+function sample(pids) {
+  let pssKb = 0
+  let merging = 0
+  for (const pid of pids) {
+    pssKb += rollup(pid).Pss ?? 0
+    merging += ksmMergingPages(pid)
+  }
+  const ksmFiles = f.ksm ? ['pages_sharing', 'pages_shared', 'general_profit'].map((file) => readNumber(`/sys/kernel/mm/ksm/${file}`)) : [0, 0, 0]
+  return {
+    pssMiB: pssKb / 1024, anonMiB: toMiB(vmstat('nr_anon_pages')), mergingPages: merging,
+    pagesSharing: ksmFiles[0], pagesShared: ksmFiles[1], generalProfitMiB: ksmFiles[2] / MiB, ksmdCpu: ksmdCpuSeconds(),
+  }
+}
+
+// ---- Workers.
+function forkWorkers(config, dataset, twinIndexPath) {
+  const hotEvery = Math.max(1, Math.round(100 / params.hotPct))
+  const env = {
+    ...process.env, FLEET_CONFIG: config, FLEET_DATASET: dataset, FLEET_UNIQUE_BYTES: String(Math.round(params.uniqueMib * MiB)),
+    FLEET_HOT_EVERY: String(hotEvery), FLEET_INTERVAL_MS: String(params.intervalMs), FLEET_CPU_BUDGET_MS: String(params.cpuBudgetMs),
+    ...(twinIndexPath ? { FLEET_TWIN_INDEX: twinIndexPath } : {}),
+  }
+  return Array.from({ length: params.workers }, () => {
+    const child = fork(path.join(rootDir, 'bench', 'fleet-worker.mjs'), [], { env, execArgv: ['--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const worker = { child, pid: child.pid, ticks: [], ready: null, final: null, exited: null }
+    worker.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)))
+    worker.ready = new Promise((resolve, reject) => {
+      child.on('message', (message) => {
+        if (message.type === 'ready') resolve(message)
+        else if (message.type === 'tick') worker.ticks.push(message.ops)
+        else if (message.type === 'final') worker.final = message
+      })
+      worker.exited.then((status) => reject(new Error(`worker ${child.pid} exited (${status}) before it was ready`)))
+    })
+    return worker
+  })
+}
+
+async function stopWorkers(workers) {
+  for (const w of workers) if (w.child.connected) w.child.send({ type: 'stop' })
+  const deadline = sleep(120_000).then(() => 'timeout')
+  for (const w of workers) {
+    if ((await Promise.race([w.exited, deadline])) === 'timeout') w.child.kill('SIGKILL')
+    const status = await w.exited
+    if (status !== 0) throw new Error(`worker ${w.pid} exited with ${status}`)
+    if (!w.final) throw new Error(`worker ${w.pid} exited without its final report`)
+  }
+}
+
+/** Resets KSM between configurations: run=2 unmerges every KSM page, then ksmd stops. */
+function resetKsm() {
+  if (!f.ksm || process.getuid?.() !== 0) return
+  ksm.configure({ run: 2 })
+  ksm.configure({ run: 0 })
+}
+
+/** Earliest time from which `series` stays at or above 90% of its final value (null if ~nothing saved). */
+function timeTo90(times, series, finalValue) {
+  if (!(finalValue > 1)) return null // under 1 MiB: noise, not savings
+  let at = null
+  for (let i = 0; i < series.length; i++) {
+    if (series[i] >= 0.9 * finalValue) at ??= times[i]
+    else at = null
+  }
+  return at
+}
+
+async function runConfig(config, dataset) {
+  let index = null
+  if (config.startsWith('dedup-')) {
+    const pagesPerWorker = Math.ceil((params.mib + params.uniqueMib) * MiB / pageSize)
+    const slots = 2 ** Math.ceil(Math.log2(2 * pagesPerWorker * 2))
+    index = lib.TwinIndex.create({ slots })
+  }
+  const workers = forkWorkers(config, dataset, index?.path)
+  try {
+    const ready = await Promise.all(workers.map((w) => w.ready))
+    log(`${config}: ${workers.length} workers ready (load ${Math.round(Math.max(...ready.map((r) => r.loadMs)))} ms at most)`)
+    await sleep(2000) // let the hot writer and the request loop settle before the baseline
+    const pids = workers.map((w) => w.pid)
+    const baseline = sample(pids)
+    if (f.ksm && process.getuid?.() === 0) ksm.configure(ksmSettings[config])
+    const started = performance.now()
+    for (const w of workers) w.child.send({ type: 'start' })
+    const samples = []
+    for (let second = 1; second <= params.horizonS; second++) {
+      await sleep(started + second * 1000 - performance.now())
+      samples.push({ t: (performance.now() - started) / 1000, ...sample(pids) })
+    }
+    await stopWorkers(workers)
+    return summarize(config, baseline, samples, workers, ready)
+  } catch (error) {
+    for (const w of workers) w.child.kill('SIGKILL')
+    throw error
+  } finally {
+    index?.close?.()
+    resetKsm()
+  }
+}
+
+function summarize(config, baseline, samples, workers, ready) {
+  const times = samples.map((s) => Number(s.t.toFixed(2)))
+  const savedPss = samples.map((s) => baseline.pssMiB - s.pssMiB)
+  const savedAnon = samples.map((s) => baseline.anonMiB - s.anonMiB)
+  const tail = (series) => series.slice(-3).reduce((a, b) => a + b, 0) / Math.min(3, series.length)
+  const savedMiB = tail(savedPss)
+  // Unmerges seen by the kernel: drops of the workers' ksm_merging_pages between samples (a lower
+  // bound: a merge and an unmerge in the same second cancel out).
+  let ksmUnmerges = 0
+  for (let i = 1; i < samples.length; i++) ksmUnmerges += Math.max(0, samples[i - 1].mergingPages - samples[i].mergingPages)
+  const dedupStats = workers.map((w) => w.final.dedup).filter(Boolean)
+  const dedupCpuS = dedupStats.reduce((sum, s) => sum + s.cpuMs, 0) / 1000
+  const ksmdCpuS = samples.at(-1).ksmdCpu - baseline.ksmdCpu
+  const opsPerSec = workers.map((w) => {
+    const ticks = w.ticks.slice(1) // the first second includes the start
+    return ticks.length ? ticks.reduce((a, b) => a + b, 0) / ticks.length : NaN
+  })
+  return {
+    config,
+    label: allConfigs[config],
+    savedMiB: round(savedMiB),
+    savedAnonMiB: round(tail(savedAnon)),
+    t90S: timeTo90(times, savedPss, savedMiB),
+    ksmdCpuS: round(ksmdCpuS),
+    dedupCpuS: round(dedupCpuS),
+    cpuS: round(ksmdCpuS + dedupCpuS),
+    workerCpuS: round(workers.reduce((sum, w) => sum + w.final.cpuSeconds, 0)),
+    cowAfterMerge: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.cowAfterMerge, 0) : null,
+    ksmUnmerges,
+    mergedPages: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.mergedPages, 0) : null,
+    passes: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.passes, 0) : null,
+    opsPerSecPerWorker: round(opsPerSec.reduce((a, b) => a + b, 0) / opsPerSec.length, 0),
+    final: { pagesSharing: samples.at(-1).pagesSharing, pagesShared: samples.at(-1).pagesShared, generalProfitMiB: round(samples.at(-1).generalProfitMiB), mergingPages: samples.at(-1).mergingPages },
+    baseline: { pssMiB: round(baseline.pssMiB), anonMiB: round(baseline.anonMiB) },
+    loadMs: Math.round(Math.max(...ready.map((r) => r.loadMs))),
+    series: { t: times, savedMiB: savedPss.map((v) => round(v)), savedAnonMiB: savedAnon.map((v) => round(v)), pagesSharing: samples.map((s) => s.pagesSharing) },
+  }
+}
+function round(value, digits = 2) {
+  return Number.isFinite(value) ? Number(value.toFixed(digits)) : null
+}
+
+function goals(rows) {
+  const by = Object.fromEntries(rows.filter((r) => !r.skipped).map((r) => [r.config, r]))
+  const ksmdRows = ['ksmd-defaults', 'ksmd-advisor', 'ksmd-full'].map((c) => by[c]).filter(Boolean)
+  const best = ksmdRows.length ? Math.max(...ksmdRows.map((r) => r.savedMiB)) : null
+  const defaults = by['ksmd-defaults']
+  const out = {}
+  for (const config of ['dedup-sksm', 'dedup-ksm']) {
+    const row = by[config]
+    if (!row) continue
+    out[config] = {
+      savings: best === null ? null : { value: row.savedMiB, ksmdBest: best, met: row.savedMiB >= best },
+      cpu: defaults ? { value: row.cpuS, limit: round(defaults.cpuS / 5), met: row.cpuS <= defaults.cpuS / 5 } : null,
+      t90: defaults && row.t90S !== null && defaults.t90S !== null
+        ? { value: row.t90S, limit: round(defaults.t90S / 10), met: row.t90S <= defaults.t90S / 10 }
+        : null,
+    }
+  }
+  return out
+}
+
+function table(rows) {
+  const none = rows.find((r) => r.config === 'none' && !r.skipped)
+  const lines = [
+    '| configuration | saved MiB (Pss) | saved MiB (anon) | time to 90% | dedup CPU s (ksmd + workers) | COW after merge | ops/s per worker |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+  ]
+  for (const r of rows) {
+    if (r.skipped) {
+      lines.push(`| ${r.config}: ${r.label} | skipped: ${r.skipped} | | | | | |`)
+      continue
+    }
+    const cow = r.cowAfterMerge === null ? `${r.ksmUnmerges} (ksm_merging_pages drops)` : `${r.cowAfterMerge}`
+    const relative = none && r !== none ? ` (${((r.opsPerSecPerWorker / none.opsPerSecPerWorker) * 100).toFixed(0)}%)` : ''
+    lines.push(`| ${r.config}: ${r.label} | ${r.savedMiB.toFixed(1)} | ${r.savedAnonMiB.toFixed(1)} | ${r.t90S === null ? '-' : `${r.t90S.toFixed(1)} s`} | ${r.cpuS.toFixed(2)} (${r.ksmdCpuS.toFixed(2)} + ${r.dedupCpuS.toFixed(2)}) | ${cow} | ${r.opsPerSecPerWorker}${relative} |`)
+  }
+  return lines.join('\n')
+}
+
+// ---- Main.
+const datasetFile = path.join(os.tmpdir(), `memdedup-fleet-${process.pid}.bin`)
+const touched = f.ksm && process.getuid?.() === 0
+  ? ['run', 'pagesToScan', 'sleepMillisecs', ...(fs.existsSync('/sys/kernel/mm/ksm/advisor_mode') ? ['advisorMode'] : [])]
+  : []
+const rows = []
+await withKsmLock(async () => {
+  const original = Object.fromEntries(touched.map((key) => [key, ksm.stats()[key]]))
+  try {
+    const records = writeDataset(datasetFile, params.mib * MiB)
+    log(`${params.workers} workers, dataset ${params.mib} MiB (${records} records), ${params.uniqueMib} MiB unique each, ${params.hotPct}% hot pages, horizon ${params.horizonS} s on ${f.kernelRelease}`)
+    resetKsm()
+    for (const config of configs) {
+      const why = unavailable(config)
+      if (why) {
+        log(`${config}: skipped (${why})`)
+        rows.push({ config, label: allConfigs[config], skipped: why })
+        continue
+      }
+      const row = await runConfig(config, datasetFile)
+      log(`${config}: saved ${row.savedMiB} MiB (Pss), t90 ${row.t90S} s, CPU ${row.cpuS} s, ${row.opsPerSecPerWorker} ops/s per worker`)
+      rows.push(row)
+    }
+  } finally {
+    fs.rmSync(datasetFile, { force: true })
+    if (touched.length) {
+      resetKsm()
+      ksm.configure(original)
+    }
+  }
+})
+
+console.log(`\nFleet of ${params.workers} Node workers, ${params.mib} MiB dataset each, horizon ${params.horizonS} s, ${f.kernelRelease}\n`)
+console.log(table(rows))
+console.log()
+console.log(JSON.stringify({ bench: 'fleet', kernelRelease: f.kernelRelease, vm: Boolean(process.env.MEMDEDUP_VM), params, configs, rows, goals: goals(rows) }))

@@ -195,8 +195,9 @@ export class MshareRegion {
   }
 
   /**
-   * Opens an existing region. `mapped` declares the ranges the owner has mapped memory into
-   * (views are handed out only there: touching an empty part of a region is SIGSEGV).
+   * Opens an existing region. `mapped` declares the ranges the owner has mapped read-write
+   * memory into (views are handed out only there: touching an empty part of a region, or
+   * writing a read-only one, is SIGSEGV).
    */
   static open(name: string, options?: { mapped?: Range[]; mount?: boolean }): MshareRegion {
     const file = validateName(name)
@@ -244,7 +245,7 @@ export class MshareRegion {
   get closed(): boolean {
     return this.#closed
   }
-  /** Ranges known to hold memory: mapped through this handle or declared at open(). */
+  /** Ranges known to hold read-write memory (views are handed out there): mapped through this handle or declared at open(). */
   get mapped(): Range[] {
     return this.#mapped.list()
   }
@@ -266,7 +267,7 @@ export class MshareRegion {
     // MAP_HUGE_2MB: log2(2 MiB) in the MAP_HUGE bits.
     const flags = C.MAP_SHARED | C.MAP_FIXED | C.MAP_ANONYMOUS | (hugetlb ? C.MAP_HUGETLB | (21 << M.MAP_HUGE_SHIFT) : 0)
     check(native.mshareCreateMapping(this.#fd, offset, length, 0, prot, flags, -1), 'ioctl(MSHAREFS_CREATE_MAPPING)', () => `anonymous ${length} bytes at offset ${offset} of ${this.path}`)
-    this.#mapped.add(offset, offset + length)
+    this.#placed(offset, length, prot)
   }
 
   /**
@@ -290,7 +291,7 @@ export class MshareRegion {
       throw outOfRange('options.fileOffset', `<= ${memfd.length - length} (the memfd Region holds ${memfd.length} bytes)`, fileOffset)
     }
     check(native.mshareCreateMapping(this.#fd, offset, length, fileOffset, prot, C.MAP_SHARED | C.MAP_FIXED, memfd.fd), 'ioctl(MSHAREFS_CREATE_MAPPING)', () => `memfd ${length} bytes at offset ${offset} of ${this.path}`)
-    this.#mapped.add(offset, offset + length)
+    this.#placed(offset, length, prot)
   }
 
   /**
@@ -352,6 +353,14 @@ export class MshareRegion {
     if (length % pageSize !== 0) throw outOfRange(`${name}.length`, `a multiple of the page size (${pageSize})`, length)
     if (offset + length > this.#size) throw outOfRange(name, `inside the region (offset + length <= ${this.#size})`, `offset ${offset} + length ${length}`)
     return { offset, length }
+  }
+
+  /** A mapping replaced [offset, offset + length): views only where every attacher may read and write. */
+  #placed(offset: number, length: number, prot: number): void {
+    const rw = C.PROT_READ | C.PROT_WRITE
+    if ((prot & rw) === rw) this.#mapped.add(offset, offset + length)
+    else this.#mapped.remove(offset, offset + length)
+    for (const attachment of this.#attachments) attachment.detachViews(offset, length)
   }
 
   #assertOpen(operation: string): void {

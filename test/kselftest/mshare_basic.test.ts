@@ -1,0 +1,91 @@
+// Port of tools/testing/selftests/mshare/basic.c (Yongting Lin's selftests for the mshare v3
+// series): FIXTURE(basic) sizes an mshare file to one alignment unit and maps a small chunk in
+// it (variants ANON_4k, HUGETLB_2m, ANON_8k, HUGETLB_4m); TEST_F(basic, shared_mem) has a child
+// write a string that the parent then reads; TEST_F_SIGNAL(basic, ioctl_unmap, SIGSEGV) touches
+// the memory after MSHAREFS_UNMAP. Runs in the lab VM on the msharefs kernel; skips elsewhere.
+import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { MshareRegion, SyscallError, mshare } from '../../lib/index.ts'
+import { thrown } from '../helpers/errors.ts'
+import { runChild } from '../helpers/child.ts'
+import { distEntry, ensureDist } from '../helpers/dist.mjs'
+
+const why = mshare.probe()
+const reason = why ? ` — skipped: ${why}` : ''
+const STRING = 'I am Msharefs'
+const KB = 1024
+const MB = 1024 * KB
+const nativeEntry = distEntry.replace(/index\.js$/, 'native.js')
+
+function freeHugePages(): number {
+  return Number(/^HugePages_Free:\s+(\d+)/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0)
+}
+
+const variants = [
+  { name: 'ANON_4k', allocateSize: 4 * KB, hugetlb: false },
+  { name: 'HUGETLB_2m', allocateSize: 2 * MB, hugetlb: true },
+  { name: 'ANON_8k', allocateSize: 8 * KB, hugetlb: false },
+  { name: 'HUGETLB_4m', allocateSize: 4 * MB, hugetlb: true },
+]
+
+for (const variant of variants) {
+  const needed = variant.hugetlb ? variant.allocateSize / (2 * MB) : 0
+  const noHuge = !why && variant.hugetlb && freeHugePages() < needed ? ` — skipped: needs ${needed} free 2 MiB huge pages (npm run vm -- --hugepages=N)` : ''
+
+  describe.skipIf(why || noHuge)(`basic.c FIXTURE(basic) variant ${variant.name}${reason}${noHuge}`, () => {
+    let region: MshareRegion
+    const name = `mshare-test-${process.pid}-${variant.name}`
+
+    beforeEach(() => {
+      region = MshareRegion.create(name, mshare.alignment())
+      region.mapAnonymous({ offset: 0, length: variant.allocateSize }, { hugetlb: variant.hugetlb })
+    })
+
+    afterEach(() => {
+      region.close()
+      region.unlink()
+    })
+
+    it('shared_mem: a child writes the string, the parent reads it', () => {
+      runChild(`
+        const region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: 0, length: ${variant.allocateSize} }] })
+        const attachment = region.attach()
+        const view = attachment.view({ offset: 0, length: ${variant.allocateSize} })
+        Buffer.from(view.buffer, view.byteOffset, view.byteLength).write(${JSON.stringify(STRING)})
+        // Not in the C: the last byte of the chunk too (the whole mapping is shared, not its first page).
+        view[view.length - 1] = 0x5a
+        region.close()
+      `)
+      using attachment = region.attach()
+      const view = attachment.view({ offset: 0, length: variant.allocateSize })
+      expect(Buffer.from(view.buffer, view.byteOffset, STRING.length).toString()).toBe(STRING)
+      expect(view[variant.allocateSize - 1]).toBe(0x5a)
+      // Not in the C: the child (an attacher) has exited and the memory is intact and writable here.
+      view[1] = 0x41
+      expect(attachment.read({ offset: 0, length: 2 }).toString()).toBe('IA')
+    })
+
+    it('ioctl_unmap: touching the memory after MSHAREFS_UNMAP is SIGSEGV', () => {
+      ensureDist()
+      const script = `
+        import * as lib from ${JSON.stringify(distEntry)}
+        import { native } from ${JSON.stringify(nativeEntry)}
+        const region = lib.MshareRegion.open(${JSON.stringify(name)})
+        const attachment = region.attach()
+        const raw = new Uint8Array(native.wrap(Number(attachment.address), ${variant.allocateSize}))
+        raw[0] = 77
+        if (native.mshareUnmap(region.fd, 0, ${variant.allocateSize}) !== 0) process.exit(3)
+        console.log('unmapped')
+        raw[0] = 68
+        process.exit(4)
+      `
+      const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: process.env.MEMDEDUP_VM ? 400_000 : 30_000 })
+      expect(child.signal, `child exited ${child.status}; stderr:\n${child.stderr}`).toBe('SIGSEGV')
+      expect(child.stdout).toBe('unmapped\n')
+      // Not in the C: the unmap was for every attacher, this process included.
+      using attachment = region.attach()
+      expect(thrown(() => attachment.read({ offset: 0, length: 1 }))).toBeInstanceOf(SyscallError)
+    })
+  })
+}

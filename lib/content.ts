@@ -1,0 +1,144 @@
+// Page content for the user-space deduplicator: page hashes, and the twin index that cooperating
+// processes share ("the unstable tree in user space", native/content.cc).
+import fs from 'node:fs'
+import { native, pageSize, type TwinIndexHandle } from './native.ts'
+import { check, codedError, fsCall, SyscallError } from './errors.ts'
+import { Region, type Range } from './region.ts'
+import { invalidArgType, invalidArgValue, outOfRange, readOptions, validateInteger } from './validate.ts'
+
+/** Content hashes (64-bit XXH64) of the Region's pages (or a range): equal content, equal hash. */
+export function hashPages(region: Region, range?: Range): BigUint64Array {
+  if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
+  const span = region.readableSpan(range, 'hashPages')
+  const pages = span.length / pageSize
+  const indexes = new Uint32Array(pages).map((_, i) => i)
+  const out = new BigUint64Array(pages)
+  // A file's pages are copied through the kernel first: a truncated file is EFAULT, not SIGBUS.
+  check(native.hashPages(span.address, indexes, pages, out, region.kind === 'file' ? 1 : 0), 'pread(/proc/self/mem)', 'hashPages')
+  return out
+}
+
+const handles = new WeakMap<TwinIndex, TwinIndexHandle>()
+
+/** The native handle of an open index (for lib/deduplicator.ts); ERR_TWIN_INDEX_CLOSED once closed. */
+export function twinIndexHandle(index: TwinIndex, operation: string): TwinIndexHandle {
+  const handle = handles.get(index)
+  if (handle === undefined) throw invalidArgType('options.index', 'a TwinIndex', index)
+  if (index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', `Cannot ${operation}: the TwinIndex is closed`)
+  return handle
+}
+
+export interface TwinIndexOptions {
+  /** Entries (a power of two, 64 … 2^28; 8 bytes each). One per distinct content held; default 2^18. */
+  slots?: number
+}
+
+/**
+ * A content index shared by cooperating processes: for each page content (by hash), how many
+ * pages hold it anywhere. A Deduplicator merges a page only when the index says another page has
+ * the same content; the kernel's own byte compare in the merge is the proof (a hash collision
+ * only fails to share).
+ *
+ * It lives in a memfd sealed against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW |
+ * F_SEAL_SEAL), mapped shared by each process; every update is a single compare-and-swap of one
+ * 64-bit entry, so a participant killed at any point leaves no lock and no torn entry behind
+ * (only its pages stay counted as holders). Create it in one process, pass `index.path` (or the
+ * inherited descriptor) to the others, and TwinIndex.open() it there.
+ */
+export class TwinIndex {
+  #fd: number
+  #slots: number
+  #closed = false
+
+  private constructor(handle: TwinIndexHandle) {
+    handles.set(this, handle)
+    const info = new Float64Array(3)
+    check(native.twinIndexInfo(handle, info), 'twinIndexInfo')
+    this.#fd = info[0]
+    this.#slots = info[1]
+  }
+
+  /** Creates a new, empty index in a sealed memfd. */
+  static create(options?: TwinIndexOptions): TwinIndex {
+    const opts = readOptions(options, 'options', ['slots'])
+    const slots = validateInteger(opts.slots ?? 2 ** 18, 'options.slots', 64, 2 ** 28)
+    if ((slots & (slots - 1)) !== 0) throw outOfRange('options.slots', 'a power of two', slots)
+    const handle = native.twinIndexCreate(slots)
+    if (typeof handle === 'number') throw new SyscallError('memfd_create', -handle, `twin index of ${slots} slots`)
+    return new TwinIndex(handle)
+  }
+
+  /**
+   * Opens an index another process created: by path (its `index.path`, /proc/<pid>/fd/<n>) or
+   * by a descriptor this process inherited. The file must be a memfd sealed against shrinking and
+   * growing with a twin index inside: anything else is refused (a file someone could truncate
+   * would make this process SIGBUS).
+   */
+  static open(pathOrFd: string | number): TwinIndex {
+    let path: string
+    if (typeof pathOrFd === 'number') path = `/proc/self/fd/${validateInteger(pathOrFd, 'pathOrFd', 0, 2 ** 31 - 1)}`
+    else if (typeof pathOrFd === 'string' && pathOrFd.length > 0 && !pathOrFd.includes('\0')) path = pathOrFd
+    else throw invalidArgType('pathOrFd', 'a path (string) or a file descriptor (number)', pathOrFd)
+    const fd = fsCall('open', path, () => fs.openSync(path, 'r+'))
+    const handle = native.twinIndexOpen(fd)
+    if (typeof handle !== 'number') return new TwinIndex(handle)
+    fs.closeSync(fd)
+    if (handle === 1) throw invalidArgValue('pathOrFd', 'is not a memfd sealed against shrinking and growing', pathOrFd)
+    if (handle === 2) throw invalidArgValue('pathOrFd', 'is not a memdedup twin index (size or header)', pathOrFd)
+    throw new SyscallError('mmap', -handle, path)
+  }
+
+  /** A path another process of this user can TwinIndex.open() while this one keeps it open. */
+  get path(): string {
+    if (this.#closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot read path: the TwinIndex is closed')
+    return `/proc/${process.pid}/fd/${this.#fd}`
+  }
+  get fd(): number {
+    return this.#closed ? -1 : this.#fd
+  }
+  get slots(): number {
+    return this.#slots
+  }
+  get closed(): boolean {
+    return this.#closed
+  }
+  /** Entries with at least one holder now. */
+  get usedSlots(): number {
+    const info = new Float64Array(3)
+    check(native.twinIndexInfo(twinIndexHandle(this, 'read usedSlots'), info), 'twinIndexInfo')
+    return info[2]
+  }
+
+  /** Counts one more holder of each hash; returns the holders of each right after. */
+  add(hashes: BigUint64Array): Uint32Array {
+    return this.#update(hashes, 1, 'add')
+  }
+  /** Counts one holder fewer of each hash; returns the holders left. */
+  release(hashes: BigUint64Array): Uint32Array {
+    return this.#update(hashes, -1, 'release')
+  }
+  /** Holders of each hash (no change). */
+  holders(hashes: BigUint64Array): Uint32Array {
+    return this.#update(hashes, 0, 'holders')
+  }
+
+  /** Unmaps the index and closes the descriptor (other processes keep theirs). Idempotent. */
+  close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    native.twinIndexClose(handles.get(this)!)
+  }
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  #update(hashes: BigUint64Array, delta: -1 | 0 | 1, operation: string): Uint32Array {
+    const handle = twinIndexHandle(this, operation)
+    if (!(hashes instanceof BigUint64Array)) throw invalidArgType('hashes', 'a BigUint64Array', hashes)
+    const holders = new Uint32Array(hashes.length)
+    const rc = native.twinIndexUpdate(handle, hashes, hashes.length, delta, holders)
+    check(rc, 'twinIndexUpdate', () => `the index has no free slot near a hash (${this.#slots} slots)`)
+    return holders
+  }
+}
+

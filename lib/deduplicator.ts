@@ -1,0 +1,368 @@
+// The user-space deduplicator the SKSM thread proposes (seed 000): instead of ksmd scanning all
+// mergeable memory, track writes with userfaultfd WP_ASYNC + PAGEMAP_SCAN, and merge only pages
+// that (1) stayed unwritten for `stablePasses` passes and (2) have a twin: another page, in this
+// process or any process sharing the TwinIndex, with the same content (the "unstable tree" idea:
+// never touch a page that cannot be deduplicated). Pages written soon after a merge (a COW) are
+// left alone for `backoffPasses` passes, so hot pages do not ping-pong between merged and private.
+//
+// Each pass is one native call per Region (native/content.cc dedupPass): one PAGEMAP_SCAN walk
+// that reports written/present pages and re-protects the written ones, candidate selection,
+// hashing within the CPU budget, the twin lookup in the shared index, and the merge runs:
+// madvise(MADV_MERGE) with SKSM, or, without it, MADV_MERGEABLE on exactly those runs so ksmd
+// finishes the job (and MADV_UNMERGEABLE on marked pages that turn hot).
+import fs from 'node:fs'
+import { native, pageSize } from './native.ts'
+import { codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { Region } from './region.ts'
+import { Userfaultfd } from './uffd.ts'
+import * as sksm from './sksm.ts'
+import { sysfsDir as ksmSysfsDir } from './ksm.ts'
+import { TwinIndex, twinIndexHandle } from './content.ts'
+import { invalidArgType, outOfRange, readOptions, validateInteger, validateOneOf } from './validate.ts'
+
+export type MergeMode = 'auto' | 'sksm' | 'ksm' | 'none'
+
+export interface DeduplicatorOptions {
+  /** 'sksm' merges with madvise(MADV_MERGE); 'ksm' marks the twin runs MADV_MERGEABLE for ksmd;
+   *  'none' only reports (a dry run); 'auto' (default): 'sksm' where the kernel has it, else 'ksm'. */
+  merge?: MergeMode
+  /** The content index shared with other processes (default: a private one, closed with this). */
+  index?: TwinIndex
+  /** Passes a page must stay unwritten before it is considered (default 2). */
+  stablePasses?: number
+  /** Passes a page that was written right after a merge is left alone (default 16). */
+  backoffPasses?: number
+  /** Thread CPU time a pass may spend hashing new pages (0, the default: no limit). The write scan
+   *  and the merges of pages already hashed always run; what the budget leaves is hashed later. */
+  cpuBudgetMs?: number
+  /** Pass reports kept in stats().history (default 600). */
+  historyLength?: number
+}
+
+/** What one pass saw and did, in pages. */
+export interface PassReport {
+  pass: number
+  /** Date.now() at the start of the pass. */
+  time: number
+  /** Pages of all tracked Regions. */
+  trackedPages: number
+  /** Written since the previous pass (PAGEMAP_SCAN PAGE_IS_WRITTEN). */
+  writtenPages: number
+  /** Present, unwritten for stablePasses, not merged, not backing off. */
+  candidatePages: number
+  /** Candidates hashed this pass (a hash is kept while its page stays unwritten). */
+  hashedPages: number
+  /** Candidates whose content has another holder in the index. */
+  duplicatePages: number
+  /** Pages merged (SKSM) or marked for ksmd (KSM) this pass; 0 in a dry run. */
+  mergedPages: number
+  /** Merged (or marked) pages written since: they back off. */
+  cowAfterMerge: number
+  /** Pages merged (or marked) by this deduplicator now. */
+  mergedTotal: number
+  /** KSM fallback: marked pages that turned hot, given back with MADV_UNMERGEABLE. */
+  unmarkedPages: number
+  /** Candidates left for a later pass because the CPU budget ran out. */
+  deferredPages: number
+  /** Candidates the index had no free slot for (grow TwinIndex slots). */
+  indexFullPages: number
+  /** Thread CPU time of the pass. */
+  cpuMs: number
+  durationMs: number
+}
+
+export interface DeduplicatorStats {
+  passes: number
+  /** Thread CPU time of all passes. */
+  cpuMs: number
+  /** Pages merged (SKSM) or marked for ksmd (KSM) now. */
+  mergedPages: number
+  /** Merged pages written since their merge, over all passes. */
+  cowAfterMerge: number
+  /** The latest pass reports, oldest first. */
+  history: PassReport[]
+}
+
+interface Tracked {
+  region: Region
+  unsubscribe: () => void
+  /** Per page: passes unwritten, held-in-index and merged bits, back-off (native/content.cc). */
+  state: Uint32Array
+  /** Content hash of each page held in the index. */
+  hashes: BigUint64Array
+}
+
+const K = native.contentConstants
+const modeCodes = { none: K.MODE_NONE, sksm: K.MODE_SKSM, ksm: K.MODE_KSM } as const
+// native/content.cc ConfigField and ReportField.
+const Config = { mode: 0, stablePasses: 1, backoffPasses: 2, budgetNs: 3 } as const
+const Report = {
+  written: 0, candidates: 1, hashed: 2, duplicates: 3, merged: 4, cow: 5, mergedTotal: 6, unmarked: 7,
+  deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12,
+} as const
+const failedSyscall = ['', 'ioctl(PAGEMAP_SCAN)', 'madvise(MADV_MERGE)', 'madvise(MADV_MERGEABLE)', 'madvise(MADV_UNMERGEABLE)', 'pread(/proc/self/pagemap)']
+
+function resolveMerge(requested: MergeMode): 'sksm' | 'ksm' | 'none' {
+  const ksmPresent = () => fs.existsSync(ksmSysfsDir)
+  if (requested === 'auto') {
+    if (sksm.available()) return 'sksm'
+    if (ksmPresent()) return 'ksm'
+    throw new FeatureUnavailableError('sksm', "neither madvise(MADV_MERGE) nor KSM (CONFIG_KSM) is available; use { merge: 'none' } for a dry run")
+  }
+  if (requested === 'sksm' && !sksm.available()) {
+    throw new FeatureUnavailableError('sksm', "the deduplicator merges with madvise(MADV_MERGE); use { merge: 'ksm' } to let ksmd merge, or 'none' for a dry run")
+  }
+  if (requested === 'ksm' && !ksmPresent()) throw new FeatureUnavailableError('ksm', `${ksmSysfsDir} does not exist (CONFIG_KSM=n)`)
+  return requested
+}
+
+export class Deduplicator {
+  #uffd: Userfaultfd
+  #index: TwinIndex
+  #ownIndex: boolean
+  #pagemapFd: number
+  #tracked = new Map<Region, Tracked>()
+  #merge: 'sksm' | 'ksm' | 'none'
+  #config = new Float64Array(K.CONFIG_LENGTH)
+  #out = new Float64Array(K.REPORT_LENGTH)
+  #cpuBudgetNs: number
+  #historyLength: number
+  #pass = 0
+  #cpuMs = 0
+  #cowAfterMerge = 0
+  #mergedTotal = 0
+  #history: PassReport[] = []
+  #timer: NodeJS.Timeout | undefined
+  #running = false
+  #runError: unknown
+  #closed = false
+
+  constructor(options?: DeduplicatorOptions) {
+    const opts = readOptions(options, 'options', ['merge', 'index', 'stablePasses', 'backoffPasses', 'cpuBudgetMs', 'historyLength'])
+    const stablePasses = validateInteger(opts.stablePasses ?? 2, 'options.stablePasses', 1, 255)
+    const backoffPasses = validateInteger(opts.backoffPasses ?? 16, 'options.backoffPasses', 0, 65535)
+    const cpuBudgetMs = opts.cpuBudgetMs ?? 0
+    if (typeof cpuBudgetMs !== 'number') throw invalidArgType('options.cpuBudgetMs', 'a number', cpuBudgetMs)
+    if (!(cpuBudgetMs >= 0 && cpuBudgetMs <= 3_600_000)) throw outOfRange('options.cpuBudgetMs', '>= 0 and <= 3600000', cpuBudgetMs)
+    this.#cpuBudgetNs = cpuBudgetMs * 1e6
+    this.#historyLength = validateInteger(opts.historyLength ?? 600, 'options.historyLength', 0, 1_000_000)
+    const index = opts.index
+    if (index !== undefined && !(index instanceof TwinIndex)) throw invalidArgType('options.index', 'a TwinIndex', index)
+    if (index !== undefined) twinIndexHandle(index, 'create a Deduplicator')
+    this.#merge = resolveMerge(validateOneOf(opts.merge ?? 'auto', 'options.merge', ['auto', 'sksm', 'ksm', 'none'] as const))
+    this.#config[Config.mode] = modeCodes[this.#merge]
+    this.#config[Config.stablePasses] = stablePasses
+    this.#config[Config.backoffPasses] = backoffPasses
+    this.#uffd = Userfaultfd.open({ features: ['wpAsync', 'wpUnpopulated'] })
+    try {
+      this.#pagemapFd = fsCall('open', '/proc/self/pagemap', () => fs.openSync('/proc/self/pagemap', 'r'))
+    } catch (error) {
+      this.#uffd.close()
+      throw error
+    }
+    this.#ownIndex = index === undefined
+    this.#index = index ?? TwinIndex.create()
+  }
+
+  /** How this deduplicator merges ('auto' resolved). */
+  get merge(): 'sksm' | 'ksm' | 'none' {
+    return this.#merge
+  }
+  get index(): TwinIndex {
+    return this.#index
+  }
+  get regions(): Region[] {
+    return [...this.#tracked.keys()]
+  }
+  get running(): boolean {
+    return this.#running
+  }
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /** Starts tracking a private anonymous Region: registers it for async write-protection and arms it. */
+  track(region: Region): void {
+    this.#assertOpen('track')
+    if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
+    if (region.kind !== 'anonymous') throw invalidArgType('region', 'an anonymous Region (KSM and MADV_MERGE merge private anonymous pages)', region.kind)
+    if (this.#tracked.has(region)) throw codedError('ERR_DEDUP_ALREADY_TRACKED', 'The Region is already tracked by this Deduplicator')
+    region.readableSpan(undefined, 'Deduplicator.track')
+    // Per-page state first: a Region too large to track fails here, before anything is registered.
+    let state: Uint32Array
+    let hashes: BigUint64Array
+    try {
+      state = new Uint32Array(region.pages)
+      hashes = new BigUint64Array(region.pages)
+    } catch {
+      throw outOfRange('region.length', 'small enough to track (12 bytes of state per page)', region.length)
+    }
+    this.#uffd.register(region, { writeProtect: true })
+    try {
+      // Arm: every page write-protected, so the first pass sees only writes made after track().
+      this.#uffd.writeProtect(region, { offset: 0, length: region.length }, true)
+    } catch (error) {
+      this.#uffd.unregister(region)
+      throw error
+    }
+    const unsubscribe = region.onClose(() => this.#forget(region))
+    this.#tracked.set(region, { region, unsubscribe, state, hashes })
+  }
+
+  /** Stops tracking the Region: its hashes leave the index; it stays mapped, merged pages stay merged. */
+  untrack(region: Region): void {
+    const tracked = this.#tracked.get(region)
+    if (!tracked) return
+    tracked.unsubscribe()
+    this.#forget(region)
+    if (!region.closed && !this.#uffd.closed) this.#uffd.unregister(region)
+  }
+
+  /** The v1 name of track(). */
+  add(region: Region): void {
+    this.track(region)
+  }
+  /** The v1 name of untrack(). */
+  remove(region: Region): void {
+    this.untrack(region)
+  }
+
+  /** One pass over every tracked Region (one native call each); see PassReport. */
+  pass(): PassReport {
+    this.#assertOpen('pass')
+    const index = twinIndexHandle(this.#index, 'pass')
+    const time = Date.now()
+    const started = performance.now()
+    const cpuStarted = native.threadCpuNs()
+    const report = this.#emptyReport(time)
+    // Start at a different Region each pass, so a tight CPU budget does not starve the last ones.
+    const all = [...this.#tracked.values()]
+    const first = all.length > 0 ? this.#pass % all.length : 0
+    for (let i = 0; i < all.length; i++) {
+      const spentNs = native.threadCpuNs() - cpuStarted
+      const budgetNs = this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs - spentNs)
+      this.#passRegion(all[(first + i) % all.length], index, budgetNs, report)
+    }
+    report.cpuMs = (native.threadCpuNs() - cpuStarted) / 1e6
+    report.durationMs = performance.now() - started
+    this.#record(report)
+    return report
+  }
+
+  /**
+   * Runs a pass every `intervalMs` (default 1000) in the background until stop() or close();
+   * `onPass` sees each report. The timer does not keep the process alive. A pass that throws ends
+   * the loop and stop() rejects with its error.
+   */
+  run(options?: { intervalMs?: number; onPass?: (report: PassReport) => void }): void {
+    const opts = readOptions(options, 'options', ['intervalMs', 'onPass'])
+    const intervalMs = validateInteger(opts.intervalMs ?? 1000, 'options.intervalMs', 0, 2 ** 31 - 1)
+    const onPass = opts.onPass
+    if (onPass !== undefined && typeof onPass !== 'function') throw invalidArgType('options.onPass', 'a function', onPass)
+    this.#assertOpen('run')
+    if (this.#running) throw codedError('ERR_DEDUP_RUNNING', 'The Deduplicator is already running (stop() it first)')
+    this.#running = true
+    this.#runError = undefined
+    const tick = () => {
+      this.#timer = undefined
+      if (!this.#running) return
+      try {
+        const report = this.pass()
+        ;(onPass as ((report: PassReport) => void) | undefined)?.(report)
+      } catch (error) {
+        this.#running = false
+        this.#runError = error
+        return
+      }
+      if (this.#running) this.#timer = setTimeout(tick, intervalMs).unref()
+    }
+    this.#timer = setTimeout(tick, 0).unref()
+  }
+
+  /** Ends run()'s loop (no pass starts after this); rejects with the error that ended it early, if any. */
+  async stop(): Promise<void> {
+    this.#running = false
+    if (this.#timer !== undefined) clearTimeout(this.#timer)
+    this.#timer = undefined
+    const error = this.#runError
+    this.#runError = undefined
+    if (error !== undefined) throw error
+  }
+
+  /** Totals and the latest pass reports. */
+  stats(): DeduplicatorStats {
+    return { passes: this.#pass, cpuMs: this.#cpuMs, mergedPages: this.#mergedTotal, cowAfterMerge: this.#cowAfterMerge, history: [...this.#history] }
+  }
+
+  /** Stops run(), gives every hash back to the index, unregisters, closes the private index. Idempotent. */
+  close(): void {
+    if (this.#closed) return
+    this.#running = false
+    if (this.#timer !== undefined) clearTimeout(this.#timer)
+    this.#timer = undefined
+    for (const tracked of [...this.#tracked.values()]) {
+      tracked.unsubscribe()
+      this.#forget(tracked.region)
+    }
+    this.#uffd.close()
+    if (this.#ownIndex) this.#index.close()
+    fs.closeSync(this.#pagemapFd)
+    this.#closed = true
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  #passRegion(tracked: Tracked, index: ReturnType<typeof twinIndexHandle>, budgetNs: number, report: PassReport): void {
+    const { region, state, hashes } = tracked
+    const span = region.readableSpan(undefined, 'Deduplicator.pass')
+    const out = this.#out
+    this.#config[Config.budgetNs] = budgetNs
+    const rc = native.dedupPass(this.#pagemapFd, index, span.address, region.pages, state, hashes, this.#config, out)
+    if (rc < 0) {
+      if (-rc === errno.EBADF && this.#index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot pass: the TwinIndex is closed')
+      throw new SyscallError(failedSyscall[out[Report.failedStage]] ?? 'dedupPass', -rc, `Deduplicator.pass on ${region.length} bytes`)
+    }
+    report.trackedPages += region.pages
+    report.writtenPages += out[Report.written]
+    report.candidatePages += out[Report.candidates]
+    report.hashedPages += out[Report.hashed]
+    report.duplicatePages += out[Report.duplicates]
+    report.mergedPages += out[Report.merged]
+    report.cowAfterMerge += out[Report.cow]
+    report.mergedTotal += out[Report.mergedTotal]
+    report.unmarkedPages += out[Report.unmarked]
+    report.deferredPages += out[Report.deferred]
+    report.indexFullPages += out[Report.indexFull]
+  }
+
+  #emptyReport(time: number): PassReport {
+    return {
+      pass: this.#pass + 1, time, trackedPages: 0, writtenPages: 0, candidatePages: 0, hashedPages: 0, duplicatePages: 0,
+      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, indexFullPages: 0, cpuMs: 0, durationMs: 0,
+    }
+  }
+
+  #record(report: PassReport): void {
+    this.#pass++
+    this.#cpuMs += report.cpuMs
+    this.#cowAfterMerge += report.cowAfterMerge
+    this.#mergedTotal = report.mergedTotal
+    if (this.#historyLength === 0) return
+    this.#history.push(report)
+    if (this.#history.length > this.#historyLength) this.#history.splice(0, this.#history.length - this.#historyLength)
+  }
+
+  /** Drops the Region's record and gives its hashes back to the index (it may be closing). */
+  #forget(region: Region): void {
+    const tracked = this.#tracked.get(region)
+    if (tracked === undefined) return
+    this.#tracked.delete(region)
+    if (!this.#index.closed) native.dedupRelease(twinIndexHandle(this.#index, 'untrack'), tracked.state.length, tracked.state, tracked.hashes)
+  }
+
+  #assertOpen(operation: string): void {
+    if (this.#closed) throw codedError('ERR_DEDUP_CLOSED', `Cannot ${operation}: the Deduplicator is closed`)
+  }
+}

@@ -1,0 +1,552 @@
+// lib/deduplicator.ts: the user-space deduplicator (uffd WP_ASYNC + one PAGEMAP_SCAN per Region per
+// pass + a twin index shared across processes + MADV_MERGE, or MADV_MERGEABLE for ksmd without
+// SKSM). Write tracking, the stable-pass rule, the twin rule, budgets and the run loop run
+// everywhere (dry run); the KSM fallback runs where ksmd is (the host); SKSM merges in the lab VM.
+// Every merge claim is proven with PFNs (/proc/<pid>/pagemap, read as root).
+import fs from 'node:fs'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Region, Deduplicator, TwinIndex, hashPages, features, pagemap, pageSize as P, InvalidStateError, SyscallError } from '../lib/index.ts'
+import { requires } from './helpers/env.mjs'
+import { acquireKsmLock, fastKsmd, inVm, KsmState, probe } from './helpers/ksm.ts'
+import { distEntry, ensureDist } from './helpers/dist.mjs'
+import { noFdLeak } from './helpers/process.ts'
+
+const f = features()
+const why = requires(f, ['uffdWpAsync', 'pagemapScan'])
+const tracking = why === ''
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Page i of both regions: 32 distinct contents shared by A and B, then content unique to each. */
+function fillTwins(a: Region, b: Region): void {
+  for (let i = 0; i < a.pages; i++) {
+    a.bytes.fill(i < 32 ? i + 1 : 40 + i, i * P, (i + 1) * P) // 72..103: unique
+    b.bytes.fill(i < 32 ? i + 1 : 140 + i, i * P, (i + 1) * P) // 172..203: unique
+  }
+}
+
+/** Hashes of `n` distinct page contents (real XXH64 values, as the deduplicator produces them). */
+function distinctHashes(n: number, salt = 0): BigUint64Array {
+  using r = Region.anonymous(n * P)
+  for (let i = 0; i < n; i++) new DataView(r.bytes.buffer, r.bytes.byteOffset + i * P, 8).setUint32(0, i * 7919 + salt + 1)
+  return hashPages(r)
+}
+
+/** PFNs of `pages` pages at `address` of process `pid` (/proc/<pid>/pagemap; 0 when not present). */
+function pfnsOf(pid: number, address: number, pages: number): bigint[] {
+  const fd = fs.openSync(`/proc/${pid}/pagemap`, 'r')
+  try {
+    const raw = Buffer.alloc(pages * 8)
+    fs.readSync(fd, raw, 0, raw.length, (address / P) * 8)
+    const out: bigint[] = []
+    for (let i = 0; i < pages; i++) {
+      const e = raw.readBigUInt64LE(i * 8)
+      out.push(e >> 63n ? e & ((1n << 55n) - 1n) : 0n)
+    }
+    return out
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+describe('hashPages', () => {
+  it('equal content gives equal hashes, different content different ones', () => {
+    using r = Region.anonymous(4 * P)
+    r.bytes.fill(1, 0, 2 * P)
+    r.bytes.fill(2, 2 * P, 3 * P)
+    const h = hashPages(r)
+    expect(h.length).toBe(4)
+    expect(h[0]).toBe(h[1])
+    expect(h[2]).not.toBe(h[0])
+    expect(h[3]).not.toBe(h[2]) // zero page
+    r.bytes[P + 100] = 9
+    expect(hashPages(r, { offset: P, length: P })[0]).not.toBe(h[0])
+  })
+
+  it('refuses unreadable pages and closed Regions instead of faulting', () => {
+    const r = Region.anonymous(2 * P)
+    r.protect('none', { offset: P, length: P })
+    expect(() => hashPages(r)).toThrow(expect.objectContaining({ code: 'ERR_REGION_PROTECTION' }))
+    expect(hashPages(r, { offset: 0, length: P }).length).toBe(1)
+    r.close()
+    expect(() => hashPages(r)).toThrow(expect.objectContaining({ code: 'ERR_REGION_CLOSED' }))
+    expect(() => hashPages({} as never)).toThrow(TypeError)
+  })
+})
+
+describe('TwinIndex', () => {
+  it('counts holders per content, shared through index.path with a second mapping', () => {
+    using index = TwinIndex.create({ slots: 1024 })
+    const h = distinctHashes(3)
+    expect([...index.add(h)]).toEqual([1, 1, 1])
+    expect([...index.add(h.subarray(0, 1))]).toEqual([2])
+    expect(index.path).toBe(`/proc/${process.pid}/fd/${index.fd}`)
+    using other = TwinIndex.open(index.path)
+    expect(other.slots).toBe(1024)
+    expect([...other.holders(h)]).toEqual([2, 1, 1])
+    expect([...other.release(h)]).toEqual([1, 0, 0])
+    expect([...index.holders(h)]).toEqual([1, 0, 0])
+    expect(index.usedSlots).toBe(1)
+    // A release of a content nobody holds changes nothing (no underflow).
+    expect([...index.release(h.subarray(1, 2))]).toEqual([0])
+    using byFd = TwinIndex.open(index.fd)
+    expect([...byFd.holders(h.subarray(0, 1))]).toEqual([1])
+  })
+
+  it('a full probe window is ENOSPC, and freed slots are reused', () => {
+    using index = TwinIndex.create({ slots: 64 })
+    const many = distinctHashes(200)
+    let added = 0
+    let error: unknown
+    for (let i = 0; i < many.length && error === undefined; i++) {
+      try {
+        index.add(many.subarray(i, i + 1))
+        added++
+      } catch (e) {
+        error = e
+      }
+    }
+    expect(error).toBeInstanceOf(SyscallError)
+    expect((error as SyscallError).code).toBe('ENOSPC')
+    expect(added).toBeLessThanOrEqual(64)
+    index.release(many.subarray(0, added))
+    expect(index.usedSlots).toBe(0)
+    expect([...index.add(many.subarray(added, added + 1))]).toEqual([1])
+  })
+
+  it('refuses what is not a sealed twin index, without leaking descriptors', () => {
+    const plain = `/tmp/memdedup-twin-${process.pid}`
+    fs.writeFileSync(plain, Buffer.alloc(64 + 64 * 8))
+    try {
+      noFdLeak(() => {
+        expect(() => TwinIndex.open(plain)).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' }))
+        using memfd = Region.memfd(P) // sealed against shrinking only
+        expect(() => TwinIndex.open(`/proc/self/fd/${memfd.fd}`)).toThrow(expect.objectContaining({ message: expect.stringMatching(/sealed/) }))
+        expect(() => TwinIndex.open('/nonexistent/index')).toThrow(expect.objectContaining({ name: 'SyscallError', code: 'ENOENT' }))
+      })
+    } finally {
+      fs.rmSync(plain)
+    }
+    expect(() => TwinIndex.open('')).toThrow(TypeError)
+    expect(() => TwinIndex.open('a\0b')).toThrow(TypeError)
+    expect(() => TwinIndex.open({} as never)).toThrow(TypeError)
+    expect(() => TwinIndex.open(-1)).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: 100 })).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: 32 })).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: 2 ** 29 })).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: '64' } as never)).toThrow(TypeError)
+    expect(() => TwinIndex.create({ slot: 64 } as never)).toThrow(TypeError)
+    const index = TwinIndex.create({ slots: 64 })
+    expect(() => index.add([1n] as never)).toThrow(TypeError)
+    index.close()
+    index.close()
+    expect(index.fd).toBe(-1)
+    expect(() => index.add(new BigUint64Array(1))).toThrow(InvalidStateError)
+    expect(() => index.path).toThrow(expect.objectContaining({ code: 'ERR_TWIN_INDEX_CLOSED' }))
+  })
+
+  it('survives participants SIGKILLed mid-update: no lock left, no lost or torn update', async () => {
+    ensureDist()
+    using index = TwinIndex.create({ slots: 4096 })
+    const hashes = distinctHashes(16)
+    const list = JSON.stringify([...hashes].map(String))
+    // Each child holds each content at most once at any moment: add all, release all, forever.
+    const script = `
+      const { TwinIndex } = await import(${JSON.stringify(distEntry)})
+      const index = TwinIndex.open(process.env.INDEX)
+      const h = BigUint64Array.from(${list}, BigInt)
+      process.stdout.write('ready\\n')
+      for (;;) { index.add(h); index.release(h) }
+    `
+    const rounds = inVm ? 6 : 20
+    let kills = 0
+    for (let round = 0; round < rounds; round++) {
+      const children = [0, 1].map(() => spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, INDEX: index.path }, stdio: ['ignore', 'pipe', 'inherit'] }))
+      await Promise.all(children.map((c) => new Promise((resolve) => c.stdout!.once('data', resolve))))
+      await sleep(5 + (round % 7) * 3)
+      for (const c of children) {
+        c.kill('SIGKILL')
+        await new Promise((resolve) => c.once('exit', resolve))
+        kills++
+      }
+    }
+    const left = index.holders(hashes)
+    // A killed child can leave at most its own one holder per content behind; a lost update
+    // (non-atomic read-modify-write) would leave more, or wrap below zero.
+    for (const n of left) expect(n).toBeLessThanOrEqual(kills)
+    // The index still works for everyone: a new content pairs up at once.
+    const fresh = distinctHashes(1, 99_999)
+    expect([...index.add(fresh)]).toEqual([1])
+    expect([...index.add(fresh)]).toEqual([2])
+  })
+})
+
+describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
+  it('dry run: only pages unwritten for stablePasses and with a twin are chosen', () => {
+    using dedup = new Deduplicator({ merge: 'none', stablePasses: 2 })
+    using a = Region.anonymous(64 * P)
+    using b = Region.anonymous(64 * P)
+    fillTwins(a, b)
+    dedup.track(a)
+    dedup.track(b)
+    const first = dedup.pass()
+    expect(first.trackedPages).toBe(128)
+    expect(first.writtenPages).toBe(0) // armed at track(): nothing written since
+    expect(first.candidatePages).toBe(0) // clean for 1 pass only
+    a.bytes[0] = 77 // A[0] is written: it and its twin B[0] drop out
+    const second = dedup.pass()
+    expect(second.writtenPages).toBe(1)
+    expect(second.candidatePages).toBe(127)
+    expect(second.hashedPages).toBe(127)
+    // The Region scanned first finds its twins in the other one only on the next pass.
+    expect(second.duplicatePages).toBe(31)
+    expect(second.mergedPages).toBe(0)
+    const third = dedup.pass()
+    expect(third.writtenPages).toBe(0)
+    expect(third.candidatePages).toBe(127)
+    expect(third.hashedPages).toBe(0) // hashes are kept while pages stay unwritten
+    expect(third.duplicatePages).toBe(62)
+    expect(dedup.stats()).toMatchObject({ passes: 3, mergedPages: 0, cowAfterMerge: 0 })
+    expect(dedup.stats().history.map((r) => r.pass)).toEqual([1, 2, 3])
+  })
+
+  it('no twin, no merge: unique pages are never chosen, however long they stay clean', () => {
+    using dedup = new Deduplicator({ merge: 'none', stablePasses: 1 })
+    using r = Region.anonymous(32 * P)
+    for (let i = 0; i < 32; i++) r.bytes.fill(i + 1, i * P, (i + 1) * P)
+    dedup.track(r)
+    for (let i = 0; i < 4; i++) expect(dedup.pass()).toMatchObject({ candidatePages: 32, duplicatePages: 0 })
+  })
+
+  it('twins are found across Deduplicators sharing one index, and untrack/close give hashes back', () => {
+    using index = TwinIndex.create({ slots: 4096 })
+    using one = new Deduplicator({ merge: 'none', stablePasses: 1, index })
+    using two = new Deduplicator({ merge: 'none', stablePasses: 1, index })
+    using a = Region.anonymous(64 * P)
+    using b = Region.anonymous(64 * P)
+    fillTwins(a, b)
+    one.track(a)
+    two.track(b)
+    expect(one.pass().duplicatePages).toBe(0) // b not hashed yet
+    expect(two.pass().duplicatePages).toBe(32)
+    expect(one.pass().duplicatePages).toBe(32)
+    expect(index.usedSlots).toBe(32 + 64) // 32 twin contents, 2 × 32 unique ones
+    two.untrack(b)
+    expect(index.usedSlots).toBe(64)
+    expect(one.pass().duplicatePages).toBe(0)
+    one.close()
+    expect(index.usedSlots).toBe(0)
+    expect(index.closed).toBe(false) // an index passed in belongs to the caller
+  })
+
+  it('rejects hostile options and bad use clearly', () => {
+    expect(() => new Deduplicator({ stablePasses: 0 })).toThrow(RangeError)
+    expect(() => new Deduplicator({ backoffPasses: -1 })).toThrow(RangeError)
+    expect(() => new Deduplicator({ merge: 'bogus' as never })).toThrow(TypeError)
+    expect(() => new Deduplicator({ cpuBudgetMs: -1 })).toThrow(RangeError)
+    expect(() => new Deduplicator({ cpuBudgetMs: NaN })).toThrow(RangeError)
+    expect(() => new Deduplicator({ cpuBudgetMs: '5' as never })).toThrow(TypeError)
+    expect(() => new Deduplicator({ index: {} as never })).toThrow(TypeError)
+    expect(() => new Deduplicator({ stablepasses: 2 } as never)).toThrow(TypeError)
+    expect(() => new Deduplicator(42 as never)).toThrow(TypeError)
+    const closedIndex = TwinIndex.create({ slots: 64 })
+    closedIndex.close()
+    expect(() => new Deduplicator({ merge: 'none', index: closedIndex })).toThrow(expect.objectContaining({ code: 'ERR_TWIN_INDEX_CLOSED' }))
+    if (!f.sksm) expect(() => new Deduplicator({ merge: 'sksm' })).toThrow(expect.objectContaining({ code: 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE' }))
+    using dedup = new Deduplicator({ merge: 'none' })
+    using r = Region.anonymous(P)
+    dedup.track(r)
+    expect(() => dedup.track(r)).toThrow(expect.objectContaining({ code: 'ERR_DEDUP_ALREADY_TRACKED' }))
+    using file = Region.memfd(P)
+    expect(() => dedup.track(file)).toThrow(TypeError)
+    expect(() => dedup.track({} as never)).toThrow(TypeError)
+    expect(() => dedup.run({ intervalMs: -1 })).toThrow(RangeError)
+    expect(() => dedup.run({ onPass: 5 } as never)).toThrow(TypeError)
+    expect(dedup.running).toBe(false)
+    dedup.close()
+    dedup.close()
+    expect(() => dedup.pass()).toThrow(InvalidStateError)
+    expect(() => dedup.track(r)).toThrow(expect.objectContaining({ code: 'ERR_DEDUP_CLOSED' }))
+    expect(() => dedup.run()).toThrow(expect.objectContaining({ code: 'ERR_DEDUP_CLOSED' }))
+  })
+
+  it('a Region closed while tracked drops out and leaves the index', () => {
+    using index = TwinIndex.create({ slots: 1024 })
+    using dedup = new Deduplicator({ merge: 'none', stablePasses: 1, index })
+    const r = Region.anonymous(4 * P)
+    for (let i = 0; i < 4; i++) r.bytes.fill(i + 1, i * P, (i + 1) * P)
+    dedup.track(r)
+    dedup.pass()
+    expect(index.usedSlots).toBe(4)
+    r.close()
+    expect(dedup.regions).toEqual([])
+    expect(index.usedSlots).toBe(0)
+    expect(dedup.pass().trackedPages).toBe(0)
+  })
+
+  it('a closed index makes pass() an InvalidStateError, not a crash', () => {
+    const index = TwinIndex.create({ slots: 64 })
+    using dedup = new Deduplicator({ merge: 'none', index })
+    using r = Region.anonymous(2 * P)
+    dedup.track(r)
+    index.close()
+    expect(() => dedup.pass()).toThrow(expect.objectContaining({ code: 'ERR_TWIN_INDEX_CLOSED' }))
+    dedup.untrack(r) // cannot give hashes back to a closed index: just forgets them
+    expect(dedup.regions).toEqual([])
+  })
+
+  it('a CPU budget defers hashing to later passes, and every candidate is hashed eventually', () => {
+    using dedup = new Deduplicator({ merge: 'none', stablePasses: 1, cpuBudgetMs: 0.001 })
+    using r = Region.anonymous(4096 * P)
+    for (let i = 0; i < r.pages; i++) r.bytes[i * P] = (i % 251) + 1
+    dedup.track(r)
+    const first = dedup.pass()
+    expect(first.candidatePages).toBe(4096)
+    expect(first.deferredPages).toBeGreaterThan(0)
+    expect(first.hashedPages + first.deferredPages).toBe(4096)
+    let hashed = first.hashedPages
+    for (let i = 0; i < 10_000 && hashed < 4096; i++) hashed += dedup.pass().hashedPages
+    expect(hashed).toBe(4096)
+    const stats = dedup.stats()
+    expect(stats.cpuMs).toBeGreaterThan(0)
+    expect(stats.cpuMs).toBeCloseTo(stats.history.reduce((s, h) => s + h.cpuMs, 0), 3)
+  })
+
+  it('run()/stop(): passes in the background, one loop at a time, stop and close end it', async () => {
+    using dedup = new Deduplicator({ merge: 'none', stablePasses: 1 })
+    using r = Region.anonymous(16 * P)
+    dedup.track(r)
+    const seen: number[] = []
+    dedup.run({ intervalMs: 5, onPass: (report) => seen.push(report.pass) })
+    expect(dedup.running).toBe(true)
+    expect(() => dedup.run({ intervalMs: 5 })).toThrow(expect.objectContaining({ code: 'ERR_DEDUP_RUNNING' }))
+    await sleep(100)
+    await dedup.stop()
+    await dedup.stop() // idempotent
+    const passes = dedup.stats().passes
+    expect(passes).toBeGreaterThan(2)
+    expect(seen).toEqual(Array.from({ length: passes }, (_, i) => i + 1))
+    await sleep(40)
+    expect(dedup.stats().passes).toBe(passes) // nothing ran after stop()
+    // Untrack, then close, while running.
+    dedup.run({ intervalMs: 1 })
+    await sleep(20)
+    dedup.untrack(r)
+    await sleep(20)
+    dedup.close()
+    const after = dedup.stats().passes
+    await sleep(30)
+    expect(dedup.stats().passes).toBe(after)
+    expect(dedup.running).toBe(false)
+    await dedup.stop()
+  })
+
+  it('run(): an error in a pass ends the loop and stop() rejects with it; run() after stop() works', async () => {
+    using dedup = new Deduplicator({ merge: 'none' })
+    using r = Region.anonymous(P)
+    dedup.track(r)
+    const boom = new Error('onPass failed')
+    dedup.run({ intervalMs: 1, onPass: () => { throw boom } })
+    await sleep(30)
+    expect(dedup.running).toBe(false)
+    await expect(dedup.stop()).rejects.toBe(boom)
+    dedup.run({ intervalMs: 1 })
+    await sleep(10)
+    await dedup.stop()
+    expect(dedup.stats().passes).toBeGreaterThan(1)
+  })
+
+  it('stop() right after run() and run() right after stop() never run two loops', async () => {
+    using dedup = new Deduplicator({ merge: 'none' })
+    using r = Region.anonymous(P)
+    dedup.track(r)
+    for (let i = 0; i < 50; i++) {
+      dedup.run({ intervalMs: 0 })
+      await dedup.stop()
+    }
+    expect(dedup.stats().passes).toBe(0) // every run was stopped before its first pass
+    dedup.run({ intervalMs: 0 })
+    await sleep(30)
+    await dedup.stop()
+    const passes = dedup.stats().passes
+    await sleep(20)
+    expect(dedup.stats().passes).toBe(passes)
+  })
+})
+
+describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f, ['uffdWpAsync', 'pagemapScan', 'sksm'])}`, () => {
+  it('merges twins (same PFN), saves their frames, keeps content, and backs off after a COW', () => {
+    using dedup = new Deduplicator({ merge: 'sksm', stablePasses: 1, backoffPasses: 4 })
+    using a = Region.anonymous(64 * P)
+    using b = Region.anonymous(64 * P)
+    fillTwins(a, b)
+    const expectedA = Buffer.from(a.bytes)
+    const expectedB = Buffer.from(b.bytes)
+    dedup.track(a)
+    dedup.track(b)
+    let merged = dedup.pass().mergedPages
+    merged += dedup.pass().mergedPages // the Region scanned first merges one pass later
+    expect(merged).toBe(64)
+    const pa = pagemap.entries(a).pfns
+    const pb = pagemap.entries(b).pfns
+    for (let i = 0; i < 32; i++) expect(pa[i], `page ${i}`).toBe(pb[i])
+    for (let i = 32; i < 64; i++) expect(pa[i]).not.toBe(pb[i])
+    // 128 mapped pages now use 96 frames (the kernel's own truth).
+    expect(new Set([...pa, ...pb]).size).toBe(96)
+    expect(Buffer.from(a.bytes).equals(expectedA)).toBe(true)
+    expect(Buffer.from(b.bytes).equals(expectedB)).toBe(true)
+    // SKSM v2 keeps uffd-wp across the merge (kernel-patches/0001): no re-arming, and the merged
+    // pages are not reported as written.
+    expect(pagemap.entries(a).count(pagemap.PageFlag.uffdWp)).toBe(64)
+    const quiet = dedup.pass()
+    expect(quiet.writtenPages).toBe(0)
+    expect(quiet.mergedTotal).toBe(64)
+    // A write COWs A[3] back to a private page, which backs off.
+    a.bytes[3 * P] = 0xee
+    expect(pagemap.entries(a).pfns[3]).not.toBe(pagemap.entries(b).pfns[3])
+    const after = dedup.pass()
+    expect(after.cowAfterMerge).toBe(1)
+    expect(after.mergedTotal).toBe(63)
+    expect(b.bytes[3 * P]).toBe(4)
+    expect(a.bytes[3 * P + 1]).toBe(4)
+    for (let i = 0; i < 3; i++) expect(dedup.pass().mergedPages).toBe(0) // backing off (4 passes)
+    expect(dedup.stats().cowAfterMerge).toBe(1)
+  })
+})
+
+describe.skipIf(!tracking || !f.ksm || !probe().pfnsVisible)(`Deduplicator KSM fallback${requires({ ...f, pfns: probe().pfnsVisible }, ['uffdWpAsync', 'pagemapScan', 'ksm', 'pfns'])}`, () => {
+  const state = new KsmState()
+  let release: () => void
+  beforeAll(async () => {
+    release = await acquireKsmLock()
+    state.set({ ...fastKsmd, run: 1 })
+  })
+  afterAll(() => {
+    try {
+      state.restore()
+    } finally {
+      release()
+    }
+  })
+
+  it('marks exactly the twin runs MADV_MERGEABLE, ksmd merges them, hot pages are unmarked', async () => {
+    using dedup = new Deduplicator({ merge: 'ksm', stablePasses: 1, backoffPasses: 4 })
+    using a = Region.anonymous(64 * P)
+    using b = Region.anonymous(64 * P)
+    fillTwins(a, b)
+    dedup.track(a)
+    dedup.track(b)
+    dedup.pass()
+    expect(dedup.pass().mergedTotal).toBe(64)
+    const mergeable = () => fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-)/).filter((v) => / mg/.test(v.split('VmFlags:')[1] ?? ''))
+    const marked = mergeable().map((v) => v.split(' ')[0].split('-').map((x) => BigInt('0x' + x)))
+    const inRegion = (region: Region) => marked.filter(([s, e]) => s >= region.address && e <= region.address + BigInt(region.length))
+    // Exactly the first 32 pages of each Region (the unique ones stay out of ksmd's sight).
+    for (const region of [a, b]) expect(inRegion(region)).toEqual([[region.address, region.address + BigInt(32 * P)]])
+    const deadline = Date.now() + (inVm ? 500_000 : 50_000)
+    const twinsShared = () => {
+      const pa = pagemap.entries(a).pfns
+      const pb = pagemap.entries(b).pfns
+      for (let i = 0; i < 32; i++) if (pa[i] !== pb[i]) return false
+      return true
+    }
+    while (!twinsShared() && Date.now() < deadline) await sleep(20)
+    expect(twinsShared()).toBe(true)
+    const pa = pagemap.entries(a).pfns
+    const pb = pagemap.entries(b).pfns
+    for (let i = 32; i < 64; i++) expect(pa[i]).not.toBe(pb[i])
+    // ksmd's merge is not a write: on a kernel whose KSM drops uffd-wp (no kernel-patches/0001)
+    // the pass tells it by the page still being shared.
+    const quiet = dedup.pass()
+    expect(quiet.writtenPages).toBe(0)
+    expect(quiet.cowAfterMerge).toBe(0)
+    expect(quiet.mergedTotal).toBe(64)
+    a.bytes[5 * P] = 0xee
+    const hot = dedup.pass()
+    expect(hot).toMatchObject({ writtenPages: 1, cowAfterMerge: 1, unmarkedPages: 1, mergedTotal: 63 })
+    expect(b.bytes[5 * P]).toBe(6)
+  })
+})
+
+describe.skipIf(!tracking || !probe().pfnsVisible || !(f.sksm || f.ksm))(`Deduplicator across processes${requires({ ...f, pfns: probe().pfnsVisible }, ['uffdWpAsync', 'pagemapScan', 'pfns'])}`, () => {
+  const state = new KsmState()
+  let release: (() => void) | undefined
+  beforeAll(async () => {
+    if (f.sksm) return
+    release = await acquireKsmLock()
+    state.set({ ...fastKsmd, run: 1 })
+  })
+  afterAll(() => {
+    try {
+      if (!f.sksm) state.restore()
+    } finally {
+      release?.()
+    }
+  })
+
+  it('three workers with the same data (unique within each) share it; their unique pages stay private', async () => {
+    ensureDist()
+    using index = TwinIndex.create({ slots: 4096 })
+    const pages = 64
+    const shared = 48 // pages 0..47 the same in every worker, 48..63 unique to each
+    const script = `
+      const { Region, Deduplicator, TwinIndex, pageSize: P } = await import(${JSON.stringify(distEntry)})
+      const index = TwinIndex.open(process.env.INDEX)
+      const r = Region.anonymous(${pages} * P)
+      const view = new DataView(r.bytes.buffer, r.bytes.byteOffset, r.length)
+      for (let i = 0; i < ${pages}; i++) view.setUint32(i * P, i < ${shared} ? 1000 + i : 100000 * process.pid + i)
+      const d = new Deduplicator({ merge: 'auto', index, stablePasses: 1 })
+      d.track(r)
+      d.run({ intervalMs: 20 })
+      process.stdout.write(JSON.stringify({ address: Number(r.address), merge: d.merge }) + '\\n')
+      process.stdin.resume()
+      process.stdin.on('end', async () => {
+        await d.stop()
+        const s = d.stats()
+        process.stdout.write(JSON.stringify({ passes: s.passes, mergedPages: s.mergedPages }) + '\\n')
+        d.close()
+        process.exit(0)
+      })
+    `
+    const children: ChildProcess[] = []
+    try {
+      const lines: string[][] = []
+      const started = [0, 1, 2].map((k) => {
+        const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, INDEX: index.path }, stdio: ['pipe', 'pipe', 'inherit'] })
+        children.push(child)
+        lines[k] = []
+        let buffered = ''
+        return new Promise<{ address: number; merge: string }>((resolve) => {
+          child.stdout!.on('data', (chunk) => {
+            buffered += chunk
+            const parts = buffered.split('\n')
+            buffered = parts.pop()!
+            for (const line of parts) {
+              lines[k].push(line)
+              if (lines[k].length === 1) resolve(JSON.parse(line))
+            }
+          })
+        })
+      })
+      const infos = await Promise.all(started)
+      expect(infos.every((i) => i.merge === (f.sksm ? 'sksm' : 'ksm'))).toBe(true)
+      const pfns = () => children.map((c, k) => pfnsOf(c.pid!, infos[k].address, pages))
+      const allShared = () => {
+        const [p0, p1, p2] = pfns()
+        for (let i = 0; i < shared; i++) if (p0[i] === 0n || p0[i] !== p1[i] || p0[i] !== p2[i]) return false
+        return true
+      }
+      const deadline = Date.now() + (inVm ? 500_000 : 50_000)
+      while (!allShared() && Date.now() < deadline) await sleep(50)
+      expect(allShared()).toBe(true)
+      const [p0, p1, p2] = pfns()
+      for (let i = shared; i < pages; i++) expect(new Set([p0[i], p1[i], p2[i]]).size, `unique page ${i}`).toBe(3)
+      for (const c of children) c.stdin!.end()
+      await Promise.all(children.map((c) => new Promise((resolve) => c.once('exit', resolve))))
+      for (const k of [0, 1, 2]) expect(JSON.parse(lines[k].at(-1)!).mergedPages).toBe(shared)
+      expect(index.usedSlots).toBe(0) // every worker gave its hashes back on close()
+    } finally {
+      for (const c of children) if (c.exitCode === null) c.kill('SIGKILL')
+    }
+  })
+})

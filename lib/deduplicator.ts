@@ -66,6 +66,9 @@ export interface PassReport {
   deferredPages: number
   /** Candidates the index had no free slot for (grow TwinIndex slots). */
   indexFullPages: number
+  /** Merged pages PAGEMAP_SCAN reported written although still shared (so not written): the
+   *  kernel's KSM merge dropped uffd-wp (a kernel without kernel-patches/0001). Not counted as writes. */
+  wpLostPages: number
   /** Thread CPU time of the pass. */
   cpuMs: number
   durationMs: number
@@ -335,12 +338,13 @@ export class Deduplicator {
     report.unmarkedPages += out[Report.unmarked]
     report.deferredPages += out[Report.deferred]
     report.indexFullPages += out[Report.indexFull]
+    report.wpLostPages += out[Report.mergeReplaced]
   }
 
   #emptyReport(time: number): PassReport {
     return {
       pass: this.#pass + 1, time, trackedPages: 0, writtenPages: 0, candidatePages: 0, hashedPages: 0, duplicatePages: 0,
-      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, indexFullPages: 0, cpuMs: 0, durationMs: 0,
+      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, indexFullPages: 0, wpLostPages: 0, cpuMs: 0, durationMs: 0,
     }
   }
 

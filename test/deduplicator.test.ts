@@ -400,6 +400,7 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
     expect(pagemap.entries(a).count(pagemap.PageFlag.uffdWp)).toBe(64)
     const quiet = dedup.pass()
     expect(quiet.writtenPages).toBe(0)
+    expect(quiet.wpLostPages).toBe(0)
     expect(quiet.mergedTotal).toBe(64)
     // A write COWs A[3] back to a private page, which backs off.
     a.bytes[3 * P] = 0xee
@@ -461,6 +462,8 @@ describe.skipIf(!tracking || !f.ksm || !probe().pfnsVisible)(`Deduplicator KSM f
     expect(quiet.writtenPages).toBe(0)
     expect(quiet.cowAfterMerge).toBe(0)
     expect(quiet.mergedTotal).toBe(64)
+    // (6.18 drops it on about half of them; the lab kernel, with the patch, on none.)
+    if (f.sksm) expect(quiet.wpLostPages).toBe(0)
     a.bytes[5 * P] = 0xee
     const hot = dedup.pass()
     expect(hot).toMatchObject({ writtenPages: 1, cowAfterMerge: 1, unmarkedPages: 1, mergedTotal: 63 })

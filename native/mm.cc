@@ -230,6 +230,7 @@ void InitMm(Napi::Env env, Napi::Object exports) {
   SetConst(c, "MREMAP_DONTUNMAP", MREMAP_DONTUNMAP);
   SetConst(c, "MFD_CLOEXEC", MFD_CLOEXEC);
   SetConst(c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  SetConst(c, "MFD_HUGETLB", MFD_HUGETLB);
   SetConst(c, "F_SEAL_SHRINK", F_SEAL_SHRINK);
   SetConst(c, "F_SEAL_GROW", F_SEAL_GROW);
   SetConst(c, "O_PATH", O_PATH);

@@ -3,7 +3,7 @@
 import { constants as bufferConstants } from 'node:buffer'
 import fs from 'node:fs'
 import { native, constants as C, pageSize } from './native.ts'
-import { check, codedError, errno, fsCall, SyscallError } from './errors.ts'
+import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
 import { PageRuns } from './runs.ts'
 import {
   invalidArgType,
@@ -179,6 +179,18 @@ function validateRegionLength(value: unknown, name: string): number {
   return length
 }
 
+let defaultHugePageSize: number | undefined
+/** The default hugetlb page size (Hugepagesize in /proc/meminfo, what MFD_HUGETLB uses). */
+function hugetlbPageSize(): number {
+  if (defaultHugePageSize === undefined) {
+    const meminfo = fsCall('open', '/proc/meminfo', () => fs.readFileSync('/proc/meminfo', 'latin1'))
+    const kb = /^Hugepagesize:\s+(\d+) kB$/m.exec(meminfo)
+    if (!kb) throw new FeatureUnavailableError('hugetlb', 'no Hugepagesize in /proc/meminfo (CONFIG_HUGETLBFS is off)')
+    defaultHugePageSize = Number(kb[1]) * 1024
+  }
+  return defaultHugePageSize
+}
+
 function mapOrThrow(length: number, prot: number, flags: number, fd: number, offset: number, what: string): number {
   return check(native.mmap(0, length, prot, flags, fd, offset), 'mmap', what)
 }
@@ -195,6 +207,8 @@ interface RegionInit {
   views?: Views
   /** Where the memory lies inside a Reservation, if it does. */
   home?: Home | null
+  /** hugetlb memfd: its huge page size (every mapping change must be a multiple of it). */
+  hugePageSize?: number
 }
 
 let makeRegion: (init: RegionInit) => Region
@@ -206,6 +220,7 @@ export class Region {
   #fd: number
   #path: string | undefined
   #limit: number
+  #hugePageSize: number
   /** PROT_* bits per page: views are only handed out while every page is read+write. */
   #prot: PageRuns
   #buffer: ArrayBuffer | null = null
@@ -229,6 +244,7 @@ export class Region {
     this.#fd = init.fd ?? -1
     this.#path = init.path
     this.#limit = init.limit ?? Infinity
+    this.#hugePageSize = init.hugePageSize ?? 0
     this.#prot = init.prot
     this.#views = init.views ?? { live: 0, pending: [] }
     this.#home = init.home ?? null
@@ -291,19 +307,28 @@ export class Region {
    * A shared mapping of a new memfd. `fd` stays open while the Region lives, so another
    * process can map the same pages through /proc/<pid>/fd/<fd>. The memfd is sealed against
    * shrinking (F_SEAL_SHRINK): nobody can cut pages from under the mapping; remap() grows it.
+   *
+   * `hugetlb: true` backs it with hugetlb pages of the default size (MFD_HUGETLB; `hugePageSize`
+   * says which): `length` must be a multiple of it, the pages are reserved at mmap (ENOMEM when
+   * too few are free, never a SIGBUS later). The kernel changes hugetlb mappings only in whole
+   * huge pages, so protect() and advise() ranges must be multiples too, and remap() can only
+   * shrink it in place (mremap neither grows hugetlb nor moves it with MREMAP_DONTUNMAP).
    */
-  static memfd(length: number, options?: { name?: string }): Region {
+  static memfd(length: number, options?: { name?: string; hugetlb?: boolean }): Region {
     const size = validateRegionLength(length, 'length')
-    const opts = readOptions(options, 'options', ['name'])
+    const opts = readOptions(options, 'options', ['name', 'hugetlb'])
     const name = opts.name ?? 'memdedup'
     if (typeof name !== 'string' || name.includes('\0')) throw invalidArgType('options.name', 'a string without null bytes', name)
-    const fd = check(native.memfdCreate(name, C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING), 'memfd_create', name)
+    const hugePageSize = validateBoolean(opts.hugetlb ?? false, 'options.hugetlb') ? hugetlbPageSize() : 0
+    if (hugePageSize > 0 && size % hugePageSize !== 0) throw outOfRange('length', `a multiple of the huge page size (${hugePageSize})`, length)
+    const fd = check(native.memfdCreate(name, C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | (hugePageSize > 0 ? C.MFD_HUGETLB : 0)), 'memfd_create', name)
     try {
       check(native.ftruncate(fd, size), 'ftruncate', `memfd ${size} bytes`)
       check(native.addSeals(fd, C.F_SEAL_SHRINK), 'fcntl(F_ADD_SEALS)', 'F_SEAL_SHRINK')
       const prot = protBits.rw
-      const address = mapOrThrow(size, prot, C.MAP_SHARED, fd, 0, `memfd ${size} bytes`)
-      return new Region(internal, { address, length: size, kind: 'memfd', prot: new PageRuns(size / pageSize, prot), fd, limit: size })
+      const what = hugePageSize > 0 ? `hugetlb memfd ${size} bytes (${size / hugePageSize} huge pages)` : `memfd ${size} bytes`
+      const address = mapOrThrow(size, prot, C.MAP_SHARED, fd, 0, what)
+      return new Region(internal, { address, length: size, kind: 'memfd', prot: new PageRuns(size / pageSize, prot), fd, limit: size, hugePageSize })
     } catch (error) {
       native.closeFd(fd)
       throw error
@@ -319,6 +344,10 @@ export class Region {
   }
   get pageSize(): number {
     return pageSize
+  }
+  /** The huge page size of a hugetlb memfd Region (offsets of protect/advise align to it), else 0. */
+  get hugePageSize(): number {
+    return this.#hugePageSize
   }
   get pages(): number {
     return this.#length / pageSize
@@ -375,7 +404,7 @@ export class Region {
   /** mprotect(2) the Region or a page-aligned part of it. */
   protect(prot: Protection, range?: Range): void {
     const bits = protBits[validateOneOf(prot, 'prot', protections)]
-    const span = this.#span(range, `mprotect(${prot})`)
+    const span = this.#hugeAligned(this.#span(range, `mprotect(${prot})`), 'range')
     check(native.mprotect(span.address, span.length, bits), 'mprotect', () => `${prot} on ${span.length} bytes`)
     const first = (span.address - this.#address) / pageSize
     this.#prot.fill(bits, first, first + span.length / pageSize)
@@ -393,7 +422,7 @@ export class Region {
   advise(advice: Advice, range?: Range): void {
     // typeof first: hasOwn() would coerce an object through its toString().
     if (typeof advice !== 'string' || !Object.hasOwn(adviceValues, advice)) validateOneOf(advice, 'advice', adviceNames)
-    const span = this.#span(range, 'advise')
+    const span = this.#hugeAligned(this.#span(range, 'advise'), 'range')
     check(native.madvise(span.address, span.length, adviceValues[advice]), adviceSyscalls[advice])
   }
 
@@ -417,6 +446,7 @@ export class Region {
     const dontUnmap = validateBoolean(opts.dontUnmap ?? false, 'options.dontUnmap')
     const target = opts.fixed === undefined ? undefined : readTarget(opts.fixed, length)
     this.#assertOpen('remap')
+    if (this.#hugePageSize > 0) this.#checkHugetlbRemap(length, dontUnmap, target !== undefined)
     if (target && !mayMove) throw invalidArgValue('options.mayMove', 'true with options.fixed (MREMAP_FIXED implies MREMAP_MAYMOVE)', false)
     // MREMAP_DONTUNMAP: any kind since Linux 5.13 (a shared or file source keeps showing the file).
     if (dontUnmap && (!mayMove || length !== this.#length)) {
@@ -439,7 +469,7 @@ export class Region {
     } else address = this.#resizeKeepingOldRange(length, mayMove)
     // From here on nothing can fail: the memory has moved.
     const home = target ? { reservation: target.state, slot: claim(target.state, target.offset, length, 'region') } : null
-    const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit, fd: this.#fd, home }
+    const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit, fd: this.#fd, home, hugePageSize: this.#hugePageSize }
     if (dontUnmap) return new Region(internal, { ...init, fd: -1 })
     // Same memory, grown or shrunk in place: old views still point into it, so it shares their
     // count, and its reservation slot (already resized).
@@ -654,6 +684,25 @@ export class Region {
       throw outOfRange('range', `inside the Region (offset + length <= ${this.#length})`, `offset ${offset} + length ${length}`)
     }
     return { address: this.#address + offset, length }
+  }
+
+  /** A span of a hugetlb Region must cover whole huge pages: the kernel splits hugetlb VMAs only there. */
+  #hugeAligned(span: Span, name: string): Span {
+    const huge = this.#hugePageSize
+    if (huge > 0 && ((span.address - this.#address) % huge !== 0 || span.length % huge !== 0)) {
+      throw outOfRange(name, `whole huge pages of this hugetlb Region (offset and length multiples of ${huge})`, `offset ${span.address - this.#address} + length ${span.length}`)
+    }
+    return span
+  }
+
+  /** What mremap does to hugetlb: shrinks in place, never grows, never MREMAP_DONTUNMAP. */
+  #checkHugetlbRemap(length: number, dontUnmap: boolean, fixed: boolean): void {
+    const huge = this.#hugePageSize
+    if (length % huge !== 0 || length > this.#length) {
+      throw outOfRange('newLength', `a multiple of the huge page size (${huge}) <= ${this.#length} (mremap cannot grow a hugetlb mapping)`, length)
+    }
+    if (dontUnmap) throw invalidArgValue('options.dontUnmap', 'must be false for a hugetlb Region (mremap refuses MREMAP_DONTUNMAP on hugetlb)', true)
+    if (fixed) throw invalidArgValue('options.fixed', 'is not supported for a hugetlb Region (it can only shrink in place)', 'a Reservation target')
   }
 
   #assertOpen(operation: string): void {

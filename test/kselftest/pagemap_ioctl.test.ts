@@ -7,19 +7,18 @@
 // range of one); the C's pagemap_ioctl()/pagemap_ioc() go through pagemap.scanRaw(), which passes
 // raw masks and flags (also invalid ones) to the kernel but only for a live Region's addresses.
 //
-// Ported: 103 of 115 run where the kernel has the features; they skip with the reason otherwise:
+// Ported: 115 of 115 run where the kernel has the features; they skip with the reason otherwise:
 //   - everything: no PAGEMAP_SCAN, or init_uffd() failing (no WP_ASYNC / WP_UNPOPULATED /
 //     WP_HUGETLBFS_SHMEM) — the C reports "pass" then; this port skips and says why.
 //   - "Huge page testing:" (6) and hpage_unit_tests (9): THP must accept MADV_HUGEPAGE.
-//   - "Hugetlb mem testing:" (6): needs free hugetlb pages. On the host none are reserved and
-//     this port does not change the host's vm.nr_hugepages; in the VM (MEMDEDUP_VM) it reserves
-//     what it needs and restores the old value. The mapping is a MAP_PRIVATE mapping of a
-//     MFD_HUGETLB memfd (Region.file on /proc/self/fd/N), i.e. private hugetlb like the C's
-//     MAP_PRIVATE | MAP_HUGETLB.
-// Not ported: 12 of 115 — both "Hugetlb shmem testing:" blocks (SysV shmget(SHM_HUGETLB) and
-//   MAP_SHARED of an MFD_HUGETLB memfd). They need a *shared* hugetlb mapping, which no Region
-//   constructor makes (Region.memfd has no hugetlb option; Region.file is MAP_PRIVATE). Their
-//   it()s are present and always skip with that reason.
+//   - the three hugetlb blocks (18: "Hugetlb shmem testing:" twice, "Hugetlb mem testing:"):
+//     need free hugetlb pages. On the host none are reserved and this port does not change the
+//     host's vm.nr_hugepages; in the VM (MEMDEDUP_VM) it reserves what it needs and restores the
+//     old value (test/helpers/hugetlb.ts). "Hugetlb mem testing:" maps an MFD_HUGETLB memfd
+//     MAP_PRIVATE (Region.file on /proc/self/fd/N), private hugetlb like the C's MAP_PRIVATE |
+//     MAP_HUGETLB; both "Hugetlb shmem testing:" blocks map one MAP_SHARED (Region.memfd with
+//     { hugetlb: true }), the C's SysV SHM_HUGETLB segment included (why that is the same kernel
+//     path is said at sharedHugetlb()).
 // Deviations, each noted where it happens: mprotect_tests' MAP_FIXED replacement of the second
 // page is unregister + MADV_DONTNEED + register (a Region cannot map over itself); "Memory mapped
 // file" maps this test file instead of the test binary; transact_test's per-thread getrusage()
@@ -33,6 +32,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it, type TestContext
 import { Region, SyscallError, Userfaultfd, features, pagemap, pageSize, type Range } from '../../lib/index.ts'
 import { native } from '../../lib/native.ts'
 import { inVm } from '../helpers/env.mjs'
+import { reserveHugePages, restoreHugePages, vmaPageSize } from '../helpers/hugetlb.ts'
 
 const here = fileURLToPath(import.meta.url)
 const repoRoot = path.resolve(path.dirname(here), '..', '..')
@@ -506,29 +506,12 @@ function tracked(mem: Mem): Mem {
 }
 
 // ---- hugetlb: free pages are needed; reserved only in the VM -------------------------------------
-const hugetlbSysctl = '/proc/sys/vm/nr_hugepages'
-let restoreHugepages: string | undefined
-function hugetlbFree(): number {
-  const m = /^HugePages_Free:\s+(\d+)/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))
-  return Number(m?.[1] ?? 0)
-}
+afterAll(restoreHugePages)
 /** Private hugetlb mapping of `size` bytes (the C's MAP_PRIVATE | MAP_HUGETLB), or why not. */
 function hugetlbPrivate(size: number): Mem | string {
-  const need = Math.ceil(size / hpage_size)
-  if (hugetlbFree() < need && inVm) {
-    try {
-      const old = fs.readFileSync(hugetlbSysctl, 'utf8').trim()
-      restoreHugepages ??= old
-      fs.writeFileSync(hugetlbSysctl, String(Number(old) + need))
-    } catch {
-      // fall through to the check below
-    }
-  }
-  if (hugetlbFree() < need) {
-    return `no free hugetlb pages (HugePages_Free ${hugetlbFree()} < ${need}); this port reserves them only in the VM (vm.nr_hugepages)`
-  }
-  const MFD_HUGETLB = 0x0004
-  const fd = native.memfdCreate('uffd-test', native.constants.MFD_CLOEXEC | MFD_HUGETLB)
+  const noPages = reserveHugePages(Math.ceil(size / hpage_size))
+  if (noPages) return noPages
+  const fd = native.memfdCreate('uffd-test', native.constants.MFD_CLOEXEC | native.constants.MFD_HUGETLB)
   if (fd < 0) return `memfd_create(MFD_HUGETLB) failed: errno ${-fd}`
   try {
     fs.ftruncateSync(fd, size)
@@ -539,11 +522,31 @@ function hugetlbPrivate(size: number): Mem | string {
     fs.closeSync(fd)
   }
 }
-afterAll(() => {
-  if (restoreHugepages !== undefined) fs.writeFileSync(hugetlbSysctl, restoreHugepages)
-})
 
-const sharedHugetlbReason = 'not ported: needs a MAP_SHARED hugetlb mapping (SysV SHM_HUGETLB or MAP_SHARED MFD_HUGETLB memfd), which no Region constructor makes'
+/**
+ * Shared hugetlb mapping of `size` bytes, or why not: Region.memfd({ hugetlb: true }), i.e.
+ * memfd_create(MFD_HUGETLB) + mmap(MAP_SHARED), as the C's block 7 does. It stands in for the
+ * C's SysV shmget(SHM_HUGETLB) + shmat() of block 5 too, because that is the same kernel path:
+ * newseg() makes the segment with hugetlb_file_setup() on the internal hugetlbfs mount, the
+ * function memfd_create(MFD_HUGETLB) calls, and shmat() maps that file MAP_SHARED through
+ * hugetlbfs_file_mmap() (shm_mmap() calls the file's own mmap). Either way the VMA is a
+ * VM_SHARED hugetlb VMA over a hugetlbfs inode, which is all PAGEMAP_SCAN and uffd-wp look at.
+ * Deviation: the C maps its memfd without ftruncate (hugetlbfs mmap sets i_size) and creates
+ * it with MFD_NOEXEC_SEAL; Region.memfd sizes it first and seals it against shrinking.
+ * Not in the C: /proc/self/smaps must show the mapping as shared ("rw-s") hugetlb
+ * (KernelPageSize = the huge page size), so a wrong mapping cannot pass these tests.
+ */
+function sharedHugetlb(size: number, name: string): Mem | string {
+  const noPages = reserveHugePages(Math.ceil(size / hpage_size))
+  if (noPages) return noPages
+  const region = Region.memfd(size, { name, hugetlb: true })
+  const vma = vmaPageSize(region.address)
+  if (vma.perms !== 'rw-s' || vma.kernelPageSize !== region.hugePageSize) {
+    region.close()
+    throw new Error(`not a shared hugetlb VMA: ${JSON.stringify(vma)}`)
+  }
+  return new Mem(region)
+}
 
 // 2. Normal page testing
 base_tests('Page testing:', () => tracked(anon(10 * page_size)))
@@ -554,15 +557,21 @@ base_tests('Huge page testing:', () => {
   const map = gethugepage(hpage_size)
   return map ? tracked(map) : 'madvise(MADV_HUGEPAGE) failed: THP is not available'
 })
-// 5. SHM Hugetlb page testing
-base_tests('Hugetlb shmem testing:', () => sharedHugetlbReason)
+// 5. SHM Hugetlb page testing (SysV SHM_HUGETLB in the C: see sharedHugetlb())
+base_tests('Hugetlb shmem testing:', () => {
+  const mem = sharedHugetlb(2 * 1024 * 1024, 'SYSV2')
+  return typeof mem === 'string' ? mem : tracked(mem)
+})
 // 6. Hugetlb page testing
 base_tests('Hugetlb mem testing:', () => {
   const mem = hugetlbPrivate(2 * 1024 * 1024)
   return typeof mem === 'string' ? mem : tracked(mem)
 })
-// 7. File Hugetlb testing (the C prints the same prefix as 5)
-base_tests('Hugetlb shmem testing:', () => sharedHugetlbReason)
+// 7. File Hugetlb testing (the C prints the same prefix as 5): MAP_SHARED of an MFD_HUGETLB memfd
+base_tests('Hugetlb shmem testing:', () => {
+  const mem = sharedHugetlb(2 * 1024 * 1024, 'uffd-test')
+  return typeof mem === 'string' ? mem : tracked(mem)
+})
 // 8. File memory testing: a private mapping of a file of 10 pages of 'c'
 base_tests('File memory testing:', () => {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pagemap_ioctl-')), 'pagemap_ioctl.c.tmp0')

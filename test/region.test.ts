@@ -3,8 +3,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { execFileSync, spawnSync } from 'node:child_process'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { Region, Reservation, InvalidStateError, SyscallError, ksm, pagemap, pageSize } from '../lib/index.ts'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { Region, Reservation, InvalidStateError, SyscallError, Userfaultfd, ksm, pagemap, pageSize } from '../lib/index.ts'
 import { reservedBytes } from '../lib/region.ts'
 import { native } from '../lib/native.ts'
 import { layout } from './helpers/vma.ts'
@@ -12,6 +12,7 @@ import { runChild } from './helpers/child.ts'
 import { fdCount, isMapped, libcPath, ownMappingCount as mappingCount, rssBytes, vmSizeBytes } from './helpers/process.ts'
 import { ensureDist, distEntry } from './helpers/dist.mjs'
 import { expectThrowsCode } from './helpers/errors.ts'
+import { reserveHugePages, restoreHugePages, vmaPageSize } from './helpers/hugetlb.ts'
 
 const P = pageSize
 
@@ -258,6 +259,164 @@ describe('Region.memfd', () => {
     expect(fdCount()).toBe(before + 1)
     m.close()
     expect(fdCount()).toBe(before)
+  })
+})
+
+// Region.memfd({ hugetlb: true }): a MAP_SHARED MFD_HUGETLB memfd. Arguments and the ENOMEM of too
+// few free huge pages are checked everywhere; the mapping itself needs free hugetlb pages, which
+// exist only in the lab VM (test/helpers/hugetlb.ts reserves them there).
+describe('Region.memfd hugetlb', () => {
+  const meminfo = () => fs.readFileSync('/proc/meminfo', 'utf8')
+  const hugetlbKb = /^Hugepagesize:\s+(\d+) kB$/m.exec(meminfo())?.[1]
+  const H = Number(hugetlbKb ?? 0) * 1024
+  const noHugetlb = H === 0 ? ' — skipped: no hugetlb on this kernel (no Hugepagesize in /proc/meminfo)' : ''
+  const counter = (field: string) => Number(new RegExp(`^HugePages_${field}:\\s+(\\d+)$`, 'm').exec(meminfo())?.[1] ?? 0)
+  afterAll(restoreHugePages)
+
+  it('a normal Region has hugePageSize 0', () => {
+    using a = Region.anonymous(P)
+    using m = Region.memfd(P)
+    expect([a.hugePageSize, m.hugePageSize]).toEqual([0, 0])
+  })
+
+  it.skipIf(noHugetlb)(`hostile arguments: TypeError / RangeError before memfd_create, nothing leaked${noHugetlb}`, () => {
+    const cases: [() => unknown, ErrorConstructor, string][] = [
+      [() => Region.memfd(H, { hugetlb: 1 as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => Region.memfd(H, { hugetlb: 'true' as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => Region.memfd(H, { hugetlb: null as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => Region.memfd(H, { hugetlb: { valueOf: () => true } as never }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => Region.memfd(H, { hugetlb: true, huge: true } as never), TypeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => Region.memfd(P, { hugetlb: true }), RangeError, 'ERR_OUT_OF_RANGE'],
+      [() => Region.memfd(H + P, { hugetlb: true }), RangeError, 'ERR_OUT_OF_RANGE'],
+      [() => Region.memfd(H / 2, { hugetlb: true }), RangeError, 'ERR_OUT_OF_RANGE'],
+      [() => Region.memfd(1.5 * H, { hugetlb: true }), RangeError, 'ERR_OUT_OF_RANGE'],
+      [() => Region.memfd(0, { hugetlb: true }), RangeError, 'ERR_OUT_OF_RANGE'],
+      [() => Region.memfd(2 ** 48, { hugetlb: true }), RangeError, 'ERR_OUT_OF_RANGE'],
+      [() => Region.memfd(H, { hugetlb: true, name: 'a\0b' }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+    ]
+    const maps = mappingCount()
+    const fds = fdCount()
+    for (const [run, type, code] of cases) {
+      const error = expectThrowsCode(run, type, code)
+      if (code === 'ERR_OUT_OF_RANGE' && error.message.includes('huge page size')) expect(error.message).toContain(String(H))
+    }
+    expect(mappingCount()).toBe(maps)
+    expect(fdCount()).toBe(fds)
+  })
+
+  it.skipIf(noHugetlb)(`more huge pages than are free: SyscallError ENOMEM from mmap, the memfd closed${noHugetlb}`, () => {
+    // Surplus pages the kernel may add (vm.nr_overcommit_hugepages) count as free here.
+    const overcommit = Math.max(0, Number(fs.readFileSync('/proc/sys/vm/nr_overcommit_hugepages', 'utf8')) - counter('Surp'))
+    const pages = counter('Free') - counter('Rsvd') + overcommit + 1
+    const maps = mappingCount()
+    const fds = fdCount()
+    const rsvd = counter('Rsvd')
+    const error = expectThrowsCode(() => Region.memfd(pages * H, { hugetlb: true, name: 'memdedup-hugetlb-enomem' }), SyscallError, 'ENOMEM')
+    expect(error.errno).toBe(-os.constants.errno.ENOMEM)
+    expect(error.syscall).toBe('mmap')
+    expect(error.message).toContain(`${pages} huge pages`)
+    expect(mappingCount()).toBe(maps)
+    expect(fdCount()).toBe(fds)
+    expect(counter('Rsvd')).toBe(rsvd)
+  })
+
+  describe('with free huge pages', () => {
+    let noPages = noHugetlb
+    beforeAll(() => {
+      if (!noPages) noPages = reserveHugePages(3) ?? ''
+    })
+    beforeEach((ctx) => {
+      if (noPages) ctx.skip(noPages.replace(/^ — skipped: /, ''))
+    })
+
+    it('maps shared hugetlb memory: smaps says rw-s and the huge page size, PFNs are contiguous, pages are reserved at mmap and returned at close', () => {
+      const fds = fdCount()
+      const maps = mappingCount()
+      const rsvd = counter('Rsvd')
+      const free = counter('Free')
+      const m = Region.memfd(2 * H, { name: 'memdedup-hugetlb', hugetlb: true })
+      expect(m.kind).toBe('memfd')
+      expect(m.hugePageSize).toBe(H)
+      expect(Number(m.address) % H).toBe(0)
+      expect(fs.readlinkSync(`/proc/self/fd/${m.fd}`)).toContain('memfd:memdedup-hugetlb')
+      expect(vmaPageSize(m.address)).toEqual({ perms: 'rw-s', kernelPageSize: H })
+      expect(counter('Rsvd')).toBe(rsvd + 2) // reserved by mmap: a later fault cannot SIGBUS
+      m.bytes.fill(7, 0, P)
+      m.bytes[H + P] = 9
+      expect(counter('Free')).toBe(free - 2)
+      // Shared: the memfd's pages are the mapping's (a read of the fd sees the writes).
+      const viaFd = Buffer.alloc(2 * P)
+      fs.readSync(m.fd, viaFd, 0, 2 * P, H)
+      expect([viaFd[0], viaFd[P]]).toEqual([0, 9])
+      expect(m.read({ offset: H, length: 2 * P })[P]).toBe(9)
+      const { pfns } = pagemap.entries(m, { offset: 0, length: 2 * P })
+      if (pfns[0] !== 0n) expect(pfns[1]).toBe(pfns[0] + 1n) // one huge page (PFNs need root)
+      m.close()
+      expect(counter('Free')).toBe(free)
+      expect(counter('Rsvd')).toBe(rsvd)
+      expect(fdCount()).toBe(fds)
+      expect(mappingCount()).toBe(maps)
+    })
+
+    it('protect / advise take whole huge pages only (RangeError before the syscall); whole ones work', () => {
+      using m = Region.memfd(2 * H, { hugetlb: true })
+      m.bytes.fill(5)
+      for (const range of [{ offset: 0, length: P }, { offset: P, length: H }, { offset: H, length: H - P }, { offset: H / 2, length: H }]) {
+        expectThrowsCode(() => m.protect('r', range), RangeError, 'ERR_OUT_OF_RANGE')
+        expectThrowsCode(() => m.advise('dontneed', range), RangeError, 'ERR_OUT_OF_RANGE')
+      }
+      expect(m.protection(P)).toBe('rw') // nothing changed
+      m.protect('r', { offset: H, length: H })
+      expect(m.protection(H)).toBe('r')
+      expectThrowsCode(() => m.bytes, InvalidStateError, 'ERR_REGION_PROTECTION')
+      expect(m.read({ offset: H, length: P })[0]).toBe(5)
+      m.protect('rw')
+      // MADV_DONTNEED on shared memory drops only the page tables: the memfd keeps the data.
+      m.advise('dontneed', { offset: 0, length: H })
+      expect(m.bytes[0]).toBe(5)
+      // MADV_REMOVE punches the huge page out of the memfd: it reads back as zeros.
+      m.advise('remove', { offset: 0, length: H })
+      expect(m.bytes[0]).toBe(0)
+      expect(m.bytes[H]).toBe(5)
+    })
+
+    it('remap: shrinks in place; growing, MREMAP_DONTUNMAP, a Reservation target and partial huge pages are refused before any syscall', () => {
+      const m = Region.memfd(2 * H, { hugetlb: true })
+      m.bytes[0] = 3
+      const size = () => fs.fstatSync(m.fd).size
+      expectThrowsCode(() => m.remap(3 * H), RangeError, 'ERR_OUT_OF_RANGE')
+      expect(size()).toBe(2 * H) // the memfd was not grown first
+      expectThrowsCode(() => m.remap(H + P), RangeError, 'ERR_OUT_OF_RANGE')
+      expectThrowsCode(() => m.remap(2 * H, { dontUnmap: true }), TypeError, 'ERR_INVALID_ARG_VALUE')
+      using reservation = Region.reserve(4 * H, { alignment: H })
+      expectThrowsCode(() => m.remap(2 * H, { fixed: { into: reservation, offset: 0 } }), TypeError, 'ERR_INVALID_ARG_VALUE')
+      expect(m.closed).toBe(false)
+      const view = m.bytes
+      using shrunk = m.remap(H)
+      expect(m.closed).toBe(true)
+      expect(view.length).toBe(0)
+      expect(shrunk.hugePageSize).toBe(H)
+      expect(shrunk.length).toBe(H)
+      expect(shrunk.bytes[0]).toBe(3)
+      expect(vmaPageSize(shrunk.address)).toEqual({ perms: 'rw-s', kernelPageSize: H })
+      // The cut huge page is no longer ours (held as plain memory until `view` is collected).
+      expect(vmaPageSize(shrunk.address + BigInt(H)).kernelPageSize).not.toBe(H)
+    })
+
+    it('userfaultfd: the kernel refuses a range that is not whole huge pages (EINVAL), the whole Region registers', (ctx) => {
+      let uffd: Userfaultfd
+      try {
+        uffd = Userfaultfd.open({ features: ['wpHugetlbfsShmem'] })
+      } catch (error) {
+        ctx.skip(`no uffd-wp on hugetlbfs: ${(error as Error).message}`)
+      }
+      using u = uffd!
+      using m = Region.memfd(H, { hugetlb: true })
+      const error = expectThrowsCode(() => u.register(m, { writeProtect: true }, { offset: 0, length: P }), SyscallError, 'EINVAL')
+      expect(error.syscall).toBe('ioctl(UFFDIO_REGISTER)')
+      u.register(m, { writeProtect: true })
+      u.unregister(m)
+    })
   })
 })
 

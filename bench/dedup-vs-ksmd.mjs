@@ -1,6 +1,8 @@
-// The user-space deduplicator (lib/scanner.ts: uffd WP_ASYNC + PAGEMAP_SCAN + MADV_MERGE) against
-// ksmd on the same workload in the same boot: memory saved, CPU seconds, time to savings.
-// Needs SKSM (the lab kernel): `npm run bench:dedup` runs it in the VM.
+// Deduplicator v2 (lib/deduplicator.ts: uffd WP_ASYNC + one native PAGEMAP_SCAN pass per Region +
+// twin index + MADV_MERGE, or its KSM fallback) against ksmd on the same workload in the same
+// boot: memory saved, CPU seconds (and their ratio to ksmd at defaults), time to savings.
+// The SKSM row needs the lab kernel: `npm run bench:dedup` runs it in the VM. On a kernel
+// without SKSM the SKSM row is skipped and the others run.
 //
 // Workload: `--mib` MiB in 8 Regions; half the pages carry one of 64 contents repeated across
 // the Regions (the duplicates), the rest random; 5% of the pages are rewritten every 50 ms (hot,
@@ -111,59 +113,63 @@ async function runKsmd(label, settings) {
   })
 }
 
-async function runDeduplicator(intervalMs) {
-  const workload = makeWorkload()
-  const dedup = new Deduplicator({ stablePasses: 2 })
-  let cpu = 0
-  try {
-    for (const region of workload.regions) dedup.add(region)
-    const started = performance.now()
-    const goal = workload.target * 0.9
-    let saved = 0
-    let timeToSavingsMs = null
-    let passes = 0
-    while (performance.now() - started < capMs) {
-      const before = process.cpuUsage()
-      dedup.pass()
-      const used = process.cpuUsage(before)
-      cpu += (used.user + used.system) / 1e6
-      passes++
-      saved = workload.saved()
-      if (saved >= goal) {
-        timeToSavingsMs = performance.now() - started
-        break
-      }
-      await sleep(intervalMs)
+/** Deduplicator v2 in the background (run()), with SKSM or its KSM fallback (ksmd at `settings`). */
+async function runDeduplicator(merge, intervalMs, settings) {
+  const body = async () => {
+    const workload = makeWorkload()
+    const previous = merge === 'ksm' ? ksm.configure({ ...settings, run: 1 }) : undefined
+    const ksmdBefore = ksmdCpuSeconds()
+    const dedup = new Deduplicator({ merge, stablePasses: 2 })
+    try {
+      for (const region of workload.regions) dedup.track(region)
+      const started = performance.now()
+      dedup.run({ intervalMs })
+      const result = await until(workload, started)
+      await dedup.stop()
+      const stats = dedup.stats()
+      const ksmdSeconds = merge === 'ksm' ? ksmdCpuSeconds() - ksmdBefore : 0
+      const label = merge === 'sksm' ? `Deduplicator v2, SKSM (pass every ${intervalMs} ms)` : `Deduplicator v2, KSM fallback (pass every ${intervalMs} ms) + ksmd at defaults`
+      return { label, ...result, target: workload.target, cpuSeconds: stats.cpuMs / 1000 + ksmdSeconds, dedupCpuSeconds: stats.cpuMs / 1000, ksmdCpuSeconds: ksmdSeconds, passes: stats.passes, cowAfterMerge: stats.cowAfterMerge }
+    } finally {
+      dedup.close()
+      for (const region of workload.regions) if (merge === 'ksm') ksm.disable(region)
+      if (previous) ksm.configure(previous)
+      workload.close()
     }
-    return { label: `memdedup Deduplicator (pass every ${intervalMs} ms)`, timeToSavingsMs, saved, target: workload.target, cpuSeconds: cpu, passes }
-  } finally {
-    dedup.close()
-    workload.close()
   }
+  return merge === 'ksm' ? withKsmLock(body) : body()
 }
 
 const f = features()
-if (!f.sksm || !f.uffdWpAsync || !f.pagemapScan || !f.ksm) {
-  console.log(`dedup-vs-ksmd: skipped — this kernel (${f.kernelRelease}) lacks ${['sksm', 'uffdWpAsync', 'pagemapScan', 'ksm'].filter((k) => !f[k]).join(', ')}; run it in the lab: npm run bench:dedup`)
+if (!f.uffdWpAsync || !f.pagemapScan || !f.ksm) {
+  console.log(`dedup-vs-ksmd: skipped — this kernel (${f.kernelRelease}) lacks ${['uffdWpAsync', 'pagemapScan', 'ksm'].filter((k) => !f[k]).join(', ')}; run it in the lab: npm run bench:dedup`)
   process.exit(0)
 }
 
 console.error(`workload: ${values.mib} MiB in ${regionCount} Regions, ${totalPages / 2} duplicate pages of ${contents} contents, 5% hot pages; cap ${capMs / 1000} s`)
+const defaults = { pagesToScan: 100, sleepMillisecs: 20 }
 const rows = []
-rows.push(await runDeduplicator(100))
-console.error(`  ${rows.at(-1).label}: done`)
-rows.push(await runKsmd('ksmd at defaults (pages_to_scan 100, sleep 20 ms)', { pagesToScan: 100, sleepMillisecs: 20 }))
-console.error(`  ${rows.at(-1).label}: done`)
+if (f.sksm) rows.push(await runDeduplicator('sksm', 100))
+else console.error(`  Deduplicator v2, SKSM: skipped (no MADV_MERGE on ${f.kernelRelease})`)
+rows.push(await runDeduplicator('ksm', 100, defaults))
+rows.push(await runKsmd('ksmd at defaults (pages_to_scan 100, sleep 20 ms)', defaults))
 rows.push(await runKsmd('ksmd at full speed (pages_to_scan 10000, sleep 0)', { pagesToScan: 10_000, sleepMillisecs: 0 }))
-console.error(`  ${rows.at(-1).label}: done`)
+for (const row of rows) console.error(`  ${row.label}: ${row.saved} pages saved, ${row.cpuSeconds.toFixed(2)} CPU s`)
+// Ratios against ksmd at defaults, measured in this run.
+const reference = rows.find((row) => row.label.startsWith('ksmd at defaults'))
+for (const row of rows) {
+  row.cpuRatioToKsmdDefaults = row.cpuSeconds / reference.cpuSeconds
+  row.speedupToKsmdDefaults = row.timeToSavingsMs === null || reference.timeToSavingsMs === null ? null : reference.timeToSavingsMs / row.timeToSavingsMs
+}
 
 if (values.json) console.log(JSON.stringify({ kernelRelease: f.kernelRelease, mib: Number(values.mib), rows }, null, 2))
 else {
   console.log(`\nDeduplication of ${values.mib} MiB (${rows[0].target} pages can be saved) on ${f.kernelRelease}`)
-  console.log('who                                                  | time to 90% savings | saved pages | CPU seconds')
-  console.log('-----------------------------------------------------|---------------------|-------------|------------')
+  console.log('who                                                                     | time to 90% savings | saved pages | CPU seconds | CPU / ksmd defaults | 90% sooner than ksmd defaults')
+  console.log('------------------------------------------------------------------------|---------------------|-------------|-------------|---------------------|------------------------------')
   for (const row of rows) {
     const time = row.timeToSavingsMs === null ? `> ${capMs / 1000} s (cap)` : `${(row.timeToSavingsMs / 1000).toFixed(2)} s`
-    console.log(`${row.label.padEnd(52)} | ${time.padStart(19)} | ${String(row.saved).padStart(11)} | ${row.cpuSeconds.toFixed(2).padStart(10)}`)
+    const sooner = row.speedupToKsmdDefaults === null ? 'n/a' : `${row.speedupToKsmdDefaults.toFixed(1)}x`
+    console.log(`${row.label.padEnd(71)} | ${time.padStart(19)} | ${String(row.saved).padStart(11)} | ${row.cpuSeconds.toFixed(2).padStart(11)} | ${row.cpuRatioToKsmdDefaults.toFixed(2).padStart(19)} | ${sooner.padStart(28)}`)
   }
 }

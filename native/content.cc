@@ -88,7 +88,8 @@ Napi::Value HashPages(const Napi::CallbackInfo& info) {
 // offered to the kernel for a merge that finds no twin, which the kernel's own compare refuses).
 // A slot whose count is 0 is free for any tag; an entry is looked up in a window of kProbe slots
 // and its holders are summed over that window, so two processes claiming two slots for the same
-// new tag at once still count together.
+// new tag at once still count together. A word never returns to 0 once used (tags are non-zero)
+// and an insert takes the first free slot of its window, so a never-used slot ends every search.
 constexpr uint64_t kIndexMagic = 0x31786564696d646dULL;  // "mdmidex1"
 constexpr size_t kIndexHeader = 64;
 constexpr uint64_t kCountMask = 0xffff, kCountMax = 0xffff;
@@ -126,6 +127,7 @@ uint32_t IndexHolders(const TwinTable& t, uint64_t hash) {
   uint64_t tag = Tag(hash), mask = t.slots - 1, sum = 0;
   for (unsigned i = 0; i < kProbe; i++) {
     uint64_t w = LoadWord(&t.words[(hash + i) & mask]);
+    if (w == 0) break;
     if ((w >> 16) == tag) sum += w & kCountMask;
   }
   return static_cast<uint32_t>(sum > 0xffffffffULL ? 0xffffffffULL : sum);
@@ -137,6 +139,7 @@ bool IndexInsert(const TwinTable& t, uint64_t hash) {
   for (unsigned i = 0; i < kProbe; i++) {  // an entry with our tag: one more holder
     uint64_t* slot = &t.words[(hash + i) & mask];
     uint64_t w = LoadWord(slot);
+    if (w == 0) break;
     while ((w >> 16) == tag) {
       if ((w & kCountMask) == kCountMax) return true;  // saturated: stays counted
       if (CasWord(slot, &w, w + 1)) return true;
@@ -160,6 +163,7 @@ void IndexRelease(const TwinTable& t, uint64_t hash) {
   for (unsigned i = 0; i < kProbe; i++) {
     uint64_t* slot = &t.words[(hash + i) & mask];
     uint64_t w = LoadWord(slot);
+    if (w == 0) return;
     while ((w >> 16) == tag && (w & kCountMask) > 0) {
       if ((w & kCountMask) == kCountMax) return;
       if (CasWord(slot, &w, w - 1)) return;

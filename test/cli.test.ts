@@ -1,0 +1,430 @@
+// The `memdedup` command as users get it: the package is packed (`npm pack`) and installed into a
+// prefix once per run, and every test runs that prefix's node_modules/.bin/memdedup.
+//
+// In the lab VM the checkout is read-only and there is no network, so the guest cannot pack or
+// install: it reuses the prefix the host's run of this file left under node_modules/.cache, when
+// that prefix was packed from this checkout's lib/ and native/ (else the file skips, saying so).
+import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ksm, pageSize } from '../lib/index.ts'
+import { fixtureBinary } from './helpers/c-fixture.ts'
+import { acquireKsmLock, collect, fastKsmd, inVm, KsmState, ksmdTimeoutMs, probe, repoRoot, type ChildResult } from './helpers/ksm.ts'
+
+const prefix = path.join(repoRoot, 'node_modules', '.cache', 'memdedup-cli')
+const bin = path.join(prefix, 'node_modules', '.bin', 'memdedup')
+const installed = path.join(prefix, 'node_modules', 'memdedup')
+const slow = inVm ? 18 : 1
+
+/** Files of `dir` (recursively) whose content differs between the checkout and the installed package. */
+function differingFiles(dir: string): string[] {
+  const out: string[] = []
+  const walk = (relative: string) => {
+    for (const entry of fs.readdirSync(path.join(repoRoot, relative), { withFileTypes: true })) {
+      const file = path.join(relative, entry.name)
+      if (entry.isDirectory()) walk(file)
+      else if (!fs.existsSync(path.join(installed, file)) || !fs.readFileSync(path.join(repoRoot, file)).equals(fs.readFileSync(path.join(installed, file)))) out.push(file)
+    }
+  }
+  walk(dir)
+  return out
+}
+
+/** Why the guest cannot test the installed bin, or '' (on the host the install happens in beforeAll). */
+function guestSkip(): string {
+  if (!inVm) return ''
+  if (!fs.existsSync(bin)) return ` — skipped: ${bin} is missing and the guest cannot npm pack/install (read-only, offline): run this file on the host first`
+  const stale = [...differingFiles('lib'), ...differingFiles('native')]
+  if (stale.length) return ` — skipped: the host's install under node_modules/.cache/memdedup-cli was packed from other sources (${stale.slice(0, 3).join(', ')}): run this file on the host first`
+  return ''
+}
+const skipAll = guestSkip()
+
+/** npm pack + npm install of the tarball into `prefix` (the install script builds the addon). */
+function packAndInstall(): void {
+  fs.rmSync(prefix, { recursive: true, force: true })
+  fs.mkdirSync(prefix, { recursive: true })
+  // Its own package.json makes the prefix the project npm installs into (else npm walks up to the checkout's).
+  fs.writeFileSync(path.join(prefix, 'package.json'), JSON.stringify({ name: 'memdedup-cli-test', private: true }) + '\n')
+  const npm = (args: string[], cwd: string) => execFileSync('npm', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 600_000 })
+  const tarball = npm(['pack', '--silent', '--pack-destination', prefix], repoRoot).trim().split('\n').pop()!
+  // The npm cache answers when it can; the registry only for what it lacks (commander, node-addon-api).
+  npm(['install', '--prefer-offline', '--no-save', '--no-audit', '--no-fund', `./${tarball}`], prefix)
+  fs.rmSync(path.join(prefix, tarball))
+  if (!fs.existsSync(bin)) throw new Error(`npm install left no ${bin}`)
+}
+
+beforeAll(() => {
+  if (!skipAll && !inVm) packAndInstall()
+}, 600_000)
+
+interface Run extends SpawnSyncReturns<string> {
+  json: () => any
+}
+
+/** Runs the installed bin to completion. */
+function memdedup(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; wrap?: string[]; timeoutMs?: number } = {}): Run {
+  const argv = [...(options.wrap ?? []), bin, ...args]
+  const result = spawnSync(argv[0], argv.slice(1), {
+    cwd: options.cwd ?? os.tmpdir(),
+    env: { ...process.env, NO_COLOR: '', ...options.env },
+    encoding: 'utf8',
+    timeout: options.timeoutMs ?? 60_000 * slow,
+  })
+  return Object.assign(result, { json: () => JSON.parse(result.stdout) })
+}
+
+/** Starts the installed bin; `lines` resolves once stdout has `count` lines. */
+function start(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const child = spawn(bin, args, { cwd: prefix, env: { ...process.env, NO_COLOR: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const done: Promise<ChildResult> = collect(child)
+  let out = ''
+  child.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()))
+  const lines = (count: number) =>
+    new Promise<string[]>((resolve, reject) => {
+      const check = () => {
+        const got = out.split('\n').filter(Boolean)
+        if (got.length >= count) resolve(got)
+      }
+      child.stdout!.on('data', check)
+      child.once('exit', () => reject(new Error(`exited before printing ${count} lines: ${out}`)))
+      check()
+    })
+  return { child, done, lines }
+}
+
+const commands = ['probe', 'stats', 'run', 'top']
+
+describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
+  it('--help lists every command and exits 0; each command has --help and --json', () => {
+    const help = memdedup(['--help'])
+    expect(help.status).toBe(0)
+    for (const command of commands) expect(help.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'))
+    for (const command of commands) {
+      const sub = memdedup([command, '--help'])
+      expect(sub.status, sub.stderr).toBe(0)
+      expect(sub.stdout).toContain(`Usage: memdedup ${command}`)
+      expect(sub.stdout).toContain('--json')
+    }
+    const version = memdedup(['--version'])
+    expect(version.status).toBe(0)
+    expect(version.stdout.trim()).toBe(JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')).version)
+  })
+
+  it('usage errors exit 2 with the reason on stderr and nothing on stdout', () => {
+    const cases = [[], ['bogus'], ['top', '--bogus'], ['top', '--sort=nope'], ['stats', '--interval=abc'], ['stats', '--interval=0'], ['top', '--interval', '-1'], ['run'], ['probe', 'extra', 'args']]
+    for (const args of cases) {
+      const result = memdedup(args)
+      expect(result.status, `memdedup ${args.join(' ')}: ${result.stderr}`).toBe(2)
+      expect(result.stdout, args.join(' ')).toBe('')
+      expect(result.stderr.length, args.join(' ')).toBeGreaterThan(0)
+    }
+    expect(memdedup(['top', '--sort=nope']).stderr).toContain('merged')
+  })
+
+  it('probe --json and stats --json parse and agree with the kernel', () => {
+    const features = memdedup(['probe', '--json']).json()
+    expect(features.kernelRelease).toBe(os.release())
+    expect(features.ksm).toBe(fs.existsSync('/sys/kernel/mm/ksm'))
+    const s = memdedup(['stats', '--json'])
+    expect(s.status, s.stderr).toBe(0)
+    const system = s.json()
+    expect(system.nrAnonPages).toBeGreaterThan(0)
+    expect(system.nrPageTablePages).toBeGreaterThan(0)
+    expect(system.pageSize).toBe(pageSize)
+    if (features.ksm) {
+      expect(typeof system.ksm.pagesSharing).toBe('number')
+      expect(system.savedBytes).toBe(system.ksm.pagesSharing * pageSize)
+      const profit = fs.existsSync('/sys/kernel/mm/ksm/general_profit')
+      expect(system.generalProfit === null).toBe(!profit)
+    } else expect(system.ksm).toBeNull()
+    const text = memdedup(['stats'])
+    expect(text.status).toBe(0)
+    expect(text.stdout).toMatch(/^nr_page_table_pages\s+\d+/m)
+  })
+
+  it('colours only on a terminal, and never with NO_COLOR', () => {
+    // A pipe: no escape sequences at all.
+    expect(memdedup(['top', '--once'])).toMatchObject({ status: 0, stdout: expect.not.stringContaining('\x1b[') })
+    expect(memdedup(['stats'])).toMatchObject({ status: 0, stdout: expect.not.stringContaining('\x1b[') })
+    // script(1) gives the command a pseudo-terminal.
+    const script = ['/usr/bin/script', '/bin/script'].find((p) => fs.existsSync(p))
+    if (!script) return
+    const onTty = (env: NodeJS.ProcessEnv) => spawnSync(script, ['-qec', `${bin} top --once`, '/dev/null'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 60_000 * slow })
+    const coloured = onTty({ NO_COLOR: '' })
+    expect(coloured.status, coloured.stdout).toBe(0)
+    expect(coloured.stdout).toContain('\x1b[1m')
+    expect(coloured.stdout).toContain('COMMAND')
+    const plain = onTty({ NO_COLOR: '1' })
+    expect(plain.status).toBe(0)
+    expect(plain.stdout).toContain('COMMAND')
+    expect(plain.stdout).not.toContain('\x1b[1m')
+  })
+
+  describe.skipIf(!probe().ksmProcess)(`run${probe().ksmProcess ? '' : ` — skipped: kernel ${os.release()} lacks PR_SET_MEMORY_MERGE`}`, () => {
+    // The child and its grandchild report PR_GET_MEMORY_MERGE through the installed library.
+    const reporter = `
+      import { ksm } from 'memdedup'
+      import { execFileSync } from 'node:child_process'
+      const grandchild = execFileSync(process.execPath, ['--input-type=module', '-e', "import { ksm } from 'memdedup'; console.log(ksm.process.get())"], { encoding: 'utf8' }).trim()
+      const ksmStat = (await import('node:fs')).readFileSync('/proc/self/ksm_stat', 'utf8')
+      console.log(JSON.stringify({ child: ksm.process.get(), grandchild: grandchild === 'true', mergeAny: /ksm_merge_any: yes/.test(ksmStat) || null }))
+    `
+
+    it('makes the command and its children mergeable (PR_GET_MEMORY_MERGE = 1 in both), and not without it', () => {
+      const result = memdedup(['run', '--', process.execPath, '--input-type=module', '-e', reporter], { cwd: prefix })
+      expect(result.status, result.stderr).toBe(0)
+      const report = JSON.parse(result.stdout)
+      expect(report.child).toBe(true)
+      expect(report.grandchild).toBe(true)
+      if (/ksm_merge_any/.test(fs.readFileSync('/proc/self/ksm_stat', 'utf8'))) expect(report.mergeAny).toBe(true)
+      // The same program started directly is not mergeable: the flag above came from `run`.
+      const direct = spawnSync(process.execPath, ['--input-type=module', '-e', reporter], { cwd: prefix, encoding: 'utf8' })
+      expect(direct.status, direct.stderr).toBe(0)
+      expect(JSON.parse(direct.stdout)).toMatchObject({ child: false, grandchild: false })
+    })
+
+    it('options after the command belong to the command; stdio is inherited', () => {
+      const result = memdedup(['run', 'sh', '-c', 'echo "$@"; echo err >&2', 'sh', '--json', '--help'])
+      expect(result.status, result.stderr).toBe(0)
+      expect(result.stdout).toBe('--json --help\n')
+      expect(result.stderr).toContain('err\n')
+    })
+
+    it("exits with the command's status, 128 + signal when a signal killed it", () => {
+      expect(memdedup(['run', '--', 'sh', '-c', 'exit 7']).status).toBe(7)
+      expect(memdedup(['run', '--', 'sh', '-c', 'kill -KILL $$']).status).toBe(128 + os.constants.signals.SIGKILL)
+      expect(memdedup(['run', '--', 'sh', '-c', 'kill -SEGV $$']).status).toBe(128 + os.constants.signals.SIGSEGV)
+      const json = memdedup(['run', '--json', '--', 'sh', '-c', 'kill -TERM $$'])
+      expect(json.status).toBe(143)
+      const last = JSON.parse(json.stderr.trim().split('\n').pop()!)
+      expect(last).toMatchObject({ command: ['sh', '-c', 'kill -TERM $$'], exitCode: 143, signal: 'SIGTERM' })
+    })
+
+    it('forwards SIGINT, SIGTERM and SIGHUP to the command', async () => {
+      const script = `
+        for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => { console.log('got ' + s); process.exit(40 + (s === 'SIGINT' ? 1 : 2)) })
+        console.log('ready'); setInterval(() => {}, 1000)
+      `
+      for (const [signal, expected] of [
+        ['SIGINT', 41],
+        ['SIGTERM', 42],
+        ['SIGHUP', 128 + os.constants.signals.SIGHUP],
+      ] as const) {
+        const run = start(['run', '--', process.execPath, '-e', script])
+        await run.lines(1)
+        // Only the memdedup process is signalled: the command hears it through the forwarding.
+        run.child.kill(signal)
+        const result = await run.done
+        expect(result.code, `${signal}: ${result.stderr}`).toBe(expected)
+        if (signal !== 'SIGHUP') expect(result.stdout).toContain(`got ${signal}`)
+      }
+    })
+
+    it('a command that is not there exits 127, one that cannot be executed 126', () => {
+      const missing = memdedup(['run', '--', 'memdedup-no-such-command-xyz', 'arg'])
+      expect(missing.status).toBe(127)
+      expect(missing.stderr).toContain('memdedup-no-such-command-xyz: command not found')
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-cli-'))
+      try {
+        fs.writeFileSync(path.join(dir, 'not-executable'), '#!/bin/sh\nexit 0\n', { mode: 0o644 })
+        const denied = memdedup(['run', '--', path.join(dir, 'not-executable')])
+        expect(denied.status).toBe(126)
+        expect(denied.stderr).toContain('permission denied')
+        const json = memdedup(['run', '--json', '--', 'memdedup-no-such-command-xyz'])
+        expect(json.status).toBe(127)
+        expect(JSON.parse(json.stderr.trim().split('\n').pop()!)).toMatchObject({ error: { code: 'ENOENT' } })
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true })
+      }
+    })
+
+    it('a refused prctl (seccomp EPERM, or EINVAL as on a kernel before 6.4) is exit 1 naming the cause, and the command never runs', () => {
+      const deny = fixtureBinary('deny-prctl')
+      const PR_SET_MEMORY_MERGE = 67
+      const marker = path.join(os.tmpdir(), `memdedup-cli-ran-${process.pid}`)
+      for (const [errno, cause] of [
+        [os.constants.errno.EPERM, /EPERM: a seccomp filter or security module/],
+        [os.constants.errno.EINVAL, /EINVAL: kernel .* lacks process-wide KSM/],
+      ] as const) {
+        const result = memdedup(['run', '--', 'touch', marker], { wrap: [deny, String(errno), String(PR_SET_MEMORY_MERGE)] })
+        expect(result.status, result.stderr).toBe(1)
+        expect(result.stderr).toMatch(cause)
+        expect(fs.existsSync(marker)).toBe(false)
+      }
+      const json = memdedup(['run', '--json', '--', 'true'], { wrap: [deny, String(os.constants.errno.EPERM), String(PR_SET_MEMORY_MERGE)] })
+      expect(json.status).toBe(1)
+      expect(JSON.parse(json.stderr.trim())).toMatchObject({ error: { code: 'EPERM' } })
+    })
+
+    describe('ksmd state', () => {
+      let release: (() => void) | undefined
+      const state = new KsmState()
+      beforeAll(async () => {
+        release = await acquireKsmLock()
+      }, 600_000)
+      afterAll(() => {
+        try {
+          state.restore()
+        } finally {
+          release?.()
+        }
+      })
+
+      it('warns on stderr when ksmd is stopped; --start-ksmd starts it', () => {
+        state.set({ run: 0 })
+        const warned = memdedup(['run', '--', 'true'])
+        expect(warned.status).toBe(0)
+        expect(warned.stderr).toMatch(/warning: ksmd is not running \(\/sys\/kernel\/mm\/ksm\/run = 0\)/)
+        const json = memdedup(['run', '--json', '--', 'true'])
+        expect(JSON.parse(json.stderr.split('\n')[0])).toMatchObject({ warning: { code: 'KSMD_STOPPED' } })
+        expect(ksm.stats().run).toBe(0)
+        const started = memdedup(['run', '--start-ksmd', '--', 'true'])
+        expect(started.status, started.stderr).toBe(0)
+        expect(started.stderr).not.toContain('warning')
+        expect(ksm.stats().run).toBe(1)
+        // ksmd running: no warning.
+        expect(memdedup(['run', '--', 'true']).stderr).toBe('')
+      })
+    })
+  })
+
+  describe.skipIf(!probe().ksm || !probe().ksmStat)(`top${probe().ksm && probe().ksmStat ? '' : ` — skipped: kernel ${os.release()} lacks KSM or /proc/<pid>/ksm_stat`}`, () => {
+    let release: (() => void) | undefined
+    const state = new KsmState()
+    beforeAll(async () => {
+      release = await acquireKsmLock()
+    }, 600_000)
+    afterAll(() => {
+      try {
+        state.restore()
+      } finally {
+        release?.()
+      }
+    })
+
+    it('--once --json lists a process ksmd merged, with the kernel’s own ksm_stat numbers', async () => {
+      const pages = (1 << 20) / pageSize
+      // A child that maps `pages` identical pages MADV_MERGEABLE through the installed library.
+      const child = spawn(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `import { Region, ksm } from 'memdedup'
+           const region = Region.anonymous(${pages * pageSize}); region.bytes.fill(0x5a); ksm.enable(region)
+           // The timer keeps the Region reachable: an unreferenced one is collected and unmapped.
+           console.log('ready'); setInterval(() => region.length, 1000)`,
+        ],
+        { cwd: prefix, stdio: ['ignore', 'pipe', 'inherit'] },
+      )
+      try {
+        await new Promise((resolve, reject) => {
+          child.stdout!.once('data', resolve)
+          child.once('exit', (code) => reject(new Error(`merging child exited ${code}`)))
+        })
+        state.set({ ...fastKsmd, run: 1 })
+        const kernel = () => Number(/^ksm_merging_pages (\d+)$/m.exec(fs.readFileSync(`/proc/${child.pid}/ksm_stat`, 'utf8'))![1])
+        // Every page identical: once ksmd merged them all the count stays put. Other KSM users
+        // (a bench holding gigabytes under ksmd) make full scans slow, hence time, not scans.
+        const deadline = Date.now() + 2 * ksmdTimeoutMs
+        while (kernel() !== pages && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+        expect(kernel(), `ksmd merged ${kernel()} of ${pages} pages in ${(2 * ksmdTimeoutMs) / 1000} s`).toBe(pages)
+        const top = memdedup(['top', '--once', '--json'])
+        expect(top.status, top.stderr).toBe(0)
+        const snapshot = top.json()
+        const row = snapshot.processes.find((p: { pid: number }) => p.pid === child.pid)
+        expect(row, `pid ${child.pid} not in ${top.stdout.slice(0, 400)}`).toBeDefined()
+        expect(row.ksmMergingPages).toBe(kernel())
+        expect(row.ksmMergingPages).toBe(pages)
+        expect(row.command).toContain('--input-type=module')
+        expect(row.rss).toBeGreaterThan(0)
+        expect(row.pageTableBytes).toBeGreaterThan(0)
+        if (row.ksmMergeable !== null) expect(row.ksmMergeable).toBe(true)
+        expect(snapshot.totals.ksmMergingPages).toBeGreaterThanOrEqual(pages)
+        expect(snapshot.system.ksm.pagesSharing).toBeGreaterThan(0)
+        // Sorted by merged pages, largest first.
+        const merged = snapshot.processes.map((p: { ksmMergingPages: number }) => p.ksmMergingPages)
+        expect(merged).toEqual([...merged].sort((a: number, b: number) => b - a))
+        // The text table shows the row too, with its merged size.
+        const text = memdedup(['top', '--once', '--sort=pid'], { env: { COLUMNS: '200' } })
+        expect(text.status).toBe(0)
+        const line = text.stdout.split('\n').find((l) => l.trimStart().startsWith(`${child.pid} `))
+        expect(line, text.stdout).toBeDefined()
+        expect(line).toContain(' 1.0M ') // 256 pages of 4 KiB merged
+        expect(text.stdout.trimEnd().split('\n').pop()).toMatch(/ total$/)
+      } finally {
+        child.kill('SIGKILL')
+      }
+    }, 3 * ksmdTimeoutMs)
+
+    it('fits the terminal: drops columns and cuts commands to $COLUMNS, rows to $LINES', () => {
+      const wide = memdedup(['top', '--once', '--all'], { env: { COLUMNS: '200' } })
+      expect(wide.status).toBe(0)
+      expect(wide.stdout).toMatch(/PID +MERGED +PROFIT +ZERO +RSS +PSS +ANON +PTE +KSM COMMAND/)
+      for (const [columns, lines] of [
+        [50, 10],
+        [30, 6],
+        [80, 24],
+      ]) {
+        const narrow = memdedup(['top', '--once', '--all'], { env: { COLUMNS: String(columns), LINES: String(lines) } })
+        expect(narrow.status, narrow.stderr).toBe(0)
+        const out = narrow.stdout.trimEnd().split('\n')
+        expect(out.length).toBeLessThanOrEqual(lines)
+        for (const l of out) expect([...l].length, l).toBeLessThanOrEqual(columns)
+        expect(out.join('\n')).toMatch(/PID +MERGED/)
+        expect(out[out.length - 1]).toMatch(/total$/)
+      }
+      expect(memdedup(['top', '--once', '--all'], { env: { COLUMNS: '50' } }).stdout).not.toContain('PSS')
+    })
+
+    it('another user’s processes are shown as unreadable, never a crash', () => {
+      const setpriv = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p))
+      if (process.getuid?.() !== 0 || !setpriv) return
+      const result = memdedup(['top', '--once', '--all', '--json'], { wrap: [setpriv, '--reuid=65534', '--regid=65534', '--clear-groups'] })
+      expect(result.status, result.stderr).toBe(0)
+      const snapshot = result.json()
+      expect(snapshot.unreadable.length).toBeGreaterThan(0)
+      expect(snapshot.unreadable.every((p: { error: string }) => ['EACCES', 'EPERM'].includes(p.error))).toBe(true)
+      // Its own processes it reads (the memdedup process itself runs as nobody).
+      expect(snapshot.processes.length).toBeGreaterThan(0)
+    })
+
+    it('processes that exit while top reads them are skipped (a shell forking short-lived children meanwhile)', async () => {
+      const churn = spawn('sh', ['-c', 'while :; do /bin/true & /bin/true; wait; done'], { stdio: 'ignore' })
+      try {
+        for (let i = 0; i < (inVm ? 3 : 10); i++) {
+          const result = memdedup(['top', '--once', '--all', '--json'])
+          expect(result.status, result.stderr).toBe(0)
+          expect(result.json().processes.length).toBeGreaterThan(0)
+        }
+      } finally {
+        churn.kill('SIGKILL')
+      }
+    })
+
+    it('refreshes until SIGTERM: one JSON line per refresh', async () => {
+      const run = start(['top', '--json', '--interval=0.1'])
+      const lines = await run.lines(2)
+      run.child.kill('SIGTERM')
+      const result = await run.done
+      expect(result.code, result.stderr).toBe(0)
+      for (const line of lines) expect(JSON.parse(line).totals).toBeDefined()
+    })
+  })
+
+  it('stats --watch --json emits one JSON line per refresh and exits 0 on SIGINT', async () => {
+    const run = start(['stats', '--watch', '--json', '--interval=0.1'])
+    const lines = await run.lines(2)
+    run.child.kill('SIGINT')
+    const result = await run.done
+    expect(result.code, result.stderr).toBe(0)
+    expect(result.signal).toBeNull()
+    const parsed = result.stdout.trim().split('\n').map((line) => JSON.parse(line))
+    expect(parsed.length).toBeGreaterThanOrEqual(lines.length)
+    for (const s of parsed) expect(s.nrAnonPages).toBeGreaterThan(0)
+    expect(new Set(parsed.map((s) => s.time)).size).toBe(parsed.length)
+  })
+})

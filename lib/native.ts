@@ -115,8 +115,10 @@ export interface ContentBinding {
   twinIndexInfo(index: TwinIndexHandle, out: Float64Array): Rc
   /** delta 1 / -1 / 0: one holder more / fewer / look; holders[i] after each update. -ENOSPC: index window full. */
   twinIndexUpdate(index: TwinIndexHandle, hashes: BigUint64Array, count: number, delta: -1 | 0 | 1, holders: Uint32Array): Rc
-  /** One deduplicator pass over one region; config and report laid out as contentConstants says (lib/deduplicator.ts). */
-  dedupPass(pagemapFd: number, index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
+  /** A deduplicator pass over one region, steps 1-2 (writes, candidates, hashing); config and report as lib/deduplicator.ts lays them out. */
+  dedupScan(pagemapFd: number, index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
+  /** Step 3 (twins, merge runs), after every region's dedupScan. */
+  dedupMerge(index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
   /** Releases every hash the region's state holds in the index and clears the state. */
   dedupRelease(index: TwinIndexHandle, pages: number, state: Uint32Array, hashes: BigUint64Array): Rc
   /** CLOCK_THREAD_CPUTIME_ID in ns. */

@@ -415,6 +415,32 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
     })
   })
 
+  it('on a terminal, top and stats --watch redraw until q is pressed', async () => {
+    const script = ['/usr/bin/script', '/bin/script'].find((p) => fs.existsSync(p))
+    if (!script) return
+    for (const [args, drawn] of [
+      ['top --interval=0.2', 'COMMAND'],
+      ['stats --watch --interval=0.2', 'nr_anon_pages'],
+    ]) {
+      // script(1) runs the command on a pty and copies our pipe (kept open) to its keyboard.
+      const child = spawn(script, ['-qec', `${bin} ${args}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] })
+      const done = collect(child)
+      let out = ''
+      await new Promise<void>((resolve, reject) => {
+        child.stdout!.on('data', (chunk: Buffer) => {
+          out += chunk.toString()
+          // Two redraws (each starts by clearing the screen), then the key.
+          if (out.split('\x1b[2J').length > 3 && out.includes(drawn)) resolve()
+        })
+        child.once('exit', () => reject(new Error(`${args} exited before redrawing: ${out}`)))
+      })
+      child.stdin!.write('q')
+      const result = await done
+      expect(result.code, `${args}: ${result.stdout.slice(-300)}`).toBe(0)
+      child.stdin!.end()
+    }
+  })
+
   it('stats --watch --json emits one JSON line per refresh and exits 0 on SIGINT', async () => {
     const run = start(['stats', '--watch', '--json', '--interval=0.1'])
     const lines = await run.lines(2)

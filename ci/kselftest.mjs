@@ -12,17 +12,25 @@
 //   npm run kselftest -- --patched-kernel=BZIMAGE --baseline-kernel=BZIMAGE   skip the builds
 //   npm run kselftest -- --kernels=patched  one side only (no comparison)
 //   npm run kselftest -- --quiet           no guest output on the terminal
+//   npm run kselftest -- --no-ports        the C programs only (no C-vs-port table)
 //
-// The binaries are built once from the pristine source (tag memdedup-base of the lab's linux-src),
-// statically, against that source's own UAPI headers, and cached in
-// ~/.cache/memdedup/kselftest-<hash>/; the guest runs them from there (the host's / is its root).
+// In the same boot, after the C programs, the TypeScript port of each (test/kselftest/, see `ports`)
+// runs under vitest, and a second table shows test | C | port per kernel. A test whose C program
+// passes while its port fails, or the reverse, is a disagreement and fails the run too: the port
+// is only worth something while it agrees with the C. test:vm runs the --quick part of this
+// comparison on every CI run (ci/test-vm.mjs).
+//
+// The binaries are built once from the lab's source (tag memdedup-base of linux-src) with the
+// tools/ part of kernel-patches/ applied (the selftest fixes 6.12 lacks, e.g. 0007's argv NULL),
+// statically, against that source's own UAPI headers, and cached in ~/.cache/memdedup/kselftest-<hash>/;
+// the guest runs the same binaries on both kernels, from there (the host's / is its root).
 // Results: ~/.cache/memdedup/kselftest-results[-quick].json.
 import { $, fs, path, os, chalk } from 'zx'
-import { cacheDir, log, fail, sha256, formatSeconds, isMain, runMain } from './lib.mjs'
-import { ensureKernelBuild } from './kernel.mjs'
+import { cacheDir, repoRoot, log, fail, sha256, formatSeconds, isMain, runMain } from './lib.mjs'
+import { ensureKernelBuild, kernelKey } from './kernel.mjs'
 import { runInVm } from './vm.mjs'
 
-const recipeVersion = 'kselftest-1'
+const recipeVersion = 'kselftest-2'
 const baseTag = 'memdedup-base'
 const shellQuote = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`
 
@@ -33,8 +41,9 @@ const programs = ['ksm_functional_tests', 'ksm_tests', 'cow', 'pagemap_ioctl', '
 // What runs, in this order, in one boot. The ksm_tests modes are run_vmtests.sh's (-H/-P with a
 // smaller -s: 100 MiB of ksmd scanning takes minutes under TCG). timeout: seconds (guest clock).
 // quick: part of --quick.
-const tests = [
-  { id: 'ksm_functional_tests', argv: ['ksm_functional_tests'], timeout: 360, quick: true },
+export const tests = [
+  // test_prctl_fork_exec execs ./ksm_functional_tests: it must run in the binaries' directory.
+  { id: 'ksm_functional_tests', argv: ['ksm_functional_tests'], timeout: 360, quick: true, inBinDir: true },
   { id: 'ksm_tests -M -p 10', argv: ['ksm_tests', '-M', '-p', '10'], timeout: 120 },
   { id: 'ksm_tests -M -p 10 -t 1', argv: ['ksm_tests', '-M', '-p', '10', '-t', '1'], timeout: 120 },
   { id: 'ksm_tests -U', argv: ['ksm_tests', '-U'], timeout: 120 },
@@ -64,6 +73,81 @@ const tests = [
   { id: 'mkdirty', argv: ['mkdirty'], timeout: 120 },
 ]
 
+// The TypeScript port of each C test: its file in test/kselftest/ and, where one C program runs in
+// several modes, a pattern on the port's test names that picks that mode's cases. `byRun`: the C
+// program names each subtest by its `# [RUN] test_x` line and the port names its case `test_x…`, so
+// the two are compared case by case too. Tests without an entry have no port (the table says so).
+export const ports = {
+  ksm_functional_tests: { file: 'test/kselftest/ksm_functional_tests.test.ts', byRun: true },
+  'ksm_tests -M -p 10': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-M -p 10\)/ },
+  'ksm_tests -M -p 10 -t 1': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-M -p 10\)/ },
+  'ksm_tests -U': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-U\)/ },
+  'ksm_tests -Z -p 10 -z 0': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-Z -p 10 -z 0\)/ },
+  'ksm_tests -Z -p 10 -z 1': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-Z -p 10 -z 1\)/ },
+  'ksm_tests -N -m 1': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-N -m 1\)/ },
+  'ksm_tests -N -m 0': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-N -m 0\)/ },
+  'ksm_tests -P -s 16': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-P / },
+  'ksm_tests -H -s 16': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-H / },
+  'ksm_tests -D -s 16': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-D / },
+  'ksm_tests -C -p 10': { file: 'test/kselftest/ksm_tests.test.ts', name: /\(-C\)/ },
+  pagemap_ioctl: { file: 'test/kselftest/pagemap_ioctl.test.ts' },
+  cow: { file: 'test/kselftest/cow.test.ts' },
+  ...Object.fromEntries(['register-ioctls', 'zeropage', 'move', 'wp-fork', 'wp-unpopulated', 'minor', 'poison', 'sigbus', 'events']
+    .map((filter) => [`uffd-unit-tests -f ${filter}`, { file: 'test/kselftest/uffd-unit-tests.test.ts', name: new RegExp(`(^| )${filter}`) }])),
+  mremap_test: { file: 'test/kselftest/mremap_test.test.ts' },
+  mremap_dontunmap: { file: 'test/kselftest/mremap_dontunmap.test.ts' },
+  madv_populate: { file: 'test/kselftest/madv_populate.test.ts' },
+  'soft-dirty': { file: 'test/kselftest/soft-dirty.test.ts' },
+  mkdirty: { file: 'test/kselftest/mkdirty.test.ts' },
+}
+
+/** The port's verdict over some vitest JSON results: fail if any case failed, pass if any passed,
+ *  skip if every case skipped, absent if none matched. */
+function portVerdict(cases) {
+  if (cases.length === 0) return 'absent'
+  if (cases.some((c) => c.status === 'failed')) return 'fail'
+  if (cases.some((c) => c.status === 'passed')) return 'pass'
+  return 'skip'
+}
+
+/** vitest's JSON report (--reporter=json) → [{ file (repo-relative), name (full title), status }]. */
+export function portCases(report, root) {
+  const cases = []
+  for (const file of report?.testResults ?? []) {
+    const rel = path.relative(root, file.name)
+    for (const a of file.assertionResults ?? []) cases.push({ file: rel, name: a.fullName ?? a.title, title: a.title, status: a.status })
+  }
+  return cases
+}
+
+// A C verdict and a port verdict disagree when one says the kernel passes and the other that it
+// fails (a C timeout or crash counts as a failure). A skip on either side is a coverage gap,
+// shown, not a disagreement.
+const cFails = (v) => bad.has(v)
+export const disagree = (c, port) => (c === 'pass' || c === 'xfail' ? port === 'fail' : cFails(c) && port === 'pass')
+
+/** test | C | port rows for one kernel, with subtest rows where the C and the port name the same cases. */
+export function compareWithPorts(cTests, cases, selected) {
+  const rows = []
+  for (const t of selected) {
+    const port = ports[t.id]
+    const c = cTests[t.id]
+    if (!port) { rows.push({ test: t.id, subtest: null, c: c.verdict, port: 'no port', disagree: false }); continue }
+    const mine = cases.filter((k) => k.file === port.file && (!port.name || port.name.test(k.name)))
+    const pv = portVerdict(mine)
+    rows.push({ test: t.id, subtest: null, c: c.verdict, port: pv, cases: mine.length, disagree: disagree(c.verdict, pv) })
+    if (!port.byRun) continue
+    for (const [key, verdict] of Object.entries(c.subtests)) {
+      const run = key.match(/^\d+ \[(test_\w+)\]/)?.[1]
+      if (!run) continue
+      const same = mine.filter((k) => k.title === run || k.title.startsWith(`${run} `) || k.title.startsWith(`${run}:`))
+      const sv = portVerdict(same)
+      rows.push({ test: t.id, subtest: run, c: verdict, port: sv, cases: same.length, disagree: disagree(verdict, sv) })
+    }
+  }
+  return rows
+}
+
 // 2 MiB hugetlb pages reserved before the tests (cow, pagemap_ioctl, uffd-unit-tests have hugetlb
 // cases; run_vmtests.sh reserves 256 MiB).
 const hugepages = 128
@@ -89,15 +173,18 @@ export async function ensureSelftests() {
   const src = path.join(cacheDir, 'linux-src')
   const base = (await $`git -C ${src} rev-parse ${`${baseTag}^{tree}`}`.quiet()).stdout.trim()
   const gcc = (await $`gcc --version`.quiet()).stdout.split('\n')[0]
-  const key = sha256(recipeVersion, base, gcc, ...programs).slice(0, 16)
+  const toolsPatches = (await kernelKey()).patches.filter((p) => /^diff --git a\/tools\//m.test(p.text))
+  const key = sha256(recipeVersion, base, gcc, ...programs, ...toolsPatches.map((p) => p.text)).slice(0, 16)
   const dir = path.join(cacheDir, `kselftest-${key}`)
   if (programs.every((p) => fs.existsSync(path.join(dir, p)))) return dir
   const started = Date.now()
-  log(`building the mm selftests of ${baseTag} (statically) into ${dir}`)
+  log(`building the mm selftests of ${baseTag} + ${toolsPatches.length} selftest patch(es) (statically) into ${dir}`)
   const work = await fs.mkdtemp(path.join(cacheDir, 'kselftest-build-'))
   try {
     // Only what `make headers` and the mm selftests read (not the whole tree).
     await $`git -C ${src} archive ${baseTag} Makefile Kbuild Kconfig scripts include arch/x86 usr tools mm/gup_test.h | tar -x -C ${work}`
+    // The selftest fixes of the series (only their tools/ part: the kernel part needs the whole tree).
+    for (const p of toolsPatches) await $({ cwd: work })`git apply --include=${'tools/*'} ${p.file}`
     await $({ cwd: work })`make -s ARCH=x86_64 O=${path.join(work, 'obj')} headers`
     const out = path.join(work, 'out')
     await fs.mkdirp(out)
@@ -124,7 +211,15 @@ export async function ensureSelftests() {
 const begin = '=== kselftest: begin '
 const end = '=== kselftest: end '
 
-function guestScript(binDir, selected) {
+// The ports take about as long as the C programs under TCG; they get the same budget again.
+const portsTimeout = (selected) => selected.reduce((sum, t) => sum + t.timeout, 0) + 120
+
+// Port runs write vitest's JSON report here ($MEMDEDUP_SCRATCH is read back by runInVm).
+export const portsReport = 'ports.json'
+const portsMarker = '=== kselftest: ports '
+
+/** The guest's script: each C test between markers, then (withPorts) their ports under vitest. */
+export function guestScript(binDir, selected, { withPorts = false, repo = repoRoot } = {}) {
   const lines = [
     'set -u',
     'cd /tmp',
@@ -138,7 +233,16 @@ function guestScript(binDir, selected) {
     `  printf '\\n${end}%s exit=%s seconds=%s\\n' "$id" "$rc" "$(awk -v s="$s" '{print $1 - s}' /proc/uptime)"`,
     '}',
   ]
-  for (const t of selected) lines.push(`run ${shellQuote(t.id)} ${t.timeout} ${[path.join(binDir, t.argv[0]), ...t.argv.slice(1)].map(shellQuote).join(' ')}`)
+  for (const t of selected) {
+    const run = `run ${shellQuote(t.id)} ${t.timeout} ${[path.join(binDir, t.argv[0]), ...t.argv.slice(1)].map(shellQuote).join(' ')}`
+    lines.push(t.inBinDir ? `(cd ${shellQuote(binDir)} && ${run})` : run)
+  }
+  const files = [...new Set(selected.map((t) => ports[t.id]?.file).filter(Boolean))]
+  if (withPorts && files.length) {
+    lines.push(`printf '\\n${portsMarker}%s\\n' ${shellQuote(files.join(' '))}`)
+    // --configLoader runner: the default loader writes into node_modules/.vite-temp, read-only here.
+    lines.push(`(cd ${shellQuote(repo)} && VITEST_CACHE_DIR=/tmp/vitest-cache timeout -k 10 ${portsTimeout(selected)} node node_modules/vitest/vitest.mjs run --configLoader runner --reporter=default --reporter=json --outputFile.json="$MEMDEDUP_SCRATCH/${portsReport}" ${files.map(shellQuote).join(' ')} </dev/null 2>&1)`)
+  }
   lines.push('exit 0')
   return `${lines.join('\n')}\n`
 }
@@ -228,20 +332,26 @@ export function parseRun(output, selected) {
   return results
 }
 
-async function runKernel(label, kernel, binDir, selected, { quiet, quick }) {
-  const budget = selected.reduce((sum, t) => sum + t.timeout + 15, 0) * 1000 + 10 * 60_000
-  log(`${label}: ${kernel.release} (${kernel.bzImage}), ${selected.length} tests`)
-  const result = await runInVm(guestScript(binDir, selected), {
-    kernel: kernel.bzImage, memory: '4G', hugepages, timeoutMs: budget, stdio: 'pipe', echo: !quiet,
+async function runKernel(label, kernel, binDir, selected, { quiet, quick, withPorts }) {
+  const budget = (selected.reduce((sum, t) => sum + t.timeout + 15, 0) + (withPorts ? portsTimeout(selected) : 0)) * 1000 + 10 * 60_000
+  log(`${label}: ${kernel.release} (${kernel.bzImage}), ${selected.length} tests${withPorts ? ' and their ports' : ''}`)
+  const result = await runInVm(guestScript(binDir, selected, { withPorts }), {
+    kernel: kernel.bzImage, memory: '4G', hugepages, timeoutMs: budget, stdio: 'pipe', echo: !quiet, collect: [portsReport],
+    env: { CI: process.env.CI ?? '1' },
   })
   const outputFile = path.join(cacheDir, `kselftest-${label}${quick ? '-quick' : ''}.log`)
   await fs.writeFile(outputFile, result.output ?? '')
   const tests = parseRun(result.output ?? '', selected)
+  let portRows = null
+  if (withPorts) {
+    const report = result.collected[portsReport]
+    portRows = compareWithPorts(tests, report ? portCases(JSON.parse(report), repoRoot) : [], selected)
+  }
   log(`${label}: ${formatSeconds(result.durationMs)} (${result.accel}), guest exit ${result.commandExitCode ?? 'none (guest died)'}, kernel reports ${result.problems.length}`)
   return {
     release: kernel.release, bzImage: kernel.bzImage, durationMs: result.durationMs, accel: result.accel,
     guestExit: result.commandExitCode, timedOut: result.timedOut, problems: result.problems, consoleLog: result.consoleLog,
-    output: outputFile, tests,
+    output: outputFile, tests, portRows,
   }
 }
 
@@ -293,6 +403,19 @@ function table(selected, runs) {
   return rows.join('\n')
 }
 
+/** test | C | port (| cases the port ran) rows, disagreements marked. */
+export function portTable(rows) {
+  const out = ['| test | C | port | port cases | |', '|---|---|---|---|---|']
+  for (const r of rows) {
+    const name = r.subtest ? `&nbsp;&nbsp;${r.test} / ${r.subtest}` : r.test
+    const note = r.disagree ? '**DISAGREE**' : r.port === 'no port' ? '' : r.c !== r.port ? 'coverage differs' : ''
+    out.push(`| ${name} | ${r.c} | ${r.port} | ${r.cases ?? ''} | ${note} |`)
+  }
+  const ported = rows.filter((r) => !r.subtest && r.port !== 'no port')
+  out.push(`\n${ported.length} of ${rows.filter((r) => !r.subtest).length} C tests have a port; ${rows.filter((r) => r.disagree).length} disagreement(s)`)
+  return out.join('\n')
+}
+
 function option(name) {
   const arg = process.argv.find((a) => a.startsWith(`--${name}=`))
   return arg ? arg.slice(name.length + 3) : undefined
@@ -324,10 +447,11 @@ async function main() {
     wanted.patched = option('patched-kernel') ? await given(option('patched-kernel')) : await ensureKernelBuild()
   }
   const binDir = await ensureSelftests()
+  const withPorts = !process.argv.includes('--no-ports')
 
   const runs = {}
   for (const label of ['baseline', 'patched']) {
-    if (wanted[label]) runs[label] = await runKernel(label, wanted[label], binDir, selected, { quiet, quick })
+    if (wanted[label]) runs[label] = await runKernel(label, wanted[label], binDir, selected, { quiet, quick, withPorts })
   }
 
   console.log(`\n## mm kselftests (6.12, ${quick ? '--quick' : 'full'}): baseline vs patched\n`)
@@ -343,18 +467,29 @@ async function main() {
       for (const d of subtestDiffs) console.log(`| ${d.test} | ${d.subtest} | ${d.baseline} | ${d.patched} |`)
     }
   }
+  const disagreements = []
+  for (const [label, run] of Object.entries(runs)) {
+    if (!run.portRows) continue
+    console.log(`\n### C vs port on the ${label} kernel (${run.release})\n`)
+    console.log(portTable(run.portRows))
+    for (const row of run.portRows) if (row.disagree) disagreements.push({ kernel: label, ...row })
+  }
   for (const [label, run] of Object.entries(runs)) for (const problem of run.problems) log(`${label} kernel report:\n${problem}`)
   const resultsFile = path.join(cacheDir, `kselftest-results${quick ? '-quick' : ''}.json`)
   await fs.outputJson(resultsFile, {
-    date: new Date().toISOString(), quick, selftests: binDir, tests: selected, runs, regressions, subtestDiffs,
+    date: new Date().toISOString(), quick, selftests: binDir, tests: selected, runs, regressions, subtestDiffs, disagreements,
     durationMs: Date.now() - started,
   }, { spaces: 2 })
   console.log(`\nresults: ${resultsFile}; total ${formatSeconds(Date.now() - started)}`)
+  if (disagreements.length) {
+    console.log(chalk.red(`kselftest: ${disagreements.length} disagreement(s) between a C test and its port:`))
+    for (const d of disagreements) console.log(chalk.red(`  ${d.kernel}: ${d.test}${d.subtest ? ` / ${d.subtest}` : ''}: C ${d.c}, port ${d.port}`))
+  }
   if (regressions.length) {
     console.log(chalk.red(`kselftest: ${regressions.length} regression(s) on the patched kernel:`))
     for (const r of regressions) console.log(chalk.red(`  ${r.test}${r.subtest ? ` / ${r.subtest}` : ''}: baseline ${r.baseline}, patched ${r.patched}`))
-    return 1
   }
+  if (regressions.length || disagreements.length) return 1
   if (!(runs.baseline && runs.patched)) {
     console.log(chalk.yellow('kselftest: one kernel only, nothing compared'))
     return 0

@@ -4,7 +4,10 @@
 //   2. madv-merge-probe       madvise(MADV_MERGE=26) must return 0 (and EINVAL on the host)
 //   3. the seed's basic_test  tools/testing/selftests/sksm/basic_test.c from kernel-patches/0002
 //   4. the vitest suite       node node_modules/vitest/vitest.mjs run
-// and fails on any non-zero step or any Oops/BUG:/WARNING: in the kernel console.
+//   5. the C originals of the ports `npm run kselftest -- --quick` selects (ksm_functional_tests,
+//      pagemap_ioctl, cow, mremap_dontunmap), compared with the suite's results for their ports
+// and fails on any non-zero step, any C-vs-port disagreement, or any Oops/BUG:/WARNING: in the
+// kernel console.
 //
 //   MEMDEDUP_VM_TEST_COMMAND='node -e "…"' npm run test:vm   replaces step 4 (lab self-test)
 //   MEMDEDUP_VM_MEMORY=8G, MEMDEDUP_VM_TIMEOUT=3600 (seconds)
@@ -12,6 +15,7 @@ import { $, fs, path, chalk } from 'zx'
 import { repoRoot, log, formatSeconds, isMain, runMain } from './lib.mjs'
 import { ensureKernelBuild } from './kernel.mjs'
 import { runInVm } from './vm.mjs'
+import { ensureSelftests, tests as kselftests, guestScript, parseRun, portCases, compareWithPorts, portTable } from './kselftest.mjs'
 
 const shellQuote = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`
 
@@ -25,7 +29,12 @@ async function main() {
 
   // --configLoader runner: the default loader bundles vitest.config.ts into node_modules/.vite-temp,
   // which is read-only in the guest.
-  const suite = process.env.MEMDEDUP_VM_TEST_COMMAND ?? 'node node_modules/vitest/vitest.mjs run --configLoader runner'
+  const custom = process.env.MEMDEDUP_VM_TEST_COMMAND
+  const report = 'vitest.json'
+  const suite = custom ?? `node node_modules/vitest/vitest.mjs run --configLoader runner --reporter=default --reporter=json --outputFile.json="$MEMDEDUP_SCRATCH/${report}"`
+  // The C side of the C-vs-port check (skipped with a custom command: there are no port results).
+  const cTests = custom ? [] : kselftests.filter((t) => t.quick)
+  const binDir = cTests.length ? await ensureSelftests() : null
   // Each step prints a marker line; the script stops at the first failing step.
   const script = `
 set -u
@@ -43,6 +52,9 @@ step ${shellQuote(`suite: ${suite}`)}
 suite_started=$(cut -d' ' -f1 /proc/uptime)
 ${suite} || fail 'test suite' $?
 echo "suite took $(awk -v s="$suite_started" '{print $1 - s}' /proc/uptime) s (guest clock)"
+${cTests.length ? `step 'C originals of the ports (npm run kselftest -- --quick)'
+echo 128 > /proc/sys/vm/nr_hugepages
+( ${guestScript(binDir, cTests)} )` : ''}
 `
   const vmStarted = Date.now()
   const result = await runInVm(script, {
@@ -51,15 +63,23 @@ echo "suite took $(awk -v s="$suite_started" '{print $1 - s}' /proc/uptime) s (g
     memory: process.env.MEMDEDUP_VM_MEMORY ?? '4G',
     timeoutMs: Number(process.env.MEMDEDUP_VM_TIMEOUT ?? 45 * 60) * 1000,
     env: { VITEST_CACHE_DIR: '/tmp/vitest-cache', TMPDIR: '/tmp', CI: process.env.CI ?? '1', MEMDEDUP_SKSM_STRESS: kernel.programs.sksmStress },
+    stdio: 'pipe', echo: true, collect: [report],
   })
+  let disagreements = 0
+  if (cTests.length && result.exitCode === 0) {
+    const rows = compareWithPorts(parseRun(result.output, cTests), portCases(JSON.parse(result.collected[report] ?? '{}'), repoRoot), cTests)
+    console.log(`\n## C vs port in this boot\n\n${portTable(rows)}\n`)
+    disagreements = rows.filter((r) => r.disagree).length
+  }
   const summary = [
     `kernel ${kernel.release} (${kernel.cached ? 'cached' : `built in ${formatSeconds(kernel.buildMs)}`})`,
     `VM ${formatSeconds(Date.now() - vmStarted)} (${result.accel}, init at ${result.initUptimeSeconds ?? '?'} s)`,
     `exit ${result.commandExitCode ?? 'none (guest died)'}`,
     `kernel problems ${result.problems.length}`,
+    `C-vs-port disagreements ${disagreements}`,
     `total ${formatSeconds(Date.now() - started)}`,
   ].join(', ')
-  const ok = result.exitCode === 0
+  const ok = result.exitCode === 0 && disagreements === 0
   console.log(`${ok ? chalk.green('test:vm PASS') : chalk.red('test:vm FAIL')}: ${summary}`)
   return ok ? 0 : (result.exitCode || 1)
 }

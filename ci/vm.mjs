@@ -88,8 +88,10 @@ function findProblems(consoleText) {
  * @param {'inherit'|'pipe'} [options.stdio='inherit']  'pipe' captures the output in result.output
  * @param {boolean} [options.echo=false]      with stdio 'pipe', also copy the output to stdout
  * @param {string} [options.kernel]           bzImage (default: ensureKernel())
+ * @param {string[]} [options.collect=[]]     files to read back from $MEMDEDUP_SCRATCH (result.collected)
  * @returns {Promise<{exitCode: number, commandExitCode: number|null, ok: boolean, timedOut: boolean,
  *   problems: string[], consoleLog: string, output?: string, accel: string,
+ *   collected: Record<string, string|null>,
  *   initUptimeSeconds: number|null, durationMs: number}>}
  *   exitCode is the command's status, 255 if the guest died without reporting, and at least 1
  *   when the console shows a kernel problem.
@@ -97,7 +99,7 @@ function findProblems(consoleText) {
 export async function runInVm(command, options = {}) {
   const {
     memory = '4G', cpus = 2, timeoutMs = 30 * 60_000, env = {}, cwd = process.cwd(), hugepages = 0,
-    swap = '1G', stdio = 'inherit', echo = false,
+    swap = '1G', stdio = 'inherit', echo = false, collect = [],
   } = options
   await ensurePackages(['qemu-system-x86', 'util-linux'])
   const kernel = options.kernel ?? await ensureKernel()
@@ -183,6 +185,8 @@ export async function runInVm(command, options = {}) {
   const consoleText = await fs.readFile(consoleLog, 'utf8').catch(() => '')
   const problems = findProblems(consoleText)
   const initUptime = Number.parseFloat(await fs.readFile(path.join(scratch, 'init-uptime'), 'utf8').catch(() => ''))
+  // Files the command left in $MEMDEDUP_SCRATCH that the caller asked for (null: not written).
+  const collected = Object.fromEntries(await Promise.all(collect.map(async (name) => [name, await fs.readFile(path.join(scratch, name), 'utf8').catch(() => null)])))
   await fs.remove(runDir)
 
   let exitCode = commandExitCode ?? 255
@@ -197,7 +201,7 @@ export async function runInVm(command, options = {}) {
   log(`console log: ${consoleLog}`)
   return {
     exitCode, commandExitCode, ok: exitCode === 0, timedOut, problems, consoleLog,
-    output: stdio === 'pipe' ? output : undefined, accel,
+    output: stdio === 'pipe' ? output : undefined, accel, collected,
     initUptimeSeconds: Number.isFinite(initUptime) ? initUptime : null, durationMs: Date.now() - started,
   }
 }

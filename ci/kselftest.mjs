@@ -121,10 +121,12 @@ export function portCases(report, root) {
 }
 
 // A C verdict and a port verdict disagree when one says the kernel passes and the other that it
-// fails (a C timeout or crash counts as a failure). A skip on either side is a coverage gap,
-// shown, not a disagreement.
+// fails (a C timeout or crash counts as a failure), or when a port that exists ran no case at all
+// (vitest died, or the name pattern went stale: the check must not pass by comparing nothing).
+// A skip on either side is a coverage gap, shown, not a disagreement.
 const cFails = (v) => bad.has(v)
-export const disagree = (c, port) => (c === 'pass' || c === 'xfail' ? port === 'fail' : cFails(c) && port === 'pass')
+export const disagree = (c, port) =>
+  port === 'absent' || (c === 'pass' || c === 'xfail' ? port === 'fail' : cFails(c) && port === 'pass')
 
 /** test | C | port rows for one kernel, with subtest rows where the C and the port name the same cases. */
 export function compareWithPorts(cTests, cases, selected) {

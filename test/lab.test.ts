@@ -44,3 +44,45 @@ describe('lab console check (ci/vm.mjs kernelProblem)', () => {
     expect(kernelProblem.test(line)).toBe(false)
   })
 })
+
+// The C-vs-port check (ci/kselftest.mjs): what counts as a disagreement, and that a C program's
+// subtests are matched to the port's cases by their `# [RUN] test_x` name.
+describe('C vs port comparison (ci/kselftest.mjs)', async () => {
+  const { compareWithPorts, disagree, parseRun } = await import('../ci/kselftest.mjs')
+  const file = 'test/kselftest/ksm_functional_tests.test.ts'
+  const selected = [{ id: 'ksm_functional_tests' }, { id: 'migration' }]
+  const output = [
+    '=== kselftest: begin ksm_functional_tests',
+    '# [RUN] test_unmerge', 'ok 1 Pages were unmerged',
+    '# [RUN] test_prctl_fork', 'not ok 2 Merge in child failed',
+    '# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:0 error:0',
+    '=== kselftest: end ksm_functional_tests exit=1 seconds=3',
+  ].join('\n')
+
+  it.each([
+    ['pass', 'fail', true], ['fail', 'pass', true], ['timeout', 'pass', true], ['not run', 'pass', true],
+    ['pass', 'pass', false], ['fail', 'fail', false], ['pass', 'skip', false], ['skip', 'pass', false], ['xfail', 'pass', false],
+  ])('C %s, port %s: disagreement %s', (c, port, expected) => {
+    expect(disagree(c, port)).toBe(expected)
+  })
+
+  it('matches subtests by their [RUN] name and flags the one that differs', () => {
+    const c = parseRun(output, selected)
+    const rows = compareWithPorts(c, [
+      { file, name: 'ksm_functional_tests test_unmerge', title: 'test_unmerge', status: 'passed' },
+      { file, name: 'ksm_functional_tests test_prctl_fork', title: 'test_prctl_fork', status: 'passed' },
+    ], selected)
+    expect(rows.map((r) => [r.test, r.subtest, r.c, r.port, r.disagree])).toEqual([
+      ['ksm_functional_tests', null, 'fail', 'pass', true],
+      ['ksm_functional_tests', 'test_unmerge', 'pass', 'pass', false],
+      ['ksm_functional_tests', 'test_prctl_fork', 'fail', 'pass', true],
+      ['migration', null, 'not run', 'no port', false],
+    ])
+  })
+
+  it('a port that ran no case (vitest died, stale pattern) is a disagreement, not a silent pass', () => {
+    const c = parseRun(output.replace('not ok 2', 'ok 2').replace('exit=1', 'exit=0').replace('fail:1', 'fail:0'), selected)
+    const [row] = compareWithPorts(c, [], selected)
+    expect(row).toMatchObject({ c: 'pass', port: 'absent', disagree: true })
+  })
+})

@@ -5,13 +5,13 @@
 // never touch a page that cannot be deduplicated). Pages written soon after a merge (a COW) are
 // left alone for `backoffPasses` passes, so hot pages do not ping-pong between merged and private.
 //
-// Each pass is one native call per Region (native/content.cc dedupPass): one PAGEMAP_SCAN walk
-// that reports written/present pages and re-protects the written ones, candidate selection,
-// hashing within the CPU budget, the twin lookup in the shared index, and the merge runs:
-// madvise(MADV_MERGE) with SKSM, or, without it, MADV_MERGEABLE on exactly those runs so ksmd
-// finishes the job (and MADV_UNMERGEABLE on marked pages that turn hot).
+// A pass is two native calls per Region (native/content.cc): dedupScan, one PAGEMAP_SCAN walk that
+// reports written/present pages and re-protects the written ones, then candidate selection and
+// hashing within the CPU budget into the shared index; after every Region's scan, dedupMerge, the
+// twin lookup and the merge runs: madvise(MADV_MERGE) with SKSM, or, without it, MADV_MERGEABLE on
+// exactly those runs so ksmd finishes the job (and MADV_UNMERGEABLE on marked pages that turn hot).
 import fs from 'node:fs'
-import { native, pageSize } from './native.ts'
+import { native, type TwinIndexHandle } from './native.ts'
 import { codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
 import { Region } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
@@ -93,6 +93,8 @@ interface Tracked {
   state: Uint32Array
   /** Content hash of each page held in the index. */
   hashes: BigUint64Array
+  /** The native report of this Region's current pass. */
+  out: Float64Array
 }
 
 const K = native.contentConstants
@@ -103,6 +105,21 @@ const Report = {
   written: 0, candidates: 1, hashed: 2, duplicates: 3, merged: 4, cow: 5, mergedTotal: 6, unmarked: 7,
   deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12,
 } as const
+function addReport(report: PassReport, { region, out }: Tracked): void {
+  report.trackedPages += region.pages
+  report.writtenPages += out[Report.written]
+  report.candidatePages += out[Report.candidates]
+  report.hashedPages += out[Report.hashed]
+  report.duplicatePages += out[Report.duplicates]
+  report.mergedPages += out[Report.merged]
+  report.cowAfterMerge += out[Report.cow]
+  report.mergedTotal += out[Report.mergedTotal]
+  report.unmarkedPages += out[Report.unmarked]
+  report.deferredPages += out[Report.deferred]
+  report.indexFullPages += out[Report.indexFull]
+  report.wpLostPages += out[Report.mergeReplaced]
+}
+
 const failedSyscall = ['', 'ioctl(PAGEMAP_SCAN)', 'madvise(MADV_MERGE)', 'madvise(MADV_MERGEABLE)', 'madvise(MADV_UNMERGEABLE)', 'pread(/proc/self/pagemap)']
 
 function resolveMerge(requested: MergeMode): 'sksm' | 'ksm' | 'none' {
@@ -127,7 +144,6 @@ export class Deduplicator {
   #tracked = new Map<Region, Tracked>()
   #merge: 'sksm' | 'ksm' | 'none'
   #config = new Float64Array(K.CONFIG_LENGTH)
-  #out = new Float64Array(K.REPORT_LENGTH)
   #cpuBudgetNs: number
   #historyLength: number
   #pass = 0
@@ -209,7 +225,7 @@ export class Deduplicator {
       throw error
     }
     const unsubscribe = region.onClose(() => this.#forget(region))
-    this.#tracked.set(region, { region, unsubscribe, state, hashes })
+    this.#tracked.set(region, { region, unsubscribe, state, hashes, out: new Float64Array(K.REPORT_LENGTH) })
   }
 
   /** Stops tracking the Region: its hashes leave the index; it stays mapped, merged pages stay merged. */
@@ -230,22 +246,24 @@ export class Deduplicator {
     this.untrack(region)
   }
 
-  /** One pass over every tracked Region (one native call each); see PassReport. */
+  /** One pass over every tracked Region: scan each (writes, candidates, hashes), then merge each; see PassReport. */
   pass(): PassReport {
     this.#assertOpen('pass')
     const index = twinIndexHandle(this.#index, 'pass')
     const time = Date.now()
     const started = performance.now()
     const cpuStarted = native.threadCpuNs()
-    const report = this.#emptyReport(time)
     // Start at a different Region each pass, so a tight CPU budget does not starve the last ones.
     const all = [...this.#tracked.values()]
     const first = all.length > 0 ? this.#pass % all.length : 0
-    for (let i = 0; i < all.length; i++) {
+    const order = all.map((_, i) => all[(first + i) % all.length])
+    for (const tracked of order) {
       const spentNs = native.threadCpuNs() - cpuStarted
-      const budgetNs = this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs - spentNs)
-      this.#passRegion(all[(first + i) % all.length], index, budgetNs, report)
+      this.#scan(tracked, index, this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs - spentNs))
     }
+    for (const tracked of order) this.#mergeTwins(tracked, index)
+    const report = this.#emptyReport(time)
+    for (const tracked of order) addReport(report, tracked)
     report.cpuMs = (native.threadCpuNs() - cpuStarted) / 1e6
     report.durationMs = performance.now() - started
     this.#record(report)
@@ -317,28 +335,25 @@ export class Deduplicator {
     this.close()
   }
 
-  #passRegion(tracked: Tracked, index: ReturnType<typeof twinIndexHandle>, budgetNs: number, report: PassReport): void {
-    const { region, state, hashes } = tracked
+  /** Steps 1-2: writes since the last pass, then the candidates, hashed into the index. */
+  #scan(tracked: Tracked, index: TwinIndexHandle, budgetNs: number): void {
+    const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
-    const out = this.#out
     this.#config[Config.budgetNs] = budgetNs
-    const rc = native.dedupPass(this.#pagemapFd, index, span.address, region.pages, state, hashes, this.#config, out)
-    if (rc < 0) {
-      if (-rc === errno.EBADF && this.#index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot pass: the TwinIndex is closed')
-      throw new SyscallError(failedSyscall[out[Report.failedStage]] ?? 'dedupPass', -rc, `Deduplicator.pass on ${region.length} bytes`)
-    }
-    report.trackedPages += region.pages
-    report.writtenPages += out[Report.written]
-    report.candidatePages += out[Report.candidates]
-    report.hashedPages += out[Report.hashed]
-    report.duplicatePages += out[Report.duplicates]
-    report.mergedPages += out[Report.merged]
-    report.cowAfterMerge += out[Report.cow]
-    report.mergedTotal += out[Report.mergedTotal]
-    report.unmarkedPages += out[Report.unmarked]
-    report.deferredPages += out[Report.deferred]
-    report.indexFullPages += out[Report.indexFull]
-    report.wpLostPages += out[Report.mergeReplaced]
+    this.#check(native.dedupScan(this.#pagemapFd, index, span.address, region.pages, state, hashes, this.#config, out), tracked)
+  }
+
+  /** Step 3: candidates with a twin anywhere, merged (or marked for ksmd) in runs. */
+  #mergeTwins(tracked: Tracked, index: TwinIndexHandle): void {
+    const { region, state, hashes, out } = tracked
+    const span = region.readableSpan(undefined, 'Deduplicator.pass')
+    this.#check(native.dedupMerge(index, span.address, region.pages, state, hashes, this.#config, out), tracked)
+  }
+
+  #check(rc: number, tracked: Tracked): void {
+    if (rc >= 0) return
+    if (-rc === errno.EBADF && this.#index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot pass: the TwinIndex is closed')
+    throw new SyscallError(failedSyscall[tracked.out[Report.failedStage]] ?? 'dedupPass', -rc, `Deduplicator.pass on ${tracked.region.length} bytes`)
   }
 
   #emptyReport(time: number): PassReport {

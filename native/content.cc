@@ -307,12 +307,13 @@ Napi::Value TwinIndexUpdate(const Napi::CallbackInfo& info) {
 // ---- The deduplicator's pass over one region -------------------------------------------------
 // Per-page state word (a Uint32Array owned by lib/): bits 0-7 passes unwritten (saturating),
 // kHeld the page's hash is counted in the index (hashes[page] holds it), kMerged merged by
-// MADV_MERGE or marked MADV_MERGEABLE by us, bits 16-31 back-off passes left.
-constexpr uint32_t kCleanMask = 0xff, kHeld = 1u << 8, kMerged = 1u << 9, kBackoffShift = 16;
+// MADV_MERGE or marked MADV_MERGEABLE by us, kCandidate chosen by this pass's scan for the merge
+// step, bits 16-31 back-off passes left.
+constexpr uint32_t kCleanMask = 0xff, kHeld = 1u << 8, kMerged = 1u << 9, kCandidate = 1u << 10, kBackoffShift = 16;
 enum PassMode { kModeNone = 0, kModeSksm = 1, kModeKsm = 2 };
 // config: Float64Array [mode, stablePasses, backoffPasses, budgetNs (0: none)]
 enum ConfigField { kCfgMode, kCfgStable, kCfgBackoff, kCfgBudgetNs, kConfigLength };
-// report: Float64Array, filled (not accumulated) by each call.
+// report: Float64Array, reset by dedupScan, completed by dedupMerge.
 enum ReportField {
   kRepWritten,      // pages written since the last pass
   kRepCandidates,   // present, unwritten for stablePasses, not merged, not backing off
@@ -325,7 +326,7 @@ enum ReportField {
   kRepDeferred,     // candidates left unhashed because the CPU budget ran out
   kRepIndexFull,    // candidates the index had no slot for
   kRepMergeReplaced,  // reported written but still shared (a kernel whose KSM merge drops uffd-wp)
-  kRepCpuNs,        // thread CPU time of this call
+  kRepCpuNs,        // thread CPU time of both calls
   kRepFailedStage,  // on -errno: 1 PAGEMAP_SCAN, 2 MADV_MERGE, 3 MADV_MERGEABLE, 4 MADV_UNMERGEABLE, 5 pagemap read
   kReportLength
 };
@@ -349,11 +350,13 @@ inline void AddToRuns(std::vector<Run>& runs, uint32_t page) {
 // Bits of a /proc/pid/pagemap entry (as in pagemap.cc).
 constexpr int kEntryExclusiveBit = 56, kEntryPresentBit = 63;
 
-// dedupPass(pagemapFd, index, address, pages, state: Uint32Array, hashes: BigUint64Array,
+// dedupScan(pagemapFd, index, address, pages, state: Uint32Array, hashes: BigUint64Array,
 //           config: Float64Array, report: Float64Array) -> 0 | -errno (report[kRepFailedStage] says where)
-// The region [address, address + pages * pageSize) is a live, readable, private anonymous
-// Region registered for uffd WP_ASYNC (lib/ checked it just before this call).
-Napi::Value DedupPass(const Napi::CallbackInfo& info) {
+// Steps 1 and 2 of a pass over one region: collect writes (and give hot marked pages back to the
+// kernel), then choose, hash and count the candidates in the index (marked kCandidate). The
+// region [address, address + pages * pageSize) is a live, readable, private anonymous Region
+// registered for uffd WP_ASYNC (lib/ checked it just before this call).
+Napi::Value DedupScan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t cpu_start = ThreadCpuNs();
   MEMDEDUP_ARG(pagemap_fd, ArgInt(info, 0, 0));
@@ -454,15 +457,22 @@ Napi::Value DedupPass(const Napi::CallbackInfo& info) {
     if (arg.walk_end <= start || arg.walk_end >= end_address) break;
     start = arg.walk_end;
   }
+  for (const Run& run : unmark) {  // KSM fallback: marked pages that turned hot leave ksmd's sight
+    if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(run.first) * page_size),
+                static_cast<size_t>(run.end - run.first) * page_size, MADV_UNMERGEABLE) < 0) {
+      return fail(4);
+    }
+    report.data[kRepUnmarked] += run.end - run.first;
+  }
 
   // 2. Candidates: hashed once (the hash stays valid while the page stays unwritten) and counted
   //    in the index; within the CPU budget.
-  std::vector<uint32_t> candidates;
   const unsigned char* base = reinterpret_cast<const unsigned char*>(address);
   uint32_t since_check = 0;
   bool out_of_budget = false;
   for (uint32_t page = 0; page < pages; page++) {
-    uint32_t s = state.data[page];
+    uint32_t s = state.data[page] & ~kCandidate;
+    state.data[page] = s;
     if (!eligible[page] || (s & kCleanMask) < stable || (s & kMerged) || (s >> kBackoffShift) != 0) continue;
     report.data[kRepCandidates]++;
     if (!(s & kHeld)) {
@@ -481,15 +491,34 @@ Napi::Value DedupPass(const Napi::CallbackInfo& info) {
         continue;
       }
       hashes.data[page] = h;
-      state.data[page] = s | kHeld;
+      s |= kHeld;
     }
-    candidates.push_back(page);
+    state.data[page] = s | kCandidate;
   }
+  report.data[kRepCpuNs] = static_cast<double>(ThreadCpuNs() - cpu_start);
+  return Napi::Number::New(env, 0);
+}
 
-  // 3. Twins: a candidate whose content has another holder (this pass's inserts included) joins a
-  //    run; runs are merged (SKSM) or marked for ksmd (KSM fallback).
+// dedupMerge(index, address, pages, state, hashes, config, report) -> 0 | -errno
+// Step 3, after every region's scan (so twins between regions of this pass count): a candidate
+// whose content has another holder joins a run; runs are merged (SKSM) or marked for ksmd (KSM
+// fallback). Same region and arrays as the dedupScan before it.
+Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t cpu_start = ThreadCpuNs();
+  MEMDEDUP_TABLE(table, 0);
+  MEMDEDUP_ARG(address, ArgU64(info, 1));
+  MEMDEDUP_ARG(pages, ArgU64(info, 2, 0xffffffffu));
+  MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 3, pages));
+  MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 4, pages));
+  MEMDEDUP_ARG(config, ArgTypedArray<double>(info, 5, kConfigLength));
+  MEMDEDUP_ARG(report, ArgTypedArray<double>(info, 6, kReportLength));
+  const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const int mode = static_cast<int>(config.data[kCfgMode]);
   std::vector<Run> runs;
-  for (uint32_t page : candidates) {
+  for (uint32_t page = 0; page < pages; page++) {
+    if (!(state.data[page] & kCandidate)) continue;
+    state.data[page] &= ~kCandidate;
     if (IndexHolders(*table, hashes.data[page]) < 2) continue;
     report.data[kRepDuplicates]++;
     AddToRuns(runs, page);
@@ -499,23 +528,18 @@ Napi::Value DedupPass(const Napi::CallbackInfo& info) {
     for (const Run& run : runs) {
       if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(run.first) * page_size),
                   static_cast<size_t>(run.end - run.first) * page_size, advice) < 0) {
-        return fail(mode == kModeSksm ? 2 : 3);
+        int error = errno;
+        report.data[kRepFailedStage] = mode == kModeSksm ? 2 : 3;
+        return Napi::Number::New(env, -error);
       }
       for (uint32_t page = run.first; page < run.end; page++) state.data[page] |= kMerged;
       report.data[kRepMerged] += run.end - run.first;
-    }
-    for (const Run& run : unmark) {
-      if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(run.first) * page_size),
-                  static_cast<size_t>(run.end - run.first) * page_size, MADV_UNMERGEABLE) < 0) {
-        return fail(4);
-      }
-      report.data[kRepUnmarked] += run.end - run.first;
     }
   }
   uint64_t merged_total = 0;
   for (uint32_t page = 0; page < pages; page++) merged_total += (state.data[page] & kMerged) != 0;
   report.data[kRepMergedTotal] = static_cast<double>(merged_total);
-  report.data[kRepCpuNs] = static_cast<double>(ThreadCpuNs() - cpu_start);
+  report.data[kRepCpuNs] += static_cast<double>(ThreadCpuNs() - cpu_start);
   return Napi::Number::New(env, 0);
 }
 
@@ -547,7 +571,8 @@ void InitContent(Napi::Env env, Napi::Object exports) {
   Export(exports, "twinIndexClose", TwinIndexClose);
   Export(exports, "twinIndexInfo", TwinIndexInfo);
   Export(exports, "twinIndexUpdate", TwinIndexUpdate);
-  Export(exports, "dedupPass", DedupPass);
+  Export(exports, "dedupScan", DedupScan);
+  Export(exports, "dedupMerge", DedupMerge);
   Export(exports, "dedupRelease", DedupRelease);
   Export(exports, "threadCpuNs", ThreadCpuTime);
   Napi::Object c = Napi::Object::New(env);

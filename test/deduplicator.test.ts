@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Region, Deduplicator, TwinIndex, hashPages, features, pagemap, pageSize as P, InvalidStateError, SyscallError } from '../lib/index.ts'
 import { requires } from './helpers/env.mjs'
-import { acquireKsmLock, fastKsmd, inVm, KsmState, probe } from './helpers/ksm.ts'
+import { acquireKsmLock, fastKsmd, foreignKsmUsers, inVm, KsmState, probe } from './helpers/ksm.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
 import { noFdLeak } from './helpers/process.ts'
 
@@ -47,6 +47,13 @@ function pfnsOf(pid: number, address: number, pages: number): bigint[] {
   } finally {
     fs.closeSync(fd)
   }
+}
+
+/** ksmd's full scans are shared with every KSM user of the machine (a lab VM's guest RAM on the host). */
+function skipIfKsmdShared(ctx: { skip: (note: string) => never }, what: string): never {
+  const others = foreignKsmUsers().filter((u) => u.rmapItems > 10_000)
+  if (others.length > 0) ctx.skip(`ksmd did not merge ${what} within 4 full scans while ${others.map((u) => `pid ${u.pid} (${u.rmapItems} rmap items)`).join(', ')} also use it`)
+  expect.fail(`ksmd merged ${what} within 4 full scans`)
 }
 
 describe('hashPages', () => {
@@ -198,14 +205,14 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
     expect(second.writtenPages).toBe(1)
     expect(second.candidatePages).toBe(127)
     expect(second.hashedPages).toBe(127)
-    // The Region scanned first finds its twins in the other one only on the next pass.
-    expect(second.duplicatePages).toBe(31)
+    // Every Region is scanned before any merges: twins between Regions count in the same pass.
+    expect(second.duplicatePages).toBe(62)
     expect(second.mergedPages).toBe(0)
     const third = dedup.pass()
     expect(third.writtenPages).toBe(0)
     expect(third.candidatePages).toBe(127)
     expect(third.hashedPages).toBe(0) // hashes are kept while pages stay unwritten
-    expect(third.duplicatePages).toBe(62)
+    expect(third.duplicatePages).toBe(62) // a dry run merges nothing: still candidates
     expect(dedup.stats()).toMatchObject({ passes: 3, mergedPages: 0, cowAfterMerge: 0 })
     expect(dedup.stats().history.map((r) => r.pass)).toEqual([1, 2, 3])
   })
@@ -384,9 +391,7 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
     const expectedB = Buffer.from(b.bytes)
     dedup.track(a)
     dedup.track(b)
-    let merged = dedup.pass().mergedPages
-    merged += dedup.pass().mergedPages // the Region scanned first merges one pass later
-    expect(merged).toBe(64)
+    expect(dedup.pass().mergedPages).toBe(64)
     const pa = pagemap.entries(a).pfns
     const pb = pagemap.entries(b).pfns
     for (let i = 0; i < 32; i++) expect(pa[i], `page ${i}`).toBe(pb[i])
@@ -430,29 +435,26 @@ describe.skipIf(!tracking || !f.ksm || !probe().pfnsVisible)(`Deduplicator KSM f
     }
   })
 
-  it('marks exactly the twin runs MADV_MERGEABLE, ksmd merges them, hot pages are unmarked', async () => {
+  it('marks exactly the twin runs MADV_MERGEABLE, ksmd merges them, hot pages are unmarked', async (ctx) => {
     using dedup = new Deduplicator({ merge: 'ksm', stablePasses: 1, backoffPasses: 4 })
     using a = Region.anonymous(64 * P)
     using b = Region.anonymous(64 * P)
     fillTwins(a, b)
     dedup.track(a)
     dedup.track(b)
-    dedup.pass()
     expect(dedup.pass().mergedTotal).toBe(64)
     const mergeable = () => fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-)/).filter((v) => / mg/.test(v.split('VmFlags:')[1] ?? ''))
     const marked = mergeable().map((v) => v.split(' ')[0].split('-').map((x) => BigInt('0x' + x)))
     const inRegion = (region: Region) => marked.filter(([s, e]) => s >= region.address && e <= region.address + BigInt(region.length))
     // Exactly the first 32 pages of each Region (the unique ones stay out of ksmd's sight).
     for (const region of [a, b]) expect(inRegion(region)).toEqual([[region.address, region.address + BigInt(32 * P)]])
-    const deadline = Date.now() + (inVm ? 500_000 : 50_000)
     const twinsShared = () => {
       const pa = pagemap.entries(a).pfns
       const pb = pagemap.entries(b).pfns
       for (let i = 0; i < 32; i++) if (pa[i] !== pb[i]) return false
       return true
     }
-    while (!twinsShared() && Date.now() < deadline) await sleep(20)
-    expect(twinsShared()).toBe(true)
+    if (!(await state.until(twinsShared, 4))) skipIfKsmdShared(ctx, 'the twins')
     const pa = pagemap.entries(a).pfns
     const pb = pagemap.entries(b).pfns
     for (let i = 32; i < 64; i++) expect(pa[i]).not.toBe(pb[i])
@@ -487,7 +489,7 @@ describe.skipIf(!tracking || !probe().pfnsVisible || !(f.sksm || f.ksm))(`Dedupl
     }
   })
 
-  it('three workers with the same data (unique within each) share it; their unique pages stay private', async () => {
+  it('three workers with the same data (unique within each) share it; their unique pages stay private', async (ctx) => {
     ensureDist()
     using index = TwinIndex.create({ slots: 4096 })
     const pages = 64
@@ -539,9 +541,13 @@ describe.skipIf(!tracking || !probe().pfnsVisible || !(f.sksm || f.ksm))(`Dedupl
         for (let i = 0; i < shared; i++) if (p0[i] === 0n || p0[i] !== p1[i] || p0[i] !== p2[i]) return false
         return true
       }
-      const deadline = Date.now() + (inVm ? 500_000 : 50_000)
-      while (!allShared() && Date.now() < deadline) await sleep(50)
-      expect(allShared()).toBe(true)
+      if (f.sksm) {
+        const deadline = Date.now() + (inVm ? 500_000 : 50_000)
+        while (!allShared() && Date.now() < deadline) await sleep(50)
+        expect(allShared()).toBe(true)
+      } else if (!(await state.until(allShared, 4))) {
+        skipIfKsmdShared(ctx, "the workers' shared pages")
+      }
       const [p0, p1, p2] = pfns()
       for (let i = shared; i < pages; i++) expect(new Set([p0[i], p1[i], p2[i]]).size, `unique page ${i}`).toBe(3)
       for (const c of children) c.stdin!.end()

@@ -29,7 +29,8 @@ const ksmdDefaults = { advisorMode: 'none', pagesToScan: 100, sleepMillisecs: 20
 const ksmSettings = {
   none: { run: 0 },
   'ksmd-defaults': { ...ksmdDefaults, run: 1 },
-  'ksmd-advisor': { ...ksmdDefaults, advisorMode: 'scan-time', run: 1 },
+  // The advisor sets pages_to_scan itself (writing it is EINVAL while the advisor is on).
+  'ksmd-advisor': { advisorMode: 'scan-time', sleepMillisecs: 20, run: 1 },
   'ksmd-full': { advisorMode: 'none', pagesToScan: 10_000, sleepMillisecs: 0, run: 1 },
   'dedup-sksm': { run: 0 },
   'dedup-ksm': { ...ksmdDefaults, run: 1 },
@@ -200,6 +201,7 @@ function forkWorkers(config, dataset, twinIndexPath) {
       })
       worker.exited.then((status) => reject(new Error(`worker ${child.pid} exited (${status}) before it was ready`)))
     })
+    worker.ready.catch(() => {}) // reported once, through Promise.all in runConfig
     return worker
   })
 }
@@ -236,14 +238,15 @@ function timeTo90(times, series, finalValue) {
 async function runConfig(config, dataset) {
   let index = null
   if (config.startsWith('dedup-')) {
+    // Room for every tracked page of every worker, twice over (an open-addressed table stays fast).
     const pagesPerWorker = Math.ceil((params.mib + params.uniqueMib) * MiB / pageSize)
-    const slots = 2 ** Math.ceil(Math.log2(2 * pagesPerWorker * 2))
+    const slots = 2 ** Math.ceil(Math.log2(2 * params.workers * pagesPerWorker))
     index = lib.TwinIndex.create({ slots })
   }
   const workers = forkWorkers(config, dataset, index?.path)
   try {
     const ready = await Promise.all(workers.map((w) => w.ready))
-    log(`${config}: ${workers.length} workers ready (load ${Math.round(Math.max(...ready.map((r) => r.loadMs)))} ms at most)`)
+    log(`${config}: ${workers.length} workers ready (load ${Math.round(Math.max(...ready.map((r) => r.loadMs)))} ms at most, modules ${Math.round(Math.max(...ready.map((r) => r.modulesMs)))} ms)`)
     await sleep(2000) // let the hot writer and the request loop settle before the baseline
     const pids = workers.map((w) => w.pid)
     const baseline = sample(pids)
@@ -297,6 +300,7 @@ function summarize(config, baseline, samples, workers, ready) {
     ksmUnmerges,
     mergedPages: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.mergedPages, 0) : null,
     passes: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.passes, 0) : null,
+    dedup: dedupStats.length ? Object.fromEntries(Object.keys(dedupStats[0]).map((key) => [key, round(key === 'maxPassCpuMs' ? Math.max(...dedupStats.map((s) => s[key])) : dedupStats.reduce((sum, s) => sum + s[key], 0))])) : null,
     opsPerSecPerWorker: round(opsPerSec.reduce((a, b) => a + b, 0) / opsPerSec.length, 0),
     final: { pagesSharing: samples.at(-1).pagesSharing, pagesShared: samples.at(-1).pagesShared, generalProfitMiB: round(samples.at(-1).generalProfitMiB), mergingPages: samples.at(-1).mergingPages },
     baseline: { pssMiB: round(baseline.pssMiB), anonMiB: round(baseline.anonMiB) },
@@ -309,7 +313,7 @@ function round(value, digits = 2) {
 }
 
 function goals(rows) {
-  const by = Object.fromEntries(rows.filter((r) => !r.skipped).map((r) => [r.config, r]))
+  const by = Object.fromEntries(rows.filter((r) => !r.skipped && !r.failed).map((r) => [r.config, r]))
   const ksmdRows = ['ksmd-defaults', 'ksmd-advisor', 'ksmd-full'].map((c) => by[c]).filter(Boolean)
   const best = ksmdRows.length ? Math.max(...ksmdRows.map((r) => r.savedMiB)) : null
   const defaults = by['ksmd-defaults']
@@ -329,14 +333,14 @@ function goals(rows) {
 }
 
 function table(rows) {
-  const none = rows.find((r) => r.config === 'none' && !r.skipped)
+  const none = rows.find((r) => r.config === 'none' && !r.skipped && !r.failed)
   const lines = [
     '| configuration | saved MiB (Pss) | saved MiB (anon) | time to 90% | dedup CPU s (ksmd + workers) | COW after merge | ops/s per worker |',
     '|---|---:|---:|---:|---:|---:|---:|',
   ]
   for (const r of rows) {
-    if (r.skipped) {
-      lines.push(`| ${r.config}: ${r.label} | skipped: ${r.skipped} | | | | | |`)
+    if (r.skipped || r.failed) {
+      lines.push(`| ${r.config}: ${r.label} | ${r.skipped ? `skipped: ${r.skipped}` : `FAILED: ${r.failed}`} | | | | | |`)
       continue
     }
     const cow = r.cowAfterMerge === null ? `${r.ksmUnmerges} (ksm_merging_pages drops)` : `${r.cowAfterMerge}`
@@ -349,7 +353,7 @@ function table(rows) {
 // ---- Main.
 const datasetFile = path.join(os.tmpdir(), `memdedup-fleet-${process.pid}.bin`)
 const touched = f.ksm && process.getuid?.() === 0
-  ? ['run', 'pagesToScan', 'sleepMillisecs', ...(fs.existsSync('/sys/kernel/mm/ksm/advisor_mode') ? ['advisorMode'] : [])]
+  ? [...(fs.existsSync('/sys/kernel/mm/ksm/advisor_mode') ? ['advisorMode'] : []), 'pagesToScan', 'sleepMillisecs', 'run'] // advisor off before pages_to_scan
   : []
 const rows = []
 await withKsmLock(async () => {
@@ -365,9 +369,16 @@ await withKsmLock(async () => {
         rows.push({ config, label: allConfigs[config], skipped: why })
         continue
       }
-      const row = await runConfig(config, datasetFile)
-      log(`${config}: saved ${row.savedMiB} MiB (Pss), t90 ${row.t90S} s, CPU ${row.cpuS} s, ${row.opsPerSecPerWorker} ops/s per worker`)
-      rows.push(row)
+      try {
+        const row = await runConfig(config, datasetFile)
+        log(`${config}: saved ${row.savedMiB} MiB (Pss), t90 ${row.t90S} s, CPU ${row.cpuS} s, ${row.opsPerSecPerWorker} ops/s per worker`)
+        rows.push(row)
+      } catch (error) {
+        // One configuration failing (a kernel refusal, a worker crash) leaves the others' numbers.
+        log(`${config}: FAILED: ${error.stack ?? error}`)
+        process.exitCode = 1
+        rows.push({ config, label: allConfigs[config], failed: String(error.message ?? error) })
+      }
     }
   } finally {
     fs.rmSync(datasetFile, { force: true })

@@ -191,6 +191,13 @@ function hugetlbPageSize(): number {
   return defaultHugePageSize
 }
 
+const HUGETLBFS_MAGIC = 0x958458f6
+/** The huge page size of the file behind `fd` if it lives on hugetlbfs (statfs f_bsize), else 0. */
+function hugetlbfsPageSize(fd: number, path: string): number {
+  const stat = fsCall('statfs', path, () => fs.statfsSync(`/proc/self/fd/${fd}`))
+  return stat.type === HUGETLBFS_MAGIC ? stat.bsize : 0
+}
+
 function mapOrThrow(length: number, prot: number, flags: number, fd: number, offset: number, what: string): number {
   return check(native.mmap(0, length, prot, flags, fd, offset), 'mmap', what)
 }
@@ -277,7 +284,9 @@ export class Region {
    * A private (copy-on-write) mapping of a regular file, like the text of a shared library. The
    * length defaults to the rest of the file; it may not reach past the file's last page (that
    * would SIGBUS on access). Anything but a regular file (a FIFO, a device, a directory) is
-   * refused with ENODEV without opening it for reading, so nothing blocks.
+   * refused with ENODEV without opening it for reading, so nothing blocks. A file on hugetlbfs
+   * (a hugetlb memfd through /proc/self/fd/N) is mapped in whole huge pages: `offset` and
+   * `length` must be multiples of its `hugePageSize`, as must later protect/advise ranges.
    */
   static file(path: string, options?: { offset?: number; length?: number; prot?: Protection }): Region {
     if (typeof path !== 'string' || path.length === 0) throw invalidArgType('path', 'a non-empty string', path)
@@ -296,8 +305,14 @@ export class Region {
       if (offset + length > mappable) {
         throw outOfRange('options.length', `<= ${mappable - offset} (pages past the end of the file would SIGBUS)`, length)
       }
+      // mmap would round a hugetlbfs length up to whole huge pages, and munmap of the Region's
+      // own length would then fail: the mapping would outlive close().
+      const hugePageSize = hugetlbfsPageSize(fd, path)
+      if (hugePageSize > 0 && (offset % hugePageSize !== 0 || length % hugePageSize !== 0)) {
+        throw outOfRange('options', `offset and length multiples of the huge page size (${hugePageSize}) for a file on hugetlbfs`, `offset ${offset} + length ${length}`)
+      }
       const address = mapOrThrow(length, prot, C.MAP_PRIVATE, fd, offset, path)
-      return new Region(internal, { address, length, kind: 'file', prot: new PageRuns(length / pageSize, prot), path, limit: mappable - offset })
+      return new Region(internal, { address, length, kind: 'file', prot: new PageRuns(length / pageSize, prot), path, limit: mappable - offset, hugePageSize })
     } finally {
       fs.closeSync(fd)
     }
@@ -345,7 +360,7 @@ export class Region {
   get pageSize(): number {
     return pageSize
   }
-  /** The huge page size of a hugetlb memfd Region (offsets of protect/advise align to it), else 0. */
+  /** The huge page size of a hugetlb Region (memfd, or a file on hugetlbfs): protect/advise ranges align to it; else 0. */
   get hugePageSize(): number {
     return this.#hugePageSize
   }

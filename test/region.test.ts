@@ -320,6 +320,32 @@ describe('Region.memfd hugetlb', () => {
     expect(counter('Rsvd')).toBe(rsvd)
   })
 
+  /** A hugetlb memfd of `size` bytes, made without memdedup (a file on hugetlbfs for Region.file). */
+  function hugetlbfsFile(size: number): number {
+    const fd = native.memfdCreate('memdedup-hugetlbfs-file', native.constants.MFD_CLOEXEC | native.constants.MFD_HUGETLB)
+    expect(fd).toBeGreaterThan(2)
+    fs.ftruncateSync(fd, size)
+    return fd
+  }
+
+  it.skipIf(noHugetlb)(`Region.file of a file on hugetlbfs: offset and length in whole huge pages (RangeError before mmap), too few free pages ENOMEM${noHugetlb}`, () => {
+    const fd = hugetlbfsFile(2 * H)
+    try {
+      const maps = mappingCount()
+      const fds = fdCount()
+      const path = `/proc/self/fd/${fd}`
+      expectThrowsCode(() => Region.file(path, { length: P }), RangeError, 'ERR_OUT_OF_RANGE')
+      expectThrowsCode(() => Region.file(path, { length: H + P }), RangeError, 'ERR_OUT_OF_RANGE')
+      expectThrowsCode(() => Region.file(path, { offset: P }), RangeError, 'ERR_OUT_OF_RANGE')
+      expectThrowsCode(() => Region.file(path, { offset: H / 2, length: H }), RangeError, 'ERR_OUT_OF_RANGE')
+      if (counter('Free') - counter('Rsvd') < 2) expectThrowsCode(() => Region.file(path), SyscallError, 'ENOMEM')
+      expect(mappingCount()).toBe(maps)
+      expect(fdCount()).toBe(fds)
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
   describe('with free huge pages', () => {
     let noPages = noHugetlb
     beforeAll(() => {
@@ -335,23 +361,26 @@ describe('Region.memfd hugetlb', () => {
       const rsvd = counter('Rsvd')
       const free = counter('Free')
       const m = Region.memfd(2 * H, { name: 'memdedup-hugetlb', hugetlb: true })
-      expect(m.kind).toBe('memfd')
-      expect(m.hugePageSize).toBe(H)
-      expect(Number(m.address) % H).toBe(0)
-      expect(fs.readlinkSync(`/proc/self/fd/${m.fd}`)).toContain('memfd:memdedup-hugetlb')
-      expect(vmaPageSize(m.address)).toEqual({ perms: 'rw-s', kernelPageSize: H })
-      expect(counter('Rsvd')).toBe(rsvd + 2) // reserved by mmap: a later fault cannot SIGBUS
-      m.bytes.fill(7, 0, P)
-      m.bytes[H + P] = 9
-      expect(counter('Free')).toBe(free - 2)
-      // Shared: the memfd's pages are the mapping's (a read of the fd sees the writes).
-      const viaFd = Buffer.alloc(2 * P)
-      fs.readSync(m.fd, viaFd, 0, 2 * P, H)
-      expect([viaFd[0], viaFd[P]]).toEqual([0, 9])
-      expect(m.read({ offset: H, length: 2 * P })[P]).toBe(9)
-      const { pfns } = pagemap.entries(m, { offset: 0, length: 2 * P })
-      if (pfns[0] !== 0n) expect(pfns[1]).toBe(pfns[0] + 1n) // one huge page (PFNs need root)
-      m.close()
+      try {
+        expect(m.kind).toBe('memfd')
+        expect(m.hugePageSize).toBe(H)
+        expect(Number(m.address) % H).toBe(0)
+        expect(fs.readlinkSync(`/proc/self/fd/${m.fd}`)).toContain('memfd:memdedup-hugetlb')
+        expect(vmaPageSize(m.address)).toEqual({ perms: 'rw-s', kernelPageSize: H })
+        expect(counter('Rsvd')).toBe(rsvd + 2) // reserved by mmap: a later fault cannot SIGBUS
+        m.bytes.fill(7, 0, P)
+        m.bytes[H + P] = 9
+        expect(counter('Free')).toBe(free - 2)
+        // Shared: the memfd's pages are the mapping's (a read of the fd sees the writes).
+        const viaFd = Buffer.alloc(2 * P)
+        fs.readSync(m.fd, viaFd, 0, 2 * P, H)
+        expect([viaFd[0], viaFd[P]]).toEqual([0, 9])
+        expect(m.read({ offset: H, length: 2 * P })[P]).toBe(9)
+        const { pfns } = pagemap.entries(m, { offset: 0, length: 2 * P })
+        if (pfns[0] !== 0n) expect(pfns[1]).toBe(pfns[0] + 1n) // one huge page (PFNs need root)
+      } finally {
+        m.close()
+      }
       expect(counter('Free')).toBe(free)
       expect(counter('Rsvd')).toBe(rsvd)
       expect(fdCount()).toBe(fds)
@@ -381,7 +410,7 @@ describe('Region.memfd hugetlb', () => {
     })
 
     it('remap: shrinks in place; growing, MREMAP_DONTUNMAP, a Reservation target and partial huge pages are refused before any syscall', () => {
-      const m = Region.memfd(2 * H, { hugetlb: true })
+      using m = Region.memfd(2 * H, { hugetlb: true }) // closed by remap() below, or here if that fails
       m.bytes[0] = 3
       const size = () => fs.fstatSync(m.fd).size
       expectThrowsCode(() => m.remap(3 * H), RangeError, 'ERR_OUT_OF_RANGE')
@@ -401,6 +430,26 @@ describe('Region.memfd hugetlb', () => {
       expect(vmaPageSize(shrunk.address)).toEqual({ perms: 'rw-s', kernelPageSize: H })
       // The cut huge page is no longer ours (held as plain memory until `view` is collected).
       expect(vmaPageSize(shrunk.address + BigInt(H)).kernelPageSize).not.toBe(H)
+    })
+
+    it('Region.file of a file on hugetlbfs is private hugetlb with hugePageSize, and unmaps whole on close', () => {
+      const fd = hugetlbfsFile(H)
+      try {
+        const maps = mappingCount()
+        const f = Region.file(`/proc/self/fd/${fd}`, { prot: 'rw' })
+        try {
+          expect(f.hugePageSize).toBe(H)
+          expect(vmaPageSize(f.address)).toEqual({ perms: 'rw-p', kernelPageSize: H })
+          expectThrowsCode(() => f.protect('r', { offset: 0, length: P }), RangeError, 'ERR_OUT_OF_RANGE')
+          f.bytes[0] = 1
+        } finally {
+          f.close()
+        }
+        expect(isMapped(f.address)).toBe(false)
+        expect(mappingCount()).toBe(maps)
+      } finally {
+        fs.closeSync(fd)
+      }
     })
 
     it('userfaultfd: the kernel refuses a range that is not whole huge pages (EINVAL), the whole Region registers', (ctx) => {

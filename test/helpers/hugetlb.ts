@@ -40,8 +40,9 @@ export function vmaPageSize(address: bigint): { perms: string; kernelPageSize: n
   const smaps = fs.readFileSync('/proc/self/smaps', 'utf8')
   const start = smaps.search(new RegExp(`^${address.toString(16)}-`, 'm'))
   if (start < 0) return { perms: '', kernelPageSize: 0 }
-  const next = smaps.slice(start + 1).search(/^[0-9a-f]+-[0-9a-f]+ /m)
-  const entry = next < 0 ? smaps.slice(start) : smaps.slice(start, start + 1 + next)
+  const rest = smaps.slice(start)
+  const next = rest.search(/\n[0-9a-f]+-[0-9a-f]+ /)
+  const entry = next < 0 ? rest : rest.slice(0, next)
   const perms = /^\S+ (\S+)/.exec(entry)?.[1] ?? ''
   const kb = /^KernelPageSize:\s+(\d+) kB$/m.exec(entry)?.[1]
   return { perms, kernelPageSize: Number(kb ?? 0) * 1024 }

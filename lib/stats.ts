@@ -69,16 +69,15 @@ export interface ProcessStats {
   pageTableBytes: number
 }
 
-/** A process whose /proc files this caller may not read (another user's, EACCES/EPERM). */
+/** A process whose /proc files could not be read: another user's (EACCES, EPERM), or a kernel error. */
 export interface UnreadableProcess {
   pid: number
   command: string
-  /** 'EACCES' or 'EPERM'. */
+  /** The errno name: 'EACCES', 'EPERM', … */
   error: string
 }
 
 const gone = (error: unknown) => ['ENOENT', 'ESRCH'].includes((error as SyscallError).code)
-const denied = (error: unknown) => ['EACCES', 'EPERM'].includes((error as SyscallError).code)
 
 function readText(path: string): string {
   return fsCall('open', path, () => fs.readFileSync(path, 'utf8'))
@@ -154,7 +153,7 @@ function usesKsm(pid: number): boolean {
 
 /**
  * Every process with memory, read once each: processes that exit while they are read are left
- * out, processes this caller may not read are returned as UnreadableProcess. By default only
+ * out, processes whose files cannot be read (another user's) are returned as UnreadableProcess. By default only
  * processes KSM knows about (opted in, tracked or merged); `{ all: true }` lists every one
  * (smaps_rollup walks each page table, so that costs more).
  */
@@ -170,7 +169,8 @@ export function processes(options?: { all?: boolean }): (ProcessStats | Unreadab
       out.push(process(pid))
     } catch (error) {
       if (gone(error)) continue
-      if (!denied(error)) throw error
+      // Not ours to read (EACCES, EPERM), or the kernel failed this one file: a row that says so.
+      if (!(error instanceof SyscallError)) throw error
       let command = `[pid ${pid}]`
       try {
         command = commandOf(pid)

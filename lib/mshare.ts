@@ -141,6 +141,19 @@ const attachmentFinalizer = new FinalizationRegistry<{ address: number; length: 
 })
 
 const internal = Symbol('mshare.internal')
+/**
+ * Every live attachment of this process, by region (the file's inode): unmapping or replacing
+ * memory through one handle detaches the views of all of them, whichever handle made them.
+ */
+const attachmentsByRegion = new Map<string, Set<WeakRef<MshareAttachment>>>()
+function detachEverywhere(key: string, offset: number, length: number): void {
+  const all = attachmentsByRegion.get(key)
+  for (const ref of all ?? []) {
+    const attachment = ref.deref()
+    if (attachment) attachment.detachViews(offset, length)
+    else all!.delete(ref) // collected without close(): its finalizer unmapped it
+  }
+}
 const fdFinalizer = new FinalizationRegistry<number>((fd) => native.closeFd(fd))
 
 /**
@@ -156,6 +169,8 @@ export class MshareRegion {
   #owner: boolean
   #mapped = new RangeSet()
   #attachments = new Set<MshareAttachment>()
+  /** dev:ino of the file, the key of attachmentsByRegion. */
+  #key: string
   #closed = false
 
   /** Not callable from outside: use MshareRegion.create() or MshareRegion.open(). */
@@ -165,6 +180,8 @@ export class MshareRegion {
     this.#name = name
     this.#size = size
     this.#owner = owner
+    const stat = fs.fstatSync(fd)
+    this.#key = `${stat.dev}:${stat.ino}`
     fdFinalizer.register(this, fd, this)
   }
 
@@ -295,13 +312,13 @@ export class MshareRegion {
   }
 
   /**
-   * Removes the memory at `range` of the region (MSHAREFS_UNMAP) for every attacher. Views of
-   * this process's attachments over that range are detached first.
+   * Removes the memory at `range` of the region (MSHAREFS_UNMAP) for every attacher. Views over
+   * that range of every attachment of this process (through any handle) are detached first.
    */
   unmap(range: Range): void {
     this.#assertOpen('unmap')
     const { offset, length } = this.#range(range, 'range')
-    for (const attachment of this.#attachments) attachment.detachViews(offset, length)
+    detachEverywhere(this.#key, offset, length)
     check(native.mshareUnmap(this.#fd, offset, length), 'ioctl(MSHAREFS_UNMAP)', () => `${length} bytes at offset ${offset} of ${this.path}`)
     this.#mapped.remove(offset, offset + length)
   }
@@ -315,8 +332,17 @@ export class MshareRegion {
     const prot = validateOneOf(opts.prot ?? 'rw', 'options.prot', ['r', 'rw'] as const)
     this.#assertOpen('attach')
     const address = check(native.mmap(0, this.#size, protBits[prot], C.MAP_SHARED, this.#fd, 0), 'mmap', () => `${this.path}, ${this.#size} bytes`)
-    const attachment = makeAttachment(this, address, this.#size, prot, (a) => this.#attachments.delete(a))
+    let all = attachmentsByRegion.get(this.#key)
+    if (!all) attachmentsByRegion.set(this.#key, (all = new Set()))
+    let ref: WeakRef<MshareAttachment>
+    const attachment = makeAttachment(this, address, this.#size, prot, (a) => {
+      this.#attachments.delete(a)
+      all.delete(ref)
+      if (all.size === 0 && attachmentsByRegion.get(this.#key) === all) attachmentsByRegion.delete(this.#key)
+    })
+    ref = new WeakRef(attachment)
     this.#attachments.add(attachment)
+    all.add(ref)
     return attachment
   }
 
@@ -360,7 +386,7 @@ export class MshareRegion {
     const rw = C.PROT_READ | C.PROT_WRITE
     if ((prot & rw) === rw) this.#mapped.add(offset, offset + length)
     else this.#mapped.remove(offset, offset + length)
-    for (const attachment of this.#attachments) attachment.detachViews(offset, length)
+    detachEverywhere(this.#key, offset, length)
   }
 
   #assertOpen(operation: string): void {

@@ -361,6 +361,19 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
       expect(mappingCount()).toBeLessThan(all + 10)
     })
 
+    it('unmap() through one handle detaches the views another handle of this process made over that range', () => {
+      using region = MshareRegion.create(fresh(), align)
+      region.mapAnonymous({ offset: 0, length: 2 * pageSize })
+      using other = MshareRegion.open(name, { mapped: [{ offset: 0, length: 2 * pageSize }] })
+      const first = other.attach().view({ offset: 0, length: pageSize })
+      const second = other.attach().view({ offset: pageSize, length: pageSize })
+      first[0] = 1
+      region.unmap({ offset: 0, length: pageSize })
+      expect(first.length).toBe(0)
+      expect(second.length).toBe(pageSize)
+      second[0] = 2
+    })
+
     it('an attachment closed while a view is reachable is replaced by zero pages until the view is collected', () => {
       using region = MshareRegion.create(fresh(), align)
       region.mapAnonymous({ offset: 0, length: pageSize })

@@ -6,11 +6,10 @@
 import fs from 'node:fs'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Region, Deduplicator, TwinIndex, hashPages, features, pagemap, pageSize as P, InvalidStateError, SyscallError } from '../lib/index.ts'
+import { Region, Deduplicator, TwinIndex, features, pagemap, pageSize as P, InvalidStateError } from '../lib/index.ts'
 import { requires } from './helpers/env.mjs'
 import { acquireKsmLock, fastKsmd, foreignKsmUsers, inVm, KsmState, probe } from './helpers/ksm.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
-import { noFdLeak } from './helpers/process.ts'
 
 const f = features()
 const why = requires(f, ['uffdWpAsync', 'pagemapScan'])
@@ -23,13 +22,6 @@ function fillTwins(a: Region, b: Region): void {
     a.bytes.fill(i < 32 ? i + 1 : 40 + i, i * P, (i + 1) * P) // 72..103: unique
     b.bytes.fill(i < 32 ? i + 1 : 140 + i, i * P, (i + 1) * P) // 172..203: unique
   }
-}
-
-/** Hashes of `n` distinct page contents (real XXH64 values, as the deduplicator produces them). */
-function distinctHashes(n: number, salt = 0): BigUint64Array {
-  using r = Region.anonymous(n * P)
-  for (let i = 0; i < n; i++) new DataView(r.bytes.buffer, r.bytes.byteOffset + i * P, 8).setUint32(0, i * 7919 + salt + 1)
-  return hashPages(r)
 }
 
 /** PFNs of `pages` pages at `address` of process `pid` (/proc/<pid>/pagemap; 0 when not present). */
@@ -55,138 +47,6 @@ function skipIfKsmdShared(ctx: { skip: (note: string) => never }, what: string):
   if (others.length > 0) ctx.skip(`ksmd did not merge ${what} within 4 full scans while ${others.map((u) => `pid ${u.pid} (${u.rmapItems} rmap items)`).join(', ')} also use it`)
   expect.fail(`ksmd merged ${what} within 4 full scans`)
 }
-
-describe('hashPages', () => {
-  it('equal content gives equal hashes, different content different ones', () => {
-    using r = Region.anonymous(4 * P)
-    r.bytes.fill(1, 0, 2 * P)
-    r.bytes.fill(2, 2 * P, 3 * P)
-    const h = hashPages(r)
-    expect(h.length).toBe(4)
-    expect(h[0]).toBe(h[1])
-    expect(h[2]).not.toBe(h[0])
-    expect(h[3]).not.toBe(h[2]) // zero page
-    r.bytes[P + 100] = 9
-    expect(hashPages(r, { offset: P, length: P })[0]).not.toBe(h[0])
-  })
-
-  it('refuses unreadable pages and closed Regions instead of faulting', () => {
-    const r = Region.anonymous(2 * P)
-    r.protect('none', { offset: P, length: P })
-    expect(() => hashPages(r)).toThrow(expect.objectContaining({ code: 'ERR_REGION_PROTECTION' }))
-    expect(hashPages(r, { offset: 0, length: P }).length).toBe(1)
-    r.close()
-    expect(() => hashPages(r)).toThrow(expect.objectContaining({ code: 'ERR_REGION_CLOSED' }))
-    expect(() => hashPages({} as never)).toThrow(TypeError)
-  })
-})
-
-describe('TwinIndex', () => {
-  it('counts holders per content, shared through index.path with a second mapping', () => {
-    using index = TwinIndex.create({ slots: 1024 })
-    const h = distinctHashes(3)
-    expect([...index.add(h)]).toEqual([1, 1, 1])
-    expect([...index.add(h.subarray(0, 1))]).toEqual([2])
-    expect(index.path).toBe(`/proc/${process.pid}/fd/${index.fd}`)
-    using other = TwinIndex.open(index.path)
-    expect(other.slots).toBe(1024)
-    expect([...other.holders(h)]).toEqual([2, 1, 1])
-    expect([...other.release(h)]).toEqual([1, 0, 0])
-    expect([...index.holders(h)]).toEqual([1, 0, 0])
-    expect(index.usedSlots).toBe(1)
-    // A release of a content nobody holds changes nothing (no underflow).
-    expect([...index.release(h.subarray(1, 2))]).toEqual([0])
-    using byFd = TwinIndex.open(index.fd)
-    expect([...byFd.holders(h.subarray(0, 1))]).toEqual([1])
-  })
-
-  it('a full probe window is ENOSPC, and freed slots are reused', () => {
-    using index = TwinIndex.create({ slots: 64 })
-    const many = distinctHashes(200)
-    let added = 0
-    let error: unknown
-    for (let i = 0; i < many.length && error === undefined; i++) {
-      try {
-        index.add(many.subarray(i, i + 1))
-        added++
-      } catch (e) {
-        error = e
-      }
-    }
-    expect(error).toBeInstanceOf(SyscallError)
-    expect((error as SyscallError).code).toBe('ENOSPC')
-    expect(added).toBeLessThanOrEqual(64)
-    index.release(many.subarray(0, added))
-    expect(index.usedSlots).toBe(0)
-    expect([...index.add(many.subarray(added, added + 1))]).toEqual([1])
-  })
-
-  it('refuses what is not a sealed twin index, without leaking descriptors', () => {
-    const plain = `/tmp/memdedup-twin-${process.pid}`
-    fs.writeFileSync(plain, Buffer.alloc(64 + 64 * 8))
-    try {
-      noFdLeak(() => {
-        expect(() => TwinIndex.open(plain)).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' }))
-        using memfd = Region.memfd(P) // sealed against shrinking only
-        expect(() => TwinIndex.open(`/proc/self/fd/${memfd.fd}`)).toThrow(expect.objectContaining({ message: expect.stringMatching(/sealed/) }))
-        expect(() => TwinIndex.open('/nonexistent/index')).toThrow(expect.objectContaining({ name: 'SyscallError', code: 'ENOENT' }))
-      })
-    } finally {
-      fs.rmSync(plain)
-    }
-    expect(() => TwinIndex.open('')).toThrow(TypeError)
-    expect(() => TwinIndex.open('a\0b')).toThrow(TypeError)
-    expect(() => TwinIndex.open({} as never)).toThrow(TypeError)
-    expect(() => TwinIndex.open(-1)).toThrow(RangeError)
-    expect(() => TwinIndex.create({ slots: 100 })).toThrow(RangeError)
-    expect(() => TwinIndex.create({ slots: 32 })).toThrow(RangeError)
-    expect(() => TwinIndex.create({ slots: 2 ** 29 })).toThrow(RangeError)
-    expect(() => TwinIndex.create({ slots: '64' } as never)).toThrow(TypeError)
-    expect(() => TwinIndex.create({ slot: 64 } as never)).toThrow(TypeError)
-    const index = TwinIndex.create({ slots: 64 })
-    expect(() => index.add([1n] as never)).toThrow(TypeError)
-    index.close()
-    index.close()
-    expect(index.fd).toBe(-1)
-    expect(() => index.add(new BigUint64Array(1))).toThrow(InvalidStateError)
-    expect(() => index.path).toThrow(expect.objectContaining({ code: 'ERR_TWIN_INDEX_CLOSED' }))
-  })
-
-  it('survives participants SIGKILLed mid-update: no lock left, no lost or torn update', async () => {
-    ensureDist()
-    using index = TwinIndex.create({ slots: 4096 })
-    const hashes = distinctHashes(16)
-    const list = JSON.stringify([...hashes].map(String))
-    // Each child holds each content at most once at any moment: add all, release all, forever.
-    const script = `
-      const { TwinIndex } = await import(${JSON.stringify(distEntry)})
-      const index = TwinIndex.open(process.env.INDEX)
-      const h = BigUint64Array.from(${list}, BigInt)
-      process.stdout.write('ready\\n')
-      for (;;) { index.add(h); index.release(h) }
-    `
-    const rounds = inVm ? 6 : 20
-    let kills = 0
-    for (let round = 0; round < rounds; round++) {
-      const children = [0, 1].map(() => spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, INDEX: index.path }, stdio: ['ignore', 'pipe', 'inherit'] }))
-      await Promise.all(children.map((c) => new Promise((resolve) => c.stdout!.once('data', resolve))))
-      await sleep(5 + (round % 7) * 3)
-      for (const c of children) {
-        c.kill('SIGKILL')
-        await new Promise((resolve) => c.once('exit', resolve))
-        kills++
-      }
-    }
-    const left = index.holders(hashes)
-    // A killed child can leave at most its own one holder per content behind; a lost update
-    // (non-atomic read-modify-write) would leave more, or wrap below zero.
-    for (const n of left) expect(n).toBeLessThanOrEqual(kills)
-    // The index still works for everyone: a new content pairs up at once.
-    const fresh = distinctHashes(1, 99_999)
-    expect([...index.add(fresh)]).toEqual([1])
-    expect([...index.add(fresh)]).toEqual([2])
-  })
-})
 
 describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
   it('dry run: only pages unwritten for stablePasses and with a twin are chosen', () => {
@@ -495,7 +355,7 @@ describe.skipIf(!tracking || !probe().pfnsVisible || !(f.sksm || f.ksm))(`Dedupl
     const pages = 64
     const shared = 48 // pages 0..47 the same in every worker, 48..63 unique to each
     const script = `
-      const { Region, Deduplicator, TwinIndex, pageSize: P } = await import(${JSON.stringify(distEntry)})
+      const { Region, Deduplicator, TwinIndex, ksm, pageSize: P } = await import(${JSON.stringify(distEntry)})
       const index = TwinIndex.open(process.env.INDEX)
       const r = Region.anonymous(${pages} * P)
       const view = new DataView(r.bytes.buffer, r.bytes.byteOffset, r.length)
@@ -508,7 +368,8 @@ describe.skipIf(!tracking || !probe().pfnsVisible || !(f.sksm || f.ksm))(`Dedupl
       process.stdin.on('end', async () => {
         await d.stop()
         const s = d.stats()
-        process.stdout.write(JSON.stringify({ passes: s.passes, mergedPages: s.mergedPages }) + '\\n')
+        const merging = ksm.processStats().ksmMergingPages
+        process.stdout.write(JSON.stringify({ passes: s.passes, mergedPages: s.mergedPages, merging }) + '\\n')
         d.close()
         process.exit(0)
       })
@@ -552,7 +413,12 @@ describe.skipIf(!tracking || !probe().pfnsVisible || !(f.sksm || f.ksm))(`Dedupl
       for (let i = shared; i < pages; i++) expect(new Set([p0[i], p1[i], p2[i]]).size, `unique page ${i}`).toBe(3)
       for (const c of children) c.stdin!.end()
       await Promise.all(children.map((c) => new Promise((resolve) => c.once('exit', resolve))))
-      for (const k of [0, 1, 2]) expect(JSON.parse(lines[k].at(-1)!).mergedPages).toBe(shared)
+      for (const k of [0, 1, 2]) {
+        const end = JSON.parse(lines[k].at(-1)!)
+        expect(end.mergedPages).toBe(shared)
+        // The kernel's own count (/proc/<pid>/ksm_stat): every shared page and none of the unique ones.
+        expect(end.merging).toBe(shared)
+      }
       expect(index.usedSlots).toBe(0) // every worker gave its hashes back on close()
     } finally {
       for (const c of children) if (c.exitCode === null) c.kill('SIGKILL')

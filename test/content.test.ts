@@ -1,0 +1,151 @@
+// lib/content.ts: page hashes and the TwinIndex, the content index cooperating processes share
+// (a sealed shared memfd updated by single-word CAS), including participants killed mid-update.
+import fs from 'node:fs'
+import { spawn } from 'node:child_process'
+import { describe, expect, it } from 'vitest'
+import { Region, TwinIndex, hashPages, pageSize as P, InvalidStateError, SyscallError } from '../lib/index.ts'
+import { inVm } from './helpers/env.mjs'
+import { distEntry, ensureDist } from './helpers/dist.mjs'
+import { noFdLeak } from './helpers/process.ts'
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Hashes of `n` distinct page contents (real XXH64 values, as the deduplicator produces them). */
+function distinctHashes(n: number, salt = 0): BigUint64Array {
+  using r = Region.anonymous(n * P)
+  for (let i = 0; i < n; i++) new DataView(r.bytes.buffer, r.bytes.byteOffset + i * P, 8).setUint32(0, i * 7919 + salt + 1)
+  return hashPages(r)
+}
+
+describe('hashPages', () => {
+  it('equal content gives equal hashes, different content different ones', () => {
+    using r = Region.anonymous(4 * P)
+    r.bytes.fill(1, 0, 2 * P)
+    r.bytes.fill(2, 2 * P, 3 * P)
+    const h = hashPages(r)
+    expect(h.length).toBe(4)
+    expect(h[0]).toBe(h[1])
+    expect(h[2]).not.toBe(h[0])
+    expect(h[3]).not.toBe(h[2]) // zero page
+    r.bytes[P + 100] = 9
+    expect(hashPages(r, { offset: P, length: P })[0]).not.toBe(h[0])
+  })
+
+  it('refuses unreadable pages and closed Regions instead of faulting', () => {
+    const r = Region.anonymous(2 * P)
+    r.protect('none', { offset: P, length: P })
+    expect(() => hashPages(r)).toThrow(expect.objectContaining({ code: 'ERR_REGION_PROTECTION' }))
+    expect(hashPages(r, { offset: 0, length: P }).length).toBe(1)
+    r.close()
+    expect(() => hashPages(r)).toThrow(expect.objectContaining({ code: 'ERR_REGION_CLOSED' }))
+    expect(() => hashPages({} as never)).toThrow(TypeError)
+  })
+})
+
+describe('TwinIndex', () => {
+  it('counts holders per content, shared through index.path with a second mapping', () => {
+    using index = TwinIndex.create({ slots: 1024 })
+    const h = distinctHashes(3)
+    expect([...index.add(h)]).toEqual([1, 1, 1])
+    expect([...index.add(h.subarray(0, 1))]).toEqual([2])
+    expect(index.path).toBe(`/proc/${process.pid}/fd/${index.fd}`)
+    using other = TwinIndex.open(index.path)
+    expect(other.slots).toBe(1024)
+    expect([...other.holders(h)]).toEqual([2, 1, 1])
+    expect([...other.release(h)]).toEqual([1, 0, 0])
+    expect([...index.holders(h)]).toEqual([1, 0, 0])
+    expect(index.usedSlots).toBe(1)
+    // A release of a content nobody holds changes nothing (no underflow).
+    expect([...index.release(h.subarray(1, 2))]).toEqual([0])
+    using byFd = TwinIndex.open(index.fd)
+    expect([...byFd.holders(h.subarray(0, 1))]).toEqual([1])
+  })
+
+  it('a full probe window is ENOSPC, and freed slots are reused', () => {
+    using index = TwinIndex.create({ slots: 64 })
+    const many = distinctHashes(200)
+    let added = 0
+    let error: unknown
+    for (let i = 0; i < many.length && error === undefined; i++) {
+      try {
+        index.add(many.subarray(i, i + 1))
+        added++
+      } catch (e) {
+        error = e
+      }
+    }
+    expect(error).toBeInstanceOf(SyscallError)
+    expect((error as SyscallError).code).toBe('ENOSPC')
+    expect(added).toBeLessThanOrEqual(64)
+    index.release(many.subarray(0, added))
+    expect(index.usedSlots).toBe(0)
+    expect([...index.add(many.subarray(added, added + 1))]).toEqual([1])
+  })
+
+  it('refuses what is not a sealed twin index, without leaking descriptors', () => {
+    const plain = `/tmp/memdedup-twin-${process.pid}`
+    fs.writeFileSync(plain, Buffer.alloc(64 + 64 * 8))
+    try {
+      noFdLeak(() => {
+        expect(() => TwinIndex.open(plain)).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' }))
+        using memfd = Region.memfd(P) // sealed against shrinking only
+        expect(() => TwinIndex.open(`/proc/self/fd/${memfd.fd}`)).toThrow(expect.objectContaining({ message: expect.stringMatching(/sealed/) }))
+        expect(() => TwinIndex.open('/nonexistent/index')).toThrow(expect.objectContaining({ name: 'SyscallError', code: 'ENOENT' }))
+      })
+    } finally {
+      fs.rmSync(plain)
+    }
+    expect(() => TwinIndex.open('')).toThrow(TypeError)
+    expect(() => TwinIndex.open('a\0b')).toThrow(TypeError)
+    expect(() => TwinIndex.open({} as never)).toThrow(TypeError)
+    expect(() => TwinIndex.open(-1)).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: 100 })).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: 32 })).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: 2 ** 29 })).toThrow(RangeError)
+    expect(() => TwinIndex.create({ slots: '64' } as never)).toThrow(TypeError)
+    expect(() => TwinIndex.create({ slot: 64 } as never)).toThrow(TypeError)
+    const index = TwinIndex.create({ slots: 64 })
+    expect(() => index.add([1n] as never)).toThrow(TypeError)
+    index.close()
+    index.close()
+    expect(index.fd).toBe(-1)
+    expect(() => index.add(new BigUint64Array(1))).toThrow(InvalidStateError)
+    expect(() => index.path).toThrow(expect.objectContaining({ code: 'ERR_TWIN_INDEX_CLOSED' }))
+  })
+
+  it('survives participants SIGKILLed mid-update: no lock left, no lost or torn update', async () => {
+    ensureDist()
+    using index = TwinIndex.create({ slots: 4096 })
+    const hashes = distinctHashes(16)
+    const list = JSON.stringify([...hashes].map(String))
+    // Each child holds each content at most once at any moment: add all, release all, forever.
+    const script = `
+      const { TwinIndex } = await import(${JSON.stringify(distEntry)})
+      const index = TwinIndex.open(process.env.INDEX)
+      const h = BigUint64Array.from(${list}, BigInt)
+      process.stdout.write('ready\\n')
+      for (;;) { index.add(h); index.release(h) }
+    `
+    const rounds = inVm ? 4 : 8
+    let kills = 0
+    for (let round = 0; round < rounds; round++) {
+      const children = [0, 1, 2].map(() => spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, INDEX: index.path }, stdio: ['ignore', 'pipe', 'inherit'] }))
+      await Promise.all(children.map((c) => new Promise((resolve) => c.stdout!.once('data', resolve))))
+      await sleep(5 + (round % 7) * 3)
+      for (const c of children) {
+        c.kill('SIGKILL')
+        await new Promise((resolve) => c.once('exit', resolve))
+        kills++
+      }
+    }
+    const left = index.holders(hashes)
+    // A killed child can leave at most its own one holder per content behind; a lost update
+    // (non-atomic read-modify-write) would leave more, or wrap below zero.
+    for (const n of left) expect(n).toBeLessThanOrEqual(kills)
+    // The index still works for everyone: a new content pairs up at once.
+    const fresh = distinctHashes(1, 99_999)
+    expect([...index.add(fresh)]).toEqual([1])
+    expect([...index.add(fresh)]).toEqual([2])
+  }, inVm ? 600_000 : 180_000)
+})
+

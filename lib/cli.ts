@@ -344,7 +344,7 @@ function topText(s: TopSnapshot, sort: SortField, size: { columns: number; rows:
       `memdedup top  ${ksmdState}  saved ${mib(s.system.savedBytes)} (pages_sharing)  general_profit ${mib(s.system.generalProfit)}  sorted by ${sort}`,
       size.columns,
     ),
-    cut(`${s.processes.length} processes${s.unreadable.length ? `, ${s.unreadable.length} unreadable (run as root to see them)` : ''}  ${s.time}`, size.columns),
+    cut(`${s.processes.length} processes${s.unreadable.length ? `, ${s.unreadable.length} unreadable${process.getuid?.() === 0 ? '' : ' (run as root to see them)'}` : ''}  ${s.time}`, size.columns),
   ]
   const titles = line(
     columns.map((c) => c.title),

@@ -6,7 +6,9 @@
 // A baseline row (children mapping nothing) from the same run is subtracted from both.
 //   memfd    plain MAP_SHARED memfd, 4 KiB pages: one PTE per page per process
 //   hugetlb  MAP_SHARED 2 MiB hugetlb at 1 GiB-aligned addresses: 6.12's PMD sharing (each whole
-//            aligned GiB of the mapping shares one PMD page among all processes)
+//            aligned GiB of the mapping shares one PMD page among all processes) where the kernel
+//            has CONFIG_HUGETLB_PMD_PAGE_TABLE_SHARING (it needs split PMD locks: NR_CPUS >= 4);
+//            `sharedTables` in the row says whether it happened
 //   mshare   an msharefs region (lib/mshare.ts) all children mmap: one set of page tables
 //   sksm     private anonymous memory of identical content, merged by madvise(MADV_MERGE): the
 //            pages are shared after the merge, the page tables are not
@@ -120,6 +122,9 @@ for (const n of counts) {
       pageTableBytes: Math.round(tables),
       seedBytes: seed,
       pageTableToSeed: tables / seed,
+      // A shared table is charged to every sharer's VmPTE (hugetlb: mm_inc_nr_pmds) but allocated
+      // once: VmPTE above the allocated bytes is the sign that sharing happened.
+      sharedTables: vmPte > tables + pageSize * (procs / 2),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     }
     results.push(row)

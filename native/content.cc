@@ -502,7 +502,10 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
 // dedupMerge(index, address, pages, state, hashes, config, report) -> 0 | -errno
 // Step 3, after every region's scan (so twins between regions of this pass count): a candidate
 // whose content has another holder joins a run; runs are merged (SKSM) or marked for ksmd (KSM
-// fallback). Same region and arrays as the dedupScan before it.
+// fallback). MADV_MERGEABLE splits the VMA at every run's ends, so in the KSM fallback a run
+// also spans the candidates (cold pages) between two twins: ksmd then scans a few pages without
+// twins instead of the process getting a VMA per twin where twins and unique pages alternate.
+// Same region and arrays as the dedupScan before it.
 Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t cpu_start = ThreadCpuNs();
@@ -516,12 +519,18 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const int mode = static_cast<int>(config.data[kCfgMode]);
   std::vector<Run> runs;
+  bool cold_since_run = false;  // only candidates since the last run ended
   for (uint32_t page = 0; page < pages; page++) {
-    if (!(state.data[page] & kCandidate)) continue;
+    if (!(state.data[page] & kCandidate)) {
+      cold_since_run = false;
+      continue;
+    }
     state.data[page] &= ~kCandidate;
     if (IndexHolders(*table, hashes.data[page]) < 2) continue;
     report.data[kRepDuplicates]++;
-    AddToRuns(runs, page);
+    if (mode == kModeKsm && cold_since_run && !runs.empty()) runs.back().end = page + 1;
+    else AddToRuns(runs, page);
+    cold_since_run = true;
   }
   if (mode == kModeSksm || mode == kModeKsm) {
     int advice = mode == kModeSksm ? MADV_MERGE : MADV_MERGEABLE;

@@ -457,7 +457,13 @@ export class MshareAttachment {
     return new Uint8Array(buffer)
   }
 
-  /** Copies `range` out through the kernel (an empty part of the region is SyscallError EFAULT/EIO, not a signal). */
+  /**
+   * Copies `range` out through the kernel (/proc/self/mem): an empty part of the region is a
+   * SyscallError EFAULT, not a signal. The kernel reads only what this process's page
+   * tables already reach: an attachment this process has not touched yet (through a view) is
+   * EFAULT too, because v3 does not fault mshare memory in for GUP (its fault handler redirects
+   * only real accesses to the region).
+   */
   read(range: Range): Buffer {
     this.#assertOpen('read')
     const r = readRange(range)
@@ -466,7 +472,7 @@ export class MshareAttachment {
     const length = validateInteger(r.length, 'range.length', 1, 2 ** 31)
     if (offset + length > this.#length) throw outOfRange('range', `inside the region (offset + length <= ${this.#length})`, `offset ${offset} + length ${length}`)
     const out = Buffer.allocUnsafe(length)
-    check(native.readMemory(this.#address + offset, length, out), 'pread(/proc/self/mem)', () => `${length} bytes at offset ${offset} of an mshare attachment`)
+    check(native.readMemory(this.#address + offset, length, out), 'pread(/proc/self/mem)', () => `${length} bytes at offset ${offset} of an mshare attachment (nothing mapped there, or not yet touched by this process)`)
     return out
   }
 

@@ -146,6 +146,16 @@ const internal = Symbol('mshare.internal')
  * memory through one handle detaches the views of all of them, whichever handle made them.
  */
 const attachmentsByRegion = new Map<string, Set<WeakRef<MshareAttachment>>>()
+/** Every open handle of this process, by region: memory gone through one is gone for all. */
+const handlesByRegion = new Map<string, Set<WeakRef<MshareRegion>>>()
+function forgetEverywhere(key: string, offset: number, length: number): void {
+  const all = handlesByRegion.get(key)
+  for (const ref of all ?? []) {
+    const handle = ref.deref()
+    if (handle) handle.forget(offset, length)
+    else all!.delete(ref)
+  }
+}
 function detachEverywhere(key: string, offset: number, length: number): void {
   const all = attachmentsByRegion.get(key)
   for (const ref of all ?? []) {
@@ -169,8 +179,9 @@ export class MshareRegion {
   #owner: boolean
   #mapped = new RangeSet()
   #attachments = new Set<MshareAttachment>()
-  /** dev:ino of the file, the key of attachmentsByRegion. */
+  /** dev:ino of the file, the key of attachmentsByRegion and handlesByRegion. */
   #key: string
+  #ref: WeakRef<MshareRegion>
   #closed = false
 
   /** Not callable from outside: use MshareRegion.create() or MshareRegion.open(). */
@@ -183,6 +194,10 @@ export class MshareRegion {
     const stat = fs.fstatSync(fd)
     this.#key = `${stat.dev}:${stat.ino}`
     fdFinalizer.register(this, fd, this)
+    let handles = handlesByRegion.get(this.#key)
+    if (!handles) handlesByRegion.set(this.#key, (handles = new Set()))
+    this.#ref = new WeakRef(this)
+    handles.add(this.#ref)
   }
 
   /**
@@ -319,6 +334,7 @@ export class MshareRegion {
     this.#assertOpen('unmap')
     const { offset, length } = this.#range(range, 'range')
     detachEverywhere(this.#key, offset, length)
+    forgetEverywhere(this.#key, offset, length)
     check(native.mshareUnmap(this.#fd, offset, length), 'ioctl(MSHAREFS_UNMAP)', () => `${length} bytes at offset ${offset} of ${this.path}`)
     this.#mapped.remove(offset, offset + length)
   }
@@ -356,6 +372,9 @@ export class MshareRegion {
     if (this.#closed) return
     for (const attachment of [...this.#attachments]) attachment.close()
     fdFinalizer.unregister(this)
+    const handles = handlesByRegion.get(this.#key)
+    handles?.delete(this.#ref)
+    if (handles?.size === 0) handlesByRegion.delete(this.#key)
     native.closeFd(this.#fd)
     this.#fd = -1
     this.#closed = true
@@ -363,6 +382,11 @@ export class MshareRegion {
 
   [Symbol.dispose](): void {
     this.close()
+  }
+
+  /** @internal [offset, offset + length) lost its memory (through any handle of this process). */
+  forget(offset: number, length: number): void {
+    this.#mapped.remove(offset, offset + length)
   }
 
   /** @internal Whether [offset, offset + length) holds memory known to this handle. */
@@ -384,9 +408,9 @@ export class MshareRegion {
   /** A mapping replaced [offset, offset + length): views only where every attacher may read and write. */
   #placed(offset: number, length: number, prot: number): void {
     const rw = C.PROT_READ | C.PROT_WRITE
-    if ((prot & rw) === rw) this.#mapped.add(offset, offset + length)
-    else this.#mapped.remove(offset, offset + length)
     detachEverywhere(this.#key, offset, length)
+    forgetEverywhere(this.#key, offset, length)
+    if ((prot & rw) === rw) this.#mapped.add(offset, offset + length)
   }
 
   #assertOpen(operation: string): void {

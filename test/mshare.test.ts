@@ -379,6 +379,9 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
       expect(first.length).toBe(0)
       expect(second.length).toBe(pageSize)
       second[0] = 2
+      // The other handle forgot the range too: no new view over it.
+      expect(other.mapped).toEqual([{ offset: pageSize, length: pageSize }])
+      expectThrowsCode(() => other.attach().view({ offset: 0, length: pageSize }), RangeError, 'ERR_OUT_OF_RANGE')
     })
 
     it('an attachment closed while a view is reachable is replaced by zero pages until the view is collected', () => {

@@ -25,6 +25,7 @@ const uniqueBytes = Number(env('FLEET_UNIQUE_BYTES'))
 const hotEvery = Number(env('FLEET_HOT_EVERY')) // every hotEvery-th page of the dataset is hot
 const intervalMs = Number(env('FLEET_INTERVAL_MS'))
 const cpuBudgetMs = Number(env('FLEET_CPU_BUDGET_MS'))
+const busyPct = Number(env('FLEET_BUSY_PCT'))
 
 const { Region, ksm, pageSize, ...lib } = await import(path.join(rootDir, 'dist', 'lib', 'index.js'))
 
@@ -120,12 +121,18 @@ function request() {
   checksum += sum
   ops++
 }
+// A service under moderate load, not a busy loop: every 50 ms it serves requests for busyPct% of
+// the cycle and idles the rest (the fleet together asks for less than the machine has, so ksmd
+// and the Deduplicator compete for spare CPU as they would in production). Time a dedup pass
+// steals from this thread, or CPU it steals from the machine, shows as fewer ops per second.
+const cycleMs = 50
+const busyMs = (cycleMs * busyPct) / 100
 let serving = true
 function serve() {
   if (!serving) return
-  const until = performance.now() + 5
-  while (performance.now() < until) request()
-  setImmediate(serve)
+  const cycleStart = performance.now()
+  while (performance.now() - cycleStart < busyMs) request()
+  setTimeout(serve, Math.max(0, cycleMs - (performance.now() - cycleStart)))
 }
 serve()
 

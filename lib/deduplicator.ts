@@ -136,6 +136,16 @@ function resolveMerge(requested: MergeMode): 'sksm' | 'ksm' | 'none' {
   return requested
 }
 
+// Safety net only (close() is the way): a Deduplicator dropped unclosed gives its /proc/self/pagemap
+// descriptor back; the uffd and a private index have finalizers of their own.
+const unclosed = new FinalizationRegistry<number>((fd) => {
+  try {
+    fs.closeSync(fd)
+  } catch {
+    // already closed
+  }
+})
+
 export class Deduplicator {
   #uffd: Userfaultfd
   #index: TwinIndex
@@ -155,6 +165,7 @@ export class Deduplicator {
   #running = false
   #runError: unknown
   #closed = false
+  #token = {}
 
   constructor(options?: DeduplicatorOptions) {
     const opts = readOptions(options, 'options', ['merge', 'index', 'stablePasses', 'backoffPasses', 'cpuBudgetMs', 'historyLength'])
@@ -180,7 +191,14 @@ export class Deduplicator {
       throw error
     }
     this.#ownIndex = index === undefined
-    this.#index = index ?? TwinIndex.create()
+    try {
+      this.#index = index ?? TwinIndex.create()
+    } catch (error) {
+      this.#uffd.close()
+      fs.closeSync(this.#pagemapFd)
+      throw error
+    }
+    unclosed.register(this, this.#pagemapFd, this.#token)
   }
 
   /** How this deduplicator merges ('auto' resolved). */
@@ -327,6 +345,7 @@ export class Deduplicator {
     }
     this.#uffd.close()
     if (this.#ownIndex) this.#index.close()
+    unclosed.unregister(this.#token)
     fs.closeSync(this.#pagemapFd)
     this.#closed = true
   }

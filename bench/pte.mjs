@@ -2,8 +2,8 @@
 // 4 KiB page costs 8 KiB of PTEs"). Each row forks N small C processes (bench/c/pte_fleet.c)
 // that map the same memory and touch every page, then reads, with all of them alive, the sum of
 // VmPTE (/proc/<pid>/status: every page-table level the process is charged for) and the change
-// of nr_page_table_pages (/proc/vmstat: what the kernel really allocated, shared tables once).
-// A baseline row (children mapping nothing) from the same run is subtracted from both.
+// of nr_page_table_pages (/proc/vmstat: what the kernel really allocated, shared tables once),
+// both from the moment all children exist (forked, nothing mapped yet) in that same run.
 //   memfd    plain MAP_SHARED memfd, 4 KiB pages: one PTE per page per process
 //   hugetlb  MAP_SHARED 2 MiB hugetlb at 1 GiB-aligned addresses: 6.12's PMD sharing (each whole
 //            aligned GiB of the mapping shares one PMD page among all processes) where the kernel
@@ -100,9 +100,6 @@ function runRow(name, n) {
 const results = []
 const sksmDone = new Set()
 for (const n of counts) {
-  const baseline = runC(fleet, ['none', n, pageSize])
-  const perProcess = { vmPte: baseline.vmPteSum / n, tables: baseline.pageTableBytesDelta / n }
-  results.push({ row: 'baseline', ...baseline })
   for (const name of rowNames) {
     const started = process.hrtime.bigint()
     const result = runRow(name, n)
@@ -112,8 +109,9 @@ for (const n of counts) {
       continue
     }
     const procs = result.n
-    const vmPte = result.vmPteSum - perProcess.vmPte * procs
-    const tables = result.pageTableBytesDelta - perProcess.tables * procs
+    // The fleet measures from the moment all children exist: these are the mapping's own cost.
+    const vmPte = result.vmPteSum
+    const tables = result.pageTableBytesDelta
     const seed = seedBytes(procs, result.bytes)
     const row = {
       row: name,
@@ -138,7 +136,6 @@ const fmt = (v, d = 1) => (v === undefined || Number.isNaN(v) ? '-' : v.toFixed(
 console.log('')
 console.log('row       N     MiB/proc  VmPTE sum MiB  page tables MiB  per proc KiB  seed MiB  tables/seed  fault-in ms/proc (median)  merge ms/proc')
 for (const r of results) {
-  if (r.row === 'baseline') continue
   if (r.skip) {
     console.log(`${r.row.padEnd(9)} ${String(r.n).padEnd(5)} skipped: ${r.skip}`)
     continue

@@ -8,14 +8,17 @@
 //   mshare   mmap of an msharefs file (created, sized, mapped and populated by the caller)
 //   sksm     private anonymous memory, written (identical content in every child), then merged
 //            with madvise(MADV_MERGE) in 16 MiB steps: the page tables that remain after merging
-// Children are forked one after another; each touches its pages, reports its fault-in time and
-// pauses. With all N alive the parent reads VmPTE of each (/proc/<pid>/status), the change of
-// nr_page_table_pages (/proc/vmstat) since before the first fork, ksm_merging_pages, then kills
-// them. Prints one JSON object.
+// All N children are forked first and wait; then, one after another, each maps and touches its
+// pages, reports its fault-in time and pauses. With all N alive the parent reads the growth of
+// VmPTE of each (/proc/<pid>/status, against the child's own reading before it mapped), the
+// change of nr_page_table_pages (/proc/vmstat) since all were forked, ksm_merging_pages, then
+// kills them. Prints one JSON object: vmPteSum and pageTableBytesDelta are the mapping's cost.
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -37,11 +40,21 @@
 #define STEP (16UL << 20)
 
 struct slot {
-  volatile int ready;  // 1 ok, -1 failed (errno in err)
+  int ready;  // 2 forked and waiting, 1 mapped and touched, -1 failed (errno in err)
+  int go;     // futex word: the parent sets it to 1 to let this child map
   volatile int err;
+  volatile long vm_pte_before;  // the child's own VmPTE before it mapped anything
   volatile double fault_ns;
   volatile double merge_ns;
 };
+
+// Shared (not private) futex: parent and children are different processes.
+static void futex_wait(int *word, int value) {
+  while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) syscall(SYS_futex, word, FUTEX_WAIT, value, NULL, NULL, 0);
+}
+static void futex_wake(int *word) {
+  syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
 
 static long page_size;
 
@@ -194,13 +207,16 @@ int main(int argc, char **argv) {
   pid_t *pids = calloc(n, sizeof(pid_t));
   if (slots == MAP_FAILED || !pids) die("alloc");
 
-  long before = read_vmstat("nr_page_table_pages");
-  double t0 = now_ns();
-  int failed = 0, failed_errno = 0;
+  // All children are forked first and wait (their page tables exist, nothing is mapped), so the
+  // counters taken now are the baseline of this very run: no second run with its own address
+  // space layout (ASLR moves a process's tables by a page or two) to subtract.
   for (int i = 0; i < n; i++) {
     pid_t pid = fork();
     if (pid < 0) die("fork");
     if (pid == 0) {
+      slots[i].vm_pte_before = read_status_kb(getpid(), "VmPTE");
+      __atomic_store_n(&slots[i].ready, 2, __ATOMIC_RELEASE);
+      futex_wait(&slots[i].go, 0);
       int err = child(mode, fd, bytes, mshare_path, mshare_size, &slots[i]);
       slots[i].err = err;
       __atomic_store_n(&slots[i].ready, err ? -1 : 1, __ATOMIC_RELEASE);
@@ -209,10 +225,19 @@ int main(int argc, char **argv) {
     }
     pids[i] = pid;
     while (__atomic_load_n(&slots[i].ready, __ATOMIC_ACQUIRE) == 0) usleep(200);
+  }
+  long before = read_vmstat("nr_page_table_pages");
+  double t0 = now_ns();
+  int failed = 0, failed_errno = 0, started = n;
+  // One child at a time maps and touches: fault-in times are not a contest between children.
+  for (int i = 0; i < n; i++) {
+    __atomic_store_n(&slots[i].go, 1, __ATOMIC_RELEASE);
+    futex_wake(&slots[i].go);
+    while (__atomic_load_n(&slots[i].ready, __ATOMIC_ACQUIRE) == 2) usleep(200);
     if (slots[i].ready < 0) {
       failed = i + 1;
       failed_errno = slots[i].err;
-      n = i + 1;
+      started = i + 1;
       break;
     }
   }
@@ -222,7 +247,7 @@ int main(int argc, char **argv) {
   double *faults = calloc(n, sizeof(double)), *merges = calloc(n, sizeof(double));
   for (int i = 0; i < n; i++) {
     long pte = read_status_kb(pids[i], "VmPTE");
-    if (pte > 0) vm_pte_sum += pte;
+    if (i < started && pte > 0) vm_pte_sum += pte - slots[i].vm_pte_before;
     long m = read_number_file(pids[i], "ksm_merging_pages");
     if (m > 0) merging += m;
     faults[i] = slots[i].fault_ns;
@@ -230,6 +255,7 @@ int main(int argc, char **argv) {
   }
   for (int i = 0; i < n; i++) kill(pids[i], SIGKILL);
   for (int i = 0; i < n; i++) waitpid(pids[i], NULL, 0);
+  n = started;
   double fault_total = 0;
   for (int i = 0; i < n; i++) fault_total += faults[i];
   printf("{\"mode\":\"%s\",\"n\":%d,\"bytes\":%zu,\"vmPteSum\":%ld,\"pageTablePagesDelta\":%ld,\"pageTableBytesDelta\":%ld,"

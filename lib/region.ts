@@ -603,6 +603,8 @@ export class Region {
     this.#assertOpen('split')
     if (at === 0 || at >= this.#length) throw outOfRange('offset', `> 0 and < ${this.#length} (both parts non-empty)`, offset)
     if (this.#kind === 'memfd') throw invalidArgValue('region', 'an anonymous or file Region (a memfd Region owns one fd)', 'memfd')
+    // Each part unmaps itself on close: a hugetlb part must be whole huge pages to unmap.
+    if (this.#hugePageSize > 0 && at % this.#hugePageSize !== 0) throw outOfRange('offset', `a multiple of the huge page size (${this.#hugePageSize})`, offset)
     const pages = at / pageSize
     const headProt = this.#prot.resized(pages, 0)
     const tailProt = new PageRuns(this.pages - pages, 0)
@@ -615,7 +617,7 @@ export class Region {
       headHome = { reservation: state, slot: claim(state, slot.offset, at, 'region') }
       tailHome = { reservation: state, slot: claim(state, slot.offset + at, slot.length - at, 'region') }
     }
-    const common = { kind: this.#kind, path: this.#path, views: this.#views }
+    const common = { kind: this.#kind, path: this.#path, views: this.#views, hugePageSize: this.#hugePageSize }
     const address = this.#address
     const length = this.#length
     const limit = this.#limit

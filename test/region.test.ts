@@ -432,20 +432,27 @@ describe('Region.memfd hugetlb', () => {
       expect(vmaPageSize(shrunk.address + BigInt(H)).kernelPageSize).not.toBe(H)
     })
 
-    it('Region.file of a file on hugetlbfs is private hugetlb with hugePageSize, and unmaps whole on close', () => {
-      const fd = hugetlbfsFile(H)
+    it('Region.file of a file on hugetlbfs is private hugetlb with hugePageSize, splits only at huge pages, and unmaps whole on close', () => {
+      const fd = hugetlbfsFile(2 * H)
       try {
         const maps = mappingCount()
         const f = Region.file(`/proc/self/fd/${fd}`, { prot: 'rw' })
+        const parts: Region[] = []
         try {
           expect(f.hugePageSize).toBe(H)
           expect(vmaPageSize(f.address)).toEqual({ perms: 'rw-p', kernelPageSize: H })
           expectThrowsCode(() => f.protect('r', { offset: 0, length: P }), RangeError, 'ERR_OUT_OF_RANGE')
           f.bytes[0] = 1
+          expectThrowsCode(() => f.split(P), RangeError, 'ERR_OUT_OF_RANGE')
+          expect(f.closed).toBe(false)
+          parts.push(...f.split(H))
+          expect(parts.map((p) => p.hugePageSize)).toEqual([H, H])
         } finally {
           f.close()
+          for (const part of parts) part.close()
         }
         expect(isMapped(f.address)).toBe(false)
+        expect(isMapped(f.address + BigInt(H))).toBe(false)
         expect(mappingCount()).toBe(maps)
       } finally {
         fs.closeSync(fd)

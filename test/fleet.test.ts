@@ -75,7 +75,6 @@ describe('bench/fleet.mjs', () => {
     const [none, full] = json.rows
     expect(none.ksmdCpuS).toBe(0)
     expect(none.final.pagesSharing).toBe(0)
-    expect(Math.abs(none.savedAnonMiB)).toBeLessThan(4) // the workload alone does not shrink
     // The host's ksmd is a nice-5 thread on a shared machine: within 15 s it merges some of the
     // fleet, not a set amount; the workers' own ksm_stat and Pss must show it.
     expect(full.ksmdCpuS).toBeGreaterThan(0)

@@ -242,7 +242,7 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
   describe('bad inputs: the kernel\'s exact answer (raw calls, bypassing lib/), and lib/ refusing first', () => {
     it('ftruncate: misaligned size and a second size are EINVAL; an unsized region cannot be mapped or attached', () => {
       const path = `${mshare.mountPoint}/${fresh()}`
-      const fd = fs.openSync(path, 'wx+')
+      const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600)
       try {
         expect(native.ftruncate(fd, align + pageSize)).toBe(-22)
         expect(native.ftruncate(fd, pageSize)).toBe(-22)

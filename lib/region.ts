@@ -214,7 +214,7 @@ interface RegionInit {
   views?: Views
   /** Where the memory lies inside a Reservation, if it does. */
   home?: Home | null
-  /** hugetlb memfd: its huge page size (every mapping change must be a multiple of it). */
+  /** hugetlb Region: its huge page size (every mapping change must be a multiple of it). */
   hugePageSize?: number
 }
 

@@ -44,15 +44,15 @@ export function prng(seed) {
 /**
  * Address ranges of /proc/self/maps lines that belong to memdedup: named anonymous Regions
  * ("[anon:memdedup]"), memfds ("/memfd:memdedup…"), and files whose path contains `fileTag`.
- * The addon's own .node mapping is excluded. Adjacent lines are merged: the kernel may merge
+ * The addon's own .node mapping is excluded, and mappings whose name contains `ignore`. Adjacent lines are merged: the kernel may merge
  * two Regions' VMAs, or split one Region's VMA by protection, so only the union is meaningful.
  */
-export function ownedIntervals(fileTag = 'memdedup-fuzz') {
+export function ownedIntervals(fileTag = 'memdedup-fuzz', ignore = null) {
   const out = []
   for (const line of fs.readFileSync('/proc/self/maps', 'utf8').split('\n')) {
     if (!line) continue
     const name = line.split(/\s+/).slice(5).join(' ')
-    if (name.endsWith('.node')) continue
+    if (name.endsWith('.node') || (ignore && name.includes(ignore))) continue
     if (!(name.includes('memdedup') || (fileTag && name.includes(fileTag)))) continue
     const [start, end] = line.slice(0, line.indexOf(' ')).split('-').map((h) => parseInt(h, 16))
     out.push([start, end])

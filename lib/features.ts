@@ -6,6 +6,7 @@ import { native, pageSize } from './native.ts'
 import { available as sksmAvailable } from './sksm.ts'
 import { probeUserfaultfd } from './uffd.ts'
 import { probePagemapScan } from './pagemap.ts'
+import { available as mshareAvailable } from './mshare.ts'
 
 export interface Features {
   kernelRelease: string
@@ -24,6 +25,8 @@ export interface Features {
   pagemapScan: boolean
   /** Transparent huge pages are configured. */
   thp: boolean
+  /** msharefs (page tables shared across processes; the lab kernel's mshare series) is compiled in. */
+  mshare: boolean
 }
 
 let cached: Features | undefined
@@ -41,6 +44,7 @@ export function features(): Features {
       uffdWpAsync: uffd.wpAsync,
       pagemapScan: probePagemapScan(),
       thp: fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled'),
+      mshare: mshareAvailable(),
     })
   }
   return cached

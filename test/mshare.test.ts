@@ -108,7 +108,7 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
       view[0] = 0x11
       view[3 * pageSize + 7] = 0x22
       const { result } = runChild(`
-        using region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: 0, length: ${4 * pageSize} }] })
+        const region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: 0, length: ${4 * pageSize} }] })
         const view = region.attach().view({ offset: 0, length: ${4 * pageSize} })
         const seen = [view[0], view[${3 * pageSize + 7}]]
         view[${pageSize}] = 0x33
@@ -124,7 +124,7 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
       region.mapMemfd(memfd, { offset: 8 * pageSize, length: 2 * pageSize }, { fileOffset: 2 * pageSize })
       memfd.bytes[2 * pageSize] = 0x44
       const { result } = runChild(`
-        using region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: ${8 * pageSize}, length: ${2 * pageSize} }] })
+        const region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: ${8 * pageSize}, length: ${2 * pageSize} }] })
         const view = region.attach().view({ offset: ${8 * pageSize}, length: ${2 * pageSize} })
         const seen = view[0]
         view[${pageSize}] = 0x55
@@ -147,7 +147,7 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
       const view = attachment.view({ offset: 0, length: pageSize })
       view[0] = 1
       runChild(`
-        using region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: 0, length: ${pageSize} }] })
+        const region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: 0, length: ${pageSize} }] })
         region.attach().view({ offset: 0, length: ${pageSize} })[0] = 2
       `)
       expect(view[0]).toBe(2)
@@ -196,7 +196,7 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
     expect([view[0], view[1], view[2]]).toEqual([7, 8, 9])
     view[pageSize] = 10
     const { result } = runChild(`
-      using region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: 0, length: ${2 * pageSize} }] })
+      const region = lib.MshareRegion.open(${JSON.stringify(name)}, { mapped: [{ offset: 0, length: ${2 * pageSize} }] })
       const view = region.attach().view({ offset: 0, length: ${2 * pageSize} })
       console.log(JSON.stringify({ bytes: [view[0], view[1], view[2]], next: view[${pageSize}] }))
     `)

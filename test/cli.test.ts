@@ -8,10 +8,10 @@ import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:chil
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { features, ksm, pageSize } from '../lib/index.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
-import { acquireKsmLock, collect, fastKsmd, inVm, KsmState, ksmdTimeoutMs, probe, repoRoot, type ChildResult } from './helpers/ksm.ts'
+import { holdKsmLock, collect, fastKsmd, inVm, ksmdTimeoutMs, probe, repoRoot, type ChildResult } from './helpers/ksm.ts'
 
 const prefix = path.join(repoRoot, 'node_modules', '.cache', 'memdedup-cli')
 const bin = path.join(prefix, 'node_modules', '.bin', 'memdedup')
@@ -266,18 +266,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
     })
 
     describe('ksmd state', () => {
-      let release: (() => void) | undefined
-      const state = new KsmState()
-      beforeAll(async () => {
-        release = await acquireKsmLock()
-      }, 600_000)
-      afterAll(() => {
-        try {
-          state.restore()
-        } finally {
-          release?.()
-        }
-      })
+      const state = holdKsmLock()
 
       it('warns on stderr when ksmd is stopped; --start-ksmd starts it', () => {
         state.set({ run: 0 })
@@ -298,18 +287,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
   })
 
   describe.skipIf(!probe().ksm || !probe().ksmStat)(`top${probe().ksm && probe().ksmStat ? '' : ` — skipped: kernel ${os.release()} lacks KSM or /proc/<pid>/ksm_stat`}`, () => {
-    let release: (() => void) | undefined
-    const state = new KsmState()
-    beforeAll(async () => {
-      release = await acquireKsmLock()
-    }, 600_000)
-    afterAll(() => {
-      try {
-        state.restore()
-      } finally {
-        release?.()
-      }
-    })
+    const state = holdKsmLock()
 
     // SKSM (the lab kernel) merges synchronously; elsewhere ksmd does, as slowly as its other users let it.
     const sksm = features().sksm

@@ -5,10 +5,10 @@
 // Every merge claim is proven with PFNs (/proc/<pid>/pagemap, read as root).
 import fs from 'node:fs'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { Region, Deduplicator, TwinIndex, features, pagemap, pageSize as P, InvalidStateError } from '../lib/index.ts'
 import { requires } from './helpers/env.mjs'
-import { acquireKsmLock, fastKsmd, foreignKsmUsers, inVm, KsmState, probe } from './helpers/ksm.ts'
+import { holdKsmLock, fastKsmd, foreignKsmUsers, inVm, probe } from './helpers/ksm.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
 
 const f = features()
@@ -323,19 +323,7 @@ describe.skipIf(!tracking || !f.ksm)(`Deduplicator KSM fallback, marking${requir
 })
 
 describe.skipIf(!tracking || !f.ksm || !probe().pfnsVisible)(`Deduplicator KSM fallback${requires({ ...f, pfns: probe().pfnsVisible }, ['uffdWpAsync', 'pagemapScan', 'ksm', 'pfns'])}`, () => {
-  const state = new KsmState()
-  let release: () => void
-  beforeAll(async () => {
-    release = await acquireKsmLock()
-    state.set({ ...fastKsmd, run: 1 })
-  })
-  afterAll(() => {
-    try {
-      state.restore()
-    } finally {
-      release()
-    }
-  })
+  const state = holdKsmLock({ ...fastKsmd, run: 1 })
 
   it('marks exactly the twin runs MADV_MERGEABLE, ksmd merges them, hot pages are unmarked', async (ctx) => {
     using dedup = new Deduplicator({ merge: 'ksm', stablePasses: 1, backoffPasses: 4 })
@@ -373,20 +361,7 @@ describe.skipIf(!tracking || !f.ksm || !probe().pfnsVisible)(`Deduplicator KSM f
 })
 
 describe.skipIf(!tracking || !probe().pfnsVisible || !(f.sksm || f.ksm))(`Deduplicator across processes${requires({ ...f, pfns: probe().pfnsVisible }, ['uffdWpAsync', 'pagemapScan', 'pfns'])}`, () => {
-  const state = new KsmState()
-  let release: (() => void) | undefined
-  beforeAll(async () => {
-    if (f.sksm) return
-    release = await acquireKsmLock()
-    state.set({ ...fastKsmd, run: 1 })
-  })
-  afterAll(() => {
-    try {
-      if (!f.sksm) state.restore()
-    } finally {
-      release?.()
-    }
-  })
+  const state = holdKsmLock({ ...fastKsmd, run: 1 }, () => !f.sksm)
 
   it('three workers with the same data (unique within each) share it; their unique pages stay private', async (ctx) => {
     ensureDist()

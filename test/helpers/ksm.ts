@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawn, type ChildProcess } from 'node:child_process'
+import { afterAll, beforeAll } from 'vitest'
 import { Region, ksm, pagemap, features, pageSize, type Range } from '../../lib/index.ts'
 import type { KsmSettings } from '../../lib/ksm.ts'
 
@@ -11,6 +12,7 @@ import { inVm } from './env.mjs'
 import { repoRoot } from './dist.mjs'
 export { inVm } from './env.mjs'
 export { acquireKsmLock, ksmLockTimeoutMs } from './lock.mjs'
+import { acquireKsmLock, ksmLockTimeoutMs } from './lock.mjs'
 export { ensureDist, repoRoot } from './dist.mjs'
 
 export const ksmSysfs = '/sys/kernel/mm/ksm'
@@ -344,4 +346,27 @@ export function collect(child: ChildProcess): Promise<ChildResult> {
 export function spawnNode(script: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ChildResult> {
   const child = spawn(process.execPath, [script, ...args], { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   return collect(child)
+}
+
+/**
+ * For a describe block that drives ksmd: takes the cross-file KSM lock before its tests (when
+ * `needed()`), applies `settings`, and after them restores every knob and releases the lock, even
+ * if restoring throws. Returns the block's KsmState for further set()/remember().
+ */
+export function holdKsmLock(settings?: KsmSettings, needed: () => boolean = () => true): KsmState {
+  const state = new KsmState()
+  let release: (() => void) | undefined
+  beforeAll(async () => {
+    if (!needed()) return
+    release = await acquireKsmLock()
+    if (settings) state.set(settings)
+  }, ksmLockTimeoutMs + 10_000)
+  afterAll(() => {
+    try {
+      state.restore()
+    } finally {
+      release?.()
+    }
+  })
+  return state
 }

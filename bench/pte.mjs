@@ -53,6 +53,7 @@ function hugePagesFree() {
 function mshareRow(n) {
   const why = mshare.probe()
   if (why) return { skip: why }
+  if (!mshare.mounted()) mshare.mount() // mshare_info lives in the mounted msharefs
   const align = mshare.alignment()
   const regionSize = Math.ceil(bytes / align) * align
   const name = `pte-bench-${process.pid}`

@@ -15,7 +15,7 @@ import path from 'node:path'
 import { native, constants as C, pageSize } from './native.ts'
 import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
 import { Region, type Protection, type Range } from './region.ts'
-import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger, validateOneOf } from './validate.ts'
+import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger, validateOneOf, validatePageLength, validatePageOffset } from './validate.ts'
 
 /** Where msharefs is mounted (the series' documented mount point). */
 export const mountPoint = '/sys/fs/mshare'
@@ -311,8 +311,7 @@ export class MshareRegion {
   mapMemfd(memfd: Region, range: Range, options?: { fileOffset?: number; prot?: Protection }): void {
     if (!Region.isRegion(memfd)) throw invalidArgType('memfd', 'an instance of Region', memfd)
     const opts = readOptions(options, 'options', ['fileOffset', 'prot'])
-    const fileOffset = validateInteger(opts.fileOffset ?? 0, 'options.fileOffset')
-    if (fileOffset % pageSize !== 0) throw outOfRange('options.fileOffset', `a multiple of the page size (${pageSize})`, fileOffset)
+    const fileOffset = validatePageOffset(opts.fileOffset ?? 0, 'options.fileOffset')
     const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
     this.#assertOpen('mapMemfd')
     if (memfd.closed) throw codedError('ERR_REGION_CLOSED', 'Cannot mapMemfd: the memfd Region is closed')
@@ -397,10 +396,8 @@ export class MshareRegion {
   #range(range: unknown, name: string): { offset: number; length: number } {
     const r = readRange(range, name)
     if (r === undefined) throw invalidArgType(name, 'an object { offset, length }', range)
-    const offset = validateInteger(r.offset, `${name}.offset`)
-    const length = validateInteger(r.length, `${name}.length`, 1)
-    if (offset % pageSize !== 0) throw outOfRange(`${name}.offset`, `a multiple of the page size (${pageSize})`, offset)
-    if (length % pageSize !== 0) throw outOfRange(`${name}.length`, `a multiple of the page size (${pageSize})`, length)
+    const offset = validatePageOffset(r.offset, `${name}.offset`)
+    const length = validatePageLength(r.length, `${name}.length`)
     if (offset + length > this.#size) throw outOfRange(name, `inside the region (offset + length <= ${this.#size})`, `offset ${offset} + length ${length}`)
     return { offset, length }
   }
@@ -467,10 +464,8 @@ export class MshareAttachment {
     this.#assertOpen('view')
     const r = readRange(range)
     if (r === undefined) throw invalidArgType('range', 'an object { offset, length }', range)
-    const offset = validateInteger(r.offset, 'range.offset')
-    const length = validateInteger(r.length, 'range.length', 1, 2 ** 32)
-    if (offset % pageSize !== 0) throw outOfRange('range.offset', `a multiple of the page size (${pageSize})`, offset)
-    if (length % pageSize !== 0) throw outOfRange('range.length', `a multiple of the page size (${pageSize})`, length)
+    const offset = validatePageOffset(r.offset, 'range.offset')
+    const length = validatePageLength(validateInteger(r.length, 'range.length', 1, 2 ** 32), 'range.length')
     if (offset + length > this.#length) throw outOfRange('range', `inside the region (offset + length <= ${this.#length})`, `offset ${offset} + length ${length}`)
     if (!this.#region.covers(offset, length)) throw outOfRange('range', 'a part of the region with memory mapped in it (see MshareRegion.mapped)', `offset ${offset} + length ${length}`)
     if (this.#prot !== 'rw') throw codedError('ERR_REGION_PROTECTION', 'MshareAttachment.view needs a read-write attachment; use read()')

@@ -19,6 +19,8 @@ export const ksmSysfs = '/sys/kernel/mm/ksm'
 export const fixturesDir = path.join(repoRoot, 'test', 'fixtures')
 /** How long to wait for ksmd: below vitest's per-test timeout (60 s host, 600 s VM). */
 export const ksmdTimeoutMs = inVm ? 540_000 : 50_000
+/** KsmState.until()'s floor: ksmd gets at least this long, whatever the scan count. */
+const untilMinMs = inVm ? 20_000 : 2_000
 
 /**
  * ksmd settings that make a full scan take milliseconds on the host: a large batch, no sleep.
@@ -123,16 +125,20 @@ export class KsmState {
   }
 
   /**
-   * Polls `condition` while ksmd runs; true once it holds, false if `maxScans` full scans pass
-   * without it. Unlike waiting for a number of scans this cannot hang when ksmd goes idle: once
-   * no process has mergeable memory left, ksmd drops the last mm and stops counting full scans.
+   * Polls `condition` while ksmd runs; true once it holds, false once `maxScans` full scans and
+   * at least `untilMinMs` have passed without it. Unlike waiting for a number of scans this cannot
+   * hang when ksmd goes idle: once no process has mergeable memory left, ksmd drops the last mm
+   * and stops counting full scans. The time floor is there because at sleep_millisecs=0 a full
+   * scan of a test's few pages takes microseconds: on a loaded host 4 scans passed in under a
+   * poll interval while the merge itself took 10-25 ms (the CI flake of deduplicator.test.ts).
    */
   async until(condition: () => boolean, maxScans: number): Promise<boolean> {
     const start = ksm.stats().fullScans
-    const deadline = Date.now() + ksmdTimeoutMs
+    const started = Date.now()
+    const deadline = started + ksmdTimeoutMs
     while (Date.now() < deadline) {
       if (condition()) return true
-      if (ksm.stats().fullScans >= start + maxScans) return condition()
+      if (ksm.stats().fullScans >= start + maxScans && Date.now() - started >= untilMinMs) return condition()
       await new Promise((resolve) => setTimeout(resolve, 10))
     }
     return condition()

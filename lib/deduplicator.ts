@@ -32,8 +32,9 @@ export interface DeduplicatorOptions {
   stablePasses?: number
   /** Passes a page that was written right after a merge is left alone (default 16). */
   backoffPasses?: number
-  /** Thread CPU time a pass may spend hashing new pages (0, the default: no limit). The write scan
-   *  and the merges of pages already hashed always run; what the budget leaves is hashed later. */
+  /** Thread CPU time a pass may spend (0, the default: no limit). The write scan always runs;
+   *  hashing new pages stops at half the budget, merging at the whole (after at least one batch of
+   *  64 pages per Region, so every pass makes progress). What the budget leaves, later passes do. */
   cpuBudgetMs?: number
   /** Pass reports kept in stats().history (default 600). */
   historyLength?: number
@@ -62,15 +63,20 @@ export interface PassReport {
   mergedTotal: number
   /** KSM fallback: marked pages that turned hot, given back with MADV_UNMERGEABLE. */
   unmarkedPages: number
-  /** Candidates left for a later pass because the CPU budget ran out. */
+  /** Candidates left unhashed for a later pass because the CPU budget ran out. */
   deferredPages: number
+  /** Duplicates left unmerged (or unmarked) for a later pass because the CPU budget ran out. */
+  mergeDeferredPages: number
   /** Candidates the index had no free slot for (grow TwinIndex slots). */
   indexFullPages: number
   /** Merged pages PAGEMAP_SCAN reported written although still shared (so not written): the
    *  kernel's KSM merge dropped uffd-wp (a kernel without kernel-patches/0001). Not counted as writes. */
   wpLostPages: number
-  /** Thread CPU time of the pass. */
+  /** Thread CPU time of the pass, and of its steps: the write scan (PAGEMAP_SCAN), hashing, merging. */
   cpuMs: number
+  scanMs: number
+  hashMs: number
+  mergeMs: number
   durationMs: number
 }
 
@@ -103,7 +109,7 @@ const modeCodes = { none: K.MODE_NONE, sksm: K.MODE_SKSM, ksm: K.MODE_KSM } as c
 const Config = { mode: 0, stablePasses: 1, backoffPasses: 2, budgetNs: 3 } as const
 const Report = {
   written: 0, candidates: 1, hashed: 2, duplicates: 3, merged: 4, cow: 5, mergedTotal: 6, unmarked: 7,
-  deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12,
+  deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12, scanNs: 13, hashNs: 14, mergeNs: 15, mergeDeferred: 16,
 } as const
 function addReport(report: PassReport, { region, out }: Tracked): void {
   report.trackedPages += region.pages
@@ -118,6 +124,10 @@ function addReport(report: PassReport, { region, out }: Tracked): void {
   report.deferredPages += out[Report.deferred]
   report.indexFullPages += out[Report.indexFull]
   report.wpLostPages += out[Report.mergeReplaced]
+  report.mergeDeferredPages += out[Report.mergeDeferred]
+  report.scanMs += out[Report.scanNs] / 1e6
+  report.hashMs += out[Report.hashNs] / 1e6
+  report.mergeMs += out[Report.mergeNs] / 1e6
 }
 
 const failedSyscall = ['', 'ioctl(PAGEMAP_SCAN)', 'madvise(MADV_MERGE)', 'madvise(MADV_MERGEABLE)', 'madvise(MADV_UNMERGEABLE)', 'pread(/proc/self/pagemap)']
@@ -275,11 +285,10 @@ export class Deduplicator {
     const all = [...this.#tracked.values()]
     const first = all.length > 0 ? this.#pass % all.length : 0
     const order = all.map((_, i) => all[(first + i) % all.length])
-    for (const tracked of order) {
-      const spentNs = native.threadCpuNs() - cpuStarted
-      this.#scan(tracked, index, this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs - spentNs))
-    }
-    for (const tracked of order) this.#mergeTwins(tracked, index)
+    // What is left of the budget for a step that may spend `share` of it (0: no budget).
+    const left = (share: number) => (this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs * share - (native.threadCpuNs() - cpuStarted)))
+    for (const tracked of order) this.#scan(tracked, index, left(0.5))
+    for (const tracked of order) this.#mergeTwins(tracked, index, left(1))
     const report = this.#emptyReport(time)
     for (const tracked of order) addReport(report, tracked)
     report.cpuMs = (native.threadCpuNs() - cpuStarted) / 1e6
@@ -363,9 +372,10 @@ export class Deduplicator {
   }
 
   /** Step 3: candidates with a twin anywhere, merged (or marked for ksmd) in runs. */
-  #mergeTwins(tracked: Tracked, index: TwinIndexHandle): void {
+  #mergeTwins(tracked: Tracked, index: TwinIndexHandle, budgetNs: number): void {
     const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
+    this.#config[Config.budgetNs] = budgetNs
     this.#check(native.dedupMerge(index, span.address, region.pages, state, hashes, this.#config, out), tracked)
   }
 
@@ -378,7 +388,8 @@ export class Deduplicator {
   #emptyReport(time: number): PassReport {
     return {
       pass: this.#pass + 1, time, trackedPages: 0, writtenPages: 0, candidatePages: 0, hashedPages: 0, duplicatePages: 0,
-      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, indexFullPages: 0, wpLostPages: 0, cpuMs: 0, durationMs: 0,
+      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, indexFullPages: 0, wpLostPages: 0,
+      cpuMs: 0, scanMs: 0, hashMs: 0, mergeMs: 0, durationMs: 0,
     }
   }
 

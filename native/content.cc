@@ -311,7 +311,8 @@ Napi::Value TwinIndexUpdate(const Napi::CallbackInfo& info) {
 // step, bits 16-31 back-off passes left.
 constexpr uint32_t kCleanMask = 0xff, kHeld = 1u << 8, kMerged = 1u << 9, kCandidate = 1u << 10, kBackoffShift = 16;
 enum PassMode { kModeNone = 0, kModeSksm = 1, kModeKsm = 2 };
-// config: Float64Array [mode, stablePasses, backoffPasses, budgetNs (0: none)]
+// config: Float64Array [mode, stablePasses, backoffPasses, budgetNs (0: none): the CPU time this
+// call may spend hashing (dedupScan) or merging (dedupMerge)]
 enum ConfigField { kCfgMode, kCfgStable, kCfgBackoff, kCfgBudgetNs, kConfigLength };
 // report: Float64Array, reset by dedupScan, completed by dedupMerge.
 enum ReportField {
@@ -328,6 +329,10 @@ enum ReportField {
   kRepMergeReplaced,  // reported written but still shared (a kernel whose KSM merge drops uffd-wp)
   kRepCpuNs,        // thread CPU time of both calls
   kRepFailedStage,  // on -errno: 1 PAGEMAP_SCAN, 2 MADV_MERGE, 3 MADV_MERGEABLE, 4 MADV_UNMERGEABLE, 5 pagemap read
+  kRepScanNs,       // thread CPU time of step 1 (the PAGEMAP_SCAN walk and the state update)
+  kRepHashNs,       // of step 2 (candidates, hashing, index inserts)
+  kRepMergeNs,      // of step 3 (twin lookups and the madvise calls)
+  kRepMergeDeferred,  // duplicates left for a later pass because the CPU budget ran out
   kReportLength
 };
 
@@ -340,6 +345,9 @@ inline uint64_t ThreadCpuNs() {
 struct Run {
   uint32_t first, end;
 };
+// Pages per madvise call in the merge step: the budget is checked between calls, and each call
+// holds the mmap lock (MADV_MERGE: and ksm_thread_mutex) for one chunk only.
+constexpr uint32_t kMergeChunk = 64;
 
 // Appends page to runs, extending the last run when adjacent.
 inline void AddToRuns(std::vector<Run>& runs, uint32_t page) {
@@ -464,6 +472,8 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
     }
     report.data[kRepUnmarked] += run.end - run.first;
   }
+  const uint64_t hash_start = ThreadCpuNs();
+  report.data[kRepScanNs] = static_cast<double>(hash_start - cpu_start);
 
   // 2. Candidates: hashed once (the hash stays valid while the page stays unwritten) and counted
   //    in the index; within the CPU budget.
@@ -478,7 +488,7 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
     if (!(s & kHeld)) {
       if (budget > 0 && ++since_check >= 16) {
         since_check = 0;
-        if (static_cast<double>(ThreadCpuNs() - cpu_start) > budget) out_of_budget = true;
+        if (static_cast<double>(ThreadCpuNs() - hash_start) > budget) out_of_budget = true;
       }
       if (out_of_budget) {
         report.data[kRepDeferred]++;
@@ -495,14 +505,17 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
     }
     state.data[page] = s | kCandidate;
   }
-  report.data[kRepCpuNs] = static_cast<double>(ThreadCpuNs() - cpu_start);
+  const uint64_t end_ns = ThreadCpuNs();
+  report.data[kRepHashNs] = static_cast<double>(end_ns - hash_start);
+  report.data[kRepCpuNs] = static_cast<double>(end_ns - cpu_start);
   return Napi::Number::New(env, 0);
 }
 
 // dedupMerge(index, address, pages, state, hashes, config, report) -> 0 | -errno
 // Step 3, after every region's scan (so twins between regions of this pass count): a candidate
 // whose content has another holder joins a run; runs are merged (SKSM) or marked for ksmd (KSM
-// fallback). MADV_MERGEABLE splits the VMA at every run's ends, so in the KSM fallback a run
+// fallback), kMergeChunk pages per madvise call, until the CPU budget is spent (after the first
+// chunk, so every pass makes progress); the rest keep their hashes and are merged by later passes. MADV_MERGEABLE splits the VMA at every run's ends, so in the KSM fallback a run
 // also spans the candidates (cold pages) between two twins: ksmd then scans a few pages without
 // twins instead of the process getting a VMA per twin where twins and unique pages alternate.
 // Same region and arrays as the dedupScan before it.
@@ -518,7 +531,9 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   MEMDEDUP_ARG(report, ArgTypedArray<double>(info, 6, kReportLength));
   const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const int mode = static_cast<int>(config.data[kCfgMode]);
+  const double budget = config.data[kCfgBudgetNs] > 0 ? config.data[kCfgBudgetNs] : 0;
   std::vector<Run> runs;
+  std::vector<uint8_t> twin(pages);
   bool cold_since_run = false;  // only candidates since the last run ended
   for (uint32_t page = 0; page < pages; page++) {
     if (!(state.data[page] & kCandidate)) {
@@ -527,6 +542,7 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
     }
     state.data[page] &= ~kCandidate;
     if (IndexHolders(*table, hashes.data[page]) < 2) continue;
+    twin[page] = 1;
     report.data[kRepDuplicates]++;
     if (mode == kModeKsm && cold_since_run && !runs.empty()) runs.back().end = page + 1;
     else AddToRuns(runs, page);
@@ -534,21 +550,32 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   }
   if (mode == kModeSksm || mode == kModeKsm) {
     int advice = mode == kModeSksm ? MADV_MERGE : MADV_MERGEABLE;
+    bool out_of_budget = false;
     for (const Run& run : runs) {
-      if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(run.first) * page_size),
-                  static_cast<size_t>(run.end - run.first) * page_size, advice) < 0) {
-        int error = errno;
-        report.data[kRepFailedStage] = mode == kModeSksm ? 2 : 3;
-        return Napi::Number::New(env, -error);
+      for (uint32_t first = run.first; first < run.end; first += kMergeChunk) {
+        uint32_t end = std::min(run.end, first + kMergeChunk);
+        if (out_of_budget || (budget > 0 && report.data[kRepMerged] > 0 && static_cast<double>(ThreadCpuNs() - cpu_start) > budget)) {
+          out_of_budget = true;
+          for (uint32_t page = first; page < end; page++) report.data[kRepMergeDeferred] += twin[page];
+          continue;
+        }
+        if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(first) * page_size),
+                    static_cast<size_t>(end - first) * page_size, advice) < 0) {
+          int error = errno;
+          report.data[kRepFailedStage] = mode == kModeSksm ? 2 : 3;
+          return Napi::Number::New(env, -error);
+        }
+        for (uint32_t page = first; page < end; page++) state.data[page] |= kMerged;
+        report.data[kRepMerged] += end - first;
       }
-      for (uint32_t page = run.first; page < run.end; page++) state.data[page] |= kMerged;
-      report.data[kRepMerged] += run.end - run.first;
     }
   }
   uint64_t merged_total = 0;
   for (uint32_t page = 0; page < pages; page++) merged_total += (state.data[page] & kMerged) != 0;
   report.data[kRepMergedTotal] = static_cast<double>(merged_total);
-  report.data[kRepCpuNs] += static_cast<double>(ThreadCpuNs() - cpu_start);
+  const uint64_t merge_ns = ThreadCpuNs() - cpu_start;
+  report.data[kRepMergeNs] = static_cast<double>(merge_ns);
+  report.data[kRepCpuNs] += static_cast<double>(merge_ns);
   return Napi::Number::New(env, 0);
 }
 

@@ -241,6 +241,40 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
   })
 })
 
+/**
+ * A pass's merges stop at its CPU budget. `a` is tracked with a budget of 1 µs: its passes hash
+ * a few pages each until all are held (no twins yet: `b` is not in the index). Then a second
+ * Deduplicator without a budget hashes `b` into the same index in one pass, and every page of
+ * `a` with a twin is ready at once: `a`'s next passes merge (or mark) one 64-page batch each,
+ * report the rest as mergeDeferredPages, and get through them all. `b` is merged by `other`.
+ */
+function budgetedMerges(merge: 'sksm' | 'ksm', a: Region, b: Region): void {
+  const twins = 768
+  for (const [k, region] of [a, b].entries()) {
+    const view = new DataView(region.bytes.buffer, region.bytes.byteOffset, region.length)
+    for (let i = 0; i < region.pages; i++) view.setUint32(i * P, i < twins ? 1000 + i : 100_000 * (k + 1) + i)
+  }
+  using index = TwinIndex.create({ slots: 8192 })
+  using dedup = new Deduplicator({ merge, index, stablePasses: 1, cpuBudgetMs: 0.001 })
+  using other = new Deduplicator({ merge, index, stablePasses: 1 })
+  dedup.track(a)
+  let report = dedup.pass()
+  for (let i = 0; i < 1000 && report.deferredPages > 0; i++) report = dedup.pass()
+  expect(report).toMatchObject({ deferredPages: 0, duplicatePages: 0, mergedTotal: 0 })
+  other.track(b)
+  expect(other.pass()).toMatchObject({ hashedPages: 1024, duplicatePages: twins, mergedPages: twins })
+  report = dedup.pass()
+  expect(report).toMatchObject({ hashedPages: 0, duplicatePages: twins, mergedPages: 64, mergeDeferredPages: twins - 64 })
+  for (let done = 64; done < twins; done += 64) {
+    expect(report.scanMs + report.hashMs + report.mergeMs).toBeLessThanOrEqual(report.cpuMs + 1e-6)
+    expect(report.mergedTotal).toBe(done)
+    report = dedup.pass()
+    expect(report.mergedPages).toBe(64)
+  }
+  expect(report).toMatchObject({ mergeDeferredPages: 0, mergedTotal: twins })
+  expect(dedup.pass()).toMatchObject({ mergedPages: 0, mergeDeferredPages: 0, mergedTotal: twins })
+}
+
 describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f, ['uffdWpAsync', 'pagemapScan', 'sksm'])}`, () => {
   it('merges twins (same PFN), saves their frames, keeps content, and backs off after a COW', () => {
     using dedup = new Deduplicator({ merge: 'sksm', stablePasses: 1, backoffPasses: 4 })
@@ -278,9 +312,17 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
     for (let i = 0; i < 3; i++) expect(dedup.pass().mergedPages).toBe(0) // backing off (4 passes)
     expect(dedup.stats().cowAfterMerge).toBe(1)
   })
+
+  it('a CPU budget bounds the merges too: one batch per Region a pass, the rest merged later', () => {
+    using a = Region.anonymous(1024 * P)
+    using b = Region.anonymous(1024 * P)
+    budgetedMerges('sksm', a, b)
+    const pa = pagemap.entries(a).pfns
+    const pb = pagemap.entries(b).pfns
+    for (let i = 0; i < 1024; i++) expect(pa[i] === pb[i], `page ${i} shared`).toBe(i < 768)
+  })
 })
 
-/** [start, end) of this process's VMAs inside `region` that are MADV_MERGEABLE ("mg" in smaps VmFlags). */
 /** Page ranges of [address, address + length) in process `pid` whose VMAs are MADV_MERGEABLE ("mg" in smaps). */
 function mergeableRangesAt(pid: number | 'self', address: bigint, length: number): bigint[][] {
   const vmas = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
@@ -322,6 +364,13 @@ describe.skipIf(!tracking || !f.ksm)(`Deduplicator KSM fallback, marking${requir
     const hot = dedup.pass()
     expect(hot.unmarkedPages).toBe(1)
     expect(mergeableRanges(a)).toEqual([[0n, 21n], [22n, 30n], [31n, 47n]])
+  })
+
+  it('a CPU budget bounds the marking too: one batch per Region a pass, the rest marked later', () => {
+    using a = Region.anonymous(1024 * P)
+    using b = Region.anonymous(1024 * P)
+    budgetedMerges('ksm', a, b)
+    for (const region of [a, b]) expect(mergeableRanges(region)).toEqual([[0n, 768n]])
   })
 })
 

@@ -24,6 +24,7 @@ const datasetPath = env('FLEET_DATASET')
 const uniqueBytes = Number(env('FLEET_UNIQUE_BYTES'))
 const hotEvery = Number(env('FLEET_HOT_EVERY')) // every hotEvery-th page of the dataset is hot
 const intervalMs = Number(env('FLEET_INTERVAL_MS'))
+const maxIntervalMs = Number(env('FLEET_MAX_INTERVAL_MS'))
 const cpuBudgetMs = Number(env('FLEET_CPU_BUDGET_MS'))
 const busyPct = Number(env('FLEET_BUSY_PCT'))
 
@@ -147,7 +148,7 @@ function startDedup() {
     dedup = new lib.Deduplicator({ merge: config === 'dedup-sksm' ? 'sksm' : 'ksm', index, cpuBudgetMs })
     dedup.track(dataset.region)
     dedup.track(unique)
-    dedup.run({ intervalMs })
+    dedup.run({ intervalMs, maxIntervalMs })
   } else if (config.startsWith('ksmd-')) {
     ksm.process.set(true)
   }
@@ -159,7 +160,7 @@ function summarizeDedup(stats) {
   return {
     passes: stats.passes, cpuMs: stats.cpuMs, mergedPages: stats.mergedPages, cowAfterMerge: stats.cowAfterMerge,
     historyPasses: stats.history.length,
-    ...Object.fromEntries(['writtenPages', 'candidatePages', 'hashedPages', 'duplicatePages', 'deferredPages', 'indexFullPages', 'unmarkedPages', 'wpLostPages'].map((key) => [key, sum(key)])),
+    ...Object.fromEntries(['writtenPages', 'candidatePages', 'hashedPages', 'duplicatePages', 'deferredPages', 'mergeDeferredPages', 'indexFullPages', 'unmarkedPages', 'wpLostPages', 'scanMs', 'hashMs', 'mergeMs'].map((key) => [key, sum(key)])),
     maxPassCpuMs: Math.max(0, ...stats.history.map((report) => report.cpuMs)),
   }
 }
@@ -169,7 +170,7 @@ process.on('message', async (message) => {
     ops = 0
     cpuAtStart = process.cpuUsage()
     ticker = setInterval(() => {
-      process.send({ type: 'tick', ops })
+      process.send({ type: 'tick', ops, dedupCpuMs: dedup ? dedup.stats().cpuMs : 0 })
       ops = 0
     }, 1000)
     startDedup()

@@ -172,6 +172,7 @@ export class Deduplicator {
   #mergedTotal = 0
   #history: PassReport[] = []
   #timer: NodeJS.Timeout | undefined
+  #intervalMs = 0
   #running = false
   #runError: unknown
   #closed = false
@@ -223,6 +224,10 @@ export class Deduplicator {
   }
   get running(): boolean {
     return this.#running
+  }
+  /** run()'s current wait between passes (it grows while passes are idle; see run()). */
+  get intervalMs(): number {
+    return this.#intervalMs
   }
   get closed(): boolean {
     return this.#closed
@@ -299,30 +304,37 @@ export class Deduplicator {
 
   /**
    * Runs a pass every `intervalMs` (default 1000) in the background until stop() or close();
-   * `onPass` sees each report. The timer does not keep the process alive. A pass that throws ends
-   * the loop and stop() rejects with its error.
+   * `onPass` sees each report. With `maxIntervalMs` above `intervalMs`, each idle pass (nothing
+   * hashed, merged, deferred or written after a merge: only hot pages rewritten) doubles the wait
+   * up to `maxIntervalMs`, and any activity brings it back to `intervalMs`: a deduplicated,
+   * steady process costs a pass per `maxIntervalMs`. The timer does not keep the process alive.
+   * A pass that throws ends the loop and stop() rejects with its error.
    */
-  run(options?: { intervalMs?: number; onPass?: (report: PassReport) => void }): void {
-    const opts = readOptions(options, 'options', ['intervalMs', 'onPass'])
+  run(options?: { intervalMs?: number; maxIntervalMs?: number; onPass?: (report: PassReport) => void }): void {
+    const opts = readOptions(options, 'options', ['intervalMs', 'maxIntervalMs', 'onPass'])
     const intervalMs = validateInteger(opts.intervalMs ?? 1000, 'options.intervalMs', 0, 2 ** 31 - 1)
+    const maxIntervalMs = validateInteger(opts.maxIntervalMs ?? intervalMs, 'options.maxIntervalMs', intervalMs, 2 ** 31 - 1)
     const onPass = opts.onPass
     if (onPass !== undefined && typeof onPass !== 'function') throw invalidArgType('options.onPass', 'a function', onPass)
     this.#assertOpen('run')
     if (this.#running) throw codedError('ERR_DEDUP_RUNNING', 'The Deduplicator is already running (stop() it first)')
     this.#running = true
     this.#runError = undefined
+    this.#intervalMs = intervalMs
     const tick = () => {
       this.#timer = undefined
       if (!this.#running) return
       try {
         const report = this.pass()
+        const idle = report.hashedPages + report.mergedPages + report.deferredPages + report.mergeDeferredPages + report.cowAfterMerge === 0
+        this.#intervalMs = idle ? Math.min(maxIntervalMs, Math.max(1, this.#intervalMs * 2)) : intervalMs
         ;(onPass as ((report: PassReport) => void) | undefined)?.(report)
       } catch (error) {
         this.#running = false
         this.#runError = error
         return
       }
-      if (this.#running) this.#timer = setTimeout(tick, intervalMs).unref()
+      if (this.#running) this.#timer = setTimeout(tick, this.#intervalMs).unref()
     }
     this.#timer = setTimeout(tick, 0).unref()
   }

@@ -208,6 +208,29 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
     await dedup.stop()
   })
 
+  it('run({ maxIntervalMs }): idle passes double the wait up to the maximum; activity resets it', async () => {
+    using dedup = new Deduplicator({ merge: 'none', stablePasses: 1 })
+    using r = Region.anonymous(16 * P)
+    dedup.track(r)
+    expect(() => dedup.run({ intervalMs: 10, maxIntervalMs: 5 })).toThrow(RangeError)
+    const waits: number[] = []
+    dedup.run({ intervalMs: 2, maxIntervalMs: 16, onPass: () => waits.push(dedup.intervalMs) })
+    while (waits.length < 6) await sleep(5)
+    // Untouched (never-written, not present) pages: nothing to hash, every pass idle.
+    expect(waits.slice(0, 5)).toEqual([4, 8, 16, 16, 16])
+    // A written page becomes a candidate and is hashed: activity, back to 2 ms.
+    r.bytes[3 * P] = 1
+    const before = waits.length
+    while (!waits.slice(before).includes(2)) await sleep(5)
+    await dedup.stop()
+    // Without maxIntervalMs the wait never changes.
+    waits.length = 0
+    dedup.run({ intervalMs: 3, onPass: () => waits.push(dedup.intervalMs) })
+    while (waits.length < 4) await sleep(5)
+    await dedup.stop()
+    expect(new Set(waits)).toEqual(new Set([3]))
+  })
+
   it('run(): an error in a pass ends the loop and stop() rejects with it; run() after stop() works', async () => {
     using dedup = new Deduplicator({ merge: 'none' })
     using r = Region.anonymous(P)

@@ -30,7 +30,9 @@ interface Row {
   mergedPages: number | null
   opsPerSecPerWorker: number
   final: { pagesSharing: number; mergingPages: number }
-  series: { t: number[]; savedMiB: number[]; savedAnonMiB: number[]; pagesSharing: number[] }
+  steadyCpuPerS: number | null
+  dedup: { cpuMs: number; scanMs: number; hashMs: number; mergeMs: number } | null
+  series: { t: number[]; savedMiB: number[]; savedAnonMiB: number[]; cpuS: number[]; pagesSharing: number[] }
 }
 
 function runFleet(configs: string[]): Promise<{ table: string; json: { bench: string; params: Record<string, number>; configs: string[]; rows: Row[]; goals: object } }> {
@@ -55,7 +57,11 @@ function expectShape(json: Awaited<ReturnType<typeof runFleet>>['json'], configs
     expect(row.series.t.length).toBeGreaterThanOrEqual(5) // one a second, fewer when the guest lags
     expect(row.series.t.at(-1)).toBeLessThanOrEqual(16)
     expect(row.opsPerSecPerWorker).toBeGreaterThan(0)
-    for (const key of ['savedMiB', 'savedAnonMiB', 'ksmdCpuS', 'dedupCpuS', 'cpuS'] as const) expect(Number.isFinite(row[key]), key).toBe(true)
+    for (const key of ['savedMiB', 'savedAnonMiB', 'ksmdCpuS', 'dedupCpuS', 'cpuS', 'steadyCpuPerS'] as const) expect(Number.isFinite(row[key]), key).toBe(true)
+    // CPU so far, sampled each second: never decreasing, ending near the total.
+    expect(row.series.cpuS.length).toBe(row.series.t.length)
+    for (let i = 1; i < row.series.cpuS.length; i++) expect(row.series.cpuS[i]).toBeGreaterThanOrEqual(row.series.cpuS[i - 1])
+    expect(row.series.cpuS.at(-1)!).toBeLessThanOrEqual(row.cpuS + 0.01)
   }
 }
 
@@ -92,5 +98,9 @@ describe('bench/fleet.mjs', () => {
     expect(dedup.mergedPages).toBeGreaterThan((4 * 2 ** 20) / 4096)
     expect(dedup.ksmdCpuS).toBe(0) // SKSM merges without ksmd
     expect(dedup.dedupCpuS).toBeGreaterThan(0)
+    // Where the workers' CPU went: the three steps account for (almost) all of it.
+    const d = dedup.dedup!
+    expect(d.scanMs + d.hashMs + d.mergeMs).toBeLessThanOrEqual(d.cpuMs + 1e-3)
+    expect(d.scanMs + d.hashMs + d.mergeMs).toBeGreaterThan(0.5 * d.cpuMs)
   }, 900_000)
 })

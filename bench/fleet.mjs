@@ -216,7 +216,8 @@ function forkWorkers(config, dataset, twinIndexPath) {
 
 async function stopWorkers(workers) {
   for (const w of workers) if (w.child.connected) w.child.send({ type: 'stop' })
-  const deadline = sleep(120_000).then(() => 'timeout')
+  // unref: a pending 120 s timer would otherwise hold the process open after the last line.
+  const deadline = new Promise((resolve) => setTimeout(resolve, 120_000, 'timeout').unref())
   for (const w of workers) {
     if ((await Promise.race([w.exited, deadline])) === 'timeout') w.child.kill('SIGKILL')
     const status = await w.exited

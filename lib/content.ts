@@ -122,6 +122,26 @@ export class TwinIndex {
     return this.#update(hashes, 0, 'holders')
   }
 
+  /**
+   * Takes the merge turn of everyone sharing this index, for at most `leaseMs` (default 10000):
+   * a token for endMergeTurn(), or null while another live thread has it. MADV_MERGE serialises
+   * all callers on one kernel mutex whose waiters spin, so processes that merge at once only
+   * burn CPU; Deduplicators with SKSM take turns through this, and code calling sksm.merge()
+   * next to them can too. A turn ends early when its thread exits, so a crash blocks no one.
+   */
+  tryMergeTurn(options?: { leaseMs?: number }): bigint | null {
+    const opts = readOptions(options, 'options', ['leaseMs'])
+    const leaseMs = validateInteger(opts.leaseMs ?? 10_000, 'options.leaseMs', 1, 3_600_000)
+    const word = native.twinIndexTakeTurn(twinIndexHandle(this, 'tryMergeTurn'), leaseMs)
+    if (typeof word === 'number') check(word, 'twinIndexTakeTurn')
+    return word === 0n ? null : (word as bigint)
+  }
+  /** Ends the turn tryMergeTurn() gave (nothing if it already expired and someone else took it). */
+  endMergeTurn(turn: bigint): void {
+    if (typeof turn !== 'bigint' || turn <= 0n || turn >= 2n ** 64n) throw invalidArgType('turn', 'a token from tryMergeTurn()', turn)
+    check(native.twinIndexGiveTurn(twinIndexHandle(this, 'endMergeTurn'), turn), 'twinIndexGiveTurn')
+  }
+
   /** Unmaps the index and closes the descriptor (other processes keep theirs). Idempotent. */
   close(): void {
     if (this.#closed) return

@@ -65,8 +65,11 @@ export interface PassReport {
   unmarkedPages: number
   /** Candidates left unhashed for a later pass because the CPU budget ran out. */
   deferredPages: number
-  /** Duplicates left unmerged (or unmarked) for a later pass because the CPU budget ran out. */
+  /** Duplicates left unmerged (or unmarked) for a later pass: the CPU budget ran out, or it was
+   *  another process's merge turn. */
   mergeDeferredPages: number
+  /** SKSM: another process sharing the index had the merge turn, so this pass merged nothing. */
+  mergeTurnBusy: boolean
   /** Candidates the index had no free slot for (grow TwinIndex slots). */
   indexFullPages: number
   /** Merged pages PAGEMAP_SCAN reported written although still shared (so not written): the
@@ -293,9 +296,18 @@ export class Deduplicator {
     // What is left of the budget for a step that may spend `share` of it (0: no budget).
     const left = (share: number) => (this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs * share - (native.threadCpuNs() - cpuStarted)))
     for (const tracked of order) this.#scan(tracked, index, left(0.5))
-    for (const tracked of order) this.#mergeTwins(tracked, index, left(1))
+    // SKSM: one merging process at a time among those sharing the index (TwinIndex.tryMergeTurn):
+    // when another has the turn, this pass only counts its twins and leaves them for the next.
+    const turn = this.#merge === 'sksm' ? this.#index.tryMergeTurn({ leaseMs: this.#cpuBudgetNs ? Math.max(1000, Math.ceil(this.#cpuBudgetNs / 1e5)) : 10_000 }) : null
+    const notOurTurn = this.#merge === 'sksm' && turn === null
+    try {
+      for (const tracked of order) this.#mergeTwins(tracked, index, notOurTurn ? -1 : left(1))
+    } finally {
+      if (turn !== null) this.#index.endMergeTurn(turn)
+    }
     const report = this.#emptyReport(time)
     for (const tracked of order) addReport(report, tracked)
+    report.mergeTurnBusy = notOurTurn
     report.cpuMs = (native.threadCpuNs() - cpuStarted) / 1e6
     report.durationMs = performance.now() - started
     this.#record(report)
@@ -400,7 +412,7 @@ export class Deduplicator {
   #emptyReport(time: number): PassReport {
     return {
       pass: this.#pass + 1, time, trackedPages: 0, writtenPages: 0, candidatePages: 0, hashedPages: 0, duplicatePages: 0,
-      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, indexFullPages: 0, wpLostPages: 0,
+      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, mergeTurnBusy: false, indexFullPages: 0, wpLostPages: 0,
       cpuMs: 0, scanMs: 0, hashMs: 0, mergeMs: 0, durationMs: 0,
     }
   }

@@ -115,6 +115,10 @@ export interface ContentBinding {
   twinIndexInfo(index: TwinIndexHandle, out: Float64Array): Rc
   /** delta 1 / -1 / 0: one holder more / fewer / look; holders[i] after each update. -ENOSPC: index window full. */
   twinIndexUpdate(index: TwinIndexHandle, hashes: BigUint64Array, count: number, delta: -1 | 0 | 1, holders: Uint32Array): Rc
+  /** Takes the index's merge turn for leaseMs: its word (0n: another live thread has it) | -EBADF. */
+  twinIndexTakeTurn(index: TwinIndexHandle, leaseMs: number): bigint | Rc
+  /** Gives back the turn `word` took (no-op if it expired and is someone else's) → 0 | -EBADF. */
+  twinIndexGiveTurn(index: TwinIndexHandle, word: bigint): Rc
   /** A deduplicator pass over one region, steps 1-2 (writes, candidates, hashing); config and report as lib/deduplicator.ts lays them out. */
   dedupScan(pagemapFd: number, index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
   /** Step 3 (twins, merge runs), after every region's dedupScan. */

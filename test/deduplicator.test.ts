@@ -336,6 +336,40 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
     expect(dedup.stats().cowAfterMerge).toBe(1)
   })
 
+  it('takes turns: while another process has the index\'s merge turn, a pass only counts its twins', async () => {
+    ensureDist()
+    using index = TwinIndex.create({ slots: 4096 })
+    using dedup = new Deduplicator({ merge: 'sksm', index, stablePasses: 1 })
+    using a = Region.anonymous(64 * P)
+    using b = Region.anonymous(64 * P)
+    fillTwins(a, b)
+    dedup.track(a)
+    dedup.track(b)
+    const script = `
+      const { TwinIndex } = await import(${JSON.stringify(distEntry)})
+      const index = TwinIndex.open(process.env.INDEX)
+      const turn = index.tryMergeTurn({ leaseMs: 600000 })
+      process.stdout.write(String(turn !== null) + '\\n')
+      process.stdin.resume()
+      process.stdin.on('end', () => { index.endMergeTurn(turn); process.exit(0) })
+    `
+    const holder = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, INDEX: index.path }, stdio: ['pipe', 'pipe', 'inherit'] })
+    try {
+      const took = await new Promise<string>((resolve) => holder.stdout!.once('data', (chunk) => resolve(String(chunk).trim())))
+      expect(took).toBe('true')
+      const waiting = dedup.pass()
+      expect(waiting).toMatchObject({ mergeTurnBusy: true, duplicatePages: 64, mergedPages: 0, mergeDeferredPages: 64, mergedTotal: 0 })
+      holder.stdin!.end()
+      await new Promise((resolve) => holder.once('exit', resolve))
+      expect(dedup.pass()).toMatchObject({ mergeTurnBusy: false, mergedPages: 64, mergeDeferredPages: 0, mergedTotal: 64 })
+      const pa = pagemap.entries(a).pfns
+      const pb = pagemap.entries(b).pfns
+      for (let i = 0; i < 32; i++) expect(pa[i], `page ${i}`).toBe(pb[i])
+    } finally {
+      holder.kill('SIGKILL')
+    }
+  })
+
   it('a CPU budget bounds the merges too: one batch per Region a pass, the rest merged later', () => {
     using a = Region.anonymous(1024 * P)
     using b = Region.anonymous(1024 * P)

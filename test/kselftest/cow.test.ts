@@ -13,8 +13,8 @@
 // THP: the PMD size only, with MADV_HUGEPAGE (as the C runs the PMD size). Skipped, with the
 // reason in the title: the C's runs at each mTHP size (they rewrite the global
 // transparent_hugepage/hugepages-*kB/enabled knobs, and would multiply the lab's TCG time by the
-// number of sizes), hugetlb (needs reserved huge pages and MAP_HUGETLB, which memdedup does not
-// map), the R/O GUP pin cases (/sys/kernel/debug/gup_test, a test driver memdedup does not bind)
+// number of sizes), hugetlb (the C maps private hugetlb memory, MAP_PRIVATE | MAP_HUGETLB anonymous
+// or a MAP_PRIVATE hugetlb memfd; memdedup's hugetlb Regions are shared memfds only), the R/O GUP pin cases (/sys/kernel/debug/gup_test, a test driver memdedup does not bind)
 // and the io_uring fixed-buffer cases (memdedup does not bind io_uring). Swap-out runs skip like
 // the C ("MADV_PAGEOUT did not work, is swap enabled?") where there is no swap.
 import fs from 'node:fs'
@@ -90,7 +90,7 @@ function hugetlbSizesKb(): number[] {
 }
 
 const mthpSkip = ` — skipped: the C's mTHP runs rewrite the global transparent_hugepage/hugepages-*kB/enabled knobs; ported at the PMD size only`
-const hugetlbSkip = ' — skipped: needs reserved hugetlb pages and MAP_HUGETLB, which memdedup does not map'
+const hugetlbSkip = ' — skipped: needs a private hugetlb mapping (MAP_PRIVATE | MAP_HUGETLB); memdedup maps hugetlb only as a shared memfd (Region.memfd({ hugetlb: true }))'
 const gupSkip = ' — skipped: needs /sys/kernel/debug/gup_test (PIN_LONGTERM_TEST_*), a test driver memdedup does not bind'
 const iouringSkip = ' — skipped: needs io_uring fixed buffers, which memdedup does not bind'
 const rootSkip = isRoot ? '' : ' — skipped: PFNs in /proc/self/pagemap need root'

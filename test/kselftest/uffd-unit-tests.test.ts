@@ -13,7 +13,9 @@
 // Skipped, with the missing binding in the title: zeropage (UFFDIO_ZEROPAGE), move* (UFFDIO_MOVE),
 // minor* (UFFDIO_CONTINUE + fault handling), sigbus* (a SIGBUS handler), events* (reading uffd
 // messages), poison (UFFDIO_POISON), wp-fork-pin* (/sys/kernel/debug/gup_test), and the hugetlb
-// memory types (memdedup maps no MAP_SHARED hugetlb; private hugetlb needs reserved pages).
+// memory types: 'hugetlb' (shared) is mappable now (Region.memfd({ hugetlb: true })) but its cases
+// are not ported yet (they need huge-page-granular ranges); 'hugetlb-private' needs a MAP_PRIVATE
+// hugetlb mapping, which memdedup does not map.
 // test_uffd_api deviations: memdedup's binding always sends UFFD_API, so the "wrong api" probe is
 // not sent; the "wrong feature" probe uses bit 31 (a 32-bit feature word) instead of bit 63.
 import { afterEach, describe, expect, it } from 'vitest'
@@ -33,7 +35,10 @@ const isRoot = process.getuid?.() === 0
 
 type MemType = 'anon' | 'shmem' | 'shmem-private' | 'hugetlb' | 'hugetlb-private'
 const MEM_ALL: MemType[] = ['anon', 'shmem', 'shmem-private', 'hugetlb', 'hugetlb-private']
-const hugetlbSkip = ' — skipped: hugetlb memory types need MAP_HUGETLB / hugetlb memfd Regions, which memdedup does not map'
+const hugetlbSkipFor = (mem: MemType) =>
+  mem === 'hugetlb'
+    ? ' — skipped: not ported yet (a shared hugetlb memfd Region exists; the cases need huge-page-granular ranges)'
+    : ' — skipped: needs a MAP_PRIVATE hugetlb mapping, which memdedup does not map'
 
 const regions: Region[] = []
 const uffds: Userfaultfd[] = []
@@ -96,7 +101,7 @@ describe.skipIf(Boolean(noUffd))(`uffd-unit-tests${noUffd}`, () => {
 
   // ---- register-ioctls ---------------------------------------------------------------------------
   for (const mem of MEM_ALL) {
-    const why = mem.startsWith('hugetlb') ? hugetlbSkip : ''
+    const why = mem.startsWith('hugetlb') ? hugetlbSkipFor(mem) : ''
     it.skipIf(Boolean(why))(`register-ioctls on ${mem}${why}`, (ctx) => {
       const uffd = openUffd(['missingHugetlbfs', 'missingShmem', 'pagefaultFlagWp', 'wpHugetlbfsShmem', 'minorHugetlbfs', 'minorShmem'], ctx.skip)
       const area = areaDst(mem)
@@ -159,7 +164,7 @@ describe.skipIf(Boolean(noUffd))(`uffd-unit-tests${noUffd}`, () => {
   for (const withEvent of [false, true]) {
     for (const mem of MEM_ALL) {
       const test = withEvent ? 'wp-fork-with-event' : 'wp-fork'
-      const why = mem.startsWith('hugetlb') ? hugetlbSkip : !isRoot ? ' — skipped: the uffd-wp bit of pagemap needs root here' : ''
+      const why = mem.startsWith('hugetlb') ? hugetlbSkipFor(mem) : !isRoot ? ' — skipped: the uffd-wp bit of pagemap needs root here' : ''
       it.skipIf(Boolean(why))(`${test} on ${mem}${why}`, (ctx) => {
         const r = mmFork(['wp-fork', mem, withEvent ? 1 : 0])
         if (r.skip) ctx.skip(String(r.skip))

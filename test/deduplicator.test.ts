@@ -113,6 +113,7 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
     expect(() => new Deduplicator({ cpuBudgetMs: -1 })).toThrow(RangeError)
     expect(() => new Deduplicator({ cpuBudgetMs: NaN })).toThrow(RangeError)
     expect(() => new Deduplicator({ cpuBudgetMs: '5' as never })).toThrow(TypeError)
+    expect(() => new Deduplicator({ mergeTurns: 1 as never })).toThrow(TypeError)
     expect(() => new Deduplicator({ index: {} as never })).toThrow(TypeError)
     expect(() => new Deduplicator({ stablepasses: 2 } as never)).toThrow(TypeError)
     expect(() => new Deduplicator(42 as never)).toThrow(TypeError)
@@ -336,15 +337,21 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
     expect(dedup.stats().cowAfterMerge).toBe(1)
   })
 
-  it('takes turns: while another process has the index\'s merge turn, a pass only counts its twins', async () => {
+  it('mergeTurns: while another process has the index\'s merge turn, a pass only counts its twins', async () => {
     ensureDist()
     using index = TwinIndex.create({ slots: 4096 })
-    using dedup = new Deduplicator({ merge: 'sksm', index, stablePasses: 1 })
+    using dedup = new Deduplicator({ merge: 'sksm', index, stablePasses: 1, mergeTurns: true })
+    using free = new Deduplicator({ merge: 'sksm', stablePasses: 1 }) // mergeTurns off (default): never waits
     using a = Region.anonymous(64 * P)
     using b = Region.anonymous(64 * P)
+    using c = Region.anonymous(64 * P)
+    using d = Region.anonymous(64 * P)
     fillTwins(a, b)
+    fillTwins(c, d)
     dedup.track(a)
     dedup.track(b)
+    free.track(c)
+    free.track(d)
     const script = `
       const { TwinIndex } = await import(${JSON.stringify(distEntry)})
       const index = TwinIndex.open(process.env.INDEX)
@@ -359,6 +366,7 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
       expect(took).toBe('true')
       const waiting = dedup.pass()
       expect(waiting).toMatchObject({ mergeTurnBusy: true, duplicatePages: 64, mergedPages: 0, mergeDeferredPages: 64, mergedTotal: 0 })
+      expect(free.pass()).toMatchObject({ mergeTurnBusy: false, mergedPages: 64 })
       holder.stdin!.end()
       await new Promise((resolve) => holder.once('exit', resolve))
       expect(dedup.pass()).toMatchObject({ mergeTurnBusy: false, mergedPages: 64, mergeDeferredPages: 0, mergedTotal: 64 })

@@ -29,6 +29,8 @@ export function fixtureBinary(name: string): string {
   for (const dir of buildDirs) {
     try {
       fs.mkdirSync(dir, { recursive: true })
+      // gcc's own EROFS is only an exit status: find a read-only dir (the lab's 9p view) first.
+      fs.accessSync(dir, fs.constants.W_OK)
       const output = path.join(dir, file)
       execFileSync('gcc', ['-O2', '-Wall', '-static', '-pthread', '-o', `${output}.${process.pid}`, source], { stdio: 'pipe' })
       fs.renameSync(`${output}.${process.pid}`, output)

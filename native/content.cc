@@ -178,8 +178,9 @@ void IndexRelease(const TwinTable& t, uint64_t hash) {
 // ---- The merge turn ----------------------------------------------------------------------------
 // MADV_MERGE serialises every caller on the kernel's ksm_thread_mutex, and a waiter spins while
 // the holder runs: on the lab's 2 CPUs, 4-8 processes merging at once spent 142-159 us of CPU per
-// page against 86 us for one alone, for no more pages per second. So the processes sharing an
-// index take turns: one header word holds the thread id of the merger (22 bits, pid_max's limit)
+// page against 86 us for one alone, for no more pages per second. So processes sharing an index
+// may take turns (Deduplicator mergeTurns, TwinIndex.tryMergeTurn): one header word holds the
+// thread id of the merger (22 bits, pid_max's limit)
 // and the CLOCK_MONOTONIC millisecond its turn ends (42 bits). A turn is free when the word is 0,
 // expired, or its thread is gone (a merger killed mid-turn holds nobody up for long). One CAS
 // takes it, one gives it back.
@@ -398,7 +399,7 @@ enum ReportField {
   kRepScanNs,       // thread CPU time of step 1 (the PAGEMAP_SCAN walk and the state update)
   kRepHashNs,       // of step 2 (candidates, hashing, index inserts)
   kRepMergeNs,      // of step 3 (twin lookups and the madvise calls)
-  kRepMergeDeferred,  // duplicates left for a later pass because the CPU budget ran out
+  kRepMergeDeferred,  // duplicates left for a later pass: the budget ran out, or not our merge turn
   kReportLength
 };
 
@@ -581,9 +582,10 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
 // Step 3, after every region's scan (so twins between regions of this pass count): a candidate
 // whose content has another holder joins a run; runs are merged (SKSM) or marked for ksmd (KSM
 // fallback), kMergeChunk pages per madvise call, until the CPU budget is spent (after the first
-// chunk, so every pass makes progress); the rest keep their hashes and are merged by later passes. MADV_MERGEABLE splits the VMA at every run's ends, so in the KSM fallback a run
-// also spans the candidates (cold pages) between two twins: ksmd then scans a few pages without
-// twins instead of the process getting a VMA per twin where twins and unique pages alternate.
+// chunk, so every pass makes progress); the rest keep their hashes and are merged by later
+// passes. MADV_MERGEABLE splits the VMA at every run's ends, so in the KSM fallback a run also
+// spans the candidates (cold pages) between two twins: ksmd then scans a few pages without twins
+// instead of the process getting a VMA per twin where twins and unique pages alternate.
 // Same region and arrays as the dedupScan before it.
 Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -236,11 +236,16 @@ function resetKsm() {
 /** Earliest time from which `series` stays at or above 90% of its final value (null if ~nothing saved). */
 function timeTo90(times, series, finalValue) {
   if (!(finalValue > 1)) return null // under 1 MiB: noise, not savings
-  let at = null
-  for (let i = 0; i < series.length; i++) {
-    if (series[i] >= 0.9 * finalValue) at ??= times[i]
-    else at = null
-  }
+  const at = staysFrom(series, 0.9 * finalValue)
+  return at < 0 ? null : times[at]
+}
+/** Index of the first sample from which `series` stays at or above `target`, or -1. */
+function staysFrom(series, target) {
+  let at = -1
+  series.forEach((v, i) => {
+    if (!(v >= target)) at = -1
+    else if (at < 0) at = i
+  })
   return at
 }
 
@@ -333,11 +338,7 @@ function steadyRate(times, cpu) {
 /** The first sample from which `row` stays at >= `target` MiB saved (Pss): [time s, CPU s so far], or null. */
 function reached(row, target) {
   if (!(target > 1)) return null // under 1 MiB: noise, not savings
-  let at = -1
-  row.series.savedMiB.forEach((v, i) => {
-    if (v < target) at = -1
-    else if (at < 0) at = i
-  })
+  const at = staysFrom(row.series.savedMiB, target)
   return at < 0 ? null : [row.series.t[at], row.series.cpuS[at]]
 }
 function round(value, digits = 2) {

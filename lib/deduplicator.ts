@@ -309,8 +309,10 @@ export class Deduplicator {
     for (const tracked of order) this.#scan(tracked, index, left(0.5))
     // mergeTurns: one merging process at a time among those sharing the index; when another has
     // the turn, this pass only counts its twins and leaves them for the next.
-    const turn = this.#merge === 'sksm' && this.#mergeTurns ? this.#index.tryMergeTurn({ leaseMs: this.#cpuBudgetNs ? Math.max(1000, Math.ceil(this.#cpuBudgetNs / 1e5)) : 10_000 }) : null
-    const notOurTurn = this.#merge === 'sksm' && this.#mergeTurns && turn === null
+    // The lease outlasts ten budgets (at least 1 s): the turn ends by endMergeTurn, not by expiry.
+    const takesTurns = this.#merge === 'sksm' && this.#mergeTurns
+    const turn = takesTurns ? this.#index.tryMergeTurn({ leaseMs: this.#cpuBudgetNs ? Math.max(1000, Math.ceil(this.#cpuBudgetNs / 1e5)) : 10_000 }) : null
+    const notOurTurn = takesTurns && turn === null
     try {
       for (const tracked of order) this.#mergeTwins(tracked, index, notOurTurn ? -1 : left(1))
     } finally {

@@ -204,8 +204,8 @@ uint64_t TurnTake(const TwinTable& t, uint64_t lease_ms) {
     if (w != 0) {
       pid_t owner = static_cast<pid_t>(w >> (64 - kTurnTidBits));
       bool expired = (w & kTurnTimeMask) <= (now & kTurnTimeMask);
-      bool alive = static_cast<uint64_t>(owner) == tid || kill(owner, 0) == 0 || errno == EPERM;
-      if (static_cast<uint64_t>(owner) != tid && alive && !expired) return 0;
+      // Another thread's unexpired turn holds while that thread exists (EPERM: it does).
+      if (static_cast<uint64_t>(owner) != tid && !expired && (kill(owner, 0) == 0 || errno == EPERM)) return 0;
     }
     if (CasWord(word, &w, desired)) return desired;
   }

@@ -7,6 +7,7 @@ import { Region, TwinIndex, hashPages, pageSize as P, InvalidStateError, Syscall
 import { inVm } from './helpers/env.mjs'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
 import { noFdLeak } from './helpers/process.ts'
+import { mergeTurnHolder } from './helpers/merge-turn.ts'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -150,32 +151,7 @@ describe('TwinIndex', () => {
   }, inVm ? 600_000 : 180_000)
 })
 
-
 describe('TwinIndex merge turn', () => {
-  /** A child that opens the index, takes the turn for `leaseMs`, says so, and holds on until stdin ends. */
-  function turnHolder(index: TwinIndex, leaseMs: number) {
-    ensureDist()
-    const script = `
-      const { TwinIndex } = await import(${JSON.stringify(distEntry)})
-      const index = TwinIndex.open(process.env.INDEX)
-      const turn = index.tryMergeTurn({ leaseMs: ${leaseMs} })
-      process.stdout.write(String(turn !== null) + '\\n')
-      process.stdin.resume()
-      process.stdin.on('end', () => { if (turn !== null) index.endMergeTurn(turn); process.stdout.write('ended\\n', () => process.exit(0)) })
-    `
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, INDEX: index.path }, stdio: ['pipe', 'pipe', 'inherit'] })
-    let out = ''
-    const line = (n: number) => new Promise<string>((resolve) => {
-      const check = () => {
-        const lines = out.split('\n')
-        if (lines.length > n) resolve(lines[n - 1])
-      }
-      child.stdout!.on('data', (chunk) => ((out += chunk), check()))
-      check()
-    })
-    return { child, took: line(1), ended: () => (child.stdin!.end(), line(2)) }
-  }
-
   it('one thread at a time; given back, expired or held by a dead thread, it is free', async () => {
     using index = TwinIndex.create({ slots: 64 })
     // The same thread may take it again (a refresh); ending the newest token frees it.
@@ -185,7 +161,7 @@ describe('TwinIndex merge turn', () => {
     expect(again).not.toBeNull()
     index.endMergeTurn(again!)
     // Another process holds it: we cannot have it until it ends its turn.
-    const holder = turnHolder(index, 60_000)
+    const holder = mergeTurnHolder(index, 60_000)
     try {
       expect(await holder.took).toBe('true')
       expect(index.tryMergeTurn()).toBeNull()
@@ -193,7 +169,7 @@ describe('TwinIndex merge turn', () => {
       const ours = index.tryMergeTurn()
       expect(ours).not.toBeNull()
       // While we hold it, a child cannot take it.
-      const refused = turnHolder(index, 60_000)
+      const refused = mergeTurnHolder(index, 60_000)
       expect(await refused.took).toBe('false')
       await refused.ended()
       index.endMergeTurn(ours!)
@@ -203,7 +179,7 @@ describe('TwinIndex merge turn', () => {
       holder.child.kill('SIGKILL')
     }
     // A holder killed during its turn: free at once (its thread is gone), not after the lease.
-    const killed = turnHolder(index, 60_000)
+    const killed = mergeTurnHolder(index, 60_000)
     expect(await killed.took).toBe('true')
     expect(index.tryMergeTurn()).toBeNull()
     killed.child.kill('SIGKILL')
@@ -212,7 +188,7 @@ describe('TwinIndex merge turn', () => {
     expect(afterKill).not.toBeNull()
     index.endMergeTurn(afterKill!)
     // A live holder whose lease ran out: free after leaseMs.
-    const slow = turnHolder(index, 50)
+    const slow = mergeTurnHolder(index, 50)
     try {
       expect(await slow.took).toBe('true')
       await sleep(120)

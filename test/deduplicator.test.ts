@@ -10,6 +10,7 @@ import { Region, Deduplicator, TwinIndex, features, pagemap, pageSize as P, Inva
 import { requires } from './helpers/env.mjs'
 import { holdKsmLock, fastKsmd, foreignKsmUsers, inVm, probe } from './helpers/ksm.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
+import { mergeTurnHolder } from './helpers/merge-turn.ts'
 
 const f = features()
 const why = requires(f, ['uffdWpAsync', 'pagemapScan'])
@@ -338,7 +339,6 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
   })
 
   it('mergeTurns: while another process has the index\'s merge turn, a pass only counts its twins', async () => {
-    ensureDist()
     using index = TwinIndex.create({ slots: 4096 })
     using dedup = new Deduplicator({ merge: 'sksm', index, stablePasses: 1, mergeTurns: true })
     using free = new Deduplicator({ merge: 'sksm', stablePasses: 1 }) // mergeTurns off (default): never waits
@@ -352,29 +352,19 @@ describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f,
     dedup.track(b)
     free.track(c)
     free.track(d)
-    const script = `
-      const { TwinIndex } = await import(${JSON.stringify(distEntry)})
-      const index = TwinIndex.open(process.env.INDEX)
-      const turn = index.tryMergeTurn({ leaseMs: 600000 })
-      process.stdout.write(String(turn !== null) + '\\n')
-      process.stdin.resume()
-      process.stdin.on('end', () => { index.endMergeTurn(turn); process.exit(0) })
-    `
-    const holder = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, INDEX: index.path }, stdio: ['pipe', 'pipe', 'inherit'] })
+    const holder = mergeTurnHolder(index, 600_000)
     try {
-      const took = await new Promise<string>((resolve) => holder.stdout!.once('data', (chunk) => resolve(String(chunk).trim())))
-      expect(took).toBe('true')
+      expect(await holder.took).toBe('true')
       const waiting = dedup.pass()
       expect(waiting).toMatchObject({ mergeTurnBusy: true, duplicatePages: 64, mergedPages: 0, mergeDeferredPages: 64, mergedTotal: 0 })
       expect(free.pass()).toMatchObject({ mergeTurnBusy: false, mergedPages: 64 })
-      holder.stdin!.end()
-      await new Promise((resolve) => holder.once('exit', resolve))
+      expect(await holder.ended()).toBe('ended')
       expect(dedup.pass()).toMatchObject({ mergeTurnBusy: false, mergedPages: 64, mergeDeferredPages: 0, mergedTotal: 64 })
       const pa = pagemap.entries(a).pfns
       const pb = pagemap.entries(b).pfns
       for (let i = 0; i < 32; i++) expect(pa[i], `page ${i}`).toBe(pb[i])
     } finally {
-      holder.kill('SIGKILL')
+      holder.child.kill('SIGKILL')
     }
   })
 

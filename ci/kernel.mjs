@@ -1,12 +1,17 @@
 #!/usr/bin/env zx
-// Builds Debian's linux-source-6.12 with kernel-patches/ applied and caches the bzImage.
+// Builds the pinned Debian linux-source-6.12 (kernel-patches/base.json) with kernel-patches/ applied
+// and caches the bzImage.
 //
 //   npm run kernel            build (or reuse) the lab kernel, print its path
 //   npm run kernel -- --force rebuild even on a cache hit
+//   npm run kernel -- --check-latest   apply the series (no build) to the newest linux-source-6.12
+//                             the registry serves; exit 2 when a patch does not apply
 //   npm run kernel -- --unpatched   the baseline: same config fragment (minus options only the
 //                             series adds, e.g. CONFIG_SKSM), no patches (ci/kselftest.mjs compares)
 //
 // Cache layout (~/.cache/memdedup, or $MEMDEDUP_CACHE_DIR):
+//   sources/<pkg>_<version>/  the source tarball of each base fetched (+ .sha256 once verified)
+//   check-latest/          --check-latest verdicts per (newest version, series)
 //   linux-src/             unpacked source, a git repo; tag memdedup-base = pristine tarball
 //   kbuild/                out-of-tree build dir (O=), kept between builds for incremental make
 //   ccache/                compiler cache (CCACHE_DIR)
@@ -16,20 +21,93 @@
 //   unpatched-bzImage-<key>  the baseline kernel (named so that bzImage-* stays the patched one)
 //   basic_test-<key>, madv-merge-probe-<key>   user-space test programs for the guest
 import { $, fs, path, os, chalk } from 'zx'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { cacheDir, repoRoot, log, fail, sha256, formatSeconds, ensurePackages, isMain, runMain } from './lib.mjs'
 
-const sourceTarball = '/usr/src/linux-source-6.12.tar.xz'
-const sourcePackage = 'linux-source-6.12'
 const patchesDir = path.join(repoRoot, 'kernel-patches')
 const baseTag = 'memdedup-base'
 // Bump when the recipe below changes in a way that changes the bzImage.
 const recipeVersion = 'recipe-1'
 
-async function sourceVersion() {
-  const { stdout } = await $`dpkg-query -W -f=${'${Version}'} ${sourcePackage}`.nothrow()
-  const { size } = await fs.stat(sourceTarball)
-  return `${stdout.trim() || 'unknown'}+${size}`
+/** The pinned source: kernel-patches/base.json (package, version, tarball path, tarball sha256). */
+export async function readBase() {
+  return fs.readJson(path.join(patchesDir, 'base.json'))
+}
+
+// Names the source in cache keys and markers: the Debian version plus the tarball's hash.
+function sourceVersion(base) {
+  return `${base.version}+${base.tarballSha256.slice(0, 16)}`
+}
+
+async function fileSha256(file) {
+  const hash = createHash('sha256')
+  for await (const chunk of fs.createReadStream(file)) hash.update(chunk)
+  return hash.digest('hex')
+}
+
+const aptEnv = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+
+// Refreshes the package lists when we may (root, or sudo without a password); reading works either way.
+async function aptUpdate() {
+  const sudo = process.getuid() === 0 ? [] : ['sudo', '-n']
+  const result = await $({ env: aptEnv })`${sudo} apt-get -q -o DPkg::Lock::Timeout=600 update`.nothrow().quiet()
+  if (result.exitCode !== 0) log(`apt-get update failed (exit ${result.exitCode}); using the package lists as they are`)
+}
+
+/** Versions of `pkg` the registry serves, newest first (dpkg's ordering). */
+export async function servedVersions(pkg) {
+  const { stdout } = await $`apt-cache madison ${pkg}`.nothrow().quiet()
+  const versions = [...new Set(stdout.split('\n').map((line) => line.split('|')[1]?.trim()).filter(Boolean))]
+  const newer = (a, b) => spawnSync('dpkg', ['--compare-versions', a, 'gt', b]).status === 0
+  return versions.sort((a, b) => (a === b ? 0 : newer(a, b) ? -1 : 1))
+}
+
+/**
+ * The source tarball of `base` in the cache (sources/<package>_<version>/), fetched on first use with
+ * apt-get download + dpkg-deb (no system package is installed, upgraded or replaced, so several
+ * versions sit side by side) and checked against base.tarballSha256 when that is set.
+ */
+export async function ensureSourceTarball(base) {
+  const dir = path.join(cacheDir, 'sources', `${base.package}_${base.version}`)
+  const tarball = path.join(dir, path.basename(base.tarball))
+  const verified = `${tarball}.sha256`
+  const known = fs.existsSync(verified) ? (await fs.readFile(verified, 'utf8')).trim() : null
+  if (known && fs.existsSync(tarball) && (!base.tarballSha256 || known === base.tarballSha256)) return tarball
+  let served = await servedVersions(base.package)
+  if (!served.includes(base.version)) {
+    await aptUpdate()
+    served = await servedVersions(base.package)
+  }
+  if (!served.includes(base.version)) {
+    fail(`${base.package} ${base.version}, the base kernel-patches/base.json pins, is not served by the registry ` +
+      `(it serves: ${served.join(', ') || 'nothing'}; newest: ${served[0] ?? 'none'}). To rebase: ` +
+      '`npm run kernel -- --check-latest` applies the series to the newest and reports each patch; fix the ' +
+      'patches that fail, then set version and tarballSha256 in kernel-patches/base.json to the new base.')
+  }
+  await fs.mkdirp(path.join(cacheDir, 'sources'))
+  const work = await fs.mkdtemp(path.join(cacheDir, 'sources', 'fetching-'))
+  try {
+    log(`fetching ${base.package} ${base.version} into ${dir}`)
+    // As root apt drops to _apt, which cannot write the temp dir: download as ourselves.
+    await $({ cwd: work, env: aptEnv })`apt-get -q -o APT::Sandbox::User=${os.userInfo().username} download ${`${base.package}=${base.version}`}`.quiet()
+    const [deb] = (await fs.readdir(work)).filter((name) => name.endsWith('.deb'))
+    if (!deb) fail(`apt-get download ${base.package}=${base.version} produced no .deb`)
+    await $`dpkg-deb -x ${path.join(work, deb)} ${path.join(work, 'root')}`
+    const extracted = path.join(work, 'root', base.tarball)
+    if (!fs.existsSync(extracted)) fail(`${deb} has no ${base.tarball}`)
+    const actual = await fileSha256(extracted)
+    if (base.tarballSha256 && actual !== base.tarballSha256) {
+      fail(`${base.tarball} of ${base.package} ${base.version} has sha256 ${actual}, kernel-patches/base.json pins ` +
+        `${base.tarballSha256}: the registry serves different source under the same version; refusing to build it`)
+    }
+    await fs.mkdirp(dir)
+    await fs.move(extracted, tarball, { overwrite: true })
+    await fs.writeFile(verified, `${actual}\n`)
+  } finally {
+    await fs.remove(work)
+  }
+  return tarball
 }
 
 async function readSeries() {
@@ -46,21 +124,23 @@ function requestedOptions(fragment) {
 }
 
 export async function kernelKey() {
-  const version = await sourceVersion()
+  const base = await readBase()
+  const version = sourceVersion(base)
   const patches = await readSeries()
   const fragment = await fs.readFile(path.join(patchesDir, 'config'), 'utf8')
   const key = sha256(recipeVersion, version, ...patches.flatMap((p) => [p.name, p.text]), fragment).slice(0, 16)
-  return { key, version, patches, fragment }
+  return { key, version, base, patches, fragment }
 }
 
-async function ensurePristineTree(version) {
-  const debVersion = version.split('+')[0]
+async function ensurePristineTree(base) {
+  const version = sourceVersion(base)
   // Fixed paths (not versioned) so ccache and make reuse work across source updates.
   const tree = path.join(cacheDir, 'linux-src')
   const marker = path.join(tree, '.git', 'memdedup-pristine')
   if (fs.existsSync(marker) && (await fs.readFile(marker, 'utf8')).trim() === version) return tree
+  const sourceTarball = await ensureSourceTarball(base)
   const started = Date.now()
-  log(`unpacking ${sourceTarball} into ${tree} (once; ~1 min)`)
+  log(`unpacking ${sourceTarball} into ${tree} (once per base; ~1 min)`)
   const staging = `${tree}.unpacking`
   await fs.remove(staging)
   await fs.mkdirp(staging)
@@ -69,7 +149,7 @@ async function ensurePristineTree(version) {
   // Debian's top-level .gitignore ignores everything (/*), hence add -f.
   await $`git -C ${staging} init -q`
   await $`git -C ${staging} add -f -A .`
-  await $`git -C ${staging} -c user.name=memdedup-lab -c user.email=lab@memdedup.invalid commit -q -m ${`base: Debian ${sourcePackage} ${debVersion}`}`
+  await $`git -C ${staging} -c user.name=memdedup-lab -c user.email=lab@memdedup.invalid commit -q -m ${`base: Debian ${base.package} ${base.version} (sha256 ${base.tarballSha256})`}`
   await $`git -C ${staging} tag ${baseTag}`
   await fs.writeFile(path.join(staging, '.git', 'memdedup-pristine'), `${version}\n`)
   await fs.remove(tree)
@@ -99,7 +179,7 @@ async function applySeries(tree, patches, key) {
       for (const file of rejectFiles) rejects.push(`--- ${file}\n${await fs.readFile(path.join(tree, file), 'utf8')}`)
       await $`git -C ${tree} checkout -q -f --detach ${baseTag}`
       await $`git -C ${tree} clean -q -f -d -x`
-      fail(`patch ${patch.name} does not apply to ${sourcePackage}:\n${report.join('\n')}\n${rejects.join('\n')}`)
+      fail(`patch ${patch.name} does not apply to the pinned base (kernel-patches/base.json):\n${report.join('\n')}\n${rejects.join('\n')}`)
     }
     await $`git -C ${tree} apply --index ${patch.file}`.quiet()
     log(`applied ${patch.name}`)
@@ -220,7 +300,7 @@ export async function ensureKernelBuild({ force = false, unpatched = false } = {
   if (unpatched) return ensureUnpatchedBuild({ force })
   const started = Date.now()
   await ensurePackages()
-  const { key, version, patches, fragment } = await kernelKey()
+  const { key, version, base, patches, fragment } = await kernelKey()
   const bzImage = path.join(cacheDir, `bzImage-${key}`)
   const releaseFile = `${bzImage}.release`
   const basicTest = path.join(cacheDir, `basic_test-${key}`)
@@ -231,7 +311,7 @@ export async function ensureKernelBuild({ force = false, unpatched = false } = {
     return { bzImage, release, key, cached: true, buildMs: Date.now() - started, programs }
   }
   log(`kernel cache miss (key ${key}, source ${version}); building`)
-  const tree = await ensurePristineTree(version)
+  const tree = await ensurePristineTree(base)
   await applySeries(tree, patches, key)
   const buildDir = path.join(cacheDir, 'kbuild')
   await configure(tree, buildDir, fragment)
@@ -268,12 +348,12 @@ async function unpatchedFragment(fragment, tree) {
   return { fragment: lines.join('\n'), dropped }
 }
 
-async function ensureUnpatchedTree(version) {
-  const tree = await ensurePristineTree(version) // the patched checkout; only its git objects are used
+async function ensureUnpatchedTree(base) {
+  const tree = await ensurePristineTree(base) // the patched checkout; only its git objects are used
   const worktree = path.join(cacheDir, 'linux-src-unpatched')
-  const base = (await $`git -C ${tree} rev-parse ${`${baseTag}^{commit}`}`.quiet()).stdout.trim()
+  const baseCommit = (await $`git -C ${tree} rev-parse ${`${baseTag}^{commit}`}`.quiet()).stdout.trim()
   const head = (await $`git -C ${worktree} rev-parse HEAD`.nothrow().quiet()).stdout.trim()
-  if (head === base) return worktree
+  if (head === baseCommit) return worktree
   // Missing, or left over from an older linux-src (its git dir is gone): make it again.
   log(`adding the unpatched worktree ${worktree} (${baseTag})`)
   await fs.remove(worktree)
@@ -283,17 +363,18 @@ async function ensureUnpatchedTree(version) {
 }
 
 export async function unpatchedKernelKey() {
-  const version = await sourceVersion()
-  const tree = await ensurePristineTree(version)
+  const base = await readBase()
+  const version = sourceVersion(base)
+  const tree = await ensurePristineTree(base)
   const { fragment, dropped } = await unpatchedFragment(await fs.readFile(path.join(patchesDir, 'config'), 'utf8'), tree)
   const key = sha256(recipeVersion, 'unpatched', version, fragment).slice(0, 16)
-  return { key, version, fragment, dropped }
+  return { key, version, base, fragment, dropped }
 }
 
 async function ensureUnpatchedBuild({ force = false } = {}) {
   const started = Date.now()
   await ensurePackages()
-  const { key, version, fragment, dropped } = await unpatchedKernelKey()
+  const { key, version, base, fragment, dropped } = await unpatchedKernelKey()
   const bzImage = path.join(cacheDir, `unpatched-bzImage-${key}`)
   const releaseFile = `${bzImage}.release`
   if (!force && fs.existsSync(bzImage) && fs.existsSync(releaseFile)) {
@@ -303,7 +384,7 @@ async function ensureUnpatchedBuild({ force = false } = {}) {
     return { bzImage, release, key, cached: true, buildMs: Date.now() - started, programs, unpatched: true }
   }
   log(`unpatched kernel cache miss (key ${key}, source ${version}; series-only options dropped: ${dropped.join(' ') || 'none'}); building`)
-  const tree = await ensureUnpatchedTree(version)
+  const tree = await ensureUnpatchedTree(base)
   const buildDir = path.join(cacheDir, 'kbuild-unpatched')
   await configure(tree, buildDir, fragment)
   const makeMs = await build(tree, buildDir)
@@ -318,7 +399,64 @@ async function ensureUnpatchedBuild({ force = false } = {}) {
   return { bzImage, release, key, cached: false, buildMs: Date.now() - started, programs, unpatched: true }
 }
 
+// --- Drift: does the series apply to the newest base the registry serves? --------------------
+
+/**
+ * Applies the series (no build) to the newest `base.package` the registry serves and reports patch by
+ * patch. Returns { pinned, newest, rows: [{ name, verdict, detail }], applies }. The verdict is cached
+ * per (newest version, series), so CI pays the unpacking (~1 min) once per Debian release.
+ */
+export async function checkLatest() {
+  const base = await readBase()
+  await aptUpdate()
+  const [newest] = await servedVersions(base.package)
+  if (!newest) fail(`the registry serves no ${base.package}`)
+  if (newest === base.version) return { pinned: base.version, newest, rows: [], applies: true }
+  const patches = await readSeries()
+  const resultFile = path.join(cacheDir, 'check-latest', `${base.package}_${newest}-${sha256(...patches.flatMap((p) => [p.name, p.text])).slice(0, 16)}.json`)
+  if (fs.existsSync(resultFile)) return fs.readJson(resultFile)
+  const tarball = await ensureSourceTarball({ ...base, version: newest, tarballSha256: null })
+  const work = path.join(cacheDir, 'check-latest', 'tree')
+  await fs.remove(work)
+  await fs.mkdirp(work)
+  log(`unpacking ${base.package} ${newest} to apply the series to it`)
+  await $`tar -xf ${tarball} -C ${work} --strip-components=1`
+  await $({ cwd: work })`git init -q` // so git apply reads paths relative to the tree, not to an outer repo
+  const rows = []
+  for (const patch of patches) {
+    const check = await $({ cwd: work })`git apply --check ${patch.file}`.nothrow().quiet()
+    if (check.exitCode === 0) {
+      await $({ cwd: work })`git apply ${patch.file}`.quiet()
+      rows.push({ name: patch.name, verdict: 'applies', detail: '' })
+      continue
+    }
+    // Apply what applies (later patches may build on it) and name the hunks that do not.
+    const partial = await $({ cwd: work })`git apply --reject --verbose ${patch.file}`.nothrow().quiet()
+    const detail = `${partial.stdout}${partial.stderr}`.split('\n')
+      .filter((line) => /^(error: patch failed|Rejected hunk)/.test(line)).join('; ')
+    rows.push({ name: patch.name, verdict: 'FAILS', detail })
+  }
+  await fs.remove(work)
+  const result = { pinned: base.version, newest, rows, applies: rows.every((row) => row.verdict === 'applies') }
+  await fs.writeJson(resultFile, result)
+  return result
+}
+
 async function main() {
+  if (process.argv.includes('--check-latest')) {
+    const { pinned, newest, rows, applies } = await checkLatest()
+    if (pinned === newest) {
+      log(`pinned base ${pinned} is the newest the registry serves`)
+      return 0
+    }
+    console.log(`pinned base ${pinned}; newest served ${newest}:\n`)
+    console.log('| patch | on ' + newest + ' |\n|---|---|')
+    for (const row of rows) console.log(`| ${row.name} | ${row.verdict}${row.detail ? `: ${row.detail}` : ''} |`)
+    const failing = rows.filter((row) => row.verdict !== 'applies').length
+    log(applies ? `the series applies to ${newest}: rebase by pinning it in kernel-patches/base.json`
+      : `${failing} of ${rows.length} patches do not apply to ${newest}: the next rebase`)
+    return applies ? 0 : 2
+  }
   const force = process.argv.includes('--force')
   const unpatched = process.argv.includes('--unpatched')
   const result = await ensureKernelBuild({ force, unpatched })

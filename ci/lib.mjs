@@ -29,7 +29,6 @@ export function formatSeconds(ms) {
 // Debian packages by the command or file they provide; installed only when missing.
 const packageChecks = {
   'qemu-system-x86': '/usr/bin/qemu-system-x86_64',
-  'linux-source-6.12': '/usr/src/linux-source-6.12.tar.xz',
   gcc: '/usr/bin/gcc',
   'libc6-dev': '/usr/lib/x86_64-linux-gnu/libc.a',
   make: '/usr/bin/make',

@@ -43,6 +43,7 @@ function stress(args: string[], timeoutMs: number): Run {
 const cases: Array<[string, string, string[], number]> = [
   ['swap', 'merged pages to swap and back, byte for byte (1: reclaim)', [], 120_000],
   ['free-pageout', 'MADV_FREE then MADV_PAGEOUT of merged pages (1: lazy-free reclaim)', [], 120_000],
+  ['free-merge', 'MADV_FREE of merged pages, a second range merges with them, then reclaim (upstream 6.12.118 fix)', [], 120_000],
   ['migrate', 'MADV_SOFT_OFFLINE and compact_memory migrate merged pages (1: migration)', [], 180_000],
   ['hwpoison', 'memory-failure on a merged page (1: collect_procs)', [], 60_000],
   ['splice', 'last reference dropped in softirq: vmsplice, munmap, splice to loopback TCP (2)', [], 180_000],

@@ -5,7 +5,7 @@ import os from 'node:os'
 import { native, pageSize } from './native.ts'
 import { available as sksmAvailable } from './sksm.ts'
 import { probeUserfaultfd } from './uffd.ts'
-import { probePagemapScan } from './pagemap.ts'
+import { probePagemapScan, probeZeroPage } from './pagemap.ts'
 import { available as mshareAvailable } from './mshare.ts'
 
 export interface Features {
@@ -23,6 +23,10 @@ export interface Features {
   uffdWpAsync: boolean
   /** The PAGEMAP_SCAN ioctl exists (6.7+). */
   pagemapScan: boolean
+  /** A read fault of untouched private anonymous memory maps the shared zero page (pagemap.zeroPfn()
+   *  is not null); false where the kernel maps a private zeroed page instead (mm_forbids_zeropage():
+   *  an s390 process that runs a KVM guest; PVM with pvm_no_zero_page=1) or /proc/self/pagemap is missing. */
+  zeroPage: boolean
   /** Transparent huge pages are configured. */
   thp: boolean
   /** msharefs (page tables shared across processes; the lab kernel's mshare series) is compiled in. */
@@ -43,6 +47,7 @@ export function features(): Features {
       userfaultfd: uffd.available,
       uffdWpAsync: uffd.wpAsync,
       pagemapScan: probePagemapScan(),
+      zeroPage: probeZeroPage(),
       thp: fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled'),
       mshare: mshareAvailable(),
     })

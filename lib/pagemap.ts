@@ -118,19 +118,127 @@ export function entries(region: Region, range?: Range, options?: EntriesOptions)
   return new PagemapEntries(BigInt(span.address), pfns, flags)
 }
 
-let zeroPagePfn: bigint | undefined
-/** PFN of the shared zero page (what a read fault of untouched anonymous memory maps). */
-export function zeroPfn(): bigint {
-  if (zeroPagePfn === undefined) {
-    const probe = Region.anonymous(pageSize)
-    try {
-      probe.read()
-      zeroPagePfn = entries(probe).pfns[0]
-    } finally {
-      probe.close()
-    }
+/** KPF_ZERO_PAGE: the bit /proc/kpageflags sets on the zero page (include/uapi/linux/kernel-page-flags.h). */
+const KPF_ZERO_PAGE = 24n
+
+/**
+ * KPF_ZERO_PAGE of one frame, or undefined where /proc/kpageflags cannot tell: it is root-only
+ * (EACCES, EPERM), absent without CONFIG_PROC_PAGE_MONITOR (ENOENT), or reads short (a PFN past
+ * the kernel's last frame, or a container that masks the file with /dev/null).
+ */
+function kpageflagsZeroPage(pfn: bigint): boolean | undefined {
+  let fd: number
+  try {
+    fd = fs.openSync('/proc/kpageflags', 'r')
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'EACCES' || code === 'EPERM' || code === 'ENOENT') return undefined
+    throw error
   }
+  try {
+    const word = Buffer.alloc(8)
+    const got = fsCall('pread', '/proc/kpageflags', () => fs.readSync(fd, word, 0, 8, pfn * 8n))
+    return got === 8 ? ((word.readBigUInt64LE(0) >> KPF_ZERO_PAGE) & 1n) === 1n : undefined
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** One answer of the zero-page probe: which kernel signal said what about the two probe pages. */
+interface ZeroPageVerdict {
+  signal: string
+  zeroPage: [boolean, boolean]
+}
+
+/**
+ * Read-faults two fresh pages of a mapping of its own and asks classifyZeroPage() whether they map
+ * the shared zero page.
+ */
+function probeZeroPageMapping(): bigint | null {
+  const probe = Region.anonymous(2 * pageSize)
+  try {
+    // No THP: a huge zero page (or a huge page) would answer another question.
+    if (fs.existsSync('/sys/kernel/mm/transparent_hugepage')) probe.advise('nohugepage')
+    // CPU loads: the read faults in question. A fresh anonymous page reads as zeros.
+    if (probe.bytes[0] !== 0 || probe.bytes[pageSize] !== 0) throw new Error('pagemap.zeroPfn: a fresh anonymous page did not read as zeros')
+    return classifyZeroPage(probe)
+  } finally {
+    probe.close()
+  }
+}
+
+/**
+ * @internal The zero-page probe's verdict on the first two pages of `region` (both present): the
+ * PFN they share (0n where PFNs are hidden) when every signal this process may read says they map
+ * the zero page, null when every one says they are private pages. Signals that disagree, page by
+ * page or with each other, mean a kernel this probe does not understand: it throws rather than
+ * answer wrongly. x86_64 has one zero page (MIPS, with one per cache colour, is not supported).
+ * Exported so tests can feed it private zeroed pages: what a read fault maps where the kernel
+ * forbids the zero page.
+ */
+export function classifyZeroPage(region: Region): bigint | null {
+  const e = entries(region, { offset: 0, length: 2 * pageSize })
+  if (!e.present(0) || !e.present(1)) throw new Error('pagemap.zeroPfn: a read-faulted anonymous page is not present in /proc/self/pagemap')
+  const verdicts: ZeroPageVerdict[] = []
+  // Without CAP_SYS_ADMIN every PFN reads as 0: no frame to compare.
+  if (e.pfns[0] !== 0n && e.pfns[1] !== 0n) {
+    const shared = e.pfns[0] === e.pfns[1]
+    verdicts.push({ signal: `PFNs 0x${e.pfns[0].toString(16)}, 0x${e.pfns[1].toString(16)}`, zeroPage: [shared, shared] })
+    const kpf = [kpageflagsZeroPage(e.pfns[0]), kpageflagsZeroPage(e.pfns[1])]
+    if (kpf[0] !== undefined && kpf[1] !== undefined) verdicts.push({ signal: 'KPF_ZERO_PAGE', zeroPage: [kpf[0], kpf[1]] })
+  }
+  if (probePagemapScan()) {
+    // PAGE_IS_PFNZERO is the kernel's is_zero_pfn(), reported with or without CAP_SYS_ADMIN.
+    const res = scan(region, { range: { offset: 0, length: 2 * pageSize }, require: ['pfnZero'], report: ['pfnZero'] })
+    const covered = (page: number) => {
+      const address = region.address + BigInt(page * pageSize)
+      for (let i = 0; i < res.starts.length; i++) if (res.starts[i] <= address && address < res.ends[i]) return true
+      return false
+    }
+    verdicts.push({ signal: 'PAGE_IS_PFNZERO', zeroPage: [covered(0), covered(1)] })
+  }
+  if (verdicts.length === 0) {
+    // Last resort (PFNs hidden, no PAGEMAP_SCAN: before 6.7): the zero page is no normal page, so
+    // its entry never has PM_MMAP_EXCLUSIVE; a fresh private page has it unless a fork() in
+    // another thread shares it at this very moment.
+    verdicts.push({ signal: 'PM_MMAP_EXCLUSIVE clear', zeroPage: [!e.exclusive(0), !e.exclusive(1)] })
+  }
+  const answer = verdicts[0].zeroPage[0]
+  if (verdicts.some((v) => v.zeroPage[0] !== answer || v.zeroPage[1] !== answer)) {
+    const said = verdicts.map((v) => `${v.signal}: ${v.zeroPage.map((z) => (z ? 'zero page' : 'private page')).join(', ')}`)
+    throw new Error(`pagemap.zeroPfn: the kernel's signals disagree on whether a read fault maps the zero page (${said.join('; ')})`)
+  }
+  return answer ? e.pfns[0] : null
+}
+
+let zeroPagePfn: bigint | null | undefined
+/**
+ * The shared zero page as pagemap.entries() reads it: what a read fault of untouched private
+ * anonymous memory maps, one frame for every such page. Its PFN with CAP_SYS_ADMIN; 0n without
+ * (every PFN reads as 0 then, but the zero page is still there: features().zeroPage); null where
+ * this kernel maps no shared zero page on read faults and gives each page a private zeroed frame
+ * instead (mm_forbids_zeropage(): an s390 process that runs a KVM guest; PVM hosts booted with
+ * pvm_no_zero_page=1).
+ * Probed once, on a two-page mapping of its own, and cached; throws if the kernel's signals
+ * (shared frame, KPF_ZERO_PAGE, PAGE_IS_PFNZERO) disagree.
+ */
+export function zeroPfn(): bigint | null {
+  if (zeroPagePfn === undefined) zeroPagePfn = probeZeroPageMapping()
   return zeroPagePfn
+}
+
+/**
+ * Whether a read fault of untouched private anonymous memory maps the shared zero page (see
+ * zeroPfn()); false too where /proc/self/pagemap does not exist (CONFIG_PROC_PAGE_MONITOR=n), so
+ * nothing can show it.
+ */
+export function probeZeroPage(): boolean {
+  try {
+    return zeroPfn() !== null
+  } catch (error) {
+    if (error instanceof SyscallError && error.syscall === 'open' && error.code === 'ENOENT') return false
+    throw error
+  }
 }
 
 /**
@@ -507,13 +615,17 @@ let scanSupported: boolean | undefined
  */
 export function probePagemapScan(): boolean {
   if (scanSupported === undefined) {
+    let fd: number
     try {
-      const rc = native.pagemapScanProbe(pagemapDescriptor(), pageSize)
-      if (rc === 0) throw new Error('PAGEMAP_SCAN succeeded with an invalid vector')
-      scanSupported = rc === -errno.EFAULT
-    } catch {
-      scanSupported = false
+      fd = pagemapDescriptor()
+    } catch (error) {
+      // No /proc/self/pagemap (CONFIG_PROC_PAGE_MONITOR off, or no /proc): no PAGEMAP_SCAN either.
+      if (error instanceof SyscallError && error.code === 'ENOENT') return (scanSupported = false)
+      throw error
     }
+    const rc = native.pagemapScanProbe(fd, pageSize)
+    if (rc === 0) throw new Error('PAGEMAP_SCAN succeeded with an invalid vector')
+    scanSupported = rc === -errno.EFAULT
   }
   return scanSupported
 }

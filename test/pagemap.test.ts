@@ -1,5 +1,6 @@
 // pagemap: /proc/self/pagemap entries() and the PAGEMAP_SCAN ioctl (scan, scanAll, scanRaw),
 // including the bad inputs (error class, code, no fd leaked).
+import fs from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
 import { thrown } from './helpers/errors.ts'
@@ -39,11 +40,12 @@ describe('entries', () => {
     expect(e.address).toBe(r.address)
   })
 
-  it('a read of untouched memory maps the shared zero page', () => {
+  it('a read of untouched memory maps the shared zero page', (ctx) => {
     using r = Region.anonymous(2 * P)
     r.read()
     const e = pagemap.entries(r)
     expect(e.present(0) && e.present(1)).toBe(true)
+    if (!f.zeroPage) ctx.skip('this kernel maps no shared zero page on read faults (features().zeroPage is false)')
     if (e.pfns[0] !== 0n) {
       // PFNs are visible (CAP_SYS_ADMIN): both pages are the one zero page.
       expect(e.pfns[0]).toBe(pagemap.zeroPfn())
@@ -107,25 +109,120 @@ describe('probePagemapScan', () => {
   })
 })
 
+// The zero-page probe, checked against what the kernel says without going through it.
+describe('zeroPfn / probeZeroPage', () => {
+  const noZeroPage = 'this kernel maps no shared zero page on read faults (features().zeroPage is false)'
+
+  /** KPF_ZERO_PAGE (bit 24) of a frame, read here from /proc/kpageflags; undefined where it is root-only or absent. */
+  function kpfZeroPage(pfn: bigint): boolean | undefined {
+    let fd: number
+    try {
+      fd = fs.openSync('/proc/kpageflags', 'r')
+    } catch (error) {
+      if (['EACCES', 'EPERM', 'ENOENT'].includes((error as NodeJS.ErrnoException).code ?? '')) return undefined
+      throw error
+    }
+    try {
+      const word = Buffer.alloc(8)
+      expect(fs.readSync(fd, word, 0, 8, pfn * 8n), `/proc/kpageflags has PFN 0x${pfn.toString(16)}`).toBe(8)
+      return ((word.readBigUInt64LE(0) >> 24n) & 1n) === 1n
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+
+  /** Two fresh pages without THP, read-faulted by CPU loads (as the probe does). */
+  function readFaulted(): Region {
+    const r = Region.anonymous(2 * P)
+    if (f.thp) r.advise('nohugepage')
+    expect(r.bytes[0] + r.bytes[P]).toBe(0)
+    return r
+  }
+
+  /** Two fresh pages written with zeros: private zeroed frames, what a read fault maps where the kernel forbids the zero page. */
+  function privateZeroed(): Region {
+    const r = Region.anonymous(2 * P)
+    if (f.thp) r.advise('nohugepage')
+    r.bytes[0] = 0
+    r.bytes[P] = 0
+    return r
+  }
+
+  it('is a cached bigint or null, and features().zeroPage says which', () => {
+    const pfn = pagemap.zeroPfn()
+    expect(pfn === null || typeof pfn === 'bigint').toBe(true)
+    expect(pagemap.zeroPfn()).toBe(pfn)
+    expect(f.zeroPage).toBe(pfn !== null)
+    expect(pagemap.probeZeroPage()).toBe(f.zeroPage)
+  })
+
+  it('agrees with KPF_ZERO_PAGE of /proc/kpageflags', (ctx) => {
+    using r = readFaulted()
+    const pfn = pagemap.entries(r).pfns[0]
+    if (pfn === 0n) ctx.skip('PFNs are hidden here (no CAP_SYS_ADMIN)')
+    const kpf = kpfZeroPage(pfn)
+    if (kpf === undefined) ctx.skip('/proc/kpageflags cannot be read here')
+    expect(kpf, 'KPF_ZERO_PAGE of a read-faulted page').toBe(f.zeroPage)
+    const zero = pagemap.zeroPfn()
+    if (zero !== null) expect(kpfZeroPage(zero), 'KPF_ZERO_PAGE of zeroPfn()').toBe(true)
+  })
+
+  it('a read-faulted fresh page maps zeroPfn()', (ctx) => {
+    if (!f.zeroPage) ctx.skip(noZeroPage)
+    using r = readFaulted()
+    const e = pagemap.entries(r)
+    expect([e.pfns[0], e.pfns[1]]).toEqual([pagemap.zeroPfn(), pagemap.zeroPfn()])
+    // The zero page is no normal page: never PM_MMAP_EXCLUSIVE.
+    expect([e.exclusive(0), e.exclusive(1)]).toEqual([false, false])
+    if (f.pagemapScan) expect(pagemap.scan(r, { require: ['pfnZero'] }).pages, 'PAGE_IS_PFNZERO').toBe(2)
+  })
+
+  it('where zeroPfn() is null, read-faulted pages get distinct private frames', (ctx) => {
+    if (f.zeroPage) ctx.skip('this kernel maps a shared zero page on read faults (the classifier is checked on private pages below)')
+    using r = readFaulted()
+    const e = pagemap.entries(r)
+    expect([e.exclusive(0), e.exclusive(1)], 'each page is private').toEqual([true, true])
+    if (e.pfns[0] !== 0n) expect(e.distinctPfns()).toBe(2)
+    if (f.pagemapScan) expect(pagemap.scan(r, { require: ['pfnZero'] }).pages, 'no PAGE_IS_PFNZERO').toBe(0)
+  })
+
+  it('classifyZeroPage: private zeroed pages are no zero page (the null answer), read-faulted ones are zeroPfn()', () => {
+    using priv = privateZeroed()
+    expect(pagemap.classifyZeroPage(priv)).toBeNull()
+    using read = readFaulted()
+    expect(pagemap.classifyZeroPage(read)).toBe(pagemap.zeroPfn())
+  })
+
+  it('classifyZeroPage: one zero page and one private page is a disagreement, thrown', (ctx) => {
+    if (!f.zeroPage) ctx.skip(noZeroPage)
+    using r = Region.anonymous(2 * P)
+    if (f.thp) r.advise('nohugepage')
+    expect(r.bytes[0]).toBe(0)
+    r.bytes[P] = 0
+    expect(() => pagemap.classifyZeroPage(r)).toThrow(/signals disagree/)
+  })
+})
+
 describe.skipIf(noScan)(`scan ${whyScan}`, () => {
-  it('reports present / pfnZero / not-present regions with their categories', () => {
+  it('reports present / pfnZero / not-present regions with their categories', (ctx) => {
     using r = Region.anonymous(8 * P)
     r.bytes[0] = 1 // page 0: present, written
     r.read({ offset: 4 * P, length: P }) // page 4: the zero page
     const res = pagemap.scan(r, { report: ['present', 'pfnZero'] })
     expect(res.starts.length).toBe(4)
+    expect(res.walkEnd).toBe(r.address + BigInt(8 * P))
+    expect(res.pages).toBe(8)
+    if (!f.zeroPage) ctx.skip('this kernel maps no shared zero page on read faults: page 4 is a private page, not pfnZero')
     expect([...res.categories]).toEqual([
       pagemap.PageCategory.present,
       0,
       pagemap.PageCategory.present | pagemap.PageCategory.pfnZero,
       0,
     ])
-    expect(res.walkEnd).toBe(r.address + BigInt(8 * P))
-    expect(res.pages).toBe(8)
     expect(pagemap.categoryNamesOf(res.categories[2])).toEqual(['present', 'pfnZero'])
   })
 
-  it('require / anyOf / exclude select pages', () => {
+  it('require / anyOf / exclude select pages', (ctx) => {
     using r = Region.anonymous(8 * P)
     r.bytes[2 * P] = 1
     r.bytes[3 * P] = 1
@@ -133,15 +230,17 @@ describe.skipIf(noScan)(`scan ${whyScan}`, () => {
     expect(pagesOf(r, pagemap.scan(r, { anyOf: ['present', 'swapped'] }))).toEqual([2, 3])
     // exclude = must not have: inverted and required.
     expect(pagesOf(r, pagemap.scan(r, { exclude: ['present'] }))).toEqual([0, 1, 4, 5, 6, 7])
-    r.read({ offset: 6 * P, length: P }) // the zero page: present, pfnZero
-    expect(pagesOf(r, pagemap.scan(r, { require: ['present'], exclude: ['pfnZero'] }))).toEqual([2, 3])
-    expect(pagesOf(r, pagemap.scan(r, { anyOf: ['present', 'swapped'], exclude: ['pfnZero'] }))).toEqual([2, 3])
     // Raw inverted masks (the kernel's own semantics) through scanRaw: inverted, not required.
     const vec = pagemap.scanOutput(8)
     expect(pagemap.scanRaw(r, undefined, { vec, vecLen: 8, categoryInverted: pagemap.PageCategory.present, categoryAnyofMask: pagemap.PageCategory.present | pagemap.PageCategory.written, returnMask: pagemap.PageCategory.present }).regions).toBeGreaterThan(0)
     // Raw numbers are accepted (open flag set) and mixed with names.
     expect(pagesOf(r, pagemap.scan(r, { require: pagemap.PageCategory.present, exclude: ['pfnZero'] }))).toEqual([2, 3])
     expect(pagesOf(r, pagemap.scan(r, { require: [8, 'present'], exclude: [32] }))).toEqual([2, 3])
+    if (!f.zeroPage) ctx.skip('this kernel maps no shared zero page on read faults: no pfnZero page to exclude')
+    r.read({ offset: 6 * P, length: P }) // the zero page: present, pfnZero
+    expect(pagesOf(r, pagemap.scan(r, { require: ['present'], exclude: ['pfnZero'] }))).toEqual([2, 3])
+    expect(pagesOf(r, pagemap.scan(r, { anyOf: ['present', 'swapped'], exclude: ['pfnZero'] }))).toEqual([2, 3])
+    expect(pagesOf(r, pagemap.scan(r, { require: [8, 'present'], exclude: [32] })), 'raw numbers exclude it too').toEqual([2, 3])
   })
 
   it('a range scans just that part', () => {

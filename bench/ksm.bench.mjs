@@ -109,7 +109,7 @@ export default async function (h) {
     }
   }
 
-  // Leaves no KSM memory behind (the tests' waitForExclusiveKsm checks every process's rmap items).
+  // Leaves no KSM memory behind (the tests' skipUnlessOnlyKsmUser checks every process's ksm_stat).
   const samples = { c: [], js: [] }
   await h.withKsmLock(async () => {
     const previous = ksm.configure({ run: 0, pagesToScan, sleepMillisecs: 0 })

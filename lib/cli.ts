@@ -206,11 +206,48 @@ function checkKsmd(start: boolean): void {
   }
 }
 
+/**
+ * The file a shell runs for `command`, searched as bash does rather than as execvp(3) does: a name
+ * with a slash is the file itself; otherwise the first executable regular file of that name in a
+ * $PATH directory, else the first such file that is not executable (so its exec fails with EACCES:
+ * 126), else none (127, "command not found"). execvp instead fails with EACCES as soon as one $PATH
+ * directory may not be searched (another user's ~/bin left in $PATH by su), which would make a
+ * missing command look like one that cannot be executed.
+ */
+function findCommand(command: string): string | undefined {
+  if (command.includes('/')) return command
+  let notExecutable: string | undefined
+  for (const dir of (process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':')) {
+    const file = path.resolve(dir || '.', command) // an empty entry is the current directory
+    let stat: fs.Stats
+    try {
+      stat = fs.statSync(file)
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code
+      // Not there, or not reachable by this user: look on, as a shell does.
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EACCES' || code === 'ELOOP' || code === 'ENAMETOOLONG') continue
+      throw error
+    }
+    if (!stat.isFile()) continue
+    try {
+      fs.accessSync(file, fs.constants.X_OK)
+      return file
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EACCES') throw error
+      notExecutable ??= file
+    }
+  }
+  return notExecutable
+}
+
 async function runCommand(argv: string[], opts: { json?: boolean; startKsmd?: boolean }): Promise<number> {
   enableProcessMerge()
   checkKsmd(Boolean(opts.startKsmd))
   const [file, ...args] = argv
-  const child = spawn(file, args, { stdio: 'inherit' })
+  const found = findCommand(file)
+  if (found === undefined) throw new CliError(`${file}: command not found`, 127, 'ENOENT')
+  // argv0: the command sees the name it was given, as from a shell.
+  const child = spawn(found, args, { stdio: 'inherit', argv0: file })
   const forwarded = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
   const forward = (signal: NodeJS.Signals) => {
     child.kill(signal)
@@ -219,9 +256,12 @@ async function runCommand(argv: string[], opts: { json?: boolean; startKsmd?: bo
   try {
     const status = await new Promise<{ code: number; signal: NodeJS.Signals | null }>((resolve, reject) => {
       child.once('error', (error: NodeJS.ErrnoException) => {
-        // spawn failed (the child never ran): the shell's statuses.
-        if (error.code === 'ENOENT') reject(new CliError(`${file}: command not found`, 127, 'ENOENT'))
-        else if (error.code === 'EACCES') reject(new CliError(`${file}: permission denied`, 126, 'EACCES'))
+        // spawn failed (the child never ran): the shell's statuses. ENOENT here is a path given
+        // with a slash that is not there, or a file whose interpreter (#!) or loader is missing.
+        if (error.code === 'ENOENT') {
+          const why = fs.existsSync(found) ? 'cannot execute: required file not found (its #! interpreter or ELF loader is missing)' : file.includes('/') ? 'no such file or directory' : 'command not found'
+          reject(new CliError(`${file}: ${why}`, 127, 'ENOENT'))
+        } else if (error.code === 'EACCES') reject(new CliError(`${file}: permission denied`, 126, 'EACCES'))
         else reject(new CliError(`${file}: cannot run it (${error.code ?? error.message})`, 126, error.code))
       })
       child.once('exit', (code, signal) => resolve({ code: signal ? 128 + (os.constants.signals[signal] ?? 0) : (code ?? 1), signal }))

@@ -7,12 +7,13 @@ import { execFile } from 'node:child_process'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { features } from '../lib/index.ts'
-import { requires, inVm } from './helpers/env.mjs'
+import { ksmSettingsDenied, requires, inVm } from './helpers/env.mjs'
 import { ensureDist, repoRoot } from './helpers/dist.mjs'
 
 const f = features()
 const labWhy = requires(f, ['sksm', 'uffdWpAsync', 'pagemapScan', 'ksm', 'ksmProcess'])
-const rootWhy = process.getuid?.() === 0 ? '' : ' — skipped: needs root (/sys/kernel/mm/ksm)'
+// The bench runs ksmd at full speed: it writes /sys/kernel/mm/ksm.
+const rootWhy = ksmSettingsDenied() ? ` — skipped: ${ksmSettingsDenied()}` : ''
 const hostWhy = inVm ? ' — skipped: the lab runs the SKSM case instead' : requires(f, ['ksm', 'ksmProcess']) || rootWhy
 
 interface Row {

@@ -1,7 +1,8 @@
 // The lab's console check (ci/vm.mjs kernelProblem): every report the lab kernel's debug options
 // can print must fail a run, and ordinary messages (the OOM killer, which tests provoke) must not.
 import { describe, expect, it } from 'vitest'
-import { kernelProblem } from '../ci/vm.mjs'
+import { kernelProblem } from './helpers/ci-vm.mjs'
+import type { CVerdict, PortVerdict } from './helpers/ci-kselftest.mjs'
 
 const reports = [
   '[   74.045825] BUG: kernel NULL pointer dereference, address: 0000000000000000',
@@ -48,7 +49,7 @@ describe('lab console check (ci/vm.mjs kernelProblem)', () => {
 // The C-vs-port check (ci/kselftest.mjs): what counts as a disagreement, and that a C program's
 // subtests are matched to the port's cases by their `# [RUN] test_x` name.
 describe('C vs port comparison (ci/kselftest.mjs)', async () => {
-  const { compareWithPorts, disagree, parseRun } = await import('../ci/kselftest.mjs')
+  const { compareWithPorts, disagree, parseRun } = await import('./helpers/ci-kselftest.mjs')
   const file = 'test/kselftest/ksm_functional_tests.test.ts'
   const selected = [{ id: 'ksm_functional_tests' }, { id: 'migration' }]
   const output = [
@@ -59,7 +60,7 @@ describe('C vs port comparison (ci/kselftest.mjs)', async () => {
     '=== kselftest: end ksm_functional_tests exit=1 seconds=3',
   ].join('\n')
 
-  it.each([
+  it.each<[CVerdict, PortVerdict, boolean]>([
     ['pass', 'fail', true], ['fail', 'pass', true], ['timeout', 'pass', true], ['not run', 'pass', true],
     ['pass', 'pass', false], ['fail', 'fail', false], ['pass', 'skip', false], ['skip', 'pass', false], ['xfail', 'pass', false],
   ])('C %s, port %s: disagreement %s', (c, port, expected) => {

@@ -1,5 +1,6 @@
 // Every ```ts block of the README runs here, as a user would run it, so the docs cannot rot.
-// A block tagged `requires=feature,…` skips, naming the feature, where this kernel lacks it.
+// A block tagged `requires=feature,…` skips, naming the feature, where this kernel lacks it;
+// `requires=root` (writes /sys/kernel/mm/ksm, reads PFNs) skips where this process may not.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -9,14 +10,18 @@ import { describe, expect, it } from 'vitest'
 import { features, type Features } from '../lib/index.ts'
 import { ensureDist, distEntry } from './helpers/dist.mjs'
 import { acquireKsmLock } from './helpers/lock.mjs'
-import { requires } from './helpers/env.mjs'
+import { ksmSettingsDenied, requires } from './helpers/env.mjs'
+import { probe } from './helpers/ksm.ts'
 
 const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8')
 const blocks = [...readme.matchAll(/^```ts([^\n]*)\n([\s\S]*?)^```$/gm)].map((m, index) => {
   const needs = /requires=(\S+)/.exec(m[1])?.[1].split(',') ?? []
   const heading = readme.slice(0, m.index).match(/^#+ (.*)$/gm)?.pop()?.replace(/^#+ /, '') ?? 'README'
-  return { index, heading, requires: needs as (keyof Features)[], source: m[2] }
+  return { index, heading, requires: needs.filter((n) => n !== 'root') as (keyof Features)[], root: needs.includes('root'), source: m[2] }
 })
+
+/** Why a `requires=root` example cannot run here (the probes, not the uid), or ''. */
+const notRoot = () => ksmSettingsDenied() || (probe().pfnsVisible ? '' : 'needs root: /proc/self/pagemap hides PFNs from this process (CAP_SYS_ADMIN)')
 
 describe('README examples', () => {
   it('has examples', () => expect(blocks.length).toBeGreaterThanOrEqual(4))
@@ -24,7 +29,8 @@ describe('README examples', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-readme-'))
   for (const block of blocks) {
     const why = requires(features(), block.requires)
-    it.skipIf(why !== '')(`${block.heading} (#${block.index + 1})${why}`, async () => {
+    it.skipIf(why !== '')(`${block.heading} (#${block.index + 1})${why}`, async (ctx) => {
+      if (block.root && notRoot()) ctx.skip(notRoot())
       ensureDist()
       // Examples that drive ksmd hold the KSM tests' lock: a concurrent KSM test or bench
       // changing ksmd's settings mid-example would make its merge claims fail.

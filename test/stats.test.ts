@@ -1,8 +1,9 @@
 // lib/stats.ts: the kernel counters the savings claims rest on.
 import fs from 'node:fs'
+import os from 'node:os'
 import { describe, expect, it } from 'vitest'
 import { Region, SyscallError, ksm, stats, pageSize } from '../lib/index.ts'
-import { thrown } from './helpers/errors.ts'
+import { errorCode, thrown } from './helpers/errors.ts'
 
 describe('stats', () => {
   it('vmstat() parses /proc/vmstat; RssAnon follows a populated region', () => {
@@ -74,10 +75,11 @@ describe('stats per process (what memdedup top reads)', () => {
     if (ksmStat) expect(after.ksmMergingPages).toBe(ksm.processStats().ksmMergingPages)
   })
 
-  it.skipIf(!ksmStat)(`processes() lists a process once it opts in to KSM (ksm_mergeable), and not before${ksmStat ? '' : ' — skipped: no /proc/self/ksm_stat'}`, () => {
+  it.skipIf(!ksmStat)(`processes() lists a process once it opts in to KSM (ksm_mergeable), and not before${ksmStat ? '' : ' — skipped: no /proc/self/ksm_stat'}`, (ctx) => {
     const mine = () => stats.processes().find((p) => p.pid === process.pid)
     const self = stats.process()
-    if (self.ksmMergeable === null || self.ksmMergeAny === true) return // this kernel does not say, or a runner set PR_SET_MEMORY_MERGE
+    if (self.ksmMergeable === null) ctx.skip(`this kernel (${os.release()}) does not report ksm_mergeable in /proc/self/ksm_stat`)
+    if (self.ksmMergeAny === true) ctx.skip('this process already merges everything (PR_SET_MEMORY_MERGE set by the runner): it is listed before opting in')
     expect(mine()).toBeUndefined()
     using r = Region.anonymous(16 * pageSize)
     ksm.enable(r)
@@ -96,8 +98,9 @@ describe('stats per process (what memdedup top reads)', () => {
       let text: string
       try {
         text = fs.readFileSync(`/proc/${entry}/status`, 'utf8')
-      } catch {
-        continue
+      } catch (error) {
+        if (errorCode(error) === 'ENOENT' || errorCode(error) === 'ESRCH') continue // exited meanwhile
+        throw error
       }
       if (!/^VmSize:/m.test(text) && /^State:\s+[SRDI]/m.test(text)) expect(pids).not.toContain(Number(entry))
     }
@@ -114,8 +117,9 @@ describe('stats per process (what memdedup top reads)', () => {
       .find((e) => {
         try {
           return !/^VmSize:/m.test(fs.readFileSync(`/proc/${e}/status`, 'utf8')) && fs.readFileSync(`/proc/${e}/cmdline`).length === 0
-        } catch {
-          return false
+        } catch (error) {
+          if (errorCode(error) === 'ENOENT' || errorCode(error) === 'ESRCH') return false // exited meanwhile
+          throw error
         }
       })
     if (kthread) expect(thrown(() => stats.process(Number(kthread)))).toMatchObject({ name: 'SyscallError', code: 'ESRCH' })

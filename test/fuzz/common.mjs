@@ -100,8 +100,9 @@ export function openFds() {
     let target = '?'
     try {
       target = fs.readlinkSync(`/proc/self/fd/${name}`)
-    } catch {
-      continue // the directory handle readdir itself used
+    } catch (error) {
+      if (error.code === 'ENOENT') continue // the directory handle readdir itself used
+      throw error
     }
     out.set(Number(name), target)
   }

@@ -17,8 +17,8 @@ export async function fuzzOnce({ seed, ops, timeoutMs, dedup = 'auto', avoid = '
     if (line.startsWith('{')) {
       try {
         summary = JSON.parse(line)
-      } catch {
-        // not the summary
+      } catch (error) {
+        if (!(error instanceof SyntaxError)) throw error // else: not the summary
       }
     }
   }

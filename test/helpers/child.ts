@@ -33,8 +33,9 @@ export function runChild(body: string, { timeoutMs = defaultTimeoutMs, expectExi
   let result: unknown
   try {
     result = lines.length ? JSON.parse(lines[lines.length - 1]) : undefined
-  } catch {
-    result = undefined
+  } catch (error) {
+    if (!(error instanceof SyntaxError)) throw error
+    result = undefined // the last line is not JSON: the script printed no result
   }
   const run = { status: child.status, signal: child.signal, stdout: child.stdout, stderr: child.stderr, result }
   expect(run.signal, `child killed by ${run.signal}; stderr:\n${run.stderr}`).toBeNull()

@@ -18,3 +18,9 @@ export function expectThrowsCode<T extends Error>(fn: () => unknown, type: abstr
   expect((error as { code?: string }).code).toBe(code)
   return error as T
 }
+
+/** The `code` of a thrown Node or memdedup error ('ENOENT', 'ERR_REGION_CLOSED', …), or undefined. */
+export function errorCode(error: unknown): string | undefined {
+  if (typeof error !== 'object' || error === null || !('code' in error)) return undefined
+  return typeof error.code === 'string' ? error.code : undefined
+}

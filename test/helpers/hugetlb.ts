@@ -3,6 +3,7 @@
 // demand and the old value is restored by restoreHugePages() (call it from afterAll).
 import fs from 'node:fs'
 import { inVm } from './env.mjs'
+import { errorCode } from './errors.ts'
 
 const nrHugepages = '/proc/sys/vm/nr_hugepages'
 let restore: string | undefined
@@ -14,18 +15,22 @@ export function hugetlbFree(): number {
 
 /** Makes `need` default-size huge pages free (in the VM only); the reason when they are not. */
 export function reserveHugePages(need: number): string | undefined {
+  let failed = ''
   if (hugetlbFree() < need && inVm) {
     try {
       const old = fs.readFileSync(nrHugepages, 'utf8').trim()
       restore ??= old
       fs.writeFileSync(nrHugepages, String(Number(old) + need - hugetlbFree()))
-    } catch {
-      // the check below says why
+    } catch (error) {
+      // No hugetlb in this kernel (ENOENT) or not allowed to raise it: the reason below says so.
+      const code = errorCode(error)
+      if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw error
+      failed = `; raising ${nrHugepages} failed: ${code}`
     }
   }
   const free = hugetlbFree()
   if (free >= need) return undefined
-  return `no free hugetlb pages (HugePages_Free ${free} < ${need}); tests reserve them only in the VM (vm.nr_hugepages)`
+  return `no free hugetlb pages (HugePages_Free ${free} < ${need}); tests reserve them only in the VM (vm.nr_hugepages)${failed}`
 }
 
 /** Puts vm.nr_hugepages back to what it was before the first reserveHugePages() that raised it. */

@@ -35,8 +35,8 @@ export async function acquireKsmLock(timeoutMs = ksmLockTimeoutMs) {
         released = true
         try {
           if (fs.readFileSync(ksmLockPath, 'utf8') === String(process.pid)) fs.unlinkSync(ksmLockPath)
-        } catch {
-          // already gone
+        } catch (error) {
+          if (error.code !== 'ENOENT') throw error // else: already gone
         }
       }
     } catch (error) {
@@ -45,8 +45,9 @@ export async function acquireKsmLock(timeoutMs = ksmLockTimeoutMs) {
     let owner = NaN
     try {
       owner = Number(fs.readFileSync(ksmLockPath, 'utf8'))
-    } catch {
-      continue // released between our open and read
+    } catch (error) {
+      if (error.code === 'ENOENT') continue // released between our open and read
+      throw error
     }
     if (!alive(owner)) {
       fs.rmSync(ksmLockPath, { force: true })

@@ -27,7 +27,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import { afterAll, afterEach, beforeAll, describe, expect, it, type TestContext } from 'vitest'
 import { Region, ksm, pagemap, pageSize, sksm, type Reservation } from '../../lib/index.ts'
-import { KsmState, acquireKsmLock, fastKsmd, inVm, ksmLockTimeoutMs, probe } from '../helpers/ksm.ts'
+import { errorCode } from '../helpers/errors.ts'
+import { KsmState, acquireKsmLock, fastKsmd, inVm, ksmLockTimeoutMs, ksmSettingsDenied, probe, skipUnlessKsmSettings } from '../helpers/ksm.ts'
 
 const P = pageSize
 const PAGES = 8
@@ -44,13 +45,15 @@ const track = <T extends Region | Reservation>(x: T): T => (owned.push(x), x)
 const swapOn = (() => {
   try {
     return fs.readFileSync('/proc/swaps', 'utf8').trim().split('\n').length > 1
-  } catch {
-    return false
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return false // CONFIG_SWAP off
+    throw error
   }
 })()
 
 beforeAll(async () => {
-  releaseLock = await acquireKsmLock()
+  // Every test writes ksmd's settings (run): without write access they all skip, nothing to lock.
+  if (!ksmSettingsDenied()) releaseLock = await acquireKsmLock()
 }, ksmLockTimeoutMs + 10_000)
 afterAll(() => releaseLock?.())
 afterEach(() => {
@@ -61,6 +64,7 @@ afterEach(() => {
 function skipUnless(ctx: TestContext, merger: Merger): void {
   const p = probe()
   if (!p.ksm) ctx.skip(`CONFIG_KSM is off on ${p.kernelRelease}`)
+  skipUnlessKsmSettings(ctx)
   if (!p.pfnsVisible) ctx.skip('/proc/self/pagemap hides PFNs (needs CAP_SYS_ADMIN): no PFN check could fail')
   if (merger === 'sksm' && !sksm.available()) ctx.skip(`kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL); the lab VM runs this`)
 }

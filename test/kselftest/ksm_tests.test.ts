@@ -22,10 +22,12 @@ import {
   ksmSysfs,
   memoryNodes,
   probe,
-  waitForExclusiveKsm,
+  ksmSettingsDenied,
+  skipUnlessKsmSettings,
+  skipUnlessOnlyKsmUser,
   inVm,
 } from '../helpers/ksm.ts'
-import { pmdSize } from '../helpers/mm-fork.ts'
+import { pmdSize, thpUnavailable } from '../helpers/mm-fork.ts'
 
 const KSM_PAGE_COUNT_DEFAULT = 10
 /** '*' — the C fills duplicate pages with it. */
@@ -36,7 +38,8 @@ let releaseLock: (() => void) | undefined
 const regions: Region[] = []
 
 beforeAll(async () => {
-  releaseLock = await acquireKsmLock()
+  // Without write access to ksmd's settings every test skips: nothing to lock.
+  if (!ksmSettingsDenied()) releaseLock = await acquireKsmLock()
 }, ksmLockTimeoutMs + 10_000)
 
 afterAll(() => {
@@ -46,6 +49,8 @@ afterAll(() => {
 beforeEach((ctx) => {
   // access(KSM_SYSFS_PATH) → ksft_exit_skip("Config KSM not enabled").
   if (!probe().ksm) ctx.skip(`Config KSM not enabled (no ${ksmSysfs} on ${probe().kernelRelease})`)
+  // Every mode writes run, pages_to_scan, sleep_millisecs: the C runs as root.
+  skipUnlessKsmSettings(ctx)
 })
 
 /**
@@ -120,9 +125,9 @@ function expectMergedPfns(map: Region, pages: number): void {
 }
 
 describe('ksm_tests', () => {
-  beforeEach(async () => {
+  beforeEach(async (ctx) => {
     // The C assumes it is ksmd's only user; with a second one its exact global counts cannot hold.
-    await waitForExclusiveKsm()
+    await skipUnlessOnlyKsmUser(ctx)
     ksmSaveDefAndSet()
   })
 
@@ -164,7 +169,7 @@ describe('ksm_tests', () => {
   })
 
   for (const useZeroPages of [false, true]) {
-    it(`check_ksm_zero_page_merge (-Z -p 10 -z ${Number(useZeroPages)}): KSM zero page merging`, async () => {
+    it(`check_ksm_zero_page_merge (-Z -p 10 -z ${Number(useZeroPages)}): KSM zero page merging`, async (ctx) => {
       const pageCount = KSM_PAGE_COUNT_DEFAULT
       state.set({ useZeroPages })
 
@@ -183,7 +188,7 @@ describe('ksm_tests', () => {
       if (useZeroPages) {
         expectKsmPagesCount(0)
         const entries = pagemap.entries(map)
-        expect(entries.pfns.every((pfn) => pfn === zero), 'every page maps the kernel zero page').toBe(true)
+        if (zero !== null) expect(entries.pfns.every((pfn) => pfn === zero), 'every page maps the kernel zero page').toBe(true)
         const stat = ksm.processStats()
         if (stat.ksmZeroPages !== undefined) expect(stat.ksmZeroPages, '/proc/self/ksm_stat ksm_zero_pages').toBe(pageCount)
       } else {
@@ -192,6 +197,8 @@ describe('ksm_tests', () => {
         expect(pagemap.entries(map).pfns[0], 'merged with each other, not with the zero page').not.toBe(zero)
       }
       expect(firstMismatch(map, () => 0), 'content after merging').toBe(-1)
+      // The C's checks all ran; with use_zero_pages only the PFN check (not in the C) needed the zero page's PFN.
+      if (useZeroPages && zero === null) ctx.skip('this kernel maps no shared zero page on read faults: pagemap.zeroPfn() is null, so which frame KSM merged with was not checked')
     })
   }
 
@@ -246,8 +253,10 @@ describe('ksm_tests: the timed modes, with assertions', () => {
   })
 
   const hpage = pmdSize()
-  const noThp = !features().thp || hpage === 0 ? ' — skipped: Transparent Hugepages not available' : ''
-  it.skipIf(Boolean(noThp))(`ksm_merge_hugepages_time (-H -s ${sizeMB}): KSM merging time of THP-backed memory${noThp}`, async () => {
+  // thp_is_enabled() → "Transparent Hugepages not available", KSFT_SKIP.
+  const noThp = thpUnavailable()
+  it(`ksm_merge_hugepages_time (-H -s ${sizeMB}): KSM merging time of THP-backed memory`, async (ctx) => {
+    if (noThp) ctx.skip(noThp)
     const len = sizeMB * MB - ((sizeMB * MB) % hpage)
     // mmap(len + HPAGE_SIZE) and align, MADV_HUGEPAGE, allocate_transhuge() per huge page.
     const orig = Region.anonymous(len + hpage)
@@ -258,12 +267,19 @@ describe('ksm_tests: the timed modes, with assertions', () => {
     for (let off = 0; off < len; off += hpage) orig.bytes[range.offset + off] = 1
     const huge = features().pagemapScan ? pagemap.scan(orig, { range, require: ['huge'] }).pages / (hpage / pageSize) : -1
     console.log(`-H: Number of normal pages: ${huge < 0 ? '?' : len / hpage - huge}, Number of huge pages: ${huge < 0 ? '?' : huge}`)
+    // Not in the C: with no huge page at all, "KSM split every huge page" below would prove nothing.
+    if (huge === 0) ctx.skip(`no THP could be allocated (Number of huge pages: 0 of ${len / hpage}): nothing to split`)
     orig.bytes.fill(FILL, range.offset, range.offset + len)
     const start = process.hrtime.bigint()
     ksm.enable(orig, range)
     await state.merge()
     printTime('-H', len, process.hrtime.bigint() - start)
-    // Not in the C: KSM split every huge page and merged all of its subpages.
+    // Not in the C: KSM split every huge page and merged all of its subpages. After the C's two
+    // full scans one subpage of the split THPs is often still unmerged (seen: 4095 of 4096 in about
+    // half the runs on 6.18, always 4096 after the third scan): give ksmd up to 3 more scans.
+    const pages = len / pageSize
+    const allMerged = await state.until(() => ksm.processStats().ksmMergingPages === pages, 3)
+    expect(allMerged, `all ${pages} subpages merged within 3 more full scans (ksm_merging_pages ${ksm.processStats().ksmMergingPages})`).toBe(true)
     expectAllMerged(orig, range)
     if (features().pagemapScan) expect(pagemap.scan(orig, { range, require: ['huge'] }).pages, 'no huge page left').toBe(0)
     expect(firstMismatch(orig, () => FILL, range), 'content after merging').toBe(-1)

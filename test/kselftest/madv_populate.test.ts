@@ -24,8 +24,10 @@ function senseSupport(): string {
   for (const advice of ['populateRead', 'populateWrite'] as const) {
     try {
       addr.advise(advice)
-    } catch {
-      return `MADV_${advice === 'populateRead' ? 'POPULATE_READ' : 'POPULATE_WRITE'} is not available`
+    } catch (error) {
+      // The C skips on any failing madvise(); a non-syscall error is a bug of ours, not a skip.
+      if (!(error instanceof SyscallError)) throw error
+      return `MADV_${advice === 'populateRead' ? 'POPULATE_READ' : 'POPULATE_WRITE'} is not available (${error.code})`
     }
   }
   return ''
@@ -85,14 +87,15 @@ describe('madv_populate', () => {
       expect(isPopulated(addr), 'range initially not populated').toBe(0)
       expect(madvise(addr, 'populateRead'), 'MADV_POPULATE_READ').toBe('ok')
       expect(isPopulated(addr), 'range is populated').toBe(pages)
+      expect(addr.bytes.every((b) => b === 0)).toBe(true)
       // Not in the C: a read fault maps the shared zeropage (or the huge zeropage), no frame of its own.
       const zero = pagemap.zeroPfn()
+      if (zero === null) ctx.skip('this kernel maps no shared zero page on read faults: each page got a private zeroed frame')
       if (features().pagemapScan) {
         expect(pagemap.scan(addr, { require: ['pfnZero'] }).pages, 'every page maps a zeropage').toBe(pages)
       } else if (zero !== 0n) {
         expect(pagemap.entries(addr).pfns.every((pfn) => pfn === zero), 'every page maps the shared zeropage').toBe(true)
       }
-      expect(addr.bytes.every((b) => b === 0)).toBe(true)
     })
   })
 
@@ -107,9 +110,10 @@ describe('madv_populate', () => {
       // consecutive frames, still distinct), none is the zeropage, and the memory reads zero.
       const entries = pagemap.entries(addr)
       const zero = pagemap.zeroPfn()
-      if (zero !== 0n) {
+      // PFNs read as 0 without CAP_SYS_ADMIN.
+      if (entries.pfns[0] !== 0n) {
         expect(entries.distinctPfns(), 'one frame per page').toBe(pages)
-        expect(entries.pfns.includes(zero), 'no page maps the zeropage').toBe(false)
+        if (zero !== null) expect(entries.pfns.includes(zero), 'no page maps the zeropage').toBe(false)
       }
       expect(entries.count(pagemap.PageFlag.exclusive), 'every page exclusively mapped').toBe(pages)
       expect(addr.bytes.every((b) => b === 0)).toBe(true)

@@ -4,12 +4,14 @@
 // write a string that the parent then reads; TEST_F_SIGNAL(basic, ioctl_unmap, SIGSEGV) touches
 // the memory after MSHAREFS_UNMAP. Runs in the lab VM on the msharefs kernel; skips elsewhere.
 import { spawnSync } from 'node:child_process'
-import fs from 'node:fs'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MshareRegion, SyscallError, mshare } from '../../lib/index.ts'
 import { expectThrowsCode } from '../helpers/errors.ts'
 import { runChild } from '../helpers/child.ts'
 import { distEntry, ensureDist } from '../helpers/dist.mjs'
+import { reserveHugePages, restoreHugePages } from '../helpers/hugetlb.ts'
+
+afterAll(() => restoreHugePages())
 
 const why = mshare.probe()
 const reason = why ? ` — skipped: ${why}` : ''
@@ -17,10 +19,6 @@ const STRING = 'I am Msharefs'
 const KB = 1024
 const MB = 1024 * KB
 const nativeEntry = distEntry.replace(/index\.js$/, 'native.js')
-
-function freeHugePages(): number {
-  return Number(/^HugePages_Free:\s+(\d+)/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0)
-}
 
 const variants = [
   { name: 'ANON_4k', allocateSize: 4 * KB, hugetlb: false },
@@ -31,7 +29,9 @@ const variants = [
 
 for (const variant of variants) {
   const needed = variant.hugetlb ? variant.allocateSize / (2 * MB) : 0
-  const noHuge = !why && variant.hugetlb && freeHugePages() < needed ? ` — skipped: needs ${needed} free 2 MiB huge pages (npm run vm -- --hugepages=N)` : ''
+  // In the VM reserveHugePages() raises vm.nr_hugepages (restored in afterAll); the host's is left alone.
+  const hugeWhy = !why && variant.hugetlb ? reserveHugePages(needed) : undefined
+  const noHuge = hugeWhy ? ` — skipped: ${hugeWhy}` : ''
 
   describe.skipIf(why || noHuge)(`basic.c FIXTURE(basic) variant ${variant.name}${reason}${noHuge}`, () => {
     let region: MshareRegion

@@ -7,10 +7,10 @@
 // "file" mapping is a shared memfd (Region.memfd) instead of a file created in the working
 // directory (the lab's checkout is read-only). Not in the C: the page stays mapped and keeps its
 // content across each clear, and the written values read back byte for byte.
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, type TestContext } from 'vitest'
 import { Region, features, pagemap, pageSize } from '../../lib/index.ts'
 import { inVm } from '../helpers/env.mjs'
-import { pmdSize } from '../helpers/mm-fork.ts'
+import { pmdSize, thpUnavailable } from '../helpers/mm-fork.ts'
 
 const TEST_ITERATIONS = inVm ? 100 : 1000
 const unsupported = pagemap.softDirtySupported() ? '' : ' — skipped: soft-dirty is not support (softdirty_supported(): no "sd" VmFlag, CONFIG_MEM_SOFT_DIRTY off)'
@@ -66,10 +66,16 @@ describe.skipIf(Boolean(unsupported))(`soft-dirty${unsupported}`, () => {
 
   describe('test_hugepage', () => {
     const hpageLen = pmdSize()
-    const noThp = !features().thp || hpageLen === 0 ? ' — skipped: Transparent Hugepages not available' : ''
+    // thp_is_enabled() → ksft_test_result_skip("Transparent Hugepages not available").
+    const noThp = thpUnavailable()
     let map: Region | undefined
     let offset = 0
-    it.skipIf(Boolean(noThp))(`Test test_hugepage huge page allocation${noThp}`, (ctx) => {
+    it('Test test_hugepage huge page allocation', (ctx) => {
+      if (noThp) ctx.skip(noThp)
+      // check_huge_anon(map, 1, hpage_len) below: the C reads AnonHugePages of smaps; PAGEMAP_SCAN's
+      // 'huge' category says the same per page. Without it both hugepage cases skip, as the C's do
+      // when the check fails.
+      if (!features().pagemapScan) ctx.skip('check_huge_anon() needs PAGEMAP_SCAN here')
       // memalign(hpage_len, hpage_len): an aligned hpage_len inside twice that. Closed after the
       // next test, which uses it (the C's free(map)).
       map = Region.anonymous(2 * hpageLen)
@@ -77,9 +83,6 @@ describe.skipIf(Boolean(unsupported))(`soft-dirty${unsupported}`, () => {
       offset = misalign === 0 ? 0 : hpageLen - misalign
       map.advise('hugepage', { offset, length: hpageLen })
       for (let i = 0; i < hpageLen; i++) map.bytes[offset + i] = i & 0xff
-      // check_huge_anon(map, 1, hpage_len): the C reads AnonHugePages of smaps; PAGEMAP_SCAN's
-      // 'huge' category says the same per page.
-      if (!features().pagemapScan) ctx.skip('check_huge_anon() needs PAGEMAP_SCAN here')
       const huge = pagemap.scan(map, { range: { offset, length: hpageLen }, require: ['huge'] }).pages
       if (huge !== hpageLen / pageSize) {
         map.close()
@@ -87,14 +90,15 @@ describe.skipIf(Boolean(unsupported))(`soft-dirty${unsupported}`, () => {
         ctx.skip('Test test_hugepage huge page allocation (hugepage allocation failed)')
       }
     })
-    it.skipIf(Boolean(noThp))(`Test test_hugepage huge page dirty bit${noThp}`, (ctx) => {
+    it('Test test_hugepage huge page dirty bit', (ctx: TestContext) => {
+      if (noThp) ctx.skip(noThp)
       if (map === undefined) ctx.skip('Test test_hugepage huge page dirty bit (no huge page)')
-      const { i, why } = dirtyBitLoop(map!, offset)
+      const { i, why } = dirtyBitLoop(map, offset)
       expect(i, why).toBe(TEST_ITERATIONS)
       // Not in the C: the rest of the huge page kept its pattern.
-      const bytes = map!.bytes
+      const bytes = map.bytes
       for (let j = 1; j < hpageLen; j++) if (bytes[offset + j] !== (j & 0xff)) expect.fail(`byte ${j} changed`)
-      map!.close()
+      map.close()
     })
   })
 

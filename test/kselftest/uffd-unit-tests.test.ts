@@ -212,11 +212,14 @@ describe.skipIf(Boolean(noUffd))(`uffd-unit-tests${noUffd}`, () => {
     expect(area.bytes[0]).toBe(0)
     // Not in the C: the read mapped the shared zeropage and kept it write-protected.
     const entries = pagemap.entries(area, page)
-    if (isRoot) expect(entries.pfns[0], 'the read mapped the zeropage').toBe(pagemap.zeroPfn())
-    expect(entries.uffdWp(0), 'the zeropage mapping keeps uffd-wp').toBe(true)
+    if (f.zeroPage) {
+      if (isRoot) expect(entries.pfns[0], 'the read mapped the zeropage').toBe(pagemap.zeroPfn())
+      expect(entries.uffdWp(0), 'the zeropage mapping keeps uffd-wp').toBe(true)
+    }
     // Drop it to make pte none again
     area.advise('dontneed', page)
     expect(pagemap.entries(area, page).present(0)).toBe(false)
+    if (!f.zeroPage) ctx.skip('this kernel maps no shared zero page on read faults: the read-zero-page-upon-marker checks (not in the C) did not run')
   })
 
   it(`Not in the C: WP_ASYNC on anon: negotiates wpUnpopulated too; a write to a protected page clears uffd-wp, never blocks${requires(f, ['uffdWpAsync'])}`, (ctx) => {

@@ -1,0 +1,3 @@
+// What the tests import of ci/kselftest.mjs, re-exported here so ci-kselftest.d.mts can type it
+// (ci/ stays plain JavaScript, without declarations).
+export { compareWithPorts, disagree, parseRun } from '../../ci/kselftest.mjs'

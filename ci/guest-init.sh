@@ -25,17 +25,20 @@ cut -d' ' -f1 /proc/uptime > /run/memdedup/scratch/init-uptime
 # command's environment (exports).
 . /run/memdedup/scratch/env.sh
 
-# A writable /tmp hides the host's /tmp, where a checkout may live (CI clones into temp dirs):
-# keep the host's /tmp reachable and bind the working directory back at its own path.
+# A writable /tmp hides the host's /tmp, where a checkout or the lab cache may live (CI clones
+# into temp dirs): keep the host's /tmp reachable and bind those two back at their own paths.
 mount --bind /tmp /run/memdedup/host-tmp
 mount -t tmpfs -o mode=1777 tmpfs /tmp
-case "$MEMDEDUP_CWD" in
-/tmp/*)
-	mkdir -p "$MEMDEDUP_CWD"
-	mount --bind "/run/memdedup/host-tmp/${MEMDEDUP_CWD#/tmp/}" "$MEMDEDUP_CWD" ||
-		say "cannot bind the host's $MEMDEDUP_CWD"
-	;;
-esac
+for dir in "$MEMDEDUP_CWD" "$MEMDEDUP_CACHE"; do
+	case "$dir" in
+	/tmp/*)
+		mountpoint -q "$dir" && continue
+		mkdir -p "$dir"
+		mount --bind "/run/memdedup/host-tmp/${dir#/tmp/}" "$dir" ||
+			say "cannot bind the host's $dir"
+		;;
+	esac
+done
 
 # Swap on the virtio disk the host formatted with mkswap (lets tests push pages out).
 [ -b /dev/vda ] && swapon /dev/vda

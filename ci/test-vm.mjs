@@ -15,6 +15,7 @@
 //   MEMDEDUP_VM_MEMORY=8G, MEMDEDUP_VM_TIMEOUT=3600 (seconds)
 import { $, fs, path, chalk } from 'zx'
 import { repoRoot, log, formatSeconds, isMain, runMain } from './lib.mjs'
+import { hostSummaryFile } from '../test/helpers/skip-summary-reporter.mjs'
 import { ensureKernelBuild } from './kernel.mjs'
 import { runInVm } from './vm.mjs'
 import { ensureSelftests, tests as kselftests, guestScript, parseRun, portCases, compareWithPorts, portTable } from './kselftest.mjs'
@@ -35,7 +36,8 @@ async function main() {
   // the lab kernel has (test/helpers/env.mjs labFeatures) or a skip that gives no reason.
   const custom = process.env.MEMDEDUP_VM_TEST_COMMAND
   const report = 'vitest.json'
-  const suite = custom ?? `node node_modules/vitest/vitest.mjs run --configLoader runner --reporter=default --reporter=./test/helpers/skip-summary-reporter.mjs --reporter=json --outputFile.json="$MEMDEDUP_SCRATCH/${report}"`
+  const skipSummary = 'skip-summary.txt'
+  const suite = custom ?? `MEMDEDUP_SKIP_SUMMARY="$MEMDEDUP_SCRATCH/${skipSummary}" node node_modules/vitest/vitest.mjs run --configLoader runner --reporter=default --reporter=./test/helpers/skip-summary-reporter.mjs --reporter=json --outputFile.json="$MEMDEDUP_SCRATCH/${report}"`
   // The C side of the C-vs-port check (skipped with a custom command: there are no port results).
   const cTests = custom ? [] : kselftests.filter((t) => t.quick)
   const binDir = cTests.length ? await ensureSelftests() : null
@@ -67,7 +69,7 @@ echo 128 > /proc/sys/vm/nr_hugepages
     memory: process.env.MEMDEDUP_VM_MEMORY ?? '4G',
     timeoutMs: Number(process.env.MEMDEDUP_VM_TIMEOUT ?? 45 * 60) * 1000,
     env: { VITEST_CACHE_DIR: '/tmp/vitest-cache', TMPDIR: '/tmp', CI: process.env.CI ?? '1', MEMDEDUP_SKSM_STRESS: kernel.programs.sksmStress },
-    stdio: 'pipe', echo: true, collect: [report],
+    stdio: 'pipe', echo: true, collect: [report, skipSummary],
   })
   let disagreements = 0
   if (cTests.length && result.exitCode === 0) {
@@ -83,6 +85,11 @@ echo 128 > /proc/sys/vm/nr_hugepages
     `C-vs-port disagreements ${disagreements}`,
     `total ${formatSeconds(Date.now() - started)}`,
   ].join(', ')
+  // `npm test` ends with both runs' skips, so the host's summary does not scroll away.
+  const hostSkips = fs.existsSync(hostSummaryFile)
+    ? `host run of ${(await fs.stat(hostSummaryFile)).mtime.toISOString()}:\n${await fs.readFile(hostSummaryFile, 'utf8')}` : 'host: no summary (run npm run test:host)\n'
+  const vmSkips = result.collected[skipSummary] ? `VM:\n${result.collected[skipSummary]}` : 'VM: no summary (the suite did not finish)\n'
+  if (!custom) console.log(`\n## Skipped tests\n\n${hostSkips}\n${vmSkips}`)
   const ok = result.exitCode === 0 && disagreements === 0
   console.log(`${ok ? chalk.green('test:vm PASS') : chalk.red('test:vm FAIL')}: ${summary}`)
   return ok ? 0 : (result.exitCode || 1)

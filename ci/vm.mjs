@@ -126,6 +126,8 @@ export async function runInVm(command, options = {}) {
   }
   const envScript = [
     `MEMDEDUP_CWD=${shellQuote(cwd)}`,
+    // The guest runs programs from the cache (probes, selftests, stress binaries): it may live in /tmp too.
+    `MEMDEDUP_CACHE=${shellQuote(path.resolve(cacheDir))}`,
     `MEMDEDUP_HUGEPAGES=${Number(hugepages) | 0}`,
     `MEMDEDUP_INTERACTIVE=${interactive ? 1 : 0}`,
     ...Object.entries(guestEnv).filter(([, v]) => v !== undefined).map(([k, v]) => `export ${k}=${shellQuote(v)}`),

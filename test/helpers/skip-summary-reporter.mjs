@@ -10,6 +10,9 @@
 // a feature the lab kernel has (env.mjs labFeatures), or that gives no reason, fails the run.
 // Registered in vitest.config.ts and in ci/test-vm.mjs's --reporter list. Plain JavaScript: the
 // guest loads it from the read-only checkout.
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { inVm, noReason, refusedInVm, titleSkipReason } from './env.mjs'
 
 const maxGroups = 25
@@ -97,6 +100,9 @@ export function summarize(groups, total, { vm }) {
   return { lines, failed: true }
 }
 
+/** Where the host run's summary is kept (inside node_modules: never committed, gone with it). */
+export const hostSummaryFile = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../node_modules/.cache/memdedup/skip-summary-host.txt')
+
 export default class SkipSummaryReporter {
   /** @type {import('vitest/node').Vitest | undefined} */
   #vitest
@@ -111,6 +117,12 @@ export default class SkipSummaryReporter {
     const { groups, total } = collectSkips(testModules, this.#vitest?.config.testNamePattern)
     const { lines, failed } = summarize(groups, total, { vm: inVm })
     process.stdout.write(`${lines.join('\n')}\n`)
+    // Kept for ci/test-vm.mjs, which ends `npm test` with the host's and the VM's summaries together.
+    const file = process.env.MEMDEDUP_SKIP_SUMMARY ?? (inVm ? undefined : hostSummaryFile)
+    if (file) {
+      fs.mkdirSync(path.dirname(file), { recursive: true })
+      fs.writeFileSync(file, `${lines.join('\n')}\n`)
+    }
     // vitest has set exitCode 1 already if a test failed; this adds the VM's refusals.
     if (failed) process.exitCode = 1
   }

@@ -71,6 +71,10 @@ echo 128 > /proc/sys/vm/nr_hugepages
     env: { VITEST_CACHE_DIR: '/tmp/vitest-cache', TMPDIR: '/tmp', CI: process.env.CI ?? '1', MEMDEDUP_SKSM_STRESS: kernel.programs.sksmStress },
     stdio: 'pipe', echo: true, collect: [report, skipSummary],
   })
+  // The guest's vitest JSON, kept beside the host's skip summary for reading after the run.
+  if (result.collected[report]) {
+    await fs.outputFile(path.join(path.dirname(hostSummaryFile), 'vitest-vm.json'), result.collected[report])
+  }
   let disagreements = 0
   if (cTests.length && result.exitCode === 0) {
     const rows = compareWithPorts(parseRun(result.output, cTests), portCases(JSON.parse(result.collected[report] ?? '{}'), repoRoot), cTests)

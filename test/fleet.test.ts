@@ -97,7 +97,9 @@ describe('bench/fleet.mjs', () => {
     expectSaved(full)
     expectSaved(dedup)
     expect(dedup.mergedPages).toBeGreaterThan((4 * 2 ** 20) / 4096)
-    expect(dedup.ksmdCpuS).toBe(0) // SKSM merges without ksmd
+    // SKSM merges without ksmd. ksmd's CPU is read in 10 ms clock ticks: one tick is the tail of the
+    // previous configuration's run=2 unmerge (seen once in CI: 0.01 s), not a merge.
+    expect(dedup.ksmdCpuS).toBeLessThanOrEqual(0.01)
     expect(dedup.dedupCpuS).toBeGreaterThan(0)
     // Where the workers' CPU went: the three steps account for (almost) all of it.
     const d = dedup.dedup!

@@ -29,9 +29,9 @@ function newestMtime(dir, ext) {
 async function buildDist() {
   ensureDist()
   const addon = path.join(h.rootDir, 'build', 'Release', 'memdedup.node')
-  if (!fs.existsSync(addon)) throw new Error('build/Release/memdedup.node missing: run `npx node-gyp rebuild` first')
+  if (!fs.existsSync(addon)) throw new Error('build/Release/memdedup.node missing: run `npm run build` first')
   if (newestMtime(path.join(h.rootDir, 'native'), '.cc') > fs.statSync(addon).mtimeMs) {
-    log('warning: native/*.cc is newer than build/Release/memdedup.node (run `npx node-gyp build` to benchmark the current source)')
+    log('warning: native/*.cc is newer than build/Release/memdedup.node (run `npm run build` to benchmark the current source)')
   }
 }
 

@@ -152,7 +152,7 @@ function assertConstants(binding: Binding): void {
     for (const name of names) if (typeof values[name] !== 'number') missing.push(`${group}.${name}`)
   }
   if (missing.length > 0) {
-    throw new Error(`memdedup native addon is stale (rebuild it with \`npx node-gyp rebuild\`): it does not export ${missing.join(', ')}`)
+    throw new Error(`memdedup native addon is stale (rebuild it: \`npm run build\` in a checkout, \`npm rebuild memdedup\` where installed): it does not export ${missing.join(', ')}`)
   }
 }
 
@@ -178,7 +178,7 @@ function load(): Binding {
       }
     }
   }
-  throw new Error(`memdedup native addon not found (run \`npm install\` or \`npx node-gyp rebuild\`); tried:\n  ${tried.join('\n  ')}`)
+  throw new Error(`memdedup native addon not found (run \`npm install\`, or \`npm run build\` in a checkout); tried:\n  ${tried.join('\n  ')}`)
 }
 
 // A spread copy: the addon's exports object is in V8 dictionary mode, a plain object literal is

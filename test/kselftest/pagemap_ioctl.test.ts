@@ -1,13 +1,14 @@
-// Port of tools/testing/selftests/mm/pagemap_ioctl.c (Debian linux-source-6.12; ksft plan 115).
+// Port of tools/testing/selftests/mm/pagemap_ioctl.c (Debian linux-source-6.12 with the lab's
+// kernel-patches/0038, which adds the upstream unpopulated-pte and PMD-hole cases; ksft plan 117).
 //
-// Every one of the 115 ksft results has an it() below with the string the C prints (the %s prefix
+// Every one of the 117 ksft results has an it() below with the string the C prints (the %s prefix
 // filled in; %d/%u values of the transact test are left as in the format and annotated). ASSERT
 // (ksft_exit_fail_msg) is a throwing expect / check; EXPECT (one ksft_test_result with several
 // conditions) is expect.soft per condition. Memory is always a memdedup Region (or a page-aligned
 // range of one); the C's pagemap_ioctl()/pagemap_ioc() go through pagemap.scanRaw(), which passes
 // raw masks and flags (also invalid ones) to the kernel but only for a live Region's addresses.
 //
-// Ported: 115 of 115 run where the kernel has the features; they skip with the reason otherwise:
+// Ported: 117 of 117 run where the kernel has the features; they skip with the reason otherwise:
 //   - everything: no PAGEMAP_SCAN, or init_uffd() failing (no WP_ASYNC / WP_UNPOPULATED /
 //     WP_HUGETLBFS_SHMEM) — the C reports "pass" then; this port skips and says why.
 //   - "Huge page testing:" (6) and hpage_unit_tests (9): THP must accept MADV_HUGEPAGE.
@@ -1084,6 +1085,68 @@ describe('userfaultfd_tests', () => {
       wp_free(mem)
     } finally {
       mem.close()
+    }
+  })
+})
+
+// ---- 17. Unpopulated pte and PMD-hole scan consistency (kernel-patches/0038) -----------------------
+// Not in Debian's 6.12 selftest: the selftest halves of the two upstream fixes that 6.12.118 carries
+// ("fix PAGEMAP_SCAN written state for unpopulated ptes" / "... for PMD holes"), added by the lab's
+// patch 0038 (plan 115 → 117). A kernel without the fixes fails them, as the C does.
+describe('unpopulated scan consistency', () => {
+  it('unpopulated_scan_test unpopulated ptes reported written by both paths (%ld, %ld of %d)', () => {
+    const npages = 16
+    const mem_size = npages * page_size
+    const regions = new Vec(16)
+    const mem = anon(mem_size)
+    try {
+      wp_init(mem)
+      // Populate, then drop: the ptes become pte_none without a marker.
+      mem.bytes.fill(1)
+      mem.region.advise('dontneed', mem.range())
+      // Fast path: category_mask == return_mask == PAGE_IS_WRITTEN.
+      const fast = get_reads(regions, ok(pagemap_ioctl(mem, 0, mem_size, regions, npages, 0, 0, PAGE_IS_WRITTEN, 0, 0, PAGE_IS_WRITTEN)))
+      // Generic path: same query expressed via category_anyof_mask.
+      const slow = get_reads(regions, ok(pagemap_ioctl(mem, 0, mem_size, regions, npages, 0, 0, 0, PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN)))
+      expect.soft(fast, 'fast path').toBe(npages)
+      expect.soft(slow, 'generic path').toBe(npages)
+      wp_free(mem)
+    } finally {
+      mem.close()
+    }
+  })
+
+  it('unpopulated_thp_hole_test pmd-hole reported written (%ld of %ld)', (ctx) => {
+    // if (!hpage_size) ksft_test_result_skip("%s THP not supported")
+    if (pmdSize() === 0) ctx.skip('unpopulated_thp_hole_test THP not supported')
+    // check_huge_anon() reads AnonHugePages; PAGEMAP_SCAN's 'huge' category says the same per page.
+    if (!features().pagemapScan) ctx.skip('check_huge_anon() needs PAGEMAP_SCAN here')
+    const npages = hpage_size / page_size
+    const regions = new Vec(16)
+    // Get a PMD-aligned range so the range can be a single THP.
+    const area = Region.anonymous(2 * hpage_size)
+    try {
+      const misalign = Number(area.address % BigInt(hpage_size))
+      const mem = new Mem(area, misalign === 0 ? 0 : hpage_size - misalign, hpage_size)
+      mem.bytes.fill(1)
+      let collapsed = true
+      try {
+        area.advise('collapse', mem.range())
+      } catch (error) {
+        if (!(error instanceof SyscallError)) throw error
+        collapsed = false // the C's madvise(MADV_COLLAPSE) != 0
+      }
+      if (!collapsed || pagemap.scan(area, { range: mem.range(), require: ['huge'] }).pages !== npages) {
+        ctx.skip('unpopulated_thp_hole_test could not form a THP')
+      }
+      wp_init(mem)
+      // Drop the whole PMD: it is cleared to a pmd_none hole.
+      area.advise('dontneed', mem.range())
+      const ret = ok(pagemap_ioctl(mem, 0, hpage_size, regions, 16, 0, 0, PAGE_IS_WRITTEN, 0, 0, PAGE_IS_WRITTEN))
+      expect(get_reads(regions, ret), 'pages of the PMD hole reported written').toBe(npages)
+      wp_free(mem)
+    } finally {
+      area.close()
     }
   })
 })

@@ -1,9 +1,10 @@
 // Page content for the user-space deduplicator: page hashes, and the twin index that cooperating
 // processes share ("the unstable tree in user space", native/content.cc).
 import fs from 'node:fs'
-import { native, pageSize, type TwinIndexHandle } from './native.ts'
+import { native, constants as C, pageSize, type TwinIndexHandle } from './native.ts'
 import { check, codedError, fsCall, SyscallError } from './errors.ts'
 import { Region, type Range } from './region.ts'
+import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, validateInteger } from './validate.ts'
 
 /** Content hashes (64-bit XXH64) of the Region's pages (or a range): equal content, equal hash. */
@@ -29,8 +30,38 @@ export function twinIndexHandle(index: TwinIndex, operation: string): TwinIndexH
 }
 
 export interface TwinIndexOptions {
-  /** Entries (a power of two, 64 … 2^28; 8 bytes each). One per distinct content held; default 2^18. */
+  /** Entries (a power of two, 64 … TwinIndex.maxSlots = 2^28; 8 bytes each). One per distinct
+   *  content held; default 2^18. Only the pages of slots ever used take memory. */
   slots?: number
+}
+
+/** What a non-regular file is, for TwinIndex.open's refusal. */
+function fileKind(stats: fs.Stats): string {
+  if (stats.isFIFO()) return 'a FIFO'
+  if (stats.isDirectory()) return 'a directory'
+  if (stats.isSocket()) return 'a socket'
+  if (stats.isCharacterDevice()) return 'a character device'
+  if (stats.isBlockDevice()) return 'a block device'
+  return 'not a regular file'
+}
+
+/**
+ * Opens a would-be index for reading and writing without blocking, as Region.file opens its file
+ * (lib/region.ts openRegularFile, which opens read-only): O_PATH first (opens nothing: a FIFO is not
+ * opened, so neither waits for nor releases a peer; a device runs no open handler), fstat, and only
+ * a regular file (a memfd is one) is reopened through /proc/self/fd (the same inode whatever the
+ * path does since), O_NONBLOCK: a file another process holds a lease on is EAGAIN at once instead
+ * of a wait of up to lease-break-time (45 s) on the event loop.
+ */
+function openIndexFile(path: string, pathOrFd: string | number): number {
+  const pathFd = fsCall('open', path, () => fs.openSync(path, C.O_PATH))
+  try {
+    const stats = fsCall('fstat', path, () => fs.fstatSync(pathFd))
+    if (!stats.isFile()) throw invalidArgValue('pathOrFd', `is ${fileKind(stats)}, not a memfd`, pathOrFd)
+    return fsCall('open', path, () => fs.openSync(`/proc/self/fd/${pathFd}`, fs.constants.O_RDWR | C.O_NONBLOCK))
+  } finally {
+    fs.closeSync(pathFd)
+  }
 }
 
 /**
@@ -46,42 +77,58 @@ export interface TwinIndexOptions {
  * inherited descriptor) to the others, and TwinIndex.open() it there.
  */
 export class TwinIndex {
+  /**
+   * The most slots an index may have (2^28: a 2 GiB memfd, for up to 2^28 distinct page contents,
+   * 1 TiB of 4 KiB pages); create() throws a RangeError (ERR_OUT_OF_RANGE) above it, and open()
+   * refuses a larger one. Creating it commits no memory: a free slot is a zero word, which is what
+   * a fresh memfd reads as, so only the header page is written; a slot's page is committed when an
+   * entry first lands in it.
+   */
+  static readonly maxSlots: number = 2 ** 28
+
   #fd: number
   #slots: number
   #closed = false
 
-  private constructor(handle: TwinIndexHandle) {
+  static {
+    guardReceivers(TwinIndex, (value) => #fd in value)
+  }
+
+  private constructor(token: Internal, handle: TwinIndexHandle) {
+    assertInternal(token, new.target, TwinIndex, 'TwinIndex.create() or TwinIndex.open()')
     handles.set(this, handle)
-    const info = new Float64Array(3)
+    const info = new Float64Array(2) // fd and slots only: counting used slots reads the index
     check(native.twinIndexInfo(handle, info), 'twinIndexInfo')
     this.#fd = info[0]
     this.#slots = info[1]
   }
 
-  /** Creates a new, empty index in a sealed memfd. */
+  /** Creates a new, empty index in a sealed memfd (nothing but its header page is written). */
   static create(options?: TwinIndexOptions): TwinIndex {
     const opts = readOptions(options, 'options', ['slots'])
-    const slots = validateInteger(opts.slots ?? 2 ** 18, 'options.slots', 64, 2 ** 28)
+    const slots = validateInteger(opts.slots ?? 2 ** 18, 'options.slots', 64, TwinIndex.maxSlots)
     if ((slots & (slots - 1)) !== 0) throw outOfRange('options.slots', 'a power of two', slots)
     const handle = native.twinIndexCreate(slots)
     if (typeof handle === 'number') throw new SyscallError('memfd_create', -handle, `twin index of ${slots} slots`)
-    return new TwinIndex(handle)
+    return new TwinIndex(internal, handle)
   }
 
   /**
    * Opens an index another process created: by path (its `index.path`, /proc/<pid>/fd/<n>) or
    * by a descriptor this process inherited. The file must be a memfd sealed against shrinking and
    * growing with a twin index inside: anything else is refused (a file someone could truncate
-   * would make this process SIGBUS).
+   * would make this process SIGBUS). It never blocks: a path that is not a regular file (a FIFO,
+   * a directory, a device) is a TypeError (ERR_INVALID_ARG_VALUE) without being opened, and a file
+   * another process holds a lease on (fcntl F_SETLEASE) is a SyscallError EAGAIN.
    */
   static open(pathOrFd: string | number): TwinIndex {
     let path: string
     if (typeof pathOrFd === 'number') path = `/proc/self/fd/${validateInteger(pathOrFd, 'pathOrFd', 0, 2 ** 31 - 1)}`
     else if (typeof pathOrFd === 'string' && pathOrFd.length > 0 && !pathOrFd.includes('\0')) path = pathOrFd
     else throw invalidArgType('pathOrFd', 'a path (string) or a file descriptor (number)', pathOrFd)
-    const fd = fsCall('open', path, () => fs.openSync(path, 'r+'))
+    const fd = openIndexFile(path, pathOrFd)
     const handle = native.twinIndexOpen(fd)
-    if (typeof handle !== 'number') return new TwinIndex(handle)
+    if (typeof handle !== 'number') return new TwinIndex(internal, handle)
     fs.closeSync(fd)
     if (handle === 1) throw invalidArgValue('pathOrFd', 'is not a memfd sealed against shrinking and growing', pathOrFd)
     if (handle === 2) throw invalidArgValue('pathOrFd', 'is not a memdedup twin index (size or header)', pathOrFd)
@@ -102,7 +149,7 @@ export class TwinIndex {
   get closed(): boolean {
     return this.#closed
   }
-  /** Entries with at least one holder now. */
+  /** Entries with at least one holder now (read from the index's pages that hold entries only). */
   get usedSlots(): number {
     const info = new Float64Array(3)
     check(native.twinIndexInfo(twinIndexHandle(this, 'read usedSlots'), info), 'twinIndexInfo')

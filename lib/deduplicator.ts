@@ -18,6 +18,7 @@ import { Userfaultfd } from './uffd.ts'
 import * as sksm from './sksm.ts'
 import { sysfsDir as ksmSysfsDir } from './ksm.ts'
 import { TwinIndex, twinIndexHandle } from './content.ts'
+import { guardReceivers } from './internal.ts'
 import { invalidArgType, outOfRange, readOptions, validateInteger, validateOneOf } from './validate.ts'
 
 export type MergeMode = 'auto' | 'sksm' | 'ksm' | 'none'
@@ -185,9 +186,18 @@ export class Deduplicator {
   #timer: NodeJS.Timeout | undefined
   #intervalMs = 0
   #running = false
+  /** run()'s loop: each run() starts a new one, stop() and close() end it. A timer callback of an
+   *  older loop (one onPass stopped, or replaced by stop(); run()) neither passes nor reschedules. */
+  #loop = 0
   #runError: unknown
   #closed = false
   #token = {}
+
+  static {
+    // A wrong receiver is ERR_INVALID_THIS (stop() rejects with it). No construction guard: `new
+    // Deduplicator()` is the public API, and it wraps only descriptors it opens itself.
+    guardReceivers(Deduplicator, (value) => #pagemapFd in value)
+  }
 
   constructor(options?: DeduplicatorOptions) {
     const opts = readOptions(options, 'options', ['merge', 'index', 'stablePasses', 'backoffPasses', 'cpuBudgetMs', 'historyLength', 'mergeTurns'])
@@ -293,7 +303,12 @@ export class Deduplicator {
     this.untrack(region)
   }
 
-  /** One pass over every tracked Region: scan each (writes, candidates, hashes), then merge each; see PassReport. */
+  /**
+   * One pass over every tracked Region: scan each (writes, candidates, hashes), then merge each; see
+   * PassReport. Also allowed inside run()'s onPass: it runs one more pass right there and returns its
+   * report (onPass is not called for it; run()'s loop goes on). InvalidStateError ERR_DEDUP_CLOSED
+   * once closed (also after a close() inside onPass).
+   */
   pass(): PassReport {
     this.#assertOpen('pass')
     const index = twinIndexHandle(this.#index, 'pass')
@@ -334,6 +349,16 @@ export class Deduplicator {
    * up to `maxIntervalMs`, and any activity brings it back to `intervalMs`: a deduplicated,
    * steady process costs a pass per `maxIntervalMs`. The timer does not keep the process alive.
    * A pass that throws ends the loop and stop() rejects with its error.
+   *
+   * onPass runs synchronously after each pass and may call this Deduplicator's methods:
+   * - pass(): runs one more pass there and returns its report (not given to onPass);
+   * - stop(): no pass starts after it; stop() then run(): the new loop replaces this one (its first
+   *   pass comes at once, then one per interval): there is only ever one loop;
+   * - close(): ends the loop and closes; then pass(), run() and track() throw InvalidStateError
+   *   ERR_DEDUP_CLOSED, while stop() and close() do nothing;
+   * - run() without stop() first: throws ERR_DEDUP_RUNNING, like any error thrown by onPass.
+   * An error thrown by onPass ends the loop running when it is thrown (also one onPass itself
+   * started with stop(); run()), and stop() rejects with it.
    */
   run(options?: { intervalMs?: number; maxIntervalMs?: number; onPass?: (report: PassReport) => void }): void {
     const opts = readOptions(options, 'options', ['intervalMs', 'maxIntervalMs', 'onPass'])
@@ -346,29 +371,30 @@ export class Deduplicator {
     this.#running = true
     this.#runError = undefined
     this.#intervalMs = intervalMs
+    const loop = ++this.#loop
+    const current = () => this.#running && this.#loop === loop
     const tick = () => {
+      if (!current()) return
       this.#timer = undefined
-      if (!this.#running) return
       try {
         const report = this.pass()
         const idle = report.hashedPages + report.mergedPages + report.deferredPages + report.mergeDeferredPages + report.cowAfterMerge === 0
         this.#intervalMs = idle ? Math.min(maxIntervalMs, Math.max(1, this.#intervalMs * 2)) : intervalMs
         ;(onPass as ((report: PassReport) => void) | undefined)?.(report)
       } catch (error) {
-        this.#running = false
+        this.#endLoop()
         this.#runError = error
         return
       }
-      if (this.#running) this.#timer = setTimeout(tick, this.#intervalMs).unref()
+      // onPass may have stopped this loop, replaced it (stop(); run()) or closed: then it ends here.
+      if (current()) this.#timer = setTimeout(tick, this.#intervalMs).unref()
     }
     this.#timer = setTimeout(tick, 0).unref()
   }
 
   /** Ends run()'s loop (no pass starts after this); rejects with the error that ended it early, if any. */
   async stop(): Promise<void> {
-    this.#running = false
-    if (this.#timer !== undefined) clearTimeout(this.#timer)
-    this.#timer = undefined
+    this.#endLoop()
     const error = this.#runError
     this.#runError = undefined
     if (error !== undefined) throw error
@@ -382,9 +408,7 @@ export class Deduplicator {
   /** Stops run(), gives every hash back to the index, unregisters, closes the private index. Idempotent. */
   close(): void {
     if (this.#closed) return
-    this.#running = false
-    if (this.#timer !== undefined) clearTimeout(this.#timer)
-    this.#timer = undefined
+    this.#endLoop()
     for (const tracked of [...this.#tracked.values()]) {
       tracked.unsubscribe()
       this.#forget(tracked.region)
@@ -398,6 +422,14 @@ export class Deduplicator {
 
   [Symbol.dispose](): void {
     this.close()
+  }
+
+  /** Ends run()'s loop, whichever it is: its pending timer is cleared, and a callback of it already running (onPass) does not reschedule. */
+  #endLoop(): void {
+    this.#running = false
+    this.#loop++
+    if (this.#timer !== undefined) clearTimeout(this.#timer)
+    this.#timer = undefined
   }
 
   /** Steps 1-2: writes since the last pass, then the candidates, hashed into the index. */

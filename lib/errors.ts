@@ -72,8 +72,14 @@ export const codes = {
   ERR_INVALID_ARG_VALUE: 'TypeError',
   /** A number or size out of range (Node's code). */
   ERR_OUT_OF_RANGE: 'RangeError',
-  /** `new Region(…)` from outside: Regions come from Region.anonymous/file/memfd (Node's code). */
+  /**
+   * `new Region(…)`, `new Userfaultfd(…)`, … from outside (a subclass and Reflect.construct
+   * included): these objects come from their factories, Region.anonymous(), Userfaultfd.open(), …
+   * (Node's code).
+   */
   ERR_ILLEGAL_CONSTRUCTOR: 'TypeError',
+  /** A method or accessor of a memdedup class called on something else: `Region.prototype.close.call({})` (Node's code). */
+  ERR_INVALID_THIS: 'TypeError',
   ERR_REGION_CLOSED: 'InvalidStateError',
   /** Region.bytes on pages not read+write, or a native read of a PROT_NONE page. */
   ERR_REGION_PROTECTION: 'InvalidStateError',

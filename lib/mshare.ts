@@ -14,6 +14,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { native, constants as C, pageSize } from './native.ts'
 import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { Region, type Protection, type Range } from './region.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger, validateOneOf, validatePageLength, validatePageOffset } from './validate.ts'
 
@@ -140,7 +141,6 @@ const attachmentFinalizer = new FinalizationRegistry<{ address: number; length: 
   else held.views.pending = { address: held.address, length: held.length }
 })
 
-const internal = Symbol('mshare.internal')
 /**
  * Every live attachment of this process, by region (the file's inode): unmapping or replacing
  * memory through one handle detaches the views of all of them, whichever handle made them.
@@ -184,9 +184,13 @@ export class MshareRegion {
   #ref: WeakRef<MshareRegion>
   #closed = false
 
+  static {
+    guardReceivers(MshareRegion, (value) => #fd in value)
+  }
+
   /** Not callable from outside: use MshareRegion.create() or MshareRegion.open(). */
-  private constructor(token: symbol, fd: number, name: string, size: number, owner: boolean) {
-    if (token !== internal) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use MshareRegion.create() or MshareRegion.open()')
+  private constructor(token: Internal, fd: number, name: string, size: number, owner: boolean) {
+    assertInternal(token, new.target, MshareRegion, 'MshareRegion.create() or MshareRegion.open()')
     this.#fd = fd
     this.#name = name
     this.#size = size
@@ -432,11 +436,12 @@ export class MshareAttachment {
 
   static {
     makeAttachment = (region, address, length, prot, onClose) => new MshareAttachment(internal, region, address, length, prot, onClose)
+    guardReceivers(MshareAttachment, (value) => #address in value)
   }
 
   /** Not callable from outside: use MshareRegion.attach(). */
-  private constructor(token: symbol, region: MshareRegion, address: number, length: number, prot: 'r' | 'rw', onClose: (a: MshareAttachment) => void) {
-    if (token !== internal) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use MshareRegion.attach()')
+  private constructor(token: Internal, region: MshareRegion, address: number, length: number, prot: 'r' | 'rw', onClose: (a: MshareAttachment) => void) {
+    assertInternal(token, new.target, MshareAttachment, 'MshareRegion.attach()')
     this.#region = region
     this.#address = address
     this.#length = length

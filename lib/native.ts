@@ -111,7 +111,7 @@ export interface ContentBinding {
   twinIndexOpen(fd: number): TwinIndexHandle | Rc
   /** Unmaps and closes now (-EBADF once closed). */
   twinIndexClose(index: TwinIndexHandle): Rc
-  /** out = [fd, slots, used slots]. */
+  /** out = [fd, slots] or, with room for a third, [fd, slots, used slots] (counting reads the index's data pages). */
   twinIndexInfo(index: TwinIndexHandle, out: Float64Array): Rc
   /** delta 1 / -1 / 0: one holder more / fewer / look; holders[i] after each update. -ENOSPC: index window full. */
   twinIndexUpdate(index: TwinIndexHandle, hashes: BigUint64Array, count: number, delta: -1 | 0 | 1, holders: Uint32Array): Rc

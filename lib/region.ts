@@ -4,6 +4,7 @@ import { constants as bufferConstants } from 'node:buffer'
 import fs from 'node:fs'
 import { native, constants as C, pageSize } from './native.ts'
 import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { PageRuns } from './runs.ts'
 import {
   invalidArgType,
@@ -82,8 +83,6 @@ export type CloseHook = (region: Region, next?: Span) => void
 
 /** Longest Region: the x86_64 user address space (47 bits). */
 export const maxRegionLength = 2 ** 47
-// Module-private: only the factories below can construct a Region (`private` is TypeScript-only).
-const internal = Symbol('Region.internal')
 
 // ---------------------------------------------------------------------------------------------
 // Late native users of a view. Detaching an ArrayBuffer does not stop native code that took its
@@ -241,10 +240,8 @@ export class Region {
   #token = {}
 
   /** Not callable from outside: use Region.anonymous(), Region.file() or Region.memfd(). */
-  private constructor(token: symbol, init: RegionInit) {
-    if (token !== internal) {
-      throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use Region.anonymous(), Region.file() or Region.memfd()')
-    }
+  private constructor(token: Internal, init: RegionInit) {
+    assertInternal(token, new.target, Region, 'Region.anonymous(), Region.file() or Region.memfd()')
     this.#address = init.address
     this.#length = init.length
     this.#kind = init.kind
@@ -261,6 +258,7 @@ export class Region {
 
   static {
     makeRegion = (init) => new Region(internal, init)
+    guardReceivers(Region, (value) => #address in value)
   }
 
   /** @internal Whether `value` is a real Region (not an object made from Region.prototype). */
@@ -966,11 +964,12 @@ export class Reservation {
     stateOf = (reservation) => reservation.#state
     isReservation = (value): value is Reservation => typeof value === 'object' && value !== null && #state in value
     newReservation = (state) => new Reservation(internal, state)
+    guardReceivers(Reservation, (value) => #state in value)
   }
 
   /** Not callable from outside: use Region.reserve(). */
-  private constructor(token: symbol, state: ReservationState) {
-    if (token !== internal) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', 'Illegal constructor: use Region.reserve()')
+  private constructor(token: Internal, state: ReservationState) {
+    assertInternal(token, new.target, Reservation, 'Region.reserve()')
     this.#state = state
     reservationFinalizer.register(this, state, state)
   }

@@ -17,6 +17,7 @@
 //     { allowBlockingFaults: true }.
 import { native, pageSize } from './native.ts'
 import { check, codedError, errno, FeatureUnavailableError, SyscallError } from './errors.ts'
+import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { Region, resolveSpan, type Range, type Span } from './region.ts'
 import { PageRuns } from './runs.ts'
 import { invalidArgType, invalidArgValue, readOptions, validateBoolean } from './validate.ts'
@@ -147,7 +148,13 @@ export class Userfaultfd {
   #registrations = new Map<Region, Registration>()
   #token = {}
 
-  private constructor(fd: number, features: number, offered: number, ioctls: bigint, method: number) {
+  static {
+    guardReceivers(Userfaultfd, (value) => #fd in value)
+  }
+
+  /** Not callable from outside: use Userfaultfd.open(). */
+  private constructor(token: Internal, fd: number, features: number, offered: number, ioctls: bigint, method: number) {
+    assertInternal(token, new.target, Userfaultfd, 'Userfaultfd.open()')
     this.#fd = fd
     this.#features = features
     this.#offered = offered
@@ -207,7 +214,7 @@ export class Userfaultfd {
       requested |= U.UFFD_FEATURE_WP_UNPOPULATED
     }
     const { opened, ioctls } = openWithApi(requested)
-    return new Userfaultfd(opened.fd, requested, info.offered, ioctls, opened.method)
+    return new Userfaultfd(internal, opened.fd, requested, info.offered, ioctls, opened.method)
   }
 
   /** Granted feature names. */

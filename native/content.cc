@@ -92,12 +92,17 @@ Napi::Value HashPages(const Napi::CallbackInfo& info) {
 // and its holders are summed over that window, so two processes claiming two slots for the same
 // new tag at once still count together. A word never returns to 0 once used (tags are non-zero)
 // and an insert takes the first free slot of its window, so a never-used slot ends every search.
+// A never-used slot is the zero word: what a fresh memfd reads as, so creating an index writes its
+// header page only, and nothing reads a page of slots no entry ever landed in (a read fault on a
+// shmem hole allocates the page: there is no shared zero page), so an index commits memory only
+// for the pages its entries use, whatever its size.
 constexpr uint64_t kIndexMagic = 0x31786564696d646dULL;  // "mdmidex1"
 constexpr size_t kIndexHeader = 64;
 // Header words: 0 magic, 1 slots, 2 the merge turn (below).
 constexpr size_t kHeaderTurn = 2;
 constexpr uint64_t kCountMask = 0xffff, kCountMax = 0xffff;
 constexpr unsigned kProbe = 32;
+constexpr uint64_t kMaxSlots = 1ULL << 28;  // TwinIndex.maxSlots (lib/content.ts)
 
 struct TwinTable {
   int fd = -1;
@@ -251,9 +256,10 @@ TwinTable* ArgTable(const Napi::CallbackInfo& info, size_t i, bool* closed) {
   if (var == nullptr) return info.Env().Undefined()
 
 // twinIndexCreate(slots) -> handle | -errno. slots: a power of two lib/ checked (re-checked here).
+// The slots are left as the memfd gives them, zero (free): only the header is written.
 Napi::Value TwinIndexCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  MEMDEDUP_ARG(slots, ArgU64(info, 0, static_cast<double>(1ULL << 28)));
+  MEMDEDUP_ARG(slots, ArgU64(info, 0, static_cast<double>(kMaxSlots)));
   if (slots < kProbe || (slots & (slots - 1)) != 0) {
     ThrowArgument(info, 0, true, "a power of two >= 32");
     return env.Undefined();
@@ -301,7 +307,7 @@ Napi::Value TwinIndexOpen(const Napi::CallbackInfo& info) {
   uint64_t* header = static_cast<uint64_t*>(base);
   uint64_t slots = header[1];
   if (__atomic_load_n(&header[0], __ATOMIC_ACQUIRE) != kIndexMagic || slots < kProbe || (slots & (slots - 1)) != 0 ||
-      slots > (1ULL << 28) || kIndexHeader + slots * sizeof(uint64_t) != bytes) {
+      slots > kMaxSlots || kIndexHeader + slots * sizeof(uint64_t) != bytes) {
     munmap(base, bytes);
     return Napi::Number::New(env, 2);
   }
@@ -321,15 +327,57 @@ Napi::Value TwinIndexClose(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), 0);
 }
 
-// twinIndexInfo(handle, out: Float64Array(3)) -> 0 | -EBADF; out = [fd, slots, used slots].
+// Entries with a holder, counted over the slots in the memfd's data ranges only (lseek SEEK_DATA /
+// SEEK_HOLE; a swapped-out page is data too): a hole is all free slots, and reading it through the
+// mapping would allocate it. Returns the count, or -1 with errno set. The descriptor's file offset
+// (meaningless for an index; shared with a child that inherited it) is put back.
+int64_t CountUsedSlots(const TwinTable& t) {
+  const off_t first = static_cast<off_t>(kIndexHeader);
+  const off_t end = static_cast<off_t>(kIndexHeader + t.slots * sizeof(uint64_t));
+  const off_t saved = lseek(t.fd, 0, SEEK_CUR);
+  uint64_t used = 0;
+  int error = 0;
+  for (off_t pos = first; pos < end;) {
+    off_t data = lseek(t.fd, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno != ENXIO) error = errno;  // ENXIO: no data after pos
+      break;
+    }
+    if (data >= end) break;
+    off_t hole = lseek(t.fd, data, SEEK_HOLE);
+    if (hole < 0) {
+      error = errno;
+      break;
+    }
+    if (hole > end || hole <= data) hole = end;  // hole <= data: cannot happen; never loop forever
+    // data and hole are page boundaries or pos itself: both kIndexHeader + a multiple of 8.
+    for (uint64_t i = static_cast<uint64_t>(std::max(data, first) - first) / sizeof(uint64_t),
+                  last = static_cast<uint64_t>(hole - first) / sizeof(uint64_t);
+         i < last && i < t.slots; i++) {
+      used += (LoadWord(&t.words[i]) & kCountMask) != 0;
+    }
+    pos = hole;
+  }
+  if (saved >= 0) lseek(t.fd, saved, SEEK_SET);
+  if (error != 0) {
+    errno = error;
+    return -1;
+  }
+  return static_cast<int64_t>(used);
+}
+
+// twinIndexInfo(handle, out: Float64Array(2 or more)) -> 0 | -EBADF | -errno; out = [fd, slots],
+// and when out has a third element, out[2] = used slots (CountUsedSlots: it reads the index).
 Napi::Value TwinIndexInfo(const Napi::CallbackInfo& info) {
   MEMDEDUP_TABLE(t, 0);
-  MEMDEDUP_ARG(out, ArgTypedArray<double>(info, 1, 3));
-  uint64_t used = 0;
-  for (uint64_t i = 0; i < t->slots; i++) used += (LoadWord(&t->words[i]) & kCountMask) != 0;
+  MEMDEDUP_ARG(out, ArgTypedArray<double>(info, 1, 2));
+  if (out.length >= 3) {
+    int64_t used = CountUsedSlots(*t);
+    if (used < 0) return Napi::Number::New(info.Env(), -errno);
+    out.data[2] = static_cast<double>(used);
+  }
   out.data[0] = t->fd;
   out.data[1] = static_cast<double>(t->slots);
-  out.data[2] = static_cast<double>(used);
   return Napi::Number::New(info.Env(), 0);
 }
 

@@ -1,12 +1,14 @@
 // lib/content.ts: page hashes and the TwinIndex, the content index cooperating processes share
 // (a sealed shared memfd updated by single-word CAS), including participants killed mid-update.
 import fs from 'node:fs'
-import { spawn } from 'node:child_process'
+import os from 'node:os'
+import path from 'node:path'
+import { execFileSync, spawn } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
 import { Region, TwinIndex, hashPages, pageSize as P, InvalidStateError, SyscallError } from '../lib/index.ts'
 import { inVm } from './helpers/env.mjs'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
-import { noFdLeak } from './helpers/process.ts'
+import { noFdLeak, rssBytes } from './helpers/process.ts'
 import { mergeTurnHolder } from './helpers/merge-turn.ts'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -16,6 +18,39 @@ function distinctHashes(n: number, salt = 0): BigUint64Array {
   using r = Region.anonymous(n * P)
   for (let i = 0; i < n; i++) new DataView(r.bytes.buffer, r.bytes.byteOffset + i * P, 8).setUint32(0, i * 7919 + salt + 1)
   return hashPages(r)
+}
+
+type OpenOutcome = { timedOut: true } | { opened: true } | { name: string; code: string; message: string }
+
+/**
+ * TwinIndex.open(target) in a child process, killed after `timeoutMs`: a regression that blocks
+ * in open(2) hangs the child, never this test process.
+ */
+async function openInChild(target: string, timeoutMs: number): Promise<OpenOutcome> {
+  ensureDist()
+  const script = `
+    const { TwinIndex } = await import(${JSON.stringify(distEntry)})
+    let outcome
+    try {
+      TwinIndex.open(process.env.TARGET).close()
+      outcome = { opened: true }
+    } catch (e) {
+      outcome = { name: e.name, code: e.code, message: e.message }
+    }
+    process.stdout.write(JSON.stringify(outcome))
+  `
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, TARGET: target }, stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  child.stdout!.on('data', (chunk) => (out += chunk))
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+  const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.once('close', (_code, sig) => resolve(sig)))
+  clearTimeout(timer)
+  return signal === 'SIGKILL' ? { timedOut: true } : (JSON.parse(out) as OpenOutcome)
+}
+
+/** The kernel function process `pid` sleeps in ('' once it is gone). */
+function wchanOf(pid: number): string {
+  return fs.existsSync(`/proc/${pid}/wchan`) ? fs.readFileSync(`/proc/${pid}/wchan`, 'utf8') : ''
 }
 
 describe('hashPages', () => {
@@ -113,6 +148,95 @@ describe('TwinIndex', () => {
     expect(() => index.add(new BigUint64Array(1))).toThrow(InvalidStateError)
     expect(() => index.path).toThrow(expect.objectContaining({ code: 'ERR_TWIN_INDEX_CLOSED' }))
   })
+
+  it('creating the largest index commits nothing: free slots are the zeros a fresh memfd reads as', () => {
+    const rssBefore = rssBytes()
+    using index = TwinIndex.create({ slots: 2 ** 28 })
+    const committed = () => fs.fstatSync(index.fd).blocks * 512
+    // 2 GiB of slots; only the header page is written (a 2 MiB page where shmem uses THP).
+    expect(index.slots).toBe(2 ** 28)
+    expect(committed()).toBeLessThanOrEqual(2 * 1024 * 1024)
+    // Counting used slots reads only the pages that hold entries, and another process's open
+    // commits nothing either.
+    expect(index.usedSlots).toBe(0)
+    using other = TwinIndex.open(index.path)
+    expect(other.usedSlots).toBe(0)
+    expect(committed()).toBeLessThanOrEqual(2 * 1024 * 1024)
+    const h = distinctHashes(64)
+    expect([...index.add(h)]).toEqual(new Array(64).fill(1))
+    expect(other.usedSlots).toBe(64)
+    // 64 entries touch at most 64 more pages.
+    expect(committed()).toBeLessThanOrEqual(65 * 2 * 1024 * 1024)
+    expect(rssBytes() - rssBefore).toBeLessThan(256 * 1024 * 1024)
+    // The documented maximum, and a RangeError above it.
+    expect(TwinIndex.maxSlots).toBe(2 ** 28)
+    expect(() => TwinIndex.create({ slots: TwinIndex.maxSlots * 2 })).toThrow(expect.objectContaining({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' }))
+  })
+
+  it('open() of a FIFO is a clear error and never opens it (a writer waiting for a reader stays waiting)', async (ctx) => {
+    const fifo = path.join(os.tmpdir(), `memdedup-twin-fifo-${process.pid}`)
+    execFileSync('mkfifo', [fifo])
+    // A writer blocks in open(2) until someone opens the FIFO for reading; an open for reading
+    // and writing would release it, and its data would be lost when that descriptor closes.
+    const writer = spawn('sh', ['-c', 'echo written > "$0"', fifo], { stdio: 'ignore' })
+    try {
+      const deadline = Date.now() + 20_000
+      while (wchanOf(writer.pid!) !== 'wait_for_partner' && Date.now() < deadline) await sleep(10)
+      const wchan = wchanOf(writer.pid!)
+      if (wchan !== 'wait_for_partner') ctx.skip(`cannot see the FIFO writer wait for a reader (/proc/${writer.pid}/wchan: '${wchan}')`)
+      const outcome = await openInChild(fifo, inVm ? 300_000 : 30_000)
+      expect(outcome).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE', message: expect.stringMatching(/FIFO/) })
+      await sleep(100)
+      expect(wchanOf(writer.pid!)).toBe('wait_for_partner')
+      expect(writer.exitCode).toBeNull()
+      // Here too (the child showed it does not block), and without leaking a descriptor.
+      noFdLeak(() => {
+        expect(() => TwinIndex.open(fifo)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringMatching(/FIFO/) }))
+        expect(() => TwinIndex.open(os.tmpdir())).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringMatching(/directory/) }))
+      })
+      expect(wchanOf(writer.pid!)).toBe('wait_for_partner')
+    } finally {
+      writer.kill('SIGKILL')
+      fs.rmSync(fifo)
+    }
+  })
+
+  it('open() of a file another process holds a lease on is EAGAIN at once, not a wait for the lease break', async (ctx) => {
+    const file = path.join(os.tmpdir(), `memdedup-twin-lease-${process.pid}`)
+    fs.writeFileSync(file, Buffer.alloc(64 + 64 * 8))
+    // A read lease (F_SETLEASE F_RDLCK = 1024, 0); SIGIO, the lease-break signal, ignored: the holder
+    // never gives the lease back, so an open for writing waits the whole lease-break-time (45 s).
+    const holderScript = [
+      'import fcntl, os, signal, sys',
+      'signal.signal(signal.SIGIO, signal.SIG_IGN)',
+      'fd = os.open(sys.argv[1], os.O_RDONLY)',
+      'try:',
+      '    fcntl.fcntl(fd, 1024, 0)',
+      'except OSError as e:',
+      "    print('refused', e.strerror, flush=True)",
+      '    sys.exit(0)',
+      "print('leased', flush=True)",
+      'sys.stdin.read()',
+    ].join('\n')
+    const holder = spawn('python3', ['-c', holderScript, file], { stdio: ['pipe', 'pipe', 'inherit'] })
+    try {
+      const first = await new Promise<string>((resolve, reject) => {
+        holder.once('error', (error: NodeJS.ErrnoException) => (error.code === 'ENOENT' ? resolve('no python3') : reject(error)))
+        holder.stdout!.once('data', (chunk) => resolve(String(chunk).trim()))
+        holder.once('exit', (code) => resolve(`exited with ${code}`))
+      })
+      if (first === 'no python3') ctx.skip('python3 is needed to hold a lease (fcntl F_SETLEASE) in another process')
+      if (first.startsWith('refused')) ctx.skip(`the file system of ${os.tmpdir()} refuses leases: ${first}`)
+      expect(first).toBe('leased')
+      const started = Date.now()
+      const outcome = await openInChild(file, inVm ? 300_000 : 30_000)
+      expect(outcome).toMatchObject({ name: 'SyscallError', code: 'EAGAIN' })
+      expect(Date.now() - started).toBeLessThan(45_000)
+    } finally {
+      holder.kill('SIGKILL')
+      fs.rmSync(file)
+    }
+  }, inVm ? 600_000 : 60_000)
 
   it('survives participants SIGKILLed mid-update: no lock left, no lost or torn update', async () => {
     ensureDist()

@@ -5,8 +5,8 @@
 // Every merge claim is proven with PFNs (/proc/<pid>/pagemap, read as root).
 import fs from 'node:fs'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { describe, expect, it } from 'vitest'
-import { Region, Deduplicator, TwinIndex, features, pagemap, pageSize as P, InvalidStateError } from '../lib/index.ts'
+import { describe, expect, it, vi } from 'vitest'
+import { Region, Deduplicator, TwinIndex, features, pagemap, pageSize as P, InvalidStateError, type PassReport } from '../lib/index.ts'
 import { requires } from './helpers/env.mjs'
 import { holdKsmLock, fastKsmd, foreignKsmUsers, inVm, probe } from './helpers/ksm.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
@@ -246,6 +246,116 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
     await sleep(10)
     await dedup.stop()
     expect(dedup.stats().passes).toBeGreaterThan(1)
+  })
+
+  // Re-entrancy: onPass may call run/stop/pass/close. The timers are vitest's fake ones (only
+  // setTimeout/clearTimeout), so every pass and every pending timer can be counted exactly.
+  it('stop(); run() inside onPass replaces the loop: exactly one timer chain, one pass per interval', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
+    try {
+      using dedup = new Deduplicator({ merge: 'none' })
+      using r = Region.anonymous(P)
+      dedup.track(r)
+      let restarts = 0
+      const onPass = () => {
+        if (restarts === 3) return
+        restarts++
+        void dedup.stop()
+        dedup.run({ intervalMs: 100, onPass })
+      }
+      dedup.run({ intervalMs: 100, onPass })
+      // A run's first pass comes at once: the three restarts and the fourth loop's first pass.
+      vi.advanceTimersByTime(10)
+      expect(restarts).toBe(3)
+      expect(dedup.stats().passes).toBe(4)
+      expect(dedup.running).toBe(true)
+      expect(vi.getTimerCount()).toBe(1)
+      // Five intervals, five passes (a stale loop left alive would add its own, and its restarts more).
+      vi.advanceTimersByTime(500)
+      expect(dedup.stats().passes).toBe(9)
+      expect(vi.getTimerCount()).toBe(1)
+      await dedup.stop()
+      expect(vi.getTimerCount()).toBe(0)
+      vi.advanceTimersByTime(1000)
+      expect(dedup.stats().passes).toBe(9)
+      // onPass restarting and then throwing: the error ends the loop it started; stop() rejects with it.
+      const boom = new Error('onPass failed after a restart')
+      let thrown = false
+      dedup.run({
+        intervalMs: 100,
+        onPass: () => {
+          if (thrown) return
+          thrown = true
+          void dedup.stop()
+          dedup.run({ intervalMs: 100 })
+          throw boom
+        },
+      })
+      vi.advanceTimersByTime(1000)
+      expect(dedup.stats().passes).toBe(10)
+      expect(dedup.running).toBe(false)
+      expect(vi.getTimerCount()).toBe(0)
+      await expect(dedup.stop()).rejects.toBe(boom)
+    } finally {
+      vi.useRealTimers()
+    }
+  })
+
+  it('close() inside onPass ends the loop; later calls throw ERR_DEDUP_CLOSED, stop() and close() stay harmless', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
+    try {
+      using r = Region.anonymous(P)
+      const dedup = new Deduplicator({ merge: 'none' })
+      dedup.track(r)
+      const seen: number[] = []
+      dedup.run({
+        intervalMs: 100,
+        onPass: (report) => {
+          seen.push(report.pass)
+          dedup.close()
+        },
+      })
+      vi.advanceTimersByTime(1000)
+      expect(seen).toEqual([1])
+      expect(dedup.stats().passes).toBe(1)
+      expect(dedup.closed).toBe(true)
+      expect(dedup.running).toBe(false)
+      expect(vi.getTimerCount()).toBe(0)
+      expect(() => dedup.pass()).toThrow(expect.objectContaining({ name: 'InvalidStateError', code: 'ERR_DEDUP_CLOSED' }))
+      expect(() => dedup.run({ intervalMs: 100 })).toThrow(expect.objectContaining({ name: 'InvalidStateError', code: 'ERR_DEDUP_CLOSED' }))
+      expect(() => dedup.track(r)).toThrow(expect.objectContaining({ name: 'InvalidStateError', code: 'ERR_DEDUP_CLOSED' }))
+      await expect(dedup.stop()).resolves.toBeUndefined()
+      dedup.close()
+      expect(r.closed).toBe(false) // a tracked Region outlives its Deduplicator
+    } finally {
+      vi.useRealTimers()
+    }
+  })
+
+  it('pass() inside onPass runs one more pass there (onPass is not called for it); the loop goes on', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
+    try {
+      using dedup = new Deduplicator({ merge: 'none', stablePasses: 1 })
+      using r = Region.anonymous(4 * P)
+      dedup.track(r)
+      const seen: number[] = []
+      const nested: PassReport[] = []
+      dedup.run({
+        intervalMs: 100,
+        onPass: (report) => {
+          seen.push(report.pass)
+          nested.push(dedup.pass())
+        },
+      })
+      vi.advanceTimersByTime(250) // loop passes at 0, 100 and 200 ms
+      expect(seen).toEqual([1, 3, 5])
+      expect(nested.map((report) => report.pass)).toEqual([2, 4, 6])
+      expect(dedup.stats().history.map((report) => report.pass)).toEqual([1, 2, 3, 4, 5, 6])
+      expect(dedup.running).toBe(true)
+      expect(vi.getTimerCount()).toBe(1)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 
   it('stop() right after run() and run() right after stop() never run two loops', async () => {

@@ -3,11 +3,12 @@
 // offers (probe), what KSM saves system-wide (stats) and per process (top), and any program run
 // with KSM on for its whole process tree (run). Exit codes: 0 ok, 1 runtime failure, 2 usage
 // error; `run` exits with its command's status (128 + signal when killed, 127 not found).
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import util from 'node:util'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { SyscallError } from './errors.ts'
 import { features } from './features.ts'
@@ -41,6 +42,31 @@ let jsonMessages = false
 function warn(message: string, code: string): void {
   process.stderr.write(jsonMessages ? JSON.stringify({ warning: { code, message } }) + '\n' : warnColour(`memdedup: warning: ${message}`) + '\n')
 }
+
+/** An error on stderr: `memdedup: message`, or one JSON line under --json. */
+function printError(code: string, message: string): void {
+  process.stderr.write(jsonMessages ? JSON.stringify({ error: { code, message } }) + '\n' : `memdedup: ${message}\n`)
+}
+
+/**
+ * A line on stdout. Everything memdedup prints there goes through process.stdout.write, whose
+ * failures reach the handler below (console.log would drop them).
+ */
+function out(text: string): void {
+  process.stdout.write(text + '\n')
+}
+
+// A failed write to stdout. EPIPE: its reader went away (`memdedup stats --watch | head -1`), where
+// a C program dies of SIGPIPE, which Node ignores. memdedup then exits at once and silently, with
+// the status it already has, so 0 (not 141, 128 + SIGPIPE): a reader that has seen enough is how a
+// piped watch ends, as `q` ends it on a terminal, and a `set -o pipefail` script should not fail on
+// it. Any other error (ENOSPC on /dev/full, EIO) is reported, exit 1.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit()
+  const reason = typeof error.errno === 'number' ? util.getSystemErrorMap().get(error.errno)?.[1] : undefined
+  printError(error.code ?? 'ERR_MEMDEDUP_CLI', `cannot write to stdout: ${reason && error.code ? `${error.code} (${reason})` : error.message}`)
+  process.exit(1)
+})
 
 function mib(bytes: number | null): string {
   if (bytes === null) return '-'
@@ -125,7 +151,7 @@ const clearScreen = () => (process.stdout.isTTY ? '\x1b[H\x1b[2J' : '')
 
 function probe(opts: { json?: boolean }): void {
   const f = features()
-  console.log(opts.json ? JSON.stringify(f, null, 2) : table(Object.entries(f)))
+  out(opts.json ? JSON.stringify(f, null, 2) : table(Object.entries(f)))
 }
 
 // stats ------------------------------------------------------------------------------------------
@@ -151,13 +177,13 @@ function statsText(s: stats.SystemStats): string {
 async function statsCommand(opts: { json?: boolean; watch?: boolean; interval: number }): Promise<void> {
   if (!opts.watch) {
     const s = stats.system()
-    console.log(opts.json ? JSON.stringify(s, null, 2) : statsText(s))
+    out(opts.json ? JSON.stringify(s, null, 2) : statsText(s))
     return
   }
   await refresh(opts.interval * 1000, false, () => {
     const s = stats.system()
-    if (opts.json) process.stdout.write(JSON.stringify({ time: new Date().toISOString(), ...s }) + '\n')
-    else process.stdout.write(`${clearScreen()}${bold(`memdedup stats, every ${opts.interval} s`)}  ${dim(new Date().toLocaleTimeString())}\n${statsText(s)}\n\n`)
+    if (opts.json) out(JSON.stringify({ time: new Date().toISOString(), ...s }))
+    else out(`${clearScreen()}${bold(`memdedup stats, every ${opts.interval} s`)}  ${dim(new Date().toLocaleTimeString())}\n${statsText(s)}\n`)
   })
 }
 
@@ -240,14 +266,40 @@ function findCommand(command: string): string | undefined {
   return notExecutable
 }
 
+/**
+ * Why spawn could not start `file` (found at `found`), with a shell's status: 127 when the name leads
+ * to no file (ENOENT; ENOTDIR, ENAMETOOLONG, ELOOP: a path through a non-directory, too long, or
+ * through a symlink loop, which dash and POSIX count as not found too, where bash says 126), 126
+ * when the file is there but cannot be executed (EACCES, E2BIG, …).
+ */
+function execFailure(file: string, found: string, error: NodeJS.ErrnoException): CliError {
+  // ENOENT is also a file whose interpreter (#!) or loader is missing.
+  if (error.code === 'ENOENT') {
+    const why = fs.existsSync(found) ? 'cannot execute: required file not found (its #! interpreter or ELF loader is missing)' : file.includes('/') ? 'no such file or directory' : 'command not found'
+    return new CliError(`${file}: ${why}`, 127, 'ENOENT')
+  }
+  const notFound: Record<string, string> = { ENOTDIR: 'not a directory', ENAMETOOLONG: 'file name too long', ELOOP: 'too many levels of symbolic links' }
+  if (error.code !== undefined && error.code in notFound) return new CliError(`${file}: ${notFound[error.code]}`, 127, error.code)
+  if (error.code === 'EACCES') return new CliError(`${file}: permission denied`, 126, 'EACCES')
+  return new CliError(`${file}: cannot run it (${error.code ?? error.message})`, 126, error.code)
+}
+
 async function runCommand(argv: string[], opts: { json?: boolean; startKsmd?: boolean }): Promise<number> {
   enableProcessMerge()
   checkKsmd(Boolean(opts.startKsmd))
   const [file, ...args] = argv
   const found = findCommand(file)
   if (found === undefined) throw new CliError(`${file}: command not found`, 127, 'ENOENT')
-  // argv0: the command sees the name it was given, as from a shell.
-  const child = spawn(found, args, { stdio: 'inherit', argv0: file })
+  let child: ChildProcess
+  try {
+    // argv0: the command sees the name it was given, as from a shell.
+    child = spawn(found, args, { stdio: 'inherit', argv0: file })
+  } catch (error) {
+    // spawn throws some failures to exec (ENAMETOOLONG, ENOTDIR, ELOOP, E2BIG) and emits the others
+    // (ENOENT, EACCES) as 'error' below: both are the child that never ran.
+    if ((error as NodeJS.ErrnoException).syscall !== 'spawn') throw error
+    throw execFailure(file, found, error as NodeJS.ErrnoException)
+  }
   const forwarded = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
   const forward = (signal: NodeJS.Signals) => {
     child.kill(signal)
@@ -255,15 +307,8 @@ async function runCommand(argv: string[], opts: { json?: boolean; startKsmd?: bo
   for (const signal of forwarded) process.on(signal, forward)
   try {
     const status = await new Promise<{ code: number; signal: NodeJS.Signals | null }>((resolve, reject) => {
-      child.once('error', (error: NodeJS.ErrnoException) => {
-        // spawn failed (the child never ran): the shell's statuses. ENOENT here is a path given
-        // with a slash that is not there, or a file whose interpreter (#!) or loader is missing.
-        if (error.code === 'ENOENT') {
-          const why = fs.existsSync(found) ? 'cannot execute: required file not found (its #! interpreter or ELF loader is missing)' : file.includes('/') ? 'no such file or directory' : 'command not found'
-          reject(new CliError(`${file}: ${why}`, 127, 'ENOENT'))
-        } else if (error.code === 'EACCES') reject(new CliError(`${file}: permission denied`, 126, 'EACCES'))
-        else reject(new CliError(`${file}: cannot run it (${error.code ?? error.message})`, 126, error.code))
-      })
+      // spawn failed (the child never ran): the shell's statuses.
+      child.once('error', (error: NodeJS.ErrnoException) => reject(execFailure(file, found, error)))
       child.once('exit', (code, signal) => resolve({ code: signal ? 128 + (os.constants.signals[signal] ?? 0) : (code ?? 1), signal }))
     })
     if (opts.json) process.stderr.write(JSON.stringify({ command: argv, pid: child.pid, exitCode: status.code, signal: status.signal }) + '\n')
@@ -413,8 +458,8 @@ function topText(s: TopSnapshot, sort: SortField, size: { columns: number; rows:
 async function topCommand(opts: { once?: boolean; json?: boolean; sort: SortField; interval: number; all?: boolean }): Promise<void> {
   await refresh(opts.interval * 1000, Boolean(opts.once), () => {
     const s = snapshot(Boolean(opts.all), opts.sort)
-    if (opts.json) process.stdout.write(JSON.stringify(s) + '\n')
-    else process.stdout.write(clearScreen() + topText(s, opts.sort, terminalSize()).join('\n') + '\n')
+    if (opts.json) out(JSON.stringify(s))
+    else out(clearScreen() + topText(s, opts.sort, terminalSize()).join('\n'))
   })
 }
 
@@ -442,6 +487,13 @@ function program(setExit: (code: number) => void): Command {
     .enablePositionalOptions()
     .exitOverride()
     .showHelpAfterError('(memdedup --help lists the commands)')
+    // Usage errors: commander's text, or under --json nothing (main prints the JSON line). Set
+    // before the commands are added, which copy it.
+    .configureOutput({
+      writeErr: (text) => {
+        if (!jsonMessages) process.stderr.write(text)
+      },
+    })
   cli
     .command('probe')
     .description('which deduplication and write-tracking features this kernel offers')
@@ -486,19 +538,46 @@ function program(setExit: (code: number) => void): Command {
   return cli
 }
 
+/**
+ * Whether memdedup itself was given --json, known before commander parses (its usage errors come
+ * before any action runs, and it stops reading options at an unknown one): a --json among memdedup's
+ * own arguments, so not after `--`, not in run's command, not an option's value (`--sort --json`).
+ */
+function wantsJson(cli: Command, argv: string[]): boolean {
+  let command = cli
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]
+    if (arg === '--json') return true
+    if (arg === '--') return false
+    if (arg.startsWith('-')) {
+      if (command.options.some((o) => o.required && (o.long === arg || o.short === arg))) i++ // `--sort pid`: the value
+    } else if (command === cli) command = cli.commands.find((c) => c.name() === arg) ?? cli
+    else if (command.name() === 'run') return false // the command: what follows is its own
+  }
+  return false
+}
+
 async function main(argv: string[]): Promise<number> {
   let exitCode = 0
+  const cli = program((code) => (exitCode = code))
+  jsonMessages = wantsJson(cli, argv)
   try {
-    await program((code) => (exitCode = code)).parseAsync(argv, { from: 'user' })
+    await cli.parseAsync(argv, { from: 'user' })
     return exitCode
   } catch (error) {
     if (error instanceof CommanderError) {
-      // --help and --version "fail" with code 0; everything else commander rejects is a usage error.
-      return error.exitCode === 0 ? 0 : 2
+      // --help and --version "fail" with code 0; everything else commander rejects is a usage error,
+      // which it printed as text (or, under --json, left to this line: `code` is commander's, as
+      // `commander.unknownOption`; `commander.help` is no command, or help for an unknown one).
+      if (error.exitCode === 0) return 0
+      if (jsonMessages) {
+        const message = error.code === 'commander.help' ? `a command is needed, one of: ${cli.commands.map((c) => c.name()).join(', ')}` : error.message.replace(/^error: /, '')
+        printError(error.code, message)
+      }
+      return 2
     }
     const e = error as Error & { code?: string; exitCode?: number }
-    if (jsonMessages) process.stderr.write(JSON.stringify({ error: { code: e.code ?? 'ERR_MEMDEDUP_CLI', message: e.message } }) + '\n')
-    else process.stderr.write(`memdedup: ${e.message}\n`)
+    printError(e.code ?? 'ERR_MEMDEDUP_CLI', e.message)
     return error instanceof CliError ? error.exitCode : 1
   }
 }

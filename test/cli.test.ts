@@ -64,11 +64,12 @@ interface Run extends SpawnSyncReturns<string> {
   json: () => any
 }
 
-/** Runs the installed bin to completion. */
-function memdedup(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; wrap?: string[]; timeoutMs?: number } = {}): Run {
+/** Runs the installed bin to completion; `stdout`: a file descriptor to give it as stdout instead of a pipe. */
+function memdedup(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; wrap?: string[]; timeoutMs?: number; stdout?: number } = {}): Run {
   const argv = [...(options.wrap ?? []), bin, ...args]
   const result = spawnSync(argv[0], argv.slice(1), {
     cwd: options.cwd ?? os.tmpdir(),
+    stdio: ['ignore', options.stdout ?? 'pipe', 'pipe'],
     env: { ...process.env, NO_COLOR: '', ...options.env },
     encoding: 'utf8',
     timeout: options.timeoutMs ?? 60_000 * slow,
@@ -93,6 +94,18 @@ function start(args: string[], env: NodeJS.ProcessEnv = {}) {
       check()
     })
   return { child, done, lines }
+}
+
+/**
+ * Starts the installed bin with stdout a pipe whose reader goes away (as `| head -1` does) once it
+ * printed `lines` lines, or at once (0: before it can write anything).
+ */
+async function readerGoesAway(args: string[], lines: number): Promise<ChildResult> {
+  const run = start(args)
+  if (lines > 0) await run.lines(lines)
+  // Closes our end of the pipe: the command's next write fails with EPIPE.
+  run.child.stdout!.destroy()
+  return run.done
 }
 
 const commands = ['probe', 'stats', 'run', 'top']
@@ -126,6 +139,77 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
       expect(result.stderr.length, args.join(' ')).toBeGreaterThan(0)
     }
     if (!inVm) expect(memdedup(['top', '--sort=nope']).stderr).toContain('merged')
+  })
+
+  it('with --json every usage error is one JSON object on stderr, {error: {code, message}}, and still exit 2', () => {
+    const cases: [string[], string][] = [
+      [['bogus', '--json'], 'commander.unknownCommand'],
+      [['top', '--json', '--bogus'], 'commander.unknownOption'],
+      [['run', '--json'], 'commander.missingArgument'],
+      [['stats', '--json', '--interval=abc'], 'commander.invalidArgument'],
+      // --json after the error counts too.
+      [['stats', '--interval=0', '--json'], 'commander.invalidArgument'],
+      [['top', '--json', '--interval', '-1'], 'commander.invalidArgument'],
+      [['top', '--json', '--sort=nope'], 'commander.invalidArgument'],
+      [['top', '--json', '--interval'], 'commander.optionMissingArgument'],
+      [['probe', '--json', 'extra', 'args'], 'commander.excessArguments'],
+      [['--json'], 'commander.unknownOption'],
+      [['help', 'bogus', '--json'], 'commander.help'],
+    ]
+    for (const [args, code] of guestFew(cases, 3)) {
+      const result = memdedup(args)
+      const what = `memdedup ${args.join(' ')}: ${result.stderr}`
+      expect(result.status, what).toBe(2)
+      expect(result.stdout, what).toBe('')
+      expect(result.stderr.endsWith('\n') && result.stderr.indexOf('\n') === result.stderr.length - 1, what).toBe(true)
+      expect(JSON.parse(result.stderr), what).toEqual({ error: { code, message: expect.stringMatching(/^(?!error:)\w/) } })
+    }
+    if (!inVm) expect(JSON.parse(memdedup(['top', '--json', '--sort=nope']).stderr).error.message).toContain('merged')
+    // A --json that is not memdedup's own leaves usage errors as text: one in run's command, or
+    // the value of an option.
+    const notOurs = [
+      ['run', '--bogus', 'sh', '--json'],
+      ['run', '--bogus', '--', 'sh', '--json'],
+      ['top', '--sort', '--json'],
+    ]
+    for (const args of guestFew(notOurs, 1)) {
+      const result = memdedup(args)
+      expect(result.status, `memdedup ${args.join(' ')}: ${result.stderr}`).toBe(2)
+      expect(result.stderr, args.join(' ')).toMatch(/^error: /)
+    }
+  })
+
+  it('a reader that goes away (stats --watch | head -1) ends it quietly: exit 0, nothing on stderr', async () => {
+    const cases: [string[], number][] = [
+      [['stats', '--watch', '--interval=0.1'], 1],
+      [['stats', '--watch', '--json', '--interval=0.1'], 1],
+      // Gone before the first write.
+      [['stats', '--watch', '--json', '--interval=0.1'], 0],
+      [['probe'], 0],
+      [['stats', '--json'], 0],
+    ]
+    for (const [args, lines] of guestFew(cases, 2)) {
+      const result = await readerGoesAway(args, lines)
+      expect({ code: result.code, signal: result.signal, stderr: result.stderr }, `${args.join(' ')} (reader gone after ${lines} lines)`).toEqual({ code: 0, signal: null, stderr: '' })
+    }
+  })
+
+  it('any other error writing stdout is reported (ENOSPC on /dev/full): exit 1, one line on stderr, no stack trace', (ctx: TestContext) => {
+    if (!fs.existsSync('/dev/full')) ctx.skip('no /dev/full to make writes to stdout fail with ENOSPC')
+    const full = fs.openSync('/dev/full', 'w')
+    try {
+      for (const args of guestFew([['stats', '--watch', '--interval=0.1'], ['stats'], ['top', '--once']], 1)) {
+        const result = memdedup(args, { stdout: full })
+        expect(result.status, `memdedup ${args.join(' ')}: ${result.stderr}`).toBe(1)
+        expect(result.stderr, args.join(' ')).toMatch(/^memdedup: cannot write to stdout: ENOSPC\b[^\n]*\n$/)
+      }
+      const json = memdedup(['stats', '--watch', '--json', '--interval=0.1'], { stdout: full })
+      expect(json.status, json.stderr).toBe(1)
+      expect(json.stderr.trimEnd().split('\n'), json.stderr).toHaveLength(1)
+      expect(JSON.parse(json.stderr)).toMatchObject({ error: { code: 'ENOSPC' } })
+    } finally {
+      fs.closeSync(full)
+    }
   })
 
   it('probe --json and stats --json parse and agree with the kernel', () => {
@@ -265,6 +349,33 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
           // …and still finds what comes after it.
           expect(memdedup(['run', '--', 'true'], { env, wrap }).status).toBe(0)
         } else ctx.annotate('not checked: a $PATH directory this user may not search (root, and no setpriv(1) to run as nobody)')
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true })
+      }
+    })
+
+    it('like /bin/sh (dash): a path that cannot name a file (too long, through a non-directory, a symlink loop) exits 127, also when spawn refuses it at once', () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-cli-'))
+      try {
+        fs.writeFileSync(path.join(dir, 'file'), '')
+        fs.symlinkSync('loop', path.join(dir, 'loop'))
+        const long = 'a'.repeat(5000)
+        for (const [command, why] of [
+          // By name: searched in $PATH, found nowhere.
+          [long, 'command not found'],
+          // By path: Node's spawn throws these (ENAMETOOLONG, ENOTDIR, ELOOP) instead of emitting 'error'.
+          [`./${long}`, 'file name too long'],
+          [path.join(dir, 'b'.repeat(300)), 'file name too long'],
+          [path.join(dir, 'file', 'x'), 'not a directory'],
+          [path.join(dir, 'loop'), 'too many levels of symbolic links'],
+        ]) {
+          const result = memdedup(['run', '--', command])
+          expect(result.status, `${command.slice(0, 80)}: ${result.stderr.slice(0, 300)}`).toBe(127)
+          expect(result.stderr, command.slice(0, 80)).toContain(`${command}: ${why}`)
+        }
+        const json = memdedup(['run', '--json', '--', `./${long}`])
+        expect(json.status, json.stderr.slice(0, 300)).toBe(127)
+        expect(JSON.parse(json.stderr.trim().split('\n').pop()!)).toMatchObject({ error: { code: 'ENAMETOOLONG' } })
       } finally {
         fs.rmSync(dir, { recursive: true, force: true })
       }
@@ -421,6 +532,17 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
         }
       } finally {
         churn.kill('SIGKILL')
+      }
+    })
+
+    it('a reader that goes away (top | head -1) ends it quietly: exit 0, nothing on stderr', async () => {
+      for (const args of [
+        ['top', '--interval=0.1'],
+        ['top', '--json', '--interval=0.1'],
+        ['top', '--once', '--json'],
+      ]) {
+        const result = await readerGoesAway(args, args.includes('--once') ? 0 : 1)
+        expect({ code: result.code, signal: result.signal, stderr: result.stderr }, args.join(' ')).toEqual({ code: 0, signal: null, stderr: '' })
       }
     })
 

@@ -146,12 +146,16 @@ const failedSyscall = ['', 'ioctl(PAGEMAP_SCAN)', 'madvise(MADV_MERGE)', 'madvis
 function resolveMerge(requested: MergeMode): 'sksm' | 'ksm' | 'none' {
   const ksmPresent = () => fs.existsSync(ksmSysfsDir)
   if (requested === 'auto') {
-    if (sksm.available()) return 'sksm'
+    // SKSM switched off by the administrator (sksm_enabled = 0): ksmd merges instead.
+    if (sksm.enabled()) return 'sksm'
     if (ksmPresent()) return 'ksm'
     throw new FeatureUnavailableError('sksm', "neither madvise(MADV_MERGE) nor KSM (CONFIG_KSM) is available; use { merge: 'none' } for a dry run")
   }
   if (requested === 'sksm' && !sksm.available()) {
     throw new FeatureUnavailableError('sksm', "the deduplicator merges with madvise(MADV_MERGE); use { merge: 'ksm' } to let ksmd merge, or 'none' for a dry run")
+  }
+  if (requested === 'sksm' && !sksm.enabled()) {
+    throw new FeatureUnavailableError('sksm', `madvise(MADV_MERGE) is switched off (${sksm.enabledKnob} is 0); use { merge: 'ksm' } to let ksmd merge, or 'none' for a dry run`)
   }
   if (requested === 'ksm' && !ksmPresent()) throw new FeatureUnavailableError('ksm', `${ksmSysfsDir} does not exist (CONFIG_KSM=n)`)
   return requested

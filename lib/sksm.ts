@@ -1,6 +1,7 @@
 // SKSM: madvise(MADV_MERGE) merges identical pages of a range now, synchronously, with no
 // daemon and no ongoing tracking: a later write simply COWs the page back to a private copy.
 // Present only on kernels carrying the SKSM patch (kernel-patches/); absent kernels say EINVAL.
+import fs from 'node:fs'
 import { native, constants as C } from './native.ts'
 import { check, errno, FeatureUnavailableError } from './errors.ts'
 import { resolveSpan, type Range, type Region } from './region.ts'
@@ -47,7 +48,9 @@ import { resolveSpan, type Range, type Region } from './region.ts'
  *   range inside it.
  * @throws {InvalidStateError} the Region is closed (code ERR_REGION_CLOSED).
  * @throws {FeatureUnavailableError} the kernel has no SKSM (feature 'sksm'); see available().
- * @throws {SyscallError} any other kernel failure (e.g. ENOMEM), code and errno set.
+ * @throws {SyscallError} EPERM: the administrator switched MADV_MERGE off
+ *   (/sys/kernel/mm/ksm/sksm_enabled = 0; see enabled()); any other kernel failure (e.g.
+ *   ENOMEM), code and errno set.
  */
 export function merge(region: Region, range?: Range): void {
   const span = resolveSpan(region, range, 'sksm.merge')
@@ -56,20 +59,42 @@ export function merge(region: Region, range?: Range): void {
   if (-rc === errno.EINVAL && !available()) {
     throw new FeatureUnavailableError('sksm', 'madvise(MADV_MERGE) is not supported (kernel without the SKSM patch)')
   }
-  check(rc, 'madvise(MADV_MERGE)')
+  check(rc, 'madvise(MADV_MERGE)', -rc === errno.EPERM ? `switched off by the administrator (${enabledKnob} is 0)` : undefined)
+}
+
+/** The administrator's switch (kernel-patches/0040): 0 makes MADV_MERGE fail with EPERM. */
+export const enabledKnob = '/sys/kernel/mm/ksm/sksm_enabled'
+
+/**
+ * Whether MADV_MERGE may be used now: available() and the administrator's switch
+ * (/sys/kernel/mm/ksm/sksm_enabled) is 1. Read on every call (root may flip it at any time);
+ * a kernel with SKSM but without the switch counts as enabled.
+ */
+export function enabled(): boolean {
+  if (!available()) return false
+  let value: string
+  try {
+    value = fs.readFileSync(enabledKnob, 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return true // SKSM before the switch
+    throw error
+  }
+  return value.trim() !== '0'
 }
 
 let probed: boolean | undefined
 /**
  * Whether this kernel implements MADV_MERGE: probed once, on a scratch anonymous page (an
- * unpatched kernel rejects the unknown advice with EINVAL), then cached. Tests skip with a
- * reason when it is false; features().sksm reports the same.
+ * unpatched kernel rejects the unknown advice with EINVAL; one whose administrator switched it
+ * off says EPERM: implemented, see enabled()), then cached. Tests skip with a reason when it is
+ * false; features().sksm reports the same.
  */
 export function available(): boolean {
   if (probed === undefined) {
     const length = C.pageSize
     const address = check(native.mmap(0, length, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0), 'mmap', 'sksm probe')
-    probed = native.madvise(address, length, C.MADV_MERGE) === 0
+    const rc = native.madvise(address, length, C.MADV_MERGE)
+    probed = rc === 0 || -rc === errno.EPERM
     native.munmap(address, length)
   }
   return probed

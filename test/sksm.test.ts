@@ -1,9 +1,10 @@
 // Unit tests of lib/sksm.ts: argument checks (same on every kernel), the FeatureUnavailableError
 // a kernel without SKSM gives, and the calls the kernel accepts but ignores. The behaviour of
 // merging itself is in test/kselftest/sksm_basic.test.ts and test/sksm_ksm_coexist.test.ts.
+import fs from 'node:fs'
 import os from 'node:os'
 import { describe, expect, it } from 'vitest'
-import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, features, pagemap, pageSize, sksm } from '../lib/index.ts'
+import { Deduplicator, FeatureUnavailableError, InvalidStateError, Region, SyscallError, features, pagemap, pageSize, sksm } from '../lib/index.ts'
 import { expectThrowsCode, thrown } from './helpers/errors.ts'
 import { requires } from './helpers/env.mjs'
 
@@ -118,5 +119,48 @@ describe('sksm.merge calls the kernel accepts and ignores', () => {
     region.protect('none', { offset: pageSize, length: pageSize })
     expect(() => sksm.merge(region)).not.toThrow()
     expect(region.read({ offset: 0, length: pageSize }).every((b) => b === 3)).toBe(true)
+  })
+})
+
+describe("the administrator's switch: /sys/kernel/mm/ksm/sksm_enabled (kernel-patches/0040)", () => {
+  const isRoot = process.getuid?.() === 0
+  const knob = fs.existsSync(sksm.enabledKnob)
+
+  it('sksm.enabled() is false wherever sksm.available() is, and read live otherwise', () => {
+    if (!sksm.available()) expect(sksm.enabled()).toBe(false)
+    else if (!knob) expect(sksm.enabled()).toBe(true)
+    else expect(sksm.enabled()).toBe(fs.readFileSync(sksm.enabledKnob, 'utf8').trim() !== '0')
+  })
+
+  it.skipIf(!hasSksm || !isRoot)(`0: MADV_MERGE is EPERM and merges nothing, the Deduplicator's 'auto' picks ksmd; 1 again: it merges${withSksm}${isRoot ? '' : ' [skipped: writing sksm_enabled needs root]'}`, () => {
+    expect(knob, `${sksm.enabledKnob} exists on a kernel with SKSM from this lab`).toBe(true)
+    const before = fs.readFileSync(sksm.enabledKnob, 'utf8').trim()
+    using twins = Region.anonymous(2 * pageSize)
+    twins.bytes.fill(0x6b)
+    const pfnsOf = () => pagemap.entries(twins).pfns.slice()
+    try {
+      fs.writeFileSync(sksm.enabledKnob, '0')
+      expect(sksm.available()).toBe(true)
+      expect(sksm.enabled()).toBe(false)
+      const error = thrown(() => sksm.merge(twins))
+      expect(error).toBeInstanceOf(SyscallError)
+      expect(error).toMatchObject({ code: 'EPERM', syscall: 'madvise(MADV_MERGE)' })
+      expect(String((error as Error).message)).toContain('sksm_enabled is 0')
+      const [a, b] = pfnsOf()
+      expect(a, 'the twins still have frames of their own').not.toBe(b)
+      {
+        using dedup = new Deduplicator({ merge: 'auto' })
+        expect(dedup.merge).toBe('ksm')
+      }
+      expect(() => new Deduplicator({ merge: 'sksm' })).toThrow(FeatureUnavailableError)
+      fs.writeFileSync(sksm.enabledKnob, '1')
+      expect(sksm.enabled()).toBe(true)
+      sksm.merge(twins)
+      const [c, d] = pfnsOf()
+      expect(c, 'merged once the switch is back on').toBe(d)
+      expect(twins.read().every((byte) => byte === 0x6b)).toBe(true)
+    } finally {
+      fs.writeFileSync(sksm.enabledKnob, before)
+    }
   })
 })

@@ -1,25 +1,57 @@
 // Page content for the user-space deduplicator: page hashes, and the twin index that cooperating
 // processes share ("the unstable tree in user space", native/content.cc).
 import fs from 'node:fs'
-import { native, constants as C, pageSize, type TwinIndexHandle } from './native.ts'
-import { check, codedError, fsCall, SyscallError } from './errors.ts'
-import { Region, type Range } from './region.ts'
+import { types } from 'node:util'
+import { native, pageSize, type TwinIndexHandle } from './native.ts'
+import { check, codedError, errno, fsCall, SyscallError } from './errors.ts'
+import { openRegularFile, Region, type Range } from './region.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, validateInteger } from './validate.ts'
 
+// A caller's Region is a real one (the brand check), but its prototype is the caller's to swap:
+// its span and kind are read through Region's own methods, taken here before any caller code ran.
+const isRegion = Region.isRegion
+const readableSpan = Region.prototype.readableSpan
+const regionKind = Object.getOwnPropertyDescriptor(Region.prototype, 'kind')!.get!
+/** %TypedArray%.prototype.length: a typed array's own length, whatever a subclass says. */
+const typedArrayLength = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'length')!.get!
+
 /** Content hashes (64-bit XXH64) of the Region's pages (or a range): equal content, equal hash. */
 export function hashPages(region: Region, range?: Range): BigUint64Array {
-  if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
-  const span = region.readableSpan(range, 'hashPages')
+  if (!isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
+  const span = readableSpan.call(region, range, 'hashPages')
   const pages = span.length / pageSize
   const indexes = new Uint32Array(pages).map((_, i) => i)
   const out = new BigUint64Array(pages)
   // A file's pages are copied through the kernel first: a truncated file is EFAULT, not SIGBUS.
-  check(native.hashPages(span.address, indexes, pages, out, region.kind === 'file' ? 1 : 0), 'pread(/proc/self/mem)', 'hashPages')
+  check(native.hashPages(span.address, indexes, pages, out, regionKind.call(region) === 'file' ? 1 : 0), 'pread(/proc/self/mem)', 'hashPages')
   return out
 }
 
+/**
+ * The hashes a TwinIndex method was given, and how many: a real BigUint64Array (util.types, not
+ * instanceof, which an object made from BigUint64Array.prototype passes), whose `length` (a
+ * subclass may define its own) is read once and must be its own length.
+ */
+function readHashes(hashes: unknown): { hashes: BigUint64Array; count: number } {
+  if (!types.isBigUint64Array(hashes)) throw invalidArgType('hashes', 'a BigUint64Array', hashes)
+  const own = typedArrayLength.call(hashes) as number
+  const count = hashes.length
+  if (typeof count !== 'number') throw invalidArgType('hashes.length', 'of type number', count)
+  if (count !== own) throw outOfRange('hashes.length', `${own} (the BigUint64Array's own length)`, count)
+  return { hashes, count }
+}
+
 const handles = new WeakMap<TwinIndex, TwinIndexHandle>()
+
+/**
+ * A native index call's result: -EBADF is native/content.cc's word for a closed index (no syscall
+ * returned it: ERR_TWIN_INDEX_CLOSED); any other -errno is the kernel's.
+ */
+function indexCheck(rc: number, syscall: string, operation: string): number {
+  if (rc === -errno.EBADF) throw codedError('ERR_TWIN_INDEX_CLOSED', `Cannot ${operation}: the TwinIndex is closed`)
+  return check(rc, syscall)
+}
 
 /** The native handle of an open index (for lib/deduplicator.ts); ERR_TWIN_INDEX_CLOSED once closed. */
 export function twinIndexHandle(index: TwinIndex, operation: string): TwinIndexHandle {
@@ -33,35 +65,6 @@ export interface TwinIndexOptions {
   /** Entries (a power of two, 64 … TwinIndex.maxSlots = 2^28; 8 bytes each). One per distinct
    *  content held; default 2^18. Only the pages of slots ever used take memory. */
   slots?: number
-}
-
-/** What a non-regular file is, for TwinIndex.open's refusal. */
-function fileKind(stats: fs.Stats): string {
-  if (stats.isFIFO()) return 'a FIFO'
-  if (stats.isDirectory()) return 'a directory'
-  if (stats.isSocket()) return 'a socket'
-  if (stats.isCharacterDevice()) return 'a character device'
-  if (stats.isBlockDevice()) return 'a block device'
-  return 'not a regular file'
-}
-
-/**
- * Opens a would-be index for reading and writing without blocking, as Region.file opens its file
- * (lib/region.ts openRegularFile, which opens read-only): O_PATH first (opens nothing: a FIFO is not
- * opened, so neither waits for nor releases a peer; a device runs no open handler), fstat, and only
- * a regular file (a memfd is one) is reopened through /proc/self/fd (the same inode whatever the
- * path does since), O_NONBLOCK: a file another process holds a lease on is EAGAIN at once instead
- * of a wait of up to lease-break-time (45 s) on the event loop.
- */
-function openIndexFile(path: string, pathOrFd: string | number): number {
-  const pathFd = fsCall('open', path, () => fs.openSync(path, C.O_PATH))
-  try {
-    const stats = fsCall('fstat', path, () => fs.fstatSync(pathFd))
-    if (!stats.isFile()) throw invalidArgValue('pathOrFd', `is ${fileKind(stats)}, not a memfd`, pathOrFd)
-    return fsCall('open', path, () => fs.openSync(`/proc/self/fd/${pathFd}`, fs.constants.O_RDWR | C.O_NONBLOCK))
-  } finally {
-    fs.closeSync(pathFd)
-  }
 }
 
 /**
@@ -126,7 +129,7 @@ export class TwinIndex {
     if (typeof pathOrFd === 'number') path = `/proc/self/fd/${validateInteger(pathOrFd, 'pathOrFd', 0, 2 ** 31 - 1)}`
     else if (typeof pathOrFd === 'string' && pathOrFd.length > 0 && !pathOrFd.includes('\0')) path = pathOrFd
     else throw invalidArgType('pathOrFd', 'a path (string) or a file descriptor (number)', pathOrFd)
-    const fd = openIndexFile(path, pathOrFd)
+    const fd = openRegularFile(path, fs.constants.O_RDWR, 'pathOrFd', pathOrFd, 'a memfd')
     const handle = native.twinIndexOpen(fd)
     if (typeof handle !== 'number') return new TwinIndex(internal, handle)
     fs.closeSync(fd)
@@ -152,11 +155,14 @@ export class TwinIndex {
   /** Entries with at least one holder now (read from the index's pages that hold entries only). */
   get usedSlots(): number {
     const info = new Float64Array(3)
-    check(native.twinIndexInfo(twinIndexHandle(this, 'read usedSlots'), info), 'twinIndexInfo')
+    indexCheck(native.twinIndexInfo(twinIndexHandle(this, 'read usedSlots'), info), 'lseek(SEEK_DATA)', 'read usedSlots')
     return info[2]
   }
 
-  /** Counts one more holder of each hash; returns the holders of each right after. */
+  /**
+   * Counts one more holder of each hash; returns the holders of each right after. A hash that
+   * finds no free slot near it is an Error ERR_TWIN_INDEX_FULL; the hashes before it were counted.
+   */
   add(hashes: BigUint64Array): Uint32Array {
     return this.#update(hashes, 1, 'add')
   }
@@ -180,13 +186,13 @@ export class TwinIndex {
     const opts = readOptions(options, 'options', ['leaseMs'])
     const leaseMs = validateInteger(opts.leaseMs ?? 10_000, 'options.leaseMs', 1, 3_600_000)
     const word = native.twinIndexTakeTurn(twinIndexHandle(this, 'tryMergeTurn'), leaseMs)
-    if (typeof word === 'number') check(word, 'twinIndexTakeTurn')
+    if (typeof word === 'number') indexCheck(word, 'twinIndexTakeTurn', 'tryMergeTurn')
     return word === 0n ? null : (word as bigint)
   }
   /** Ends the turn tryMergeTurn() gave (nothing if it already expired and someone else took it). */
   endMergeTurn(turn: bigint): void {
     if (typeof turn !== 'bigint' || turn <= 0n || turn >= 2n ** 64n) throw invalidArgType('turn', 'a token from tryMergeTurn()', turn)
-    check(native.twinIndexGiveTurn(twinIndexHandle(this, 'endMergeTurn'), turn), 'twinIndexGiveTurn')
+    indexCheck(native.twinIndexGiveTurn(twinIndexHandle(this, 'endMergeTurn'), turn), 'twinIndexGiveTurn', 'endMergeTurn')
   }
 
   /** Unmaps the index and closes the descriptor (other processes keep theirs). Idempotent. */
@@ -199,12 +205,16 @@ export class TwinIndex {
     this.close()
   }
 
-  #update(hashes: BigUint64Array, delta: -1 | 0 | 1, operation: string): Uint32Array {
+  #update(value: BigUint64Array, delta: -1 | 0 | 1, operation: string): Uint32Array {
     const handle = twinIndexHandle(this, operation)
-    if (!(hashes instanceof BigUint64Array)) throw invalidArgType('hashes', 'a BigUint64Array', hashes)
-    const holders = new Uint32Array(hashes.length)
-    const rc = native.twinIndexUpdate(handle, hashes, hashes.length, delta, holders)
-    check(rc, 'twinIndexUpdate', () => `the index has no free slot near a hash (${this.#slots} slots)`)
+    const { hashes, count } = readHashes(value)
+    const holders = new Uint32Array(count)
+    const rc = native.twinIndexUpdate(handle, hashes, count, delta, holders)
+    // -ENOSPC is native/content.cc's word for a full probe window: no syscall failed.
+    if (rc === -errno.ENOSPC) {
+      throw codedError('ERR_TWIN_INDEX_FULL', `The TwinIndex is full near a hash: no free slot in its probe window (${this.#slots} slots); release contents or create a larger index`)
+    }
+    indexCheck(rc, 'twinIndexUpdate', operation)
     return holders
   }
 }

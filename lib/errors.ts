@@ -1,6 +1,9 @@
 // Error classes shaped like Node core's (lib/internal/errors.js): the native side hands back
 // only -errno; the Error with code, errno and syscall is built here. Every ERR_* code memdedup
 // throws is in `codes` below (Node's E() registry): one place to read what a caller can catch.
+// The rule: a SyscallError carries an errno the kernel returned, nothing else. A failure no
+// syscall returned (a full TwinIndex, a kernel file that does not parse, a state the kernel
+// would accept but memdedup refuses) is a coded Error from `codes`, never an invented errno.
 import os from 'node:os'
 import { constants as osConstants } from 'node:os'
 
@@ -92,6 +95,18 @@ export const codes = {
   ERR_DEDUP_RUNNING: 'InvalidStateError',
   /** An operation on a closed TwinIndex. */
   ERR_TWIN_INDEX_CLOSED: 'InvalidStateError',
+  /**
+   * TwinIndex.add(): a hash found no free slot in its probe window (no syscall failed: the index
+   * is full near that hash). Release contents, or create a larger index.
+   */
+  ERR_TWIN_INDEX_FULL: 'Error',
+  /** MshareRegion.open() of a region whose creator has not sized it yet (the msharefs file's size is 0). */
+  ERR_MSHARE_REGION_UNSIZED: 'InvalidStateError',
+  /**
+   * A file of the kernel (/proc, /sys) read without error but saying something memdedup cannot
+   * parse (e.g. /sys/fs/mshare/mshare_info not a positive multiple of the page size).
+   */
+  ERR_PARSE_KERNEL_FILE: 'Error',
   /** ksm.waitForFullScans() ran out of time (an errno-style code, kept from the first release). */
   ETIMEDOUT: 'Error',
   /** FeatureUnavailableError's code. */
@@ -108,6 +123,12 @@ export function codedError(code: Exclude<ErrorCode, 'ERR_MEMDEDUP_FEATURE_UNAVAI
   const error = new classes[kind](message)
   ;(error as NodeJS.ErrnoException).code = code
   return error
+}
+
+/** ERR_PARSE_KERNEL_FILE: `file` read as `text`, which is not `expected`. */
+export function parseError(file: string, text: string, expected: string): Error {
+  const shown = JSON.stringify(text.length > 64 ? text.slice(0, 61) + '...' : text)
+  return codedError('ERR_PARSE_KERNEL_FILE', `Cannot parse ${file}: expected ${expected}, read ${shown}`)
 }
 
 /**

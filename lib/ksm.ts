@@ -2,7 +2,7 @@
 // ksmd's sysfs knobs and counters. ksmd merges in the background; see sksm.ts for synchronous.
 import fs from 'node:fs'
 import { native, constants as C } from './native.ts'
-import { check, codedError, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { check, codedError, FeatureUnavailableError, fsCall, parseError, SyscallError } from './errors.ts'
 import { resolveSpan, type Range, type Region } from './region.ts'
 import { invalidArgType, invalidArgValue, readOptions, validateBoolean, validateInteger, validateObject, validatePid } from './validate.ts'
 
@@ -176,7 +176,13 @@ export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number
   const pollMs = validateInteger(opts.pollMs ?? 10, 'options.pollMs', 1)
   assertKsm()
   const file = `${sysfsDir}/full_scans`
-  const read = () => Number(fsCall('read', file, () => fs.readFileSync(file, 'utf8')))
+  const read = () => {
+    // A count that does not parse would compare false forever: it is an error, not "done".
+    const text = fsCall('read', file, () => fs.readFileSync(file, 'utf8'))
+    const digits = text.trim()
+    if (!/^[0-9]+$/.test(digits)) throw parseError(file, text, 'a decimal count')
+    return Number(digits)
+  }
   const target = read() + scans
   const deadline = Date.now() + timeoutMs
   while (read() < target) {

@@ -13,7 +13,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { native, constants as C, pageSize } from './native.ts'
-import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { check, codedError, FeatureUnavailableError, fsCall, parseError } from './errors.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { Region, type Protection, type Range } from './region.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger, validateOneOf, validatePageLength, validatePageOffset } from './validate.ts'
@@ -32,6 +32,17 @@ const protBits: Record<Protection, number> = {
 }
 const hugePageSize = 2 * 1024 * 1024
 const maxRegionSize = 2 ** 47
+// A memfd Region handed to mapMemfd() is a real one (the brand check), but its prototype is the
+// caller's to swap: its length and descriptor are read through Region's own getters, taken here
+// before any caller code ran (a length that lied would map past the memfd's end: SIGBUS).
+const isRegion = Region.isRegion
+const regionGetter = <T>(key: string) => Object.getOwnPropertyDescriptor(Region.prototype, key)!.get! as (this: Region) => T
+const memfdOf = {
+  closed: regionGetter<boolean>('closed'),
+  kind: regionGetter<string>('kind'),
+  length: regionGetter<number>('length'),
+  fd: regionGetter<number>('fd'),
+}
 
 /** msharefs is compiled into this kernel (listed in /proc/filesystems). */
 export function available(): boolean {
@@ -52,7 +63,7 @@ export function probe(): string {
 
 /** Whether msharefs is mounted at mountPoint (/proc/self/mounts). */
 export function mounted(): boolean {
-  const mounts = fs.readFileSync('/proc/self/mounts', 'utf8')
+  const mounts = fsCall('open', '/proc/self/mounts', () => fs.readFileSync('/proc/self/mounts', 'utf8'))
   return mounts.split('\n').some((line) => {
     const [, target, type] = line.split(' ')
     return target === mountPoint && type === 'msharefs'
@@ -70,12 +81,53 @@ export function mount(): void {
   check(native.mountMsharefs(mountPoint), 'mount(msharefs)', mountPoint)
 }
 
-/** The alignment (and size granule) of mshare regions: /sys/fs/mshare/mshare_info, in bytes. */
-export function alignment(): number {
+/**
+ * msharefs made ready for use: mounted first (mount()) when `doMount`, else only checked to be in
+ * this kernel. FeatureUnavailableError on a kernel without msharefs, before any other syscall.
+ */
+function prepare(doMount: boolean): void {
+  if (doMount) return mount()
+  const why = probe()
+  if (why) throw new FeatureUnavailableError('mshare', why)
+}
+
+/** mshare_info: a positive multiple of the page size, or ERR_PARSE_KERNEL_FILE (no syscall failed). */
+function readAlignment(): number {
   const text = fsCall('open', infoFile, () => fs.readFileSync(infoFile, 'utf8'))
-  const value = Number(text.trim())
-  if (!Number.isSafeInteger(value) || value <= 0 || value % pageSize !== 0) throw new SyscallError('read', errno.EINVAL, `${infoFile} says ${JSON.stringify(text)}`)
+  const digits = text.trim()
+  const value = /^[1-9][0-9]*$/.test(digits) ? Number(digits) : Number.NaN
+  if (!Number.isSafeInteger(value) || value % pageSize !== 0) throw parseError(infoFile, text, `a positive multiple of the page size (${pageSize}) in decimal`)
   return value
+}
+
+/**
+ * The alignment (and size granule) of mshare regions: /sys/fs/mshare/mshare_info, in bytes.
+ * Mounts msharefs first unless `mount: false`, as create() and open() do (the file exists only
+ * where msharefs is mounted). FeatureUnavailableError on a kernel without msharefs.
+ */
+export function alignment(options?: { mount?: boolean }): number {
+  const opts = readOptions(options, 'options', ['mount'])
+  prepare(validateBoolean(opts.mount ?? true, 'options.mount'))
+  return readAlignment()
+}
+
+/**
+ * `options.mapped` of MshareRegion.open(), read once into plain ranges before any syscall: an
+ * array whose length is checked before it is used (a subclass or Proxy may say anything), and
+ * page-aligned { offset, length } objects. Whether each lies inside the region is checked once
+ * its size is known.
+ */
+function readMapped(value: unknown, name: string): Array<{ offset: number; length: number }> {
+  if (!Array.isArray(value)) throw invalidArgType(name, 'an array of { offset, length }', value)
+  const count = validateInteger(value.length, `${name}.length`, 0, 2 ** 32 - 1)
+  const out: Array<{ offset: number; length: number }> = []
+  for (let i = 0; i < count; i++) {
+    const item: unknown = value[i]
+    const r = readRange(item, `${name}[${i}]`)
+    if (r === undefined) throw invalidArgType(`${name}[${i}]`, 'an object { offset, length }', item)
+    out.push({ offset: validatePageOffset(r.offset, `${name}[${i}].offset`), length: validatePageLength(r.length, `${name}[${i}].length`) })
+  }
+  return out
 }
 
 function validateName(value: unknown): string {
@@ -195,7 +247,7 @@ export class MshareRegion {
     this.#name = name
     this.#size = size
     this.#owner = owner
-    const stat = fs.fstatSync(fd)
+    const stat = fsCall('fstat', `${mountPoint}/${name}`, () => fs.fstatSync(fd))
     this.#key = `${stat.dev}:${stat.ino}`
     fdFinalizer.register(this, fd, this)
     let handles = handlesByRegion.get(this.#key)
@@ -214,9 +266,8 @@ export class MshareRegion {
     const opts = readOptions(options, 'options', ['mount'])
     const doMount = validateBoolean(opts.mount ?? true, 'options.mount')
     const bytes = validateInteger(size, 'size', 1, maxRegionSize)
-    if (doMount) mount()
-    else if (probe()) throw new FeatureUnavailableError('mshare', probe())
-    const align = alignment()
+    prepare(doMount)
+    const align = readAlignment()
     if (bytes % align !== 0) throw outOfRange('size', `a multiple of the mshare alignment (${align}, /sys/fs/mshare/mshare_info)`, size)
     const filePath = path.join(mountPoint, file)
     const fd = fsCall('open', filePath, () => fs.openSync(filePath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600))
@@ -239,20 +290,19 @@ export class MshareRegion {
     const file = validateName(name)
     const opts = readOptions(options, 'options', ['mapped', 'mount'])
     const doMount = validateBoolean(opts.mount ?? true, 'options.mount')
-    const mapped = opts.mapped ?? []
-    if (!Array.isArray(mapped)) throw invalidArgType('options.mapped', 'an array of { offset, length }', mapped)
-    if (doMount) mount()
-    else if (probe()) throw new FeatureUnavailableError('mshare', probe())
+    const mapped = readMapped(opts.mapped ?? [], 'options.mapped')
+    prepare(doMount)
     const filePath = path.join(mountPoint, file)
     const fd = fsCall('open', filePath, () => fs.openSync(filePath, fs.constants.O_RDWR))
     try {
       const size = fsCall('fstat', filePath, () => fs.fstatSync(fd).size)
-      if (size === 0) throw new SyscallError('open', errno.EINVAL, `${filePath} has no size yet (its creator has not sized the region)`)
-      const region = new MshareRegion(internal, fd, file, size, false)
-      for (const [i, range] of mapped.entries()) {
-        const { offset, length } = region.#range(range, `options.mapped[${i}]`)
-        region.#mapped.add(offset, offset + length)
+      // The kernel would open and even mmap it (EINVAL then): the region is not ready yet.
+      if (size === 0) throw codedError('ERR_MSHARE_REGION_UNSIZED', `Cannot open ${filePath}: its creator has not sized the region yet (its size is 0)`)
+      for (const [i, { offset, length }] of mapped.entries()) {
+        if (offset + length > size) throw outOfRange(`options.mapped[${i}]`, `inside the region (offset + length <= ${size})`, `offset ${offset} + length ${length}`)
       }
+      const region = new MshareRegion(internal, fd, file, size, false)
+      for (const { offset, length } of mapped) region.#mapped.add(offset, offset + length)
       return region
     } catch (error) {
       fs.closeSync(fd)
@@ -313,19 +363,22 @@ export class MshareRegion {
    * the mapping holds its own reference to the file.
    */
   mapMemfd(memfd: Region, range: Range, options?: { fileOffset?: number; prot?: Protection }): void {
-    if (!Region.isRegion(memfd)) throw invalidArgType('memfd', 'an instance of Region', memfd)
+    if (!isRegion(memfd)) throw invalidArgType('memfd', 'an instance of Region', memfd)
     const opts = readOptions(options, 'options', ['fileOffset', 'prot'])
     const fileOffset = validatePageOffset(opts.fileOffset ?? 0, 'options.fileOffset')
     const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
     this.#assertOpen('mapMemfd')
-    if (memfd.closed) throw codedError('ERR_REGION_CLOSED', 'Cannot mapMemfd: the memfd Region is closed')
-    if (memfd.kind !== 'memfd') throw invalidArgValue('memfd', 'must be a memfd Region (Region.memfd())', memfd.kind)
+    if (memfdOf.closed.call(memfd)) throw codedError('ERR_REGION_CLOSED', 'Cannot mapMemfd: the memfd Region is closed')
+    const kind = memfdOf.kind.call(memfd)
+    if (kind !== 'memfd') throw invalidArgValue('memfd', 'must be a memfd Region (Region.memfd())', kind)
     const { offset, length } = this.#range(range, 'range')
     // Past the memfd's end the pages would SIGBUS; the memfd is sealed against shrinking.
-    if (fileOffset + length > memfd.length) {
-      throw outOfRange('options.fileOffset', `<= ${memfd.length - length} (the memfd Region holds ${memfd.length} bytes)`, fileOffset)
+    const memfdLength = memfdOf.length.call(memfd)
+    if (fileOffset + length > memfdLength) {
+      throw outOfRange('options.fileOffset', `<= ${memfdLength - length} (the memfd Region holds ${memfdLength} bytes)`, fileOffset)
     }
-    check(native.mshareCreateMapping(this.#fd, offset, length, fileOffset, prot, C.MAP_SHARED | C.MAP_FIXED, memfd.fd), 'ioctl(MSHAREFS_CREATE_MAPPING)', () => `memfd ${length} bytes at offset ${offset} of ${this.path}`)
+    const memfdFd = memfdOf.fd.call(memfd)
+    check(native.mshareCreateMapping(this.#fd, offset, length, fileOffset, prot, C.MAP_SHARED | C.MAP_FIXED, memfdFd), 'ioctl(MSHAREFS_CREATE_MAPPING)', () => `memfd ${length} bytes at offset ${offset} of ${this.path}`)
     this.#placed(offset, length, prot)
   }
 

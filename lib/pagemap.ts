@@ -2,7 +2,7 @@
 // page: every merge claim in the tests is proven with entries().
 import fs from 'node:fs'
 import { native, pageSize } from './native.ts'
-import { check, errno, fsCall, SyscallError } from './errors.ts'
+import { check, errno, fsCall, parseError, SyscallError } from './errors.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger } from './validate.ts'
 import { Region, resolveSpan, type Range } from './region.ts'
 
@@ -114,7 +114,8 @@ export function entries(region: Region, range?: Range, options?: EntriesOptions)
     flags = given.flags.subarray(0, pages)
   }
   const got = check(native.pagemapEntries(pagemapDescriptor(), span.address, pages, pfns, flags), 'pread', '/proc/self/pagemap')
-  if (got !== pages) throw new SyscallError('pread', errno.EIO, `short read of /proc/self/pagemap: ${got} of ${pages} entries`)
+  // A short read is no errno the kernel returned: the file said less than asked.
+  if (got !== pages) throw parseError('/proc/self/pagemap', `${got} of ${pages} entries`, `${pages} entries`)
   return new PagemapEntries(BigInt(span.address), pfns, flags)
 }
 

@@ -282,7 +282,7 @@ export class Region {
    * A private (copy-on-write) mapping of a regular file, like the text of a shared library. The
    * length defaults to the rest of the file; it may not reach past the file's last page (that
    * would SIGBUS on access). Anything but a regular file (a FIFO, a device, a directory) is
-   * refused with ENODEV without opening it for reading, so nothing blocks. A file on hugetlbfs
+   * refused (TypeError ERR_INVALID_ARG_VALUE) without being opened, so nothing blocks. A file on hugetlbfs
    * (a hugetlb memfd through /proc/self/fd/N) is mapped in whole huge pages: `offset` and
    * `length` must be multiples of its `hugePageSize`, as must later protect/advise ranges.
    */
@@ -293,7 +293,7 @@ export class Region {
     const offset = validatePageOffset(opts.offset ?? 0, 'options.offset')
     const wanted = opts.length === undefined ? undefined : validateRegionLength(opts.length, 'options.length')
     const prot = protBits[validateOneOf(opts.prot ?? 'r', 'options.prot', protections)]
-    const fd = openRegularFile(path)
+    const fd = openRegularFile(path, fs.constants.O_RDONLY, 'path', path, 'a regular file')
     try {
       const size = fsCall('fstat', path, () => fs.fstatSync(fd).size)
       if (size === 0) throw outOfRange('path', 'a file of at least one byte (an empty file has nothing to map)', path)
@@ -749,25 +749,43 @@ export class Region {
   }
 }
 
+/** What a file that is not a regular file is, for the refusal. */
+function fileKind(stats: fs.Stats): string {
+  if (stats.isFIFO()) return 'a FIFO'
+  if (stats.isDirectory()) return 'a directory'
+  if (stats.isSocket()) return 'a socket'
+  if (stats.isCharacterDevice()) return 'a character device'
+  if (stats.isBlockDevice()) return 'a block device'
+  return 'not a regular file'
+}
+
 /**
- * Opens a regular file for reading without blocking: O_PATH first (opens nothing: a FIFO does
- * not wait for a writer, a device runs no open handler), fstat, and only a regular file is then
- * reopened for reading through /proc/self/fd, which is the same inode whatever the path does.
+ * @internal Opens a regular file without blocking (Region.file, TwinIndex.open): O_PATH first
+ * (opens nothing: a FIFO neither waits for a writer nor releases one, a device runs no open
+ * handler), fstat, and only a regular file is reopened through /proc/self/fd (the same inode
+ * whatever the path does since) with `access` | O_NONBLOCK: a file another process holds a lease
+ * on is EAGAIN at once instead of a wait of up to lease-break-time (45 s) on the event loop.
+ * Anything else is TypeError ERR_INVALID_ARG_VALUE naming the argument (`name`, `value`).
  */
-function openRegularFile(path: string): number {
+export function openRegularFile(path: string, access: number, name: string, value: unknown, wanted: string): number {
   const pathFd = fsCall('open', path, () => fs.openSync(path, C.O_PATH))
   try {
-    if (!fs.fstatSync(pathFd).isFile()) throw new SyscallError('mmap', errno.ENODEV, `${path} is not a regular file`)
-    return fsCall('open', path, () => fs.openSync(`/proc/self/fd/${pathFd}`, fs.constants.O_RDONLY | C.O_NONBLOCK))
+    const stats = fsCall('fstat', path, () => fs.fstatSync(pathFd))
+    if (!stats.isFile()) throw invalidArgValue(name, `is ${fileKind(stats)}, not ${wanted} (refused without being opened)`, value)
+    return fsCall('open', path, () => fs.openSync(`/proc/self/fd/${pathFd}`, access | C.O_NONBLOCK))
   } finally {
     fs.closeSync(pathFd)
   }
 }
 
+// Region's own span(), taken once: a real Region whose prototype was swapped for one with another
+// span() must not point ksm.enable, sksm.merge or pagemap at memory it does not own.
+const regionSpan = Region.prototype.span
+
 /** @internal Validated span of a live Region, for the other modules. */
 export function resolveSpan(region: unknown, range: Range | undefined, operation: string): Span {
   if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
-  return region.span(range, operation)
+  return regionSpan.call(region, range, operation)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 // A file that cannot be read (no such pid) is a SyscallError, like every kernel failure here.
 import fs from 'node:fs'
 import os from 'node:os'
-import { errno, fsCall, SyscallError } from './errors.ts'
+import { fsCall, SyscallError } from './errors.ts'
 import { stats as ksmStats, sysfsDir as ksmSysfsDir, type KsmStats } from './ksm.ts'
 import { pageSize } from './native.ts'
 import { readOptions, validateBoolean, validatePid } from './validate.ts'
@@ -129,11 +129,11 @@ function ksmOf(pid: number): Pick<ProcessStats, 'ksmMergingPages' | 'ksmZeroPage
  */
 export function process(pid: number | 'self' = 'self'): ProcessStats {
   const id = validatePid(pid)
-  const numericPid = id === 'self' ? Number(fs.readlinkSync('/proc/self')) : id
-  const statusFields = status(numericPid)
-  // Kernel threads have no mm: no Vm* lines in status, and smaps_rollup answers ESRCH.
-  if (statusFields.VmSize === undefined) throw new SyscallError('open', errno.ESRCH, `/proc/${numericPid} is a kernel thread or exiting (no memory)`)
+  const numericPid = id === 'self' ? Number(fsCall('readlink', '/proc/self', () => fs.readlinkSync('/proc/self'))) : id
+  // smaps_rollup first: a process without memory (a kernel thread, or one exiting) has no mm,
+  // and the kernel answers its read with ESRCH, the error this throws for it.
   const rollup = smapsRollup(numericPid)
+  const statusFields = status(numericPid)
   return {
     pid: numericPid,
     command: commandOf(numericPid),

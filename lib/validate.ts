@@ -2,13 +2,19 @@
 // code ERR_INVALID_ARG_TYPE / ERR_INVALID_ARG_VALUE, RangeError with ERR_OUT_OF_RANGE.
 // Options are read once (readOptions): a getter cannot return one value to the check and
 // another to the code that uses it.
+import { inspect } from 'node:util'
 import { pageSize } from './native.ts'
 import { codedError } from './errors.ts'
 
 function describe(value: unknown): string {
   if (value === null) return 'null'
   if (typeof value === 'function') return 'a function'
-  if (typeof value === 'object') return `an instance of ${value.constructor?.name ?? 'Object'}`
+  if (typeof value === 'object') {
+    // Node's wording (determineSpecificType): the class's name, else the object itself, shallowly
+    // (a null-prototype object, an instance of an anonymous class).
+    const name: unknown = value.constructor?.name
+    return typeof name === 'string' && name !== '' ? `an instance of ${name}` : inspect(value, { depth: -1 })
+  }
   if (typeof value === 'string') return `type string (${JSON.stringify(value.length > 28 ? value.slice(0, 25) + '...' : value)})`
   return `type ${typeof value} (${String(value)})`
 }

@@ -2,7 +2,7 @@
 // child process and must end in the expected error class and code — never a signal, a hang, a
 // leaked mapping or a leaked descriptor. Cases are grouped by the class of issue 9 they probe.
 import { beforeAll, describe, expect, it } from 'vitest'
-import { Deduplicator, MshareAttachment, MshareRegion, Region, Reservation, TwinIndex, Userfaultfd, pageSize } from '../lib/index.ts'
+import { Deduplicator, MshareAttachment, MshareRegion, Region, Reservation, TwinIndex, Userfaultfd, pageSize, pagemap } from '../lib/index.ts'
 import { ensureDist } from './helpers/ksm.ts'
 import { runChild } from './helpers/child.ts'
 import { errorCode, thrown } from './helpers/errors.ts'
@@ -309,5 +309,18 @@ describe('wrong receivers: TypeError ERR_INVALID_THIS (issue 20, item 8)', () =>
     expect(region.protection()).toBe('r')
     region[Symbol.dispose]()
     expect(region.closed).toBe(true)
+  })
+})
+
+describe('a real Region with a swapped prototype (issue 20, item 8)', () => {
+  it("cannot point ksm.enable, sksm.merge or pagemap at memory it does not own: the Region's own span is used", () => {
+    using victim = Region.anonymous(pageSize)
+    using region = Region.anonymous(pageSize)
+    const lying = Object.create(Region.prototype, {
+      span: { value: () => ({ address: Number(victim.address), length: pageSize }) },
+    }) as Region
+    Object.setPrototypeOf(region, lying)
+    const e = pagemap.entries(region)
+    expect(e.address).toBe(region.address)
   })
 })

@@ -6,6 +6,7 @@ import path from 'node:path'
 import { execFileSync, spawn } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
 import { Region, TwinIndex, hashPages, pageSize as P, InvalidStateError, SyscallError } from '../lib/index.ts'
+import { thrown } from './helpers/errors.ts'
 import { inVm } from './helpers/env.mjs'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
 import { noFdLeak, rssBytes } from './helpers/process.ts'
@@ -76,6 +77,24 @@ describe('hashPages', () => {
     expect(() => hashPages(r)).toThrow(expect.objectContaining({ code: 'ERR_REGION_CLOSED' }))
     expect(() => hashPages({} as never)).toThrow(TypeError)
   })
+
+  it('reads only the Region\'s own memory and length: a prototype swapped on a real Region does not change what is hashed', () => {
+    using r = Region.anonymous(2 * P)
+    r.bytes.fill(7)
+    using other = Region.anonymous(P)
+    other.bytes.fill(9)
+    const own = hashPages(r)
+    // A real Region (it passes the brand check) whose methods and getters lie.
+    const liar = (span: { address: number; length: number }) => Object.create(Region.prototype, {
+      readableSpan: { value: () => span },
+      kind: { get: () => 'anonymous' },
+    })
+    Object.setPrototypeOf(r, liar({ address: 0, length: 2 ** 53 }))
+    expect([...hashPages(r)]).toEqual([...own])
+    Object.setPrototypeOf(r, liar({ address: Number(other.address), length: P }))
+    expect([...hashPages(r)]).toEqual([...own])
+    Object.setPrototypeOf(r, Region.prototype)
+  })
 })
 
 describe('TwinIndex', () => {
@@ -97,7 +116,7 @@ describe('TwinIndex', () => {
     expect([...byFd.holders(h.subarray(0, 1))]).toEqual([1])
   })
 
-  it('a full probe window is ENOSPC, and freed slots are reused', () => {
+  it('a full probe window is ERR_TWIN_INDEX_FULL (no syscall failed: not a SyscallError), and freed slots are reused', () => {
     using index = TwinIndex.create({ slots: 64 })
     const many = distinctHashes(200)
     let added = 0
@@ -110,12 +129,46 @@ describe('TwinIndex', () => {
         error = e
       }
     }
-    expect(error).toBeInstanceOf(SyscallError)
-    expect((error as SyscallError).code).toBe('ENOSPC')
+    expect(error).not.toBeInstanceOf(SyscallError)
+    expect(error).toMatchObject({ name: 'Error', code: 'ERR_TWIN_INDEX_FULL', message: expect.stringMatching(/64 slots/) })
+    expect(error).not.toHaveProperty('errno')
     expect(added).toBeLessThanOrEqual(64)
     index.release(many.subarray(0, added))
     expect(index.usedSlots).toBe(0)
     expect([...index.add(many.subarray(added, added + 1))]).toEqual([1])
+  })
+
+  it('hashes whose length lies (a subclass, a forged or array-like object) are coded errors, never V8\'s, and change nothing', () => {
+    using index = TwinIndex.create({ slots: 64 })
+    const h = distinctHashes(2)
+    const lying = (length: unknown) =>
+      new (class extends BigUint64Array {
+        get length() {
+          return length as number
+        }
+      })(h)
+    // Objects that say they are long: a Proxy of a BigUint64Array (instanceof passes) or of an array.
+    const longProxy = (target: object) => new Proxy(target, { get: (t, key) => (key === 'length' ? 2 ** 53 : Reflect.get(t, key)) })
+    const forged = Object.create(BigUint64Array.prototype)
+    const relabeled = Object.setPrototypeOf([1n, 2n], BigUint64Array.prototype)
+    const arrayLike = { length: 2 ** 53, 0: 1n, 1: 2n }
+    for (const method of ['add', 'release', 'holders'] as const) {
+      const call = (hashes: unknown) => thrown(() => index[method](hashes as BigUint64Array))
+      for (const length of [2 ** 53, 3, 1, 0, -1, 1.5, Number.NaN, Infinity]) {
+        expect(call(lying(length)), `${method}, length ${length}`).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: expect.stringContaining('"hashes.length"') })
+      }
+      expect(call(lying('2')), method).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"hashes.length"') })
+      for (const bad of [longProxy(new BigUint64Array(h)), longProxy([1n, 2n]), forged, relabeled, arrayLike, [1n, 2n]]) {
+        expect(call(bad), method).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"hashes"') })
+      }
+    }
+    // Node's wording for an object without a class name: the object itself, not "an instance of " and nothing.
+    expect(thrown(() => index.add(Object.create(null)))).toMatchObject({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringMatching(/Received \[Object: null prototype\] \{\}$/) })
+    expect(thrown(() => index.add(new (class extends Array {})() as never))).toMatchObject({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringMatching(/Received \[\]$/) })
+    expect(index.usedSlots).toBe(0)
+    // A subclass that tells its length truthfully is a BigUint64Array like any other.
+    expect([...index.add(lying(2))]).toEqual([1, 1])
+    expect([...index.holders(h)]).toEqual([1, 1])
   })
 
   it('refuses what is not a sealed twin index, without leaking descriptors', () => {

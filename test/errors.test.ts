@@ -1,12 +1,13 @@
 // lib/errors.ts: errors shaped like Node core's.
 import fs from 'node:fs'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import os from 'node:os'
-import { SyscallError, FeatureUnavailableError, InvalidStateError } from '../lib/index.ts'
+import { SyscallError, FeatureUnavailableError, InvalidStateError, ksm, stats } from '../lib/index.ts'
 import { check, codedError, codes, fsCall, type ErrorCode } from '../lib/errors.ts'
 import { native } from '../lib/native.ts'
 import { PageFlag } from '../lib/pagemap.ts'
-import { thrown } from './helpers/errors.ts'
+import { errorCode, thrown } from './helpers/errors.ts'
+import { kernelThreadPid } from './helpers/process.ts'
 
 describe('SyscallError', () => {
   it('looks like a Node system error', () => {
@@ -89,5 +90,53 @@ describe('one error path', () => {
     for (const group of groups) for (const value of Object.values(group)) expect(typeof value).toBe('number')
     expect(PageFlag.present).toBe(native.pagemapConstants.ENTRY_PRESENT)
     expect(native.constants.MADV_MERGE).toBe(26)
+  })
+})
+
+describe('SyscallError only for what the kernel returned; a coded Error from `codes` for everything else', () => {
+  it('the registry has a code, with its class, for each failure no syscall returns', () => {
+    expect(codes).toMatchObject({
+      ERR_TWIN_INDEX_FULL: 'Error',
+      ERR_PARSE_KERNEL_FILE: 'Error',
+      ERR_MSHARE_REGION_UNSIZED: 'InvalidStateError',
+    })
+  })
+
+  it('every code of the registry is documented in the README\'s Errors section', () => {
+    const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+    const section = readme.slice(readme.indexOf('\n### Errors\n'), readme.indexOf('\n## ', readme.indexOf('\n### Errors\n')))
+    expect(section.length).toBeGreaterThan(100)
+    const undocumented = Object.keys(codes).filter((code) => !section.includes(`\`${code}\``))
+    expect(undocumented).toEqual([])
+  })
+
+  it('ksm.waitForFullScans(): a full_scans that does not parse is ERR_PARSE_KERNEL_FILE, not an instant "done"', async () => {
+    // KSM present, as node:fs tells lib/ksm.ts, with full_scans saying `text`.
+    const file = `${ksm.sysfsDir}/full_scans`
+    const existsSync = fs.existsSync
+    const readFileSync = fs.readFileSync
+    let text = ''
+    const exists = vi.spyOn(fs, 'existsSync').mockImplementation((p) => p === ksm.sysfsDir || existsSync(p))
+    const read = vi.spyOn(fs, 'readFileSync').mockImplementation(((p: fs.PathOrFileDescriptor, options?: unknown) =>
+      p === file ? text : readFileSync(p, options as never)) as typeof fs.readFileSync)
+    try {
+      for (text of ['', 'x\n', '-1\n', '1e3\n']) {
+        await expect(ksm.waitForFullScans(1, { timeoutMs: 50, pollMs: 1 }), JSON.stringify(text)).rejects.toMatchObject({ name: 'Error', code: 'ERR_PARSE_KERNEL_FILE', message: expect.stringContaining(file) })
+      }
+      // A count that parses and never moves: the timeout, as before.
+      text = '7\n'
+      await expect(ksm.waitForFullScans(1, { timeoutMs: 50, pollMs: 1 })).rejects.toMatchObject({ code: 'ETIMEDOUT' })
+    } finally {
+      exists.mockRestore()
+      read.mockRestore()
+    }
+  })
+
+  it('a kernel thread is ESRCH because the kernel says so (its smaps_rollup), not because memdedup makes it up', (ctx) => {
+    const kthread = kernelThreadPid()
+    if (kthread === undefined) ctx.skip('no kernel thread visible in /proc (a PID namespace without them)')
+    const error = thrown(() => stats.process(kthread))
+    expect(error).toBeInstanceOf(SyscallError)
+    expect(error).toMatchObject({ code: 'ESRCH', errno: -os.constants.errno.ESRCH, message: expect.stringContaining(`/proc/${kthread}/smaps_rollup`) })
   })
 })

@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { FeatureUnavailableError, InvalidStateError, MshareRegion, Region, SyscallError, mshare, pageSize, sksm } from '../lib/index.ts'
 import { native, constants as C } from '../lib/native.ts'
 import { runChild } from './helpers/child.ts'
@@ -65,6 +65,56 @@ describe('mshare arguments (checked before any syscall, on every kernel)', () =>
     expectThrowsCode(() => native.mshareUnmap(3, 0, 2 ** 64), RangeError, 'ERR_OUT_OF_RANGE')
     expectThrowsCode(() => native.mountMsharefs(5 as never), TypeError, 'ERR_INVALID_ARG_TYPE')
     expectThrowsCode(() => native.mountMsharefs('/sys/fs/mshare\0x'), TypeError, 'ERR_INVALID_ARG_TYPE')
+  })
+
+  it('alignment() checks its options before anything (it mounts msharefs like create/open unless mount: false)', () => {
+    expectThrowsCode(() => mshare.alignment({ mount: 1 } as never), TypeError, 'ERR_INVALID_ARG_TYPE')
+    expectThrowsCode(() => mshare.alignment({ mnt: false } as never), TypeError, 'ERR_INVALID_ARG_VALUE')
+    expectThrowsCode(() => mshare.alignment(null as never), TypeError, 'ERR_INVALID_ARG_TYPE')
+  })
+
+  it('open() checks options.mapped (its length and every range) before any syscall', () => {
+    // An array (Array.isArray says so) whose length says anything: a Proxy. (A subclass's length
+    // getter is shadowed by every instance's own length.)
+    const lengthSays = (length: unknown) => new Proxy([], { get: (target, key) => (key === 'length' ? length : Reflect.get(target, key)) })
+    const open = (mapped: unknown) => () => MshareRegion.open('memdedup-never-created', { mapped: mapped as never, mount: false })
+    expect(expectThrowsCode(open(lengthSays(2 ** 53)), RangeError, 'ERR_OUT_OF_RANGE').message).toContain('"options.mapped.length"')
+    expect(expectThrowsCode(open(lengthSays(-1)), RangeError, 'ERR_OUT_OF_RANGE').message).toContain('"options.mapped.length"')
+    expect(expectThrowsCode(open(lengthSays('1')), TypeError, 'ERR_INVALID_ARG_TYPE').message).toContain('"options.mapped.length"')
+    expect(expectThrowsCode(open([null]), TypeError, 'ERR_INVALID_ARG_TYPE').message).toContain('"options.mapped[0]"')
+    expect(expectThrowsCode(open([{ offset: 0, length: pageSize }, { offset: 1, length: pageSize }]), RangeError, 'ERR_OUT_OF_RANGE').message).toContain('"options.mapped[1].offset"')
+    expect(expectThrowsCode(open([{ offset: 0, length: 0 }]), RangeError, 'ERR_OUT_OF_RANGE').message).toContain('"options.mapped[0].length"')
+    expect(expectThrowsCode(open([{ offset: 0, length: String(pageSize) }]), TypeError, 'ERR_INVALID_ARG_TYPE').message).toContain('"options.mapped[0].length"')
+  })
+
+  it('alignment(): an mshare_info that is not a positive multiple of the page size is ERR_PARSE_KERNEL_FILE, not a SyscallError', () => {
+    // msharefs present and mounted, as node:fs tells lib/mshare.ts, with mshare_info saying `text`.
+    const info = `${mshare.mountPoint}/mshare_info`
+    const files: Record<string, string> = { '/proc/filesystems': 'nodev\tmsharefs\n', '/proc/self/mounts': `msharefs ${mshare.mountPoint} msharefs rw 0 0\n`, [info]: '' }
+    const readFileSync = fs.readFileSync
+    const spy = vi.spyOn(fs, 'readFileSync').mockImplementation(((file: fs.PathOrFileDescriptor, options?: unknown) =>
+      typeof file === 'string' && file in files ? files[file] : readFileSync(file, options as never)) as typeof fs.readFileSync)
+    try {
+      for (const text of ['', 'x\n', '0\n', '-4096\n', `${pageSize + 1}\n`, '0x1000\n', '4096.0\n', `${2 ** 53}\n`]) {
+        files[info] = text
+        const error = thrown(() => mshare.alignment())
+        expect(error, JSON.stringify(text)).not.toBeInstanceOf(SyscallError)
+        expect(error, JSON.stringify(text)).toMatchObject({ name: 'Error', code: 'ERR_PARSE_KERNEL_FILE', message: expect.stringContaining(info) })
+      }
+      files[info] = `${2 ** 39}\n`
+      expect(mshare.alignment()).toBe(2 ** 39)
+    } finally {
+      spy.mockRestore()
+    }
+  })
+
+  it('alignment() without msharefs is FeatureUnavailableError, like every other entry point (the README example\'s first call)', (ctx) => {
+    if (!why) ctx.skip('this kernel has msharefs')
+    for (const fn of [() => mshare.alignment(), () => mshare.alignment({ mount: false }), () => mshare.alignment({ mount: true })]) {
+      const error = thrown(fn)
+      expect(error).toBeInstanceOf(FeatureUnavailableError)
+      expect(error).toMatchObject({ code: 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE', feature: 'mshare', kernelRelease: os.release() })
+    }
   })
 
   it.skipIf(!why)(`without msharefs: probe() says why, create/open/mount throw FeatureUnavailableError${why ? '' : ' — skipped: this kernel has msharefs'}`, () => {
@@ -309,6 +359,38 @@ describe.skipIf(why)(`mshare on msharefs${reason}`, () => {
       expect(native.munmap(at, pageSize)).toBe(-22)
       attachment.view({ offset: 0, length: pageSize })[0] = 1
       expect(attachment.read({ offset: 0, length: 1 })[0]).toBe(1)
+    })
+
+    it('open() of a region its creator has not sized yet is InvalidStateError ERR_MSHARE_REGION_UNSIZED (no syscall failed), leaking nothing', () => {
+      const path = `${mshare.mountPoint}/${fresh()}`
+      const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600)
+      try {
+        const fds = fdCount()
+        const error = expectThrowsCode(() => MshareRegion.open(name), InvalidStateError, 'ERR_MSHARE_REGION_UNSIZED')
+        expect(error).not.toBeInstanceOf(SyscallError)
+        expect(error.message).toContain(path)
+        expect(fdCount()).toBe(fds)
+      } finally {
+        fs.closeSync(fd)
+      }
+    })
+
+    it('mapMemfd() reads the memfd Region\'s own length and descriptor: a prototype swapped on it cannot map past its end', () => {
+      using region = MshareRegion.create(fresh(), align)
+      using memfd = Region.memfd(pageSize)
+      using other = Region.memfd(4 * pageSize)
+      Object.setPrototypeOf(memfd, Object.create(Region.prototype, { length: { get: () => 2 ** 53 }, fd: { get: () => other.fd } }))
+      try {
+        expectThrowsCode(() => region.mapMemfd(memfd, { offset: 0, length: 2 * pageSize }), RangeError, 'ERR_OUT_OF_RANGE')
+        expect(region.mapped).toEqual([])
+        // Within the memfd's real length, it is the memfd's own pages that are mapped.
+        memfd.bytes[0] = 0x66
+        region.mapMemfd(memfd, { offset: 0, length: pageSize })
+        using attachment = region.attach()
+        expect(attachment.view({ offset: 0, length: pageSize })[0]).toBe(0x66)
+      } finally {
+        Object.setPrototypeOf(memfd, Region.prototype)
+      }
     })
 
     it('create of an existing name is EEXIST and leaves the first intact; open of a missing one is ENOENT', () => {

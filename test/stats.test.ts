@@ -4,6 +4,7 @@ import os from 'node:os'
 import { describe, expect, it } from 'vitest'
 import { Region, SyscallError, ksm, stats, pageSize } from '../lib/index.ts'
 import { errorCode, thrown } from './helpers/errors.ts'
+import { kernelThreadPid } from './helpers/process.ts'
 
 describe('stats', () => {
   it('vmstat() parses /proc/vmstat; RssAnon follows a populated region', () => {
@@ -111,18 +112,8 @@ describe('stats per process (what memdedup top reads)', () => {
   })
 
   it('a kernel thread is ESRCH, a gone pid ENOENT, and a pid or option is never anything but validated', () => {
-    const kthread = fs
-      .readdirSync('/proc')
-      .filter((e) => /^\d+$/.test(e))
-      .find((e) => {
-        try {
-          return !/^VmSize:/m.test(fs.readFileSync(`/proc/${e}/status`, 'utf8')) && fs.readFileSync(`/proc/${e}/cmdline`).length === 0
-        } catch (error) {
-          if (errorCode(error) === 'ENOENT' || errorCode(error) === 'ESRCH') return false // exited meanwhile
-          throw error
-        }
-      })
-    if (kthread) expect(thrown(() => stats.process(Number(kthread)))).toMatchObject({ name: 'SyscallError', code: 'ESRCH' })
+    const kthread = kernelThreadPid()
+    if (kthread) expect(thrown(() => stats.process(kthread))).toMatchObject({ name: 'SyscallError', code: 'ESRCH' })
     expect(thrown(() => stats.process(2 ** 22 + 1))).toMatchObject({ name: 'SyscallError', code: 'ENOENT', syscall: 'open' })
     expect(thrown(() => stats.process(-1))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
     expect(thrown(() => stats.process(1.5))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })

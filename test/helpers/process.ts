@@ -57,3 +57,20 @@ export function isMapped(address: bigint): boolean {
 }
 
 export const libcPath = ['/usr/lib/x86_64-linux-gnu/libc.so.6', '/lib/x86_64-linux-gnu/libc.so.6'].find((p) => fs.existsSync(p))!
+
+/** A kernel thread's pid as /proc lists it (no VmSize, empty cmdline), or undefined in a PID namespace without them. */
+export function kernelThreadPid(): number | undefined {
+  const pid = fs
+    .readdirSync('/proc')
+    .filter((e) => /^\d+$/.test(e))
+    .find((e) => {
+      try {
+        return !/^VmSize:/m.test(fs.readFileSync(`/proc/${e}/status`, 'utf8')) && fs.readFileSync(`/proc/${e}/cmdline`).length === 0
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code
+        if (code === 'ENOENT' || code === 'ESRCH') return false // exited meanwhile
+        throw error
+      }
+    })
+  return pid === undefined ? undefined : Number(pid)
+}

@@ -10,8 +10,12 @@
 // hashing within the CPU budget into the shared index; after every Region's scan, dedupMerge, the
 // twin lookup and the merge runs: madvise(MADV_MERGE) with SKSM, or, without it, MADV_MERGEABLE on
 // exactly those runs so ksmd finishes the job (and MADV_UNMERGEABLE on marked pages that turn hot).
+// MADV_MERGEABLE splits a VMA at both ends of every marked run, and a process may hold only
+// vm.max_map_count VMAs (V8 cannot map its heap beyond: the process dies), so the marked runs of
+// all Regions stay within vmaBudget / 2 (coarser runs when they must), and close() and untrack()
+// unmark them, which gives the VMAs back.
 import fs from 'node:fs'
-import { native, type TwinIndexHandle } from './native.ts'
+import { native, constants as C, pageSize, type TwinIndexHandle } from './native.ts'
 import { codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
 import { Region } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
@@ -46,6 +50,13 @@ export interface DeduplicatorOptions {
    *  at a time: on the fleet benchmark, whose 50 ms budgets rarely overlap, it saved no CPU and
    *  reached 90% of the savings later (77 s instead of 49 s). For many unbudgeted Deduplicators. */
   mergeTurns?: boolean
+  /** KSM: the most VMAs the marking may add to the process (MADV_MERGEABLE splits a VMA at both
+   *  ends of each marked run, and a process past vm.max_map_count cannot map memory: V8 aborts).
+   *  The marked runs of all tracked Regions stay within vmaBudget / 2 (each Region gets its share);
+   *  where twins would need more, the smallest gaps between runs are marked too (untouched, unique
+   *  or hot pages: harmless, ksmd merges only identical pages), see PassReport.coarsenedPages.
+   *  Default min(1024, vm.max_map_count / 8), read at construction; at most vm.max_map_count / 2. */
+  vmaBudget?: number
 }
 
 /** What one pass saw and did, in pages. */
@@ -83,6 +94,13 @@ export interface PassReport {
   /** Merged pages PAGEMAP_SCAN reported written although still shared (so not written): the
    *  kernel's KSM merge dropped uffd-wp (a kernel without kernel-patches/0001). Not counted as writes. */
   wpLostPages: number
+  /** KSM: pages marked MADV_MERGEABLE (or left marked) this pass only to keep within vmaBudget: gaps
+   *  between twin runs, and hot pages whose unmarking would split one VMA too many. 0 while the
+   *  twin runs fit. */
+  coarsenedPages: number
+  /** KSM: runs of marked pages in the tracked Regions after the pass (at most vmaBudget / 2; each
+   *  adds at most two VMAs). */
+  markedRuns: number
   /** Thread CPU time of the pass, and of its steps: the write scan (PAGEMAP_SCAN), hashing, merging. */
   cpuMs: number
   scanMs: number
@@ -112,16 +130,21 @@ interface Tracked {
   hashes: BigUint64Array
   /** The native report of this Region's current pass. */
   out: Float64Array
+  /** KSM: runs of marked pages (kMarked) in the Region now. */
+  runs: number
 }
 
 const K = native.contentConstants
 const modeCodes = { none: K.MODE_NONE, sksm: K.MODE_SKSM, ksm: K.MODE_KSM } as const
 // native/content.cc ConfigField and ReportField.
-const Config = { mode: 0, stablePasses: 1, backoffPasses: 2, budgetNs: 3 } as const
+const Config = { mode: 0, stablePasses: 1, backoffPasses: 2, budgetNs: 3, runAllowance: 4 } as const
 const Report = {
   written: 0, candidates: 1, hashed: 2, duplicates: 3, merged: 4, cow: 5, mergedTotal: 6, unmarked: 7,
   deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12, scanNs: 13, hashNs: 14, mergeNs: 15, mergeDeferred: 16,
+  coarsened: 17, markedRuns: 18,
 } as const
+// native/content.cc: the per-page state bit of a page inside a range this Deduplicator marked MADV_MERGEABLE.
+const kMarked = 1 << 11
 function addReport(report: PassReport, { region, out }: Tracked): void {
   report.trackedPages += region.pages
   report.writtenPages += out[Report.written]
@@ -136,12 +159,23 @@ function addReport(report: PassReport, { region, out }: Tracked): void {
   report.indexFullPages += out[Report.indexFull]
   report.wpLostPages += out[Report.mergeReplaced]
   report.mergeDeferredPages += out[Report.mergeDeferred]
+  report.coarsenedPages += out[Report.coarsened]
   report.scanMs += out[Report.scanNs] / 1e6
   report.hashMs += out[Report.hashNs] / 1e6
   report.mergeMs += out[Report.mergeNs] / 1e6
 }
 
 const failedSyscall = ['', 'ioctl(PAGEMAP_SCAN)', 'madvise(MADV_MERGE)', 'madvise(MADV_MERGEABLE)', 'madvise(MADV_UNMERGEABLE)', 'pread(/proc/self/pagemap)']
+
+/** vm.max_map_count: the VMAs a process may hold (the kernel's default where /proc/sys is absent). */
+function maxMapCount(): number {
+  try {
+    return Number(fs.readFileSync('/proc/sys/vm/max_map_count', 'latin1'))
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
+    return 65530 // DEFAULT_MAX_MAP_COUNT
+  }
+}
 
 function resolveMerge(requested: MergeMode): 'sksm' | 'ksm' | 'none' {
   const ksmPresent = () => fs.existsSync(ksmSysfsDir)
@@ -171,6 +205,18 @@ const unclosed = new FinalizationRegistry<number>((fd) => {
   }
 })
 
+/** Runs of pages with the kMarked state bit. */
+function countRuns(state: Uint32Array): number {
+  let runs = 0
+  let inRun = false
+  for (let page = 0; page < state.length; page++) {
+    const marked = (state[page] & kMarked) !== 0
+    if (marked && !inRun) runs++
+    inRun = marked
+  }
+  return runs
+}
+
 export class Deduplicator {
   #uffd: Userfaultfd
   #index: TwinIndex
@@ -181,6 +227,7 @@ export class Deduplicator {
   #config = new Float64Array(K.CONFIG_LENGTH)
   #cpuBudgetNs: number
   #mergeTurns: boolean
+  #vmaBudget: number
   #historyLength: number
   #pass = 0
   #cpuMs = 0
@@ -204,7 +251,7 @@ export class Deduplicator {
   }
 
   constructor(options?: DeduplicatorOptions) {
-    const opts = readOptions(options, 'options', ['merge', 'index', 'stablePasses', 'backoffPasses', 'cpuBudgetMs', 'historyLength', 'mergeTurns'])
+    const opts = readOptions(options, 'options', ['merge', 'index', 'stablePasses', 'backoffPasses', 'cpuBudgetMs', 'historyLength', 'mergeTurns', 'vmaBudget'])
     const stablePasses = validateInteger(opts.stablePasses ?? 2, 'options.stablePasses', 1, 255)
     const backoffPasses = validateInteger(opts.backoffPasses ?? 16, 'options.backoffPasses', 0, 65535)
     const cpuBudgetMs = opts.cpuBudgetMs ?? 0
@@ -215,6 +262,8 @@ export class Deduplicator {
     const mergeTurns = opts.mergeTurns ?? false
     if (typeof mergeTurns !== 'boolean') throw invalidArgType('options.mergeTurns', 'a boolean', mergeTurns)
     this.#mergeTurns = mergeTurns
+    const maxVmas = maxMapCount()
+    this.#vmaBudget = validateInteger(opts.vmaBudget ?? Math.max(2, Math.min(1024, Math.floor(maxVmas / 8))), 'options.vmaBudget', 2, Math.max(2, Math.floor(maxVmas / 2)))
     const index = opts.index
     if (index !== undefined && !(index instanceof TwinIndex)) throw invalidArgType('options.index', 'a TwinIndex', index)
     if (index !== undefined) twinIndexHandle(index, 'create a Deduplicator')
@@ -246,6 +295,10 @@ export class Deduplicator {
   }
   get index(): TwinIndex {
     return this.#index
+  }
+  /** KSM: the most VMAs the marking may add (options.vmaBudget). */
+  get vmaBudget(): number {
+    return this.#vmaBudget
   }
   get regions(): Region[] {
     return [...this.#tracked.keys()]
@@ -285,17 +338,39 @@ export class Deduplicator {
       this.#uffd.unregister(region)
       throw error
     }
-    const unsubscribe = region.onClose(() => this.#forget(region))
-    this.#tracked.set(region, { region, unsubscribe, state, hashes, out: new Float64Array(K.REPORT_LENGTH) })
+    // A Region that closes is unmapped (its marks go with it); one that moves (remap) keeps its
+    // marks at the new address: they are given back there.
+    const unsubscribe = region.onClose((_, next) => {
+      const tracked = this.#tracked.get(region)
+      try {
+        if (tracked !== undefined && next !== undefined) this.#unmark(tracked, next.address, next.length)
+      } finally {
+        this.#forget(region)
+      }
+    })
+    this.#tracked.set(region, { region, unsubscribe, state, hashes, out: new Float64Array(K.REPORT_LENGTH), runs: 0 })
   }
 
-  /** Stops tracking the Region: its hashes leave the index; it stays mapped, merged pages stay merged. */
+  /**
+   * Stops tracking the Region: its hashes leave the index; it stays mapped. SKSM: merged pages stay
+   * merged. KSM: what this Deduplicator marked MADV_MERGEABLE is unmarked (MADV_UNMERGEABLE, which
+   * gives its VMAs back and turns the pages ksmd merged there into private copies again: the kernel
+   * has no way to unmark without unmerging). If that fails, the Region is untracked all the same and
+   * the SyscallError is thrown at the end.
+   */
   untrack(region: Region): void {
     const tracked = this.#tracked.get(region)
     if (!tracked) return
     tracked.unsubscribe()
+    let failure: unknown
+    try {
+      if (!region.closed) this.#unmark(tracked, Number(region.address), region.length)
+    } catch (error) {
+      failure = error
+    }
     this.#forget(region)
     if (!region.closed && !this.#uffd.closed) this.#uffd.unregister(region)
+    if (failure !== undefined) throw failure
   }
 
   /** The v1 name of track(). */
@@ -339,6 +414,7 @@ export class Deduplicator {
     }
     const report = this.#emptyReport(time)
     for (const tracked of order) addReport(report, tracked)
+    for (const tracked of order) report.markedRuns += tracked.runs
     report.mergeTurnBusy = notOurTurn
     report.cpuMs = (native.threadCpuNs() - cpuStarted) / 1e6
     report.durationMs = performance.now() - started
@@ -409,12 +485,23 @@ export class Deduplicator {
     return { passes: this.#pass, cpuMs: this.#cpuMs, mergedPages: this.#mergedTotal, cowAfterMerge: this.#cowAfterMerge, history: [...this.#history] }
   }
 
-  /** Stops run(), gives every hash back to the index, unregisters, closes the private index. Idempotent. */
+  /**
+   * Stops run(), gives every hash back to the index, unregisters, closes the private index. KSM:
+   * unmarks what it marked, as untrack() does, so the VMAs the marking split are merged back.
+   * Idempotent. An unmarking that fails does not stop the rest: it is closed, then the first
+   * SyscallError is thrown.
+   */
   close(): void {
     if (this.#closed) return
     this.#endLoop()
+    let failure: unknown
     for (const tracked of [...this.#tracked.values()]) {
       tracked.unsubscribe()
+      try {
+        if (!tracked.region.closed) this.#unmark(tracked, Number(tracked.region.address), tracked.region.length)
+      } catch (error) {
+        failure ??= error
+      }
       this.#forget(tracked.region)
     }
     this.#uffd.close()
@@ -422,6 +509,7 @@ export class Deduplicator {
     unclosed.unregister(this.#token)
     fs.closeSync(this.#pagemapFd)
     this.#closed = true
+    if (failure !== undefined) throw failure
   }
 
   [Symbol.dispose](): void {
@@ -441,7 +529,11 @@ export class Deduplicator {
     const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
     this.#config[Config.budgetNs] = budgetNs
-    this.#check(native.dedupScan(this.#pagemapFd, index, span.address, region.pages, state, hashes, this.#config, out), tracked)
+    this.#config[Config.runAllowance] = this.#runAllowance(tracked)
+    const rc = native.dedupScan(this.#pagemapFd, index, span.address, region.pages, state, hashes, this.#config, out)
+    // A failed call may have unmarked some runs before it stopped: count them from the state then.
+    if (this.#merge === 'ksm') tracked.runs = rc >= 0 ? out[Report.markedRuns] : countRuns(state)
+    this.#check(rc, tracked)
   }
 
   /** Step 3: candidates with a twin anywhere, merged (or marked for ksmd) in runs. */
@@ -449,7 +541,50 @@ export class Deduplicator {
     const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
     this.#config[Config.budgetNs] = budgetNs
-    this.#check(native.dedupMerge(index, span.address, region.pages, state, hashes, this.#config, out), tracked)
+    this.#config[Config.runAllowance] = this.#runAllowance(tracked)
+    const rc = native.dedupMerge(index, span.address, region.pages, state, hashes, this.#config, out)
+    // A failed call keeps the marks it made before the failure: count them from the state then.
+    if (this.#merge === 'ksm') tracked.runs = rc >= 0 ? out[Report.markedRuns] : countRuns(state)
+    this.#check(rc, tracked)
+  }
+
+  /**
+   * KSM: the marked runs this Region may hold after its next native call: its share of vmaBudget / 2
+   * (at least 1), and never more than the other Regions leave, so all of them together stay within
+   * the budget whatever order they pass in. A share that shrank (a Region was tracked) is reached by
+   * coarsening at the Region's next merge step.
+   */
+  #runAllowance(tracked: Tracked): number {
+    const budgetRuns = Math.floor(this.#vmaBudget / 2)
+    let others = 0
+    for (const t of this.#tracked.values()) if (t !== tracked) others += t.runs
+    const share = Math.max(1, Math.floor(budgetRuns / Math.max(1, this.#tracked.size)))
+    return Math.max(0, Math.min(share, budgetRuns - others))
+  }
+
+  /**
+   * KSM: MADV_UNMERGEABLE over the runs of the Region this Deduplicator marked, at `address`
+   * (where the Region's memory is now) within `length`: the split VMAs merge back. A SyscallError
+   * if one fails (EINTR and EAGAIN are retried); the runs before it are unmarked.
+   */
+  #unmark(tracked: Tracked, address: number, length: number): void {
+    const { state } = tracked
+    const pages = Math.min(state.length, Math.floor(length / pageSize))
+    for (let page = 0; page < pages; ) {
+      if (!(state[page] & kMarked)) {
+        page++
+        continue
+      }
+      const first = page
+      while (page < pages && state[page] & kMarked) page++
+      let rc = native.madvise(address + first * pageSize, (page - first) * pageSize, C.MADV_UNMERGEABLE)
+      for (let attempt = 0; attempt < 3 && (rc === -errno.EINTR || rc === -errno.EAGAIN); attempt++) {
+        rc = native.madvise(address + first * pageSize, (page - first) * pageSize, C.MADV_UNMERGEABLE)
+      }
+      if (rc < 0) throw new SyscallError('madvise(MADV_UNMERGEABLE)', -rc, `Deduplicator unmarking ${page - first} pages`)
+      for (let p = first; p < page; p++) state[p] &= ~kMarked
+    }
+    tracked.runs = countRuns(state)
   }
 
   #check(rc: number, tracked: Tracked): void {
@@ -462,7 +597,7 @@ export class Deduplicator {
     return {
       pass: this.#pass + 1, time, trackedPages: 0, writtenPages: 0, candidatePages: 0, hashedPages: 0, duplicatePages: 0,
       mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, mergeTurnBusy: false, indexFullPages: 0, wpLostPages: 0,
-      cpuMs: 0, scanMs: 0, hashMs: 0, mergeMs: 0, durationMs: 0,
+      coarsenedPages: 0, markedRuns: 0, cpuMs: 0, scanMs: 0, hashMs: 0, mergeMs: 0, durationMs: 0,
     }
   }
 

@@ -1,8 +1,11 @@
 // Page content for the user-space deduplicator: hashing of whole pages, the cross-process twin
 // index (a hash table in a sealed shared memfd, updated only by single-word CAS), and the
 // deduplicator's per-pass loop (one PAGEMAP_SCAN, candidate selection, hashing, twin lookup,
-// merge runs). Reads memory of live Regions whose pages lib/ has checked are readable; writes
-// only into typed arrays it re-checked and into the index mapping it created itself.
+// merge runs). Reads memory of live Regions whose pages lib/ has checked are readable, through
+// the mapping only where it cannot vanish under the reader (private anonymous pages of the base
+// size: hugetlb, file and shared memory is copied through the kernel, EFAULT instead of SIGBUS);
+// writes only into typed arrays it re-checked and into the index mapping it created itself. An
+// allocation failure is -ENOMEM, never an abort (NoAbort, at the bottom).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -13,7 +16,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "addon.h"
@@ -53,11 +59,51 @@ uint64_t HashPage(const unsigned char* p, size_t length) {
   return h ^ (h >> 32);
 }
 
+// PROCMAP_QUERY (Linux 6.11+, include/uapi/linux/fs.h): one VMA of /proc/self/maps by address.
+// Declared here under our own name: the build host's headers (6.1) do not have it.
+struct ProcmapQuery {
+  uint64_t size, query_flags, query_addr;
+  uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+  uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+  uint64_t vma_name_addr, build_id_addr;
+};
+constexpr unsigned long kProcmapQuery = _IOWR('f', 17, ProcmapQuery);
+constexpr uint64_t kProcmapReadable = 0x01, kProcmapShared = 0x08;
+
+// Whether every page of [address, address + length) may be read through its mapping: only
+// private anonymous memory of the base page size (no file behind it, not hugetlb) cannot vanish
+// under a reader. A hugetlb page can be punched out (MADV_REMOVE, fallocate PUNCH_HOLE, by any
+// process holding the file) and, once another mapping took the freed huge page, touching the hole
+// is SIGBUS; a file can be truncated. Asked of the kernel per VMA (PROCMAP_QUERY), whatever lib/
+// said; without PROCMAP_QUERY (before 6.11) or on any error the answer is no.
+bool MayTouchDirectly(uint64_t address, uint64_t length, uint64_t page_size) {
+  const int maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (maps < 0) return false;
+  bool direct = true;
+  for (uint64_t at = address, end = address + length; direct && at < end;) {
+    ProcmapQuery q = {};
+    q.size = sizeof q;
+    q.query_addr = at;
+    direct = ioctl(maps, kProcmapQuery, &q) == 0 && q.vma_start <= at && q.vma_end > at && q.inode == 0 &&
+             q.dev_major == 0 && q.dev_minor == 0 && q.vma_page_size == page_size &&
+             (q.vma_flags & kProcmapReadable) && !(q.vma_flags & kProcmapShared);
+    at = q.vma_end;
+  }
+  close(maps);
+  return direct;
+}
+
+// Pages copied through the kernel per pread in hashPages.
+constexpr size_t kHashBatch = 64;
+
 // hashPages(address, pageIndexes: Uint32Array, count, out: BigUint64Array, throughKernel) -> count | -errno
 // Hashes the pages at address + index * pageSize; indexes lib/ validated against the Region.
-// throughKernel (file-backed Regions, whose file someone may truncate): each batch of pages is
-// first copied through the kernel (ReadOwnMemory), so a page past the file's new end is EFAULT
-// instead of a SIGBUS in this process.
+// Memory that can vanish under a reader (throughKernel: a file-backed Region, whose file someone
+// may truncate; or, whatever lib/ said, any VMA MayTouchDirectly refuses: hugetlb, shared or file
+// memory) is copied through the kernel first, a batch of consecutive pages per pread of
+// /proc/self/mem (ReadOwnMemory): a page gone from under the mapping (past a truncated file's end,
+// a punched hugetlb hole with no free huge page) is EFAULT instead of a SIGBUS in this process.
+// Nothing is written to out before every allocation is done.
 Napi::Value HashPages(const Napi::CallbackInfo& info) {
   MEMDEDUP_ARG(address, ArgU64(info, 0));
   MEMDEDUP_ARG(count, ArgU64(info, 2));
@@ -65,17 +111,26 @@ Napi::Value HashPages(const Napi::CallbackInfo& info) {
   MEMDEDUP_ARG(out, ArgTypedArray<uint64_t>(info, 3, count));
   MEMDEDUP_ARG(through_kernel, ArgInt(info, 4, 0, 1));
   const unsigned char* base = reinterpret_cast<const unsigned char*>(address);
-  size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  if (!through_kernel) {
+  const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (count == 0) return Napi::Number::New(info.Env(), 0);
+  uint64_t lowest = indexes.data[0], highest = indexes.data[0];
+  for (size_t i = 1; i < count; i++) {
+    lowest = std::min<uint64_t>(lowest, indexes.data[i]);
+    highest = std::max<uint64_t>(highest, indexes.data[i]);
+  }
+  if (!through_kernel && MayTouchDirectly(address + lowest * page_size, (highest + 1 - lowest) * page_size, page_size)) {
     for (size_t i = 0; i < count; i++) out.data[i] = HashPage(base + static_cast<size_t>(indexes.data[i]) * page_size, page_size);
     return Napi::Number::New(info.Env(), static_cast<double>(count));
   }
-  std::vector<unsigned char> copy(page_size);
-  for (size_t i = 0; i < count; i++) {
-    if (ReadOwnMemory(copy.data(), address + static_cast<size_t>(indexes.data[i]) * page_size, page_size) < 0) {
+  std::vector<unsigned char> copy(kHashBatch * page_size);
+  for (size_t i = 0; i < count;) {
+    size_t n = 1;  // consecutive page indexes from i: one read
+    while (i + n < count && n < kHashBatch && indexes.data[i + n] == indexes.data[i + n - 1] + 1) n++;
+    if (ReadOwnMemory(copy.data(), address + static_cast<size_t>(indexes.data[i]) * page_size, n * page_size) < 0) {
       return Napi::Number::New(info.Env(), -errno);
     }
-    out.data[i] = HashPage(copy.data(), page_size);
+    for (size_t k = 0; k < n; k++) out.data[i + k] = HashPage(copy.data() + k * page_size, page_size);
+    i += n;
   }
   return Napi::Number::New(info.Env(), static_cast<double>(count));
 }
@@ -223,11 +278,22 @@ void TurnGive(const TwinTable& t, uint64_t taken) {
   CasWord(word, &expected, 0);
 }
 
-Napi::Value NewTableHandle(Napi::Env env, TwinTable* table) {
-  auto external = Napi::External<TwinTable>::New(env, table, [](Napi::Env, TwinTable* t) {
-    CloseTable(t);
-    delete t;
-  });
+// The handle owns the table from here. If it cannot be made (std::bad_alloc, rethrown for
+// NoAbort), the table is unmapped and freed, and its fd closed only when `owns_fd` (an fd the
+// caller passed in stays the caller's on failure).
+Napi::Value NewTableHandle(Napi::Env env, TwinTable* table, bool owns_fd) {
+  Napi::External<TwinTable> external;
+  try {
+    external = Napi::External<TwinTable>::New(env, table, [](Napi::Env, TwinTable* t) {
+      CloseTable(t);
+      delete t;
+    });
+  } catch (const std::bad_alloc&) {
+    if (!owns_fd) table->fd = -1;
+    CloseTable(table);
+    delete table;
+    throw;
+  }
   napi_type_tag_object(env, external, &kTwinTableTag);
   return external;
 }
@@ -264,7 +330,7 @@ Napi::Value TwinIndexCreate(const Napi::CallbackInfo& info) {
     ThrowArgument(info, 0, true, "a power of two >= 32");
     return env.Undefined();
   }
-  auto* t = new TwinTable();
+  auto* t = new TwinTable();  // first: a std::bad_alloc (NoAbort) leaves nothing behind
   t->slots = slots;
   t->bytes = kIndexHeader + slots * sizeof(uint64_t);
   t->fd = memfd_create("memdedup-twin-index", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -287,7 +353,7 @@ Napi::Value TwinIndexCreate(const Napi::CallbackInfo& info) {
   uint64_t* header = static_cast<uint64_t*>(base);
   header[1] = slots;
   __atomic_store_n(&header[0], kIndexMagic, __ATOMIC_RELEASE);
-  return NewTableHandle(env, t);
+  return NewTableHandle(env, t, true);
 }
 
 // twinIndexOpen(fd) -> handle | -errno | 1 (not sealed against shrink and grow) | 2 (not a twin
@@ -302,6 +368,8 @@ Napi::Value TwinIndexOpen(const Napi::CallbackInfo& info) {
   if (fstat(fd, &st) < 0) return Napi::Number::New(env, -errno);
   size_t bytes = static_cast<size_t>(st.st_size);
   if (bytes < kIndexHeader + kProbe * sizeof(uint64_t)) return Napi::Number::New(env, 2);
+  // Allocated before the mapping: a std::bad_alloc (NoAbort) leaves nothing behind.
+  std::unique_ptr<TwinTable> table(new TwinTable());
   void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) return Napi::Number::New(env, -errno);
   uint64_t* header = static_cast<uint64_t*>(base);
@@ -311,13 +379,13 @@ Napi::Value TwinIndexOpen(const Napi::CallbackInfo& info) {
     munmap(base, bytes);
     return Napi::Number::New(env, 2);
   }
-  auto* t = new TwinTable();
+  TwinTable* t = table.release();
   t->fd = fd;
   t->base = base;
   t->bytes = bytes;
   t->slots = slots;
   t->words = reinterpret_cast<uint64_t*>(static_cast<char*>(base) + kIndexHeader);
-  return NewTableHandle(env, t);
+  return NewTableHandle(env, t, false);
 }
 
 // twinIndexClose(handle) -> 0: unmaps and closes now (idempotent); the finalizer frees the rest.
@@ -421,14 +489,20 @@ Napi::Value TwinIndexGiveTurn(const Napi::CallbackInfo& info) {
 // ---- The deduplicator's pass over one region -------------------------------------------------
 // Per-page state word (a Uint32Array owned by lib/): bits 0-7 passes unwritten (saturating),
 // kHeld the page's hash is counted in the index (hashes[page] holds it), kMerged merged by
-// MADV_MERGE or marked MADV_MERGEABLE by us, kCandidate chosen by this pass's scan for the merge
-// step, bits 16-31 back-off passes left.
-constexpr uint32_t kCleanMask = 0xff, kHeld = 1u << 8, kMerged = 1u << 9, kCandidate = 1u << 10, kBackoffShift = 16;
+// MADV_MERGE or marked MADV_MERGEABLE by us as a twin (or a cold page between twins), kCandidate
+// chosen by this pass's scan for the merge step, kMarked (KSM) inside a range we marked
+// MADV_MERGEABLE (kMerged pages, and pages marked only to keep the VMA budget: see DedupMerge),
+// kUnmark (KSM) marked, written since its merge: to be given back with MADV_UNMERGEABLE,
+// bits 16-31 back-off passes left. lib/deduplicator.ts reads kMarked (close(), untrack()).
+constexpr uint32_t kCleanMask = 0xff, kHeld = 1u << 8, kMerged = 1u << 9, kCandidate = 1u << 10, kMarked = 1u << 11,
+                   kUnmark = 1u << 12, kBackoffShift = 16;
 enum PassMode { kModeNone = 0, kModeSksm = 1, kModeKsm = 2 };
 // config: Float64Array [mode, stablePasses, backoffPasses, budgetNs (0: none): the CPU time this
 // call may spend hashing (dedupScan) or merging (dedupMerge); dedupMerge: < 0, not this process's
-// merge turn: look twins up and count them deferred, merge nothing]
-enum ConfigField { kCfgMode, kCfgStable, kCfgBackoff, kCfgBudgetNs, kConfigLength };
+// merge turn: look twins up and count them deferred, merge nothing; runAllowance (KSM): the most
+// marked runs this region may hold after the call (lib/ shares vmaBudget / 2 among the regions;
+// MADV_MERGEABLE splits a VMA at both ends of a run, so a run costs at most two VMAs)]
+enum ConfigField { kCfgMode, kCfgStable, kCfgBackoff, kCfgBudgetNs, kCfgRunAllowance, kConfigLength };
 // report: Float64Array, reset by dedupScan, completed by dedupMerge.
 enum ReportField {
   kRepWritten,      // pages written since the last pass
@@ -448,6 +522,8 @@ enum ReportField {
   kRepHashNs,       // of step 2 (candidates, hashing, index inserts)
   kRepMergeNs,      // of step 3 (twin lookups and the madvise calls)
   kRepMergeDeferred,  // duplicates left for a later pass: the budget ran out, or not our merge turn
+  kRepCoarsened,    // KSM: pages marked (or left marked) only to keep the runs within runAllowance
+  kRepMarkedRuns,   // KSM: runs of kMarked pages in the region after the call
   kReportLength
 };
 
@@ -457,28 +533,37 @@ inline uint64_t ThreadCpuNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-struct Run {
-  uint32_t first, end;
-};
 // Pages per madvise call in the merge step: the budget is checked between calls, and each call
 // holds the mmap lock (MADV_MERGE: and ksm_thread_mutex) for one chunk only.
 constexpr uint32_t kMergeChunk = 64;
 
-// Appends page to runs, extending the last run when adjacent.
-inline void AddToRuns(std::vector<Run>& runs, uint32_t page) {
-  if (!runs.empty() && runs.back().end == page) runs.back().end = page + 1;
-  else runs.push_back({page, page + 1});
+// Runs of pages whose state has `bit`.
+uint64_t CountRuns(const uint32_t* state, uint64_t pages, uint32_t bit) {
+  uint64_t runs = 0;
+  bool in = false;
+  for (uint64_t page = 0; page < pages; page++) {
+    bool has = (state[page] & bit) != 0;
+    runs += has && !in;
+    in = has;
+  }
+  return runs;
 }
 
 // Bits of a /proc/pid/pagemap entry (as in pagemap.cc).
 constexpr int kEntryExclusiveBit = 56, kEntryPresentBit = 63;
+// Pagemap entries read at once when a merged page is reported written (no allocation: a stack array).
+constexpr uint32_t kEntryBlock = 512;
 
 // dedupScan(pagemapFd, index, address, pages, state: Uint32Array, hashes: BigUint64Array,
 //           config: Float64Array, report: Float64Array) -> 0 | -errno (report[kRepFailedStage] says where)
 // Steps 1 and 2 of a pass over one region: collect writes (and give hot marked pages back to the
 // kernel), then choose, hash and count the candidates in the index (marked kCandidate). The
 // region [address, address + pages * pageSize) is a live, readable, private anonymous Region
-// registered for uffd WP_ASYNC (lib/ checked it just before this call).
+// registered for uffd WP_ASYNC (lib/ checked it just before this call). Only pages PAGEMAP_SCAN
+// reports present, not the zero page and not file-backed (a private anonymous page of this
+// process: it cannot vanish under the reader) are ever read through the mapping.
+// All memory is allocated before the first change to the state or the index: an allocation
+// failure (ERR_MEMORY_ALLOCATION_FAILED, NoAbort) leaves everything as it was.
 Napi::Value DedupScan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t cpu_start = ThreadCpuNs();
@@ -496,22 +581,24 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
   const uint32_t stable = static_cast<uint32_t>(std::min(std::max(config.data[kCfgStable], 1.0), 255.0));
   const uint32_t backoff_passes = static_cast<uint32_t>(std::min(std::max(config.data[kCfgBackoff], 0.0), 65535.0));
   const double budget = config.data[kCfgBudgetNs] > 0 ? config.data[kCfgBudgetNs] : 0;
+  const uint64_t allowance = static_cast<uint64_t>(std::min(std::max(config.data[kCfgRunAllowance], 0.0), 4294967295.0));
   const uint64_t end_address = address + pages * page_size;
-  auto fail = [&](int stage) {
-    int error = errno;
+  auto fail = [&](int stage, int error) {
     report.data[kRepFailedStage] = stage;
     report.data[kRepCpuNs] = static_cast<double>(ThreadCpuNs() - cpu_start);
     return Napi::Number::New(env, -error);
   };
 
+  // Allocated before any change (a std::bad_alloc here leaves everything as it was: NoAbort).
+  std::vector<uint8_t> eligible(pages);  // present, not the zero page, not file-backed
+  static thread_local std::vector<page_region> vec;
+  if (vec.size() < 1024) vec.resize(1024);
+
   // 1. Writes since the last pass, and what is present: one PAGEMAP_SCAN walk (several calls only
   //    when the vector fills). No category filter: every page is reported with its categories, and
   //    PM_SCAN_WP_MATCHING re-protects the written ones in the same walk.
-  std::vector<uint8_t> eligible(pages);  // present, not the zero page
-  std::vector<Run> unmark;
-  std::vector<uint64_t> entries;
-  static thread_local std::vector<page_region> vec;
-  if (vec.size() < 1024) vec.resize(1024);
+  uint64_t entries[kEntryBlock];
+  uint32_t entries_first = 0, entries_count = 0;  // entries[i] is page entries_first + i
   uint64_t start = address;
   while (start < end_address) {
     struct pm_scan_arg arg = {};
@@ -521,17 +608,16 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
     arg.end = end_address;
     arg.vec = reinterpret_cast<uintptr_t>(vec.data());
     arg.vec_len = vec.size();
-    arg.return_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO;
+    arg.return_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_FILE;
     long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
-    if (n < 0) return fail(1);
+    if (n < 0) return fail(1, errno);
     for (long r = 0; r < n && static_cast<size_t>(r) < vec.size(); r++) {
       const page_region& region = vec[r];
       if (region.start < address || region.end > end_address || region.start >= region.end) continue;
       uint32_t first = static_cast<uint32_t>((region.start - address) / page_size);
       uint32_t last = static_cast<uint32_t>((region.end - address) / page_size);
       bool written = region.categories & PAGE_IS_WRITTEN;
-      bool present = (region.categories & PAGE_IS_PRESENT) && !(region.categories & PAGE_IS_PFNZERO);
-      bool entries_read = false;
+      bool present = (region.categories & PAGE_IS_PRESENT) && !(region.categories & (PAGE_IS_PFNZERO | PAGE_IS_FILE));
       for (uint32_t page = first; page < last; page++) {
         uint32_t s = state.data[page];
         eligible[page] = present;
@@ -539,16 +625,16 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
         if (page_written && (s & kMerged) && present) {
           // Still shared with another mapping, so not written by us (a write would have COWed it):
           // a kernel without kernel-patches/0001 drops uffd-wp when ksmd maps the KSM page.
-          if (!entries_read) {
-            entries.resize(last - first);
-            ssize_t got = pread(pagemap_fd, entries.data(), entries.size() * sizeof(uint64_t),
-                                static_cast<off_t>((address / page_size + first) * sizeof(uint64_t)));
-            if (got < 0) return fail(5);
-            entries.resize(static_cast<size_t>(got) / sizeof(uint64_t));
-            entries_read = true;
+          if (page < entries_first || page >= entries_first + entries_count) {
+            uint32_t want = std::min<uint32_t>(kEntryBlock, last - page);
+            ssize_t got = pread(pagemap_fd, entries, want * sizeof(uint64_t),
+                                static_cast<off_t>((address / page_size + page) * sizeof(uint64_t)));
+            if (got < 0) return fail(5, errno);
+            entries_first = page;
+            entries_count = static_cast<uint32_t>(static_cast<size_t>(got) / sizeof(uint64_t));
           }
-          size_t k = page - first;
-          if (k < entries.size() && ((entries[k] >> kEntryPresentBit) & 1) && !((entries[k] >> kEntryExclusiveBit) & 1)) {
+          size_t k = page - entries_first;
+          if (k < entries_count && ((entries[k] >> kEntryPresentBit) & 1) && !((entries[k] >> kEntryExclusiveBit) & 1)) {
             report.data[kRepMergeReplaced]++;
             page_written = false;
           }
@@ -557,22 +643,23 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
           report.data[kRepWritten]++;
           if (s & kHeld) IndexRelease(*table, hashes.data[page]);
           uint32_t back = s >> kBackoffShift;
+          uint32_t keep = s & (kMarked | kUnmark);  // the VMA stays marked until unmarked below
           if (s & kMerged) {
             report.data[kRepCow]++;
             back = backoff_passes;
-            if (mode == kModeKsm) AddToRuns(unmark, page);
+            if (mode == kModeKsm && (s & kMarked)) keep |= kUnmark;
           }
-          state.data[page] = back << kBackoffShift;
+          state.data[page] = (back << kBackoffShift) | keep;
           continue;
         }
         uint32_t clean = s & kCleanMask;
         if (clean < kCleanMask) clean++;
         uint32_t back = s >> kBackoffShift;
         if (back > 0) back--;
-        uint32_t flags = s & (kHeld | kMerged);
+        uint32_t flags = s & (kHeld | kMerged | kMarked | kUnmark);
         if (!present && (flags & kHeld)) {  // dropped (MADV_DONTNEED, swapped out): its hash is stale
           IndexRelease(*table, hashes.data[page]);
-          flags = 0;
+          flags &= kMarked | kUnmark;
         }
         state.data[page] = (back << kBackoffShift) | flags | clean;
       }
@@ -580,12 +667,36 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
     if (arg.walk_end <= start || arg.walk_end >= end_address) break;
     start = arg.walk_end;
   }
-  for (const Run& run : unmark) {  // KSM fallback: marked pages that turned hot leave ksmd's sight
-    if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(run.first) * page_size),
-                static_cast<size_t>(run.end - run.first) * page_size, MADV_UNMERGEABLE) < 0) {
-      return fail(4);
+  if (mode == kModeKsm) {
+    // KSM fallback: marked pages that turned hot leave ksmd's sight (MADV_UNMERGEABLE), unless
+    // that would split the region's marks into more runs than runAllowance: a hot page in the
+    // middle of a run then stays marked (ksmd merges only pages that stay unchanged between its
+    // scans, so a hot page costs it a checksum, not a merge), counted as coarsened.
+    uint64_t runs = CountRuns(state.data, pages, kMarked);
+    for (uint32_t page = 0; page < pages;) {
+      if (!(state.data[page] & kUnmark)) {
+        page++;
+        continue;
+      }
+      const uint32_t first = page;
+      while (page < pages && (state.data[page] & kUnmark)) page++;
+      const bool left = first > 0 && (state.data[first - 1] & kMarked);
+      const bool right = page < pages && (state.data[page] & kMarked);
+      const int delta = left && right ? 1 : (!left && !right ? -1 : 0);
+      if (delta > 0 && runs + 1 > allowance) {
+        for (uint32_t p = first; p < page; p++) state.data[p] &= ~kUnmark;
+        report.data[kRepCoarsened] += page - first;
+        continue;
+      }
+      if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(first) * page_size),
+                  static_cast<size_t>(page - first) * page_size, MADV_UNMERGEABLE) < 0) {
+        return fail(4, errno);  // the pages keep kUnmark: the next pass tries again
+      }
+      for (uint32_t p = first; p < page; p++) state.data[p] &= ~(kMarked | kUnmark);
+      runs = delta < 0 ? runs - 1 : runs + static_cast<uint64_t>(delta);
+      report.data[kRepUnmarked] += page - first;
     }
-    report.data[kRepUnmarked] += run.end - run.first;
+    report.data[kRepMarkedRuns] = static_cast<double>(runs);
   }
   const uint64_t hash_start = ThreadCpuNs();
   report.data[kRepScanNs] = static_cast<double>(hash_start - cpu_start);
@@ -626,15 +737,28 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, 0);
 }
 
+// What the merge step plans for a page (one byte per page).
+constexpr uint8_t kPlanMerge = 1,  // in a run to merge (SKSM) or mark as twins (KSM)
+                  kPlanTwin = 2,   // a candidate with another holder of its content
+                  kPlanFill = 4;   // KSM: in a gap between runs, marked only to keep runAllowance
+
 // dedupMerge(index, address, pages, state, hashes, config, report) -> 0 | -errno
 // Step 3, after every region's scan (so twins between regions of this pass count): a candidate
 // whose content has another holder joins a run; runs are merged (SKSM) or marked for ksmd (KSM
 // fallback), kMergeChunk pages per madvise call, until the CPU budget is spent (after the first
 // chunk, so every pass makes progress); the rest keep their hashes and are merged by later
-// passes. MADV_MERGEABLE splits the VMA at every run's ends, so in the KSM fallback a run also
-// spans the candidates (cold pages) between two twins: ksmd then scans a few pages without twins
-// instead of the process getting a VMA per twin where twins and unique pages alternate.
-// Same region and arrays as the dedupScan before it.
+// passes. Same region and arrays as the dedupScan before it.
+//
+// KSM fallback: MADV_MERGEABLE splits the VMA at every run's ends, so
+// - a run also spans the candidates (cold pages) between two twins: ksmd then scans a few pages
+//   without twins instead of the process getting a VMA per twin where twins and unique pages
+//   alternate;
+// - the marked pages (those marked before and the new runs) must form at most runAllowance runs:
+//   when they would not, the smallest gaps between them are marked too (untouched, unique or hot
+//   pages: harmless, ksmd merges only identical pages that stay unchanged), reported as coarsened;
+// - the marking never holds more runs than max(runs before, runAllowance), even when the budget
+//   stops it half-way: runs that join marked pages are marked first, growing them from their
+//   marked side; runs of new pages only then, each growing from its first chunk.
 Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t cpu_start = ThreadCpuNs();
@@ -649,47 +773,165 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   const int mode = static_cast<int>(config.data[kCfgMode]);
   const double budget = config.data[kCfgBudgetNs] > 0 ? config.data[kCfgBudgetNs] : 0;
   const bool not_our_turn = config.data[kCfgBudgetNs] < 0;  // another process is merging: only count
-  std::vector<Run> runs;
-  std::vector<uint8_t> twin(pages);
+  const uint64_t allowance = static_cast<uint64_t>(std::min(std::max(config.data[kCfgRunAllowance], 0.0), 4294967295.0));
+  uint32_t* st = state.data;
+  auto fail = [&](int stage, int error) {
+    report.data[kRepFailedStage] = stage;
+    const uint64_t merge_ns = ThreadCpuNs() - cpu_start;
+    report.data[kRepMergeNs] = static_cast<double>(merge_ns);
+    report.data[kRepCpuNs] += static_cast<double>(merge_ns);
+    return Napi::Number::New(env, -error);
+  };
+
+  // The plan: no change to the state before every allocation is done (see NoAbort).
+  std::vector<uint8_t> plan(pages);
   bool cold_since_run = false;  // only candidates since the last run ended
+  uint64_t last_end = 0;        // end of the last run (when cold_since_run)
   for (uint32_t page = 0; page < pages; page++) {
-    if (!(state.data[page] & kCandidate)) {
+    if (!(st[page] & kCandidate)) {
       cold_since_run = false;
       continue;
     }
-    state.data[page] &= ~kCandidate;
     if (IndexHolders(*table, hashes.data[page]) < 2) continue;
-    twin[page] = 1;
+    plan[page] |= kPlanTwin;
     report.data[kRepDuplicates]++;
-    if (mode == kModeKsm && cold_since_run && !runs.empty()) runs.back().end = page + 1;
-    else AddToRuns(runs, page);
+    if (mode == kModeKsm && cold_since_run) {
+      for (uint64_t p = last_end; p <= page; p++) plan[p] |= kPlanMerge;
+    } else {
+      plan[page] |= kPlanMerge;
+    }
+    last_end = page + 1;
     cold_since_run = true;
   }
-  if (mode == kModeSksm || mode == kModeKsm) {
-    int advice = mode == kModeSksm ? MADV_MERGE : MADV_MERGEABLE;
-    bool out_of_budget = not_our_turn;
-    for (const Run& run : runs) {
-      for (uint32_t first = run.first; first < run.end; first += kMergeChunk) {
-        uint32_t end = std::min(run.end, first + kMergeChunk);
-        if (out_of_budget || (budget > 0 && report.data[kRepMerged] > 0 && static_cast<double>(ThreadCpuNs() - cpu_start) > budget)) {
-          out_of_budget = true;
-          for (uint32_t page = first; page < end; page++) report.data[kRepMergeDeferred] += twin[page];
+
+  uint64_t chunks = 0;
+  bool out_of_budget = not_our_turn;
+  // Whether the next chunk may start: the first always may (unless it is not our turn).
+  auto may_start = [&]() {
+    if (!out_of_budget && budget > 0 && chunks > 0 && static_cast<double>(ThreadCpuNs() - cpu_start) > budget) out_of_budget = true;
+    return !out_of_budget;
+  };
+
+  if (mode == kModeSksm) {
+    for (uint32_t page = 0; page < pages && !out_of_budget;) {
+      if (!(plan[page] & kPlanMerge)) {
+        page++;
+        continue;
+      }
+      uint32_t run_end = page;
+      while (run_end < pages && (plan[run_end] & kPlanMerge)) run_end++;
+      for (uint32_t first = page; first < run_end; first += kMergeChunk) {
+        uint32_t end = std::min(run_end, first + kMergeChunk);
+        if (!may_start()) break;
+        if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(first) * page_size),
+                    static_cast<size_t>(end - first) * page_size, MADV_MERGE) < 0) {
+          return fail(2, errno);
+        }
+        chunks++;
+        for (uint32_t p = first; p < end; p++) st[p] |= kMerged;
+        report.data[kRepMerged] += end - first;
+      }
+      page = run_end;
+    }
+  } else if (mode == kModeKsm) {
+    // The target: what is marked now, the new runs, and (over the allowance) the smallest gaps.
+    auto in_target = [&](uint64_t p) { return (st[p] & kMarked) || (plan[p] & (kPlanMerge | kPlanFill)); };
+    uint64_t target_runs = 0, marked_runs = 0;
+    for (uint64_t p = 0; p < pages; p++) {
+      target_runs += in_target(p) && (p == 0 || !in_target(p - 1));
+      marked_runs += (st[p] & kMarked) && (p == 0 || !(st[p - 1] & kMarked));
+    }
+    // A region holding marks may always keep one run (its marks, joined).
+    const uint64_t most = std::max<uint64_t>(allowance, marked_runs > 0 ? 1 : 0);
+    bool blocked = false;  // no run allowed at all: nothing is marked, every twin waits
+    if (target_runs > most && most == 0) {
+      blocked = true;
+    } else if (target_runs > most) {
+      struct Gap {
+        uint32_t start, length;
+      };
+      std::vector<Gap> gaps;
+      gaps.reserve(target_runs - 1);  // before any change to the state (push_back never reallocates)
+      for (uint64_t p = 0, run_end = 0; p < pages; p++) {
+        if (!in_target(p)) continue;
+        if (run_end > 0 && p > run_end) gaps.push_back({static_cast<uint32_t>(run_end), static_cast<uint32_t>(p - run_end)});
+        while (p < pages && in_target(p)) p++;
+        run_end = p;
+      }
+      std::stable_sort(gaps.begin(), gaps.end(), [](const Gap& x, const Gap& y) { return x.length < y.length; });
+      for (uint64_t g = 0; g < target_runs - most && g < gaps.size(); g++) {
+        for (uint32_t p = gaps[g].start; p < gaps[g].start + gaps[g].length; p++) plan[p] |= kPlanFill;
+      }
+    }
+    // Twins inside what is already marked need no call.
+    for (uint32_t p = 0; p < pages; p++) {
+      if ((plan[p] & kPlanMerge) && (st[p] & kMarked) && !(st[p] & kMerged)) {
+        st[p] |= kMerged;
+        report.data[kRepMerged]++;
+      }
+    }
+    // Marks [lo, hi) (not marked yet, inside one target run) in one call, if the budget allows.
+    auto mark = [&](uint32_t lo, uint32_t hi) -> int {
+      if (!may_start()) return 0;
+      if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(lo) * page_size),
+                  static_cast<size_t>(hi - lo) * page_size, MADV_MERGEABLE) < 0) {
+        return -errno;
+      }
+      chunks++;
+      for (uint32_t p = lo; p < hi; p++) {
+        st[p] |= kMarked;
+        if (plan[p] & kPlanMerge) {
+          st[p] |= kMerged;
+          report.data[kRepMerged]++;
+        } else {
+          report.data[kRepCoarsened]++;
+        }
+      }
+      return 1;
+    };
+    // Pass 0: target runs that hold marked pages (each call grows a marked piece: the runs never
+    // grow in number); pass 1: the others (each adds one run, up to the target's count).
+    for (int pass = 0; pass < 2 && !blocked && !out_of_budget; pass++) {
+      for (uint32_t ts = 0; ts < pages && !out_of_budget;) {
+        if (!in_target(ts)) {
+          ts++;
           continue;
         }
-        if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(first) * page_size),
-                    static_cast<size_t>(end - first) * page_size, advice) < 0) {
-          int error = errno;
-          report.data[kRepFailedStage] = mode == kModeSksm ? 2 : 3;
-          return Napi::Number::New(env, -error);
+        uint32_t te = ts;
+        bool holds_marks = false;
+        while (te < pages && in_target(te)) holds_marks |= (st[te++] & kMarked) != 0;
+        if (holds_marks != (pass == 0)) {
+          ts = te;
+          continue;
         }
-        for (uint32_t page = first; page < end; page++) state.data[page] |= kMerged;
-        report.data[kRepMerged] += end - first;
+        for (uint32_t q = ts; q < te && !out_of_budget;) {
+          if (st[q] & kMarked) {
+            q++;
+            continue;
+          }
+          const uint32_t a = q;
+          while (q < te && !(st[q] & kMarked)) q++;
+          const uint32_t b = q;
+          int rc = 1;
+          if (a == ts && b < te) {  // before the first marked piece: grow it leftwards
+            for (uint32_t hi = b; hi > a && rc > 0; hi -= std::min(kMergeChunk, hi - a)) rc = mark(hi - std::min(kMergeChunk, hi - a), hi);
+          } else {  // grow the piece on the left rightwards (or start a new run)
+            for (uint32_t lo = a; lo < b && rc > 0; lo += std::min(kMergeChunk, b - lo)) rc = mark(lo, lo + std::min(kMergeChunk, b - lo));
+          }
+          if (rc < 0) return fail(3, -rc);
+        }
+        ts = te;
       }
     }
   }
   uint64_t merged_total = 0;
-  for (uint32_t page = 0; page < pages; page++) merged_total += (state.data[page] & kMerged) != 0;
+  for (uint32_t page = 0; page < pages; page++) {
+    st[page] &= ~kCandidate;
+    merged_total += (st[page] & kMerged) != 0;
+    if ((plan[page] & kPlanTwin) && !(st[page] & kMerged) && mode != kModeNone) report.data[kRepMergeDeferred]++;
+  }
   report.data[kRepMergedTotal] = static_cast<double>(merged_total);
+  if (mode == kModeKsm) report.data[kRepMarkedRuns] = static_cast<double>(CountRuns(st, pages, kMarked));
   const uint64_t merge_ns = ThreadCpuNs() - cpu_start;
   report.data[kRepMergeNs] = static_cast<double>(merge_ns);
   report.data[kRepCpuNs] += static_cast<double>(merge_ns);
@@ -715,21 +957,39 @@ Napi::Value ThreadCpuTime(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(ThreadCpuNs()));
 }
 
+// The N-API boundary of every function above: a std::bad_alloc (a std::vector or a string that
+// could not get memory) is thrown to JS as an Error with Node's code ERR_MEMORY_ALLOCATION_FAILED,
+// never std::terminate's abort. No syscall returned it, so it is not a SyscallError ENOMEM. The
+// functions allocate before they change anything, so nothing is left half-done.
+template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
+Napi::Value NoAbort(const Napi::CallbackInfo& info) {
+  try {
+    return Fn(info);
+  } catch (const std::bad_alloc&) {
+    // A fixed message: building one could fail the same way.
+    const char* fn = info.Data() != nullptr ? static_cast<const char*>(info.Data()) : "native";
+    char message[96];
+    snprintf(message, sizeof message, "%s: out of memory (a native allocation failed)", fn);
+    napi_throw_error(info.Env(), "ERR_MEMORY_ALLOCATION_FAILED", message);
+    return info.Env().Undefined();
+  }
+}
+
 }  // namespace
 
 void InitContent(Napi::Env env, Napi::Object exports) {
-  Export(exports, "hashPages", HashPages);
-  Export(exports, "twinIndexCreate", TwinIndexCreate);
-  Export(exports, "twinIndexOpen", TwinIndexOpen);
-  Export(exports, "twinIndexClose", TwinIndexClose);
-  Export(exports, "twinIndexInfo", TwinIndexInfo);
-  Export(exports, "twinIndexUpdate", TwinIndexUpdate);
-  Export(exports, "twinIndexTakeTurn", TwinIndexTakeTurn);
-  Export(exports, "twinIndexGiveTurn", TwinIndexGiveTurn);
-  Export(exports, "dedupScan", DedupScan);
-  Export(exports, "dedupMerge", DedupMerge);
-  Export(exports, "dedupRelease", DedupRelease);
-  Export(exports, "threadCpuNs", ThreadCpuTime);
+  Export(exports, "hashPages", NoAbort<HashPages>);
+  Export(exports, "twinIndexCreate", NoAbort<TwinIndexCreate>);
+  Export(exports, "twinIndexOpen", NoAbort<TwinIndexOpen>);
+  Export(exports, "twinIndexClose", NoAbort<TwinIndexClose>);
+  Export(exports, "twinIndexInfo", NoAbort<TwinIndexInfo>);
+  Export(exports, "twinIndexUpdate", NoAbort<TwinIndexUpdate>);
+  Export(exports, "twinIndexTakeTurn", NoAbort<TwinIndexTakeTurn>);
+  Export(exports, "twinIndexGiveTurn", NoAbort<TwinIndexGiveTurn>);
+  Export(exports, "dedupScan", NoAbort<DedupScan>);
+  Export(exports, "dedupMerge", NoAbort<DedupMerge>);
+  Export(exports, "dedupRelease", NoAbort<DedupRelease>);
+  Export(exports, "threadCpuNs", NoAbort<ThreadCpuTime>);
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "CONFIG_LENGTH", kConfigLength);
   SetConst(c, "REPORT_LENGTH", kReportLength);

@@ -382,8 +382,9 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
  * Deduplicator without a budget hashes `b` into the same index in one pass, and every page of
  * `a` with a twin is ready at once: `a`'s next passes merge (or mark) one 64-page batch each,
  * report the rest as mergeDeferredPages, and get through them all. `b` is merged by `other`.
+ * `whileOpen` runs before both Deduplicators close.
  */
-function budgetedMerges(merge: 'sksm' | 'ksm', a: Region, b: Region): void {
+function budgetedMerges(merge: 'sksm' | 'ksm', a: Region, b: Region, whileOpen?: () => void): void {
   const twins = 768
   for (const [k, region] of [a, b].entries()) {
     const view = new DataView(region.bytes.buffer, region.bytes.byteOffset, region.length)
@@ -408,6 +409,7 @@ function budgetedMerges(merge: 'sksm' | 'ksm', a: Region, b: Region): void {
   }
   expect(report).toMatchObject({ mergeDeferredPages: 0, mergedTotal: twins })
   expect(dedup.pass()).toMatchObject({ mergedPages: 0, mergeDeferredPages: 0, mergedTotal: twins })
+  whileOpen?.()
 }
 
 describe.skipIf(!tracking || !f.sksm)(`Deduplicator with MADV_MERGE${requires(f, ['uffdWpAsync', 'pagemapScan', 'sksm'])}`, () => {
@@ -534,8 +536,11 @@ describe.skipIf(!tracking || !f.ksm)(`Deduplicator KSM fallback, marking${requir
   it('a CPU budget bounds the marking too: one batch per Region a pass, the rest marked later', () => {
     using a = Region.anonymous(1024 * P)
     using b = Region.anonymous(1024 * P)
-    budgetedMerges('ksm', a, b)
-    for (const region of [a, b]) expect(mergeableRanges(region)).toEqual([[0n, 768n]])
+    budgetedMerges('ksm', a, b, () => {
+      for (const region of [a, b]) expect(mergeableRanges(region)).toEqual([[0n, 768n]])
+    })
+    // close() gave the marks (and the VMAs they split) back.
+    for (const region of [a, b]) expect(mergeableRanges(region)).toEqual([])
   })
 })
 

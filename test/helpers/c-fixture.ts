@@ -13,6 +13,19 @@ const compat = path.join(repoRoot, 'native', 'compat.h')
  *  build there, read-only: compiling under TCG takes a minute), then os.tmpdir(). */
 const buildDirs = [path.join(repoRoot, 'node_modules', '.cache', 'memdedup'), os.tmpdir()]
 
+/** Whether dir exists or can be made, and can be written: gcc's own EROFS is only an exit status,
+ *  and on the lab's read-only 9p view mkdir of a missing dir is ENOENT (a fresh checkout). */
+function writable(dir: string): boolean {
+  try {
+    fs.mkdirSync(dir, { recursive: true })
+    fs.accessSync(dir, fs.constants.W_OK)
+    return true
+  } catch (error) {
+    if (['EROFS', 'EACCES', 'ENOENT'].includes((error as NodeJS.ErrnoException).code ?? '')) return false
+    throw error
+  }
+}
+
 const built = new Map<string, string>()
 /** Path of test/fixtures/<name>.c compiled (built on first use, reused while the sources match). */
 export function fixtureBinary(name: string): string {
@@ -26,19 +39,13 @@ export function fixtureBinary(name: string): string {
     built.set(name, existing)
     return existing
   }
-  for (const dir of buildDirs) {
-    try {
-      fs.mkdirSync(dir, { recursive: true })
-      // gcc's own EROFS is only an exit status: find a read-only dir (the lab's 9p view) first.
-      fs.accessSync(dir, fs.constants.W_OK)
-      const output = path.join(dir, file)
-      execFileSync('gcc', ['-O2', '-Wall', '-static', '-pthread', '-o', `${output}.${process.pid}`, source], { stdio: 'pipe' })
-      fs.renameSync(`${output}.${process.pid}`, output)
-      built.set(name, output)
-      return output
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EROFS' && (error as NodeJS.ErrnoException).code !== 'EACCES') throw error
-    }
+  const dir = buildDirs.find(writable)
+  if (dir) {
+    const output = path.join(dir, file)
+    execFileSync('gcc', ['-O2', '-Wall', '-static', '-pthread', '-o', `${output}.${process.pid}`, source], { stdio: 'pipe' })
+    fs.renameSync(`${output}.${process.pid}`, output)
+    built.set(name, output)
+    return output
   }
   throw new Error(`no writable directory to build ${name} in: ${buildDirs.join(', ')}`)
 }

@@ -11,17 +11,20 @@
 //   fixed     MREMAP_MAYMOVE | MREMAP_FIXED into a Reservation
 //   dontunmap MREMAP_MAYMOVE | MREMAP_DONTUNMAP (the source VMA stays, empty)
 //   partial   the last 4 pages only, MREMAP_FIXED: splits r's VMA
-// What the kernel does (6.12 and 6.18 alike): move_vma() calls ksm_madvise(MADV_UNMERGEABLE) on
-// the moved range first, so present KSM pages are unmerged (COW-copied) before they move and no
-// rmap_item names the old address; the lab's SKSM unmerges its pages the same way
-// (sksm_unmerge_range). Pages not moved stay merged. Then: re-merge at the new address, a COW
-// write, MADV_COLD, MADV_PAGEOUT (swap: lab VM only), unmerge (MADV_UNMERGEABLE, run=2).
+// What the kernel does: for VM_MERGEABLE (ksmd's) ranges, move_vma() calls
+// ksm_madvise(MADV_UNMERGEABLE) on the moved range first (6.12 and 6.18 alike), so present KSM
+// pages are unmerged (COW-copied) before they move. The lab kernel moves the rmap_items with the
+// page tables instead (kernel-patches/0041), so MADV_MERGE's pages stay merged across the move and
+// rmap_walk_ksm() finds them at the new address. Pages not moved stay merged. Then: re-merge at
+// the new address, a COW write, MADV_COLD, MADV_PAGEOUT (swap: lab VM only), unmerge
+// (MADV_UNMERGEABLE, run=2).
 //
 // The move that unmerging cannot cover: a KSM page that is swapped out when the move happens.
 // break_ksm() walks present PTEs only, so the swap entry moves with the VMA while the folio stays
 // in the swap cache with its stable node; swap-in at the new address maps the KSM folio again
-// (ksm_might_need_to_copy() keeps a folio that still has a stable node) while its rmap_item
-// still names the old address. The last test checks what the rmap walkers do then.
+// (ksm_might_need_to_copy() keeps a folio that still has a stable node). Upstream its rmap_item
+// still names the old address: reclaim, migration and run=2 miss it. The lab kernel moved the
+// item with the swap entry: the last test requires every rmap walker to find it there.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -85,9 +88,10 @@ function ksmFlags(pfns: BigUint64Array): boolean[] {
 }
 
 /**
- * Whether KPF_KSM means a KSM page here. On the lab's 6.12.117 /proc/kpageflags sets KPF_KSM on
- * every anonymous page (stable_page_flags() tests `mapping & PAGE_MAPPING_KSM`, which any anon
- * mapping's low bit satisfies), so there only PFN sharing tells a merged page.
+ * Whether KPF_KSM means a KSM page here. Before "fs/proc: fix KPF_KSM reported for all anonymous
+ * pages" (July 2026; the lab carries it as 0045) /proc/kpageflags set KPF_KSM on every anonymous
+ * page (stable_page_flags() tested `mapping & PAGE_MAPPING_KSM`, which any anon mapping's low bit
+ * satisfies), so there only PFN sharing tells a merged page.
  */
 let kpfKsmReliable: boolean | undefined
 function kpfKsmWorks(): boolean {
@@ -224,14 +228,17 @@ describe.each(['ksm', 'sksm'] as const)('%s-merged pages', (merger) => {
     const movedPages = range(0, move === 'partial' ? 4 : PAGES)
     const view = move === 'maymove' ? Region.prototype.read.call(moved, { offset: 0, length: PAGES * P }) : moved.read()
     for (const i of movedPages) expect(view.subarray(i * P, (i + 1) * P).equals(content.subarray((first + i) * P, (first + i + 1) * P)), `moved page ${i}`).toBe(true)
-    // The kernel unmerged the moved pages before moving them (move_vma -> ksm_madvise(MADV_UNMERGEABLE)).
+    // ksmd's pages: unmerged before the move (move_vma -> ksm_madvise(MADV_UNMERGEABLE)).
+    // MADV_MERGE's: still merged, their rmap_items moved with them (lab 0041; v2 copied every page).
     if (!(move === 'maymove' && moved.address === r.address)) {
-      const after = pages(moved)
-      const theirs = pages(twin)
-      for (const i of movedPages) {
-        if (after[i].ksm !== null) expect(after[i].ksm, `${move}: moved page ${i} was unmerged before the move`).toBe(false)
-        expect(after[i].pfn === theirs[first + i].pfn, `${move}: moved page ${i} has its own PFN`).toBe(false)
-      }
+      if (merger === 'ksm') {
+        const after = pages(moved)
+        const theirs = pages(twin)
+        for (const i of movedPages) {
+          if (after[i].ksm !== null) expect(after[i].ksm, `${move}: moved page ${i} was unmerged before the move`).toBe(false)
+          expect(after[i].pfn === theirs[first + i].pfn, `${move}: moved page ${i} has its own PFN`).toBe(false)
+        }
+      } else expectMergedWithTwin(moved, twin, movedPages, first, `${move}: MADV_MERGE's pages stay merged across mremap`)
     }
     if (move === 'partial') {
       expectContent(stayed!, content, 0, 'unmoved head')
@@ -338,6 +345,14 @@ describe.each(['ksm', 'sksm'] as const)('%s-merged pages', (merger) => {
     const afterDisable = pages(moved)
     if (kpfKsmWorks()) expect(afterDisable.every((p) => !p.ksm), 'MADV_UNMERGEABLE at the new address unmerges every page').toBe(true)
     expectContent(moved, content, 0, 'after unmerge')
+    // The lab kernel moves rmap_items with swap entries (0041; SKSM in the kernel says it is the
+    // lab's): every rmap walker finds the folio at the new address. Upstream only records it.
+    if (sksm.available()) {
+      expect(stuck, `${merger}: pages the second MADV_PAGEOUT could not unmap (their rmap_item names the old address)`).toBe(0)
+      // run=2 reaches every KSM page still mapped there (a same PFN alone proves nothing: a freed
+      // frame is often the next one allocated, so only KPF_KSM tells; lab 0045 makes it exact).
+      if (kpfKsmWorks()) expect(afterRun2.filter((p) => p.ksm).length, `${merger}: KSM pages left at the new address after run=2`).toBe(0)
+    }
     const summary = `${merger}: ${kept}/${PAGES} pages swapped in as the same KSM folio at the new address; ` +
       `second MADV_PAGEOUT: ${swappedAgain} swapped, ${stuck} stayed mapped; run=2 unmerged ${unmergedByRun2} of them` +
       (kpfKsmWorks() ? `; KSM pages left after run=2: ${afterRun2.filter((p) => p.ksm).length}` : ' (KPF_KSM unreliable here)')

@@ -48,11 +48,16 @@ const cases: Array<[string, string, string[], number]> = [
   ['hwpoison', 'memory-failure on a merged page (1: collect_procs)', [], 60_000],
   ['splice', 'last reference dropped in softirq: vmsplice, munmap, splice to loopback TCP (2)', [], 180_000],
   ['race', 'writer threads racing MADV_MERGE; a cross-process twin never sees their writes (3)', ['3'], 120_000],
-  ['zero-fork', 'ksm_zero_pages over merge, fork and both exits (4)', [], 60_000],
+  ['zero-fork', 'ksm_zero_pages over merge, fork and both exits, use_zero_pages on (4)', [], 60_000],
+  ['uffd-move-zero', 'UFFDIO_MOVE of KSM zero pages: ksm_zero_pages back after exit (issue 19, 6)', [], 60_000],
   ['wp-bits', 'soft-dirty and uffd-wp survive a merge (5)', [], 60_000],
   ['sparse-kill', 'MADV_MERGE of a sparse 4 TiB range returns at once; SIGKILL ends it within 1 s (6)', [], 120_000],
   ['pressure', 'allocation past free RAM with merged pages mapped: kswapd and direct reclaim (1)', ['256'], 400_000],
   ['exit-off', 'exit with ksmd off: 60 processes that merged at once leave no rmap_item or stable node (v2 review 5)', ['60'], 240_000],
+  ['mremap-migrate', 'a 1-page KSM mapping mremap()ed to and fro while its frame is soft-offlined and compacted: stays merged, the rmap walk finds it at its new address (issue 19, 1)', ['10'], 120_000],
+  ['mremap-swap', 'merged pages in swap moved by mremap(): swapped in, every one goes to swap again; no rmap_item left after munmap (issue 19, seed 003)', [], 120_000],
+  ['fork-exit', 'MADV_MERGE in a fork child: COW-shared pages stay reclaimable after its exit; inherited KSM pages get rmap_items and reclaim reaches them after the parent exits (issue 19, 2)', [], 120_000],
+  ['unmap-rounds', '48 rounds of MADV_MERGE + munmap of 4 MiB: the next MADV_MERGE frees their rmap_items and stable nodes (issue 19, 4)', ['48'], 180_000],
 ]
 
 // Cases the pass with ksmd merging does not run, and why.
@@ -60,6 +65,9 @@ const withoutKsmOnly: Record<string, string> = {
   // Memory pressure swaps out every process of the guest (minutes under TCG): once is enough.
   pressure: ' [skipped: run once, without ksmd, to bound the VM time]',
   'exit-off': ' [skipped: ksmd reaps what this case looks for; the lab runs it in the pass without ksmd instead]',
+  // ksmd merges the parent's twins (a frame mapped 4 times is never paged out) and gives the
+  // child's mappings rmap_items of its own: that pass would test ksmd, not MADV_MERGE.
+  'fork-exit': ' [skipped: ksmd would merge the twins and give the child its own rmap_items; run without ksmd]',
 }
 
 for (const withKsm of [false, true]) {

@@ -53,8 +53,19 @@ export interface KsmStats {
   stableNodeChainsPruneMillisecs?: number
   smartScan?: number
   advisorMode?: string
+  /** Which pages ksmd merges with each other: everyone's (upstream) or one uid's (lab kernel). */
+  ksmdScope?: MergeScope
+  /** Which pages MADV_MERGE merges with each other (lab kernel): one uid's by default. */
+  sksmScope?: MergeScope
   [file: string]: number | string | undefined
 }
+
+/**
+ * A merge scope (lab kernel, /sys/kernel/mm/ksm/{ksmd,sksm}_scope): pages merge only with pages
+ * of the same scope. A merge tells the merging process that its content exists somewhere in the
+ * scope, so 'global' lets one user learn another's content (see docs/security.md).
+ */
+export type MergeScope = 'global' | 'uid'
 
 const camel = (file: string) => file.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
 const snake = (key: string) => key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())
@@ -129,6 +140,8 @@ export interface KsmSettings {
   smartScan?: boolean | 0 | 1
   stableNodeChainsPruneMillisecs?: number
   advisorMode?: 'none' | 'scan-time'
+  ksmdScope?: MergeScope
+  sksmScope?: MergeScope
   [file: string]: number | string | boolean | undefined
 }
 

@@ -24,6 +24,8 @@ const hasKsm = (() => {
     throw error
   }
 })()
+// Merge scopes (0049): ksmd's and MADV_MERGE's pages meet only within one scope.
+const hasScopes = hasKsm && ksm.stats().sksmScope !== undefined
 const skipReason = !hasSksm
   ? ` [skipped: kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL); run in the lab VM]`
   : !hasKsm
@@ -73,8 +75,9 @@ describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () =
     kmsg = kmsgCursor()
     // ksmd's knobs are system-wide: one driver at a time (see test/helpers/ksm.ts)
     releaseKsm = await acquireKsmLock()
-    // full speed: no sleep between batches, large batches
-    previous = ksm.configure({ run: 1, pagesToScan: 4000, sleepMillisecs: 0 })
+    // full speed: no sleep between batches, large batches. ksmd merges per uid as MADV_MERGE does
+    // (kernel patch 0049), so their pages meet: with ksmd global they are separate scopes.
+    previous = ksm.configure({ run: 1, pagesToScan: 4000, sleepMillisecs: 0, ...(hasScopes ? { ksmdScope: 'uid' } : {}) })
   })
   afterAll(() => {
     try {
@@ -164,6 +167,32 @@ describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () =
     three.bytes[0] ^= 1
     three.bytes[0] ^= 1
     expect(checkPattern(three.read(), seed, pageSize)).toBe(-1)
+  })
+
+  it('with ksmd global and MADV_MERGE per uid (the defaults), a copy MADV_MERGE\'d stays out of ksmd\'s pages', async (ctx) => {
+    if (!hasScopes) ctx.skip('SKSM without merge scopes: no /sys/kernel/mm/ksm/sksm_scope')
+    const pages = 16
+    const seed = `${run}-scopes`
+    using one = Region.anonymous(pages * pageSize)
+    using two = Region.anonymous(pages * pageSize)
+    using three = Region.anonymous(pages * pageSize)
+    using four = Region.anonymous(pages * pageSize)
+    for (const r of [one, two, three, four]) fillPattern(r.bytes, seed, pageSize)
+    const before = ksm.configure({ ksmdScope: 'global', sksmScope: 'uid' })
+    try {
+      ksm.enable(one)
+      ksm.enable(two)
+      await ksm.waitForFullScans(3, { timeoutMs: inVm ? 300_000 : 60_000 })
+      expect(pfnsOf(two), 'ksmd merged one and two').toEqual(pfnsOf(one))
+      sksm.merge(three)
+      sksm.merge(four)
+      expect(pfnsOf(four), 'MADV_MERGE merged three and four').toEqual(pfnsOf(three))
+      const ksmPfns = new Set(pfnsOf(one))
+      expect(pfnsOf(three).filter((pfn) => ksmPfns.has(pfn)), 'frames shared across the scopes').toEqual([])
+      for (const r of [one, two, three, four]) expect(checkPattern(r.read(), seed, pageSize)).toBe(-1)
+    } finally {
+      ksm.configure(before)
+    }
   })
 
   it('merges race COW writes and unmaps in 4 worker threads (ksmd scanning half of them)', async () => {

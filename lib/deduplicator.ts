@@ -5,7 +5,7 @@
 // never touch a page that cannot be deduplicated). Pages written soon after a merge (a COW) are
 // left alone for `backoffPasses` passes, so hot pages do not ping-pong between merged and private.
 //
-// A pass is two native calls per Region (native/content.cc): dedupScan, one PAGEMAP_SCAN walk that
+// A pass is two native calls per Region (native/dedup.cc): dedupScan, one PAGEMAP_SCAN walk that
 // reports written/present pages and re-protects the written ones, then candidate selection and
 // hashing within the CPU budget into the shared index; after every Region's scan, dedupMerge, the
 // twin lookup and the merge runs: madvise(MADV_MERGE) with SKSM, or, without it, MADV_MERGEABLE on
@@ -21,7 +21,7 @@ import { Region } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
 import * as sksm from './sksm.ts'
 import { sysfsDir as ksmSysfsDir } from './ksm.ts'
-import { TwinIndex, twinIndexHandle } from './content.ts'
+import { TwinIndex, twinIndexHandle } from './twin_index.ts'
 import { guardReceivers } from './internal.ts'
 import { invalidArgType, outOfRange, readOptions, validateInteger, validateOneOf } from './validate.ts'
 
@@ -124,7 +124,7 @@ export interface DeduplicatorStats {
 interface Tracked {
   region: Region
   unsubscribe: () => void
-  /** Per page: passes unwritten, held-in-index and merged bits, back-off (native/content.cc). */
+  /** Per page: passes unwritten, held-in-index and merged bits, back-off (native/dedup.cc). */
   state: Uint32Array
   /** Content hash of each page held in the index. */
   hashes: BigUint64Array
@@ -136,14 +136,14 @@ interface Tracked {
 
 const K = native.contentConstants
 const modeCodes = { none: K.MODE_NONE, sksm: K.MODE_SKSM, ksm: K.MODE_KSM } as const
-// native/content.cc ConfigField and ReportField.
+// native/dedup.cc ConfigField and ReportField.
 const Config = { mode: 0, stablePasses: 1, backoffPasses: 2, budgetNs: 3, runAllowance: 4 } as const
 const Report = {
   written: 0, candidates: 1, hashed: 2, duplicates: 3, merged: 4, cow: 5, mergedTotal: 6, unmarked: 7,
   deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12, scanNs: 13, hashNs: 14, mergeNs: 15, mergeDeferred: 16,
   coarsened: 17, markedRuns: 18,
 } as const
-// native/content.cc: the per-page state bit of a page inside a range this Deduplicator marked MADV_MERGEABLE.
+// native/dedup.cc: the per-page state bit of a page inside a range this Deduplicator marked MADV_MERGEABLE.
 const kMarked = 1 << 11
 function addReport(report: PassReport, { region, out }: Tracked): void {
   report.trackedPages += region.pages

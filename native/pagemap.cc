@@ -9,14 +9,12 @@
 
 #include "addon.h"
 #include "compat.h"
+#include "pagemap.h"
 
 namespace memdedup {
 namespace {
 
-// Bits of a /proc/pid/pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
-constexpr uint64_t kPfnMask = (1ULL << 55) - 1;
-constexpr int kSoftDirtyBit = 55, kExclusiveBit = 56, kUffdWpBit = 57, kFileBit = 61,
-              kSwappedBit = 62, kPresentBit = 63;
+using namespace pagemap_entry;
 // Flag byte of each entry, exported as ENTRY_* (lib/pagemap.ts PageFlag).
 enum : uint8_t { kPresent = 1, kSwapped = 2, kFile = 4, kExclusive = 8, kSoftDirty = 16, kUffdWp = 32 };
 
@@ -136,9 +134,9 @@ Napi::Value PagemapScanProbe(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitPagemap(Napi::Env env, Napi::Object exports) {
-  Export(exports, "pagemapEntries", PagemapEntries);
-  Export(exports, "pagemapScan", PagemapScan);
-  Export(exports, "pagemapScanProbe", PagemapScanProbe);
+  Export<PagemapEntries>(exports, "pagemapEntries");
+  Export<PagemapScan>(exports, "pagemapScan");
+  Export<PagemapScanProbe>(exports, "pagemapScanProbe");
 
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "PAGE_IS_WPALLOWED", PAGE_IS_WPALLOWED);

@@ -472,6 +472,29 @@ describe('safety: output arrays and options', () => {
     expect(result.growth).toBeLessThan(32 * 1024 * 1024) // was 1.5 GiB of scratch, kept per thread
   })
 
+  it.skipIf(noScan)(`a native allocation that fails is ERR_MEMORY_ALLOCATION_FAILED, not an abort (every export is behind NoAbort) ${whyScan}`, () => {
+    // The scan's scratch vector (24 bytes a region) is allocated after the 20-byte-a-region output
+    // exists: with the address space capped just above what the process maps, only it fails.
+    const { result } = runChild(`
+      const { pagemap } = lib
+      const fs = await import('node:fs')
+      const { execFileSync } = await import('node:child_process')
+      const regions = 2 ** 24
+      const vec = pagemap.scanOutput(regions)
+      const mapped = Number(/VmSize:\\s+(\\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) * 1024
+      execFileSync('prlimit', ['--pid', String(process.pid), '--as=' + (mapped + 128 * 2 ** 20)])
+      let outcome
+      try {
+        pagemap.scanAddressesReadOnly(4096n, 2 ** 40, { vec, vecLen: regions })
+        outcome = { ok: true }
+      } catch (error) {
+        outcome = { name: error.name, code: error.code, message: error.message }
+      }
+      console.log(JSON.stringify(outcome))
+    `)
+    expect(result).toMatchObject({ name: 'Error', code: 'ERR_MEMORY_ALLOCATION_FAILED', message: expect.stringMatching(/^pagemapScan: out of memory/) })
+  })
+
   it(`class 11: options are read once, so the write-protect check sees what the kernel gets`, () => {
     using r = Region.anonymous(4 * P)
     let reads = 0

@@ -1,4 +1,4 @@
-// lib/content.ts: page hashes and the TwinIndex, the content index cooperating processes share
+// lib/twin_index.ts: page hashes and the TwinIndex, the content index cooperating processes share
 // (a sealed shared memfd updated by single-word CAS), including participants killed mid-update.
 import fs from 'node:fs'
 import os from 'node:os'

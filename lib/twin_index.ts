@@ -1,5 +1,5 @@
 // Page content for the user-space deduplicator: page hashes, and the twin index that cooperating
-// processes share ("the unstable tree in user space", native/content.cc).
+// processes share ("the unstable tree in user space", native/twin_index.cc and twin_index.h).
 import fs from 'node:fs'
 import { types } from 'node:util'
 import { native, pageSize, type TwinIndexHandle } from './native.ts'
@@ -45,7 +45,7 @@ function readHashes(hashes: unknown): { hashes: BigUint64Array; count: number } 
 const handles = new WeakMap<TwinIndex, TwinIndexHandle>()
 
 /**
- * A native index call's result: -EBADF is native/content.cc's word for a closed index (no syscall
+ * A native index call's result: -EBADF is native/twin_index.cc's word for a closed index (no syscall
  * returned it: ERR_TWIN_INDEX_CLOSED); any other -errno is the kernel's.
  */
 function indexCheck(rc: number, syscall: string, operation: string): number {
@@ -210,7 +210,7 @@ export class TwinIndex {
     const { hashes, count } = readHashes(value)
     const holders = new Uint32Array(count)
     const rc = native.twinIndexUpdate(handle, hashes, count, delta, holders)
-    // -ENOSPC is native/content.cc's word for a full probe window: no syscall failed.
+    // -ENOSPC is native/twin_index.cc's word for a full probe window: no syscall failed.
     if (rc === -errno.ENOSPC) {
       throw codedError('ERR_TWIN_INDEX_FULL', `The TwinIndex is full near a hash: no free slot in its probe window (${this.#slots} slots); release contents or create a larger index`)
     }

@@ -15,7 +15,7 @@
 // all Regions stay within vmaBudget / 2 (coarser runs when they must), and close() and untrack()
 // unmark them, which gives the VMAs back.
 import fs from 'node:fs'
-import { native, constants as C, pageSize, type TwinIndexHandle } from './native.ts'
+import { native, constants as C, pageSize } from './native.ts'
 import { codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
 import { Region } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
@@ -134,17 +134,12 @@ interface Tracked {
   runs: number
 }
 
-const K = native.contentConstants
-const modeCodes = { none: K.MODE_NONE, sksm: K.MODE_SKSM, ksm: K.MODE_KSM } as const
-// native/dedup.cc ConfigField and ReportField.
-const Config = { mode: 0, stablePasses: 1, backoffPasses: 2, budgetNs: 3, runAllowance: 4 } as const
-const Report = {
-  written: 0, candidates: 1, hashed: 2, duplicates: 3, merged: 4, cow: 5, mergedTotal: 6, unmarked: 7,
-  deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12, scanNs: 13, hashNs: 14, mergeNs: 15, mergeDeferred: 16,
-  coarsened: 17, markedRuns: 18,
-} as const
-// native/dedup.cc: the per-page state bit of a page inside a range this Deduplicator marked MADV_MERGEABLE.
-const kMarked = 1 << 11
+// The layouts of config and report, the modes, failure stages and state bits: native/dedup.cc's,
+// by name (checked at load, lib/native.ts).
+const Config = native.dedupConfig
+const Report = native.dedupReport
+/** The per-page state bit of a page inside a range this Deduplicator marked MADV_MERGEABLE. */
+const kMarked = native.dedupStateBit.marked
 function addReport(report: PassReport, { region, out }: Tracked): void {
   report.trackedPages += region.pages
   report.writtenPages += out[Report.written]
@@ -157,7 +152,7 @@ function addReport(report: PassReport, { region, out }: Tracked): void {
   report.unmarkedPages += out[Report.unmarked]
   report.deferredPages += out[Report.deferred]
   report.indexFullPages += out[Report.indexFull]
-  report.wpLostPages += out[Report.mergeReplaced]
+  report.wpLostPages += out[Report.wpLost]
   report.mergeDeferredPages += out[Report.mergeDeferred]
   report.coarsenedPages += out[Report.coarsened]
   report.scanMs += out[Report.scanNs] / 1e6
@@ -165,7 +160,15 @@ function addReport(report: PassReport, { region, out }: Tracked): void {
   report.mergeMs += out[Report.mergeNs] / 1e6
 }
 
-const failedSyscall = ['', 'ioctl(PAGEMAP_SCAN)', 'madvise(MADV_MERGE)', 'madvise(MADV_MERGEABLE)', 'madvise(MADV_UNMERGEABLE)', 'pread(/proc/self/pagemap)']
+/** The call behind each failure stage a pass reports with its -errno. */
+const stageSyscalls: Record<keyof typeof native.dedupFailedStage, string> = {
+  pagemapScan: 'ioctl(PAGEMAP_SCAN)',
+  madviseMerge: 'madvise(MADV_MERGE)',
+  madviseMergeable: 'madvise(MADV_MERGEABLE)',
+  madviseUnmergeable: 'madvise(MADV_UNMERGEABLE)',
+  pagemapRead: 'pread(/proc/self/pagemap)',
+}
+const failedSyscall = new Map(Object.entries(stageSyscalls).map(([stage, syscall]) => [native.dedupFailedStage[stage as keyof typeof stageSyscalls], syscall]))
 
 /** vm.max_map_count: the VMAs a process may hold (the kernel's default where /proc/sys is absent). */
 function maxMapCount(): number {
@@ -224,7 +227,7 @@ export class Deduplicator {
   #pagemapFd: number
   #tracked = new Map<Region, Tracked>()
   #merge: 'sksm' | 'ksm' | 'none'
-  #config = new Float64Array(K.CONFIG_LENGTH)
+  #config = new Float64Array(Config.length)
   #cpuBudgetNs: number
   #mergeTurns: boolean
   #vmaBudget: number
@@ -268,7 +271,7 @@ export class Deduplicator {
     if (index !== undefined && !(index instanceof TwinIndex)) throw invalidArgType('options.index', 'a TwinIndex', index)
     if (index !== undefined) twinIndexHandle(index, 'create a Deduplicator')
     this.#merge = resolveMerge(validateOneOf(opts.merge ?? 'auto', 'options.merge', ['auto', 'sksm', 'ksm', 'none'] as const))
-    this.#config[Config.mode] = modeCodes[this.#merge]
+    this.#config[Config.mode] = native.dedupMode[this.#merge]
     this.#config[Config.stablePasses] = stablePasses
     this.#config[Config.backoffPasses] = backoffPasses
     this.#uffd = Userfaultfd.open({ features: ['wpAsync', 'wpUnpopulated'] })
@@ -348,7 +351,7 @@ export class Deduplicator {
         this.#forget(region)
       }
     })
-    this.#tracked.set(region, { region, unsubscribe, state, hashes, out: new Float64Array(K.REPORT_LENGTH), runs: 0 })
+    this.#tracked.set(region, { region, unsubscribe, state, hashes, out: new Float64Array(Report.length), runs: 0 })
   }
 
   /**
@@ -390,7 +393,7 @@ export class Deduplicator {
    */
   pass(): PassReport {
     this.#assertOpen('pass')
-    const index = twinIndexHandle(this.#index, 'pass')
+    twinIndexHandle(this.#index, 'pass') // ERR_TWIN_INDEX_CLOSED before anything is done
     const time = Date.now()
     const started = performance.now()
     const cpuStarted = native.threadCpuNs()
@@ -400,7 +403,7 @@ export class Deduplicator {
     const order = all.map((_, i) => all[(first + i) % all.length])
     // What is left of the budget for a step that may spend `share` of it (0: no budget).
     const left = (share: number) => (this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs * share - (native.threadCpuNs() - cpuStarted)))
-    for (const tracked of order) this.#scan(tracked, index, left(0.5))
+    for (const tracked of order) this.#scan(tracked, left(0.5))
     // mergeTurns: one merging process at a time among those sharing the index; when another has
     // the turn, this pass only counts its twins and leaves them for the next.
     // The lease outlasts ten budgets (at least 1 s): the turn ends by endMergeTurn, not by expiry.
@@ -408,7 +411,7 @@ export class Deduplicator {
     const turn = takesTurns ? this.#index.tryMergeTurn({ leaseMs: this.#cpuBudgetNs ? Math.max(1000, Math.ceil(this.#cpuBudgetNs / 1e5)) : 10_000 }) : null
     const notOurTurn = takesTurns && turn === null
     try {
-      for (const tracked of order) this.#mergeTwins(tracked, index, notOurTurn ? -1 : left(1))
+      for (const tracked of order) this.#mergeTwins(tracked, notOurTurn ? -1 : left(1))
     } finally {
       if (turn !== null) this.#index.endMergeTurn(turn)
     }
@@ -525,24 +528,25 @@ export class Deduplicator {
   }
 
   /** Steps 1-2: writes since the last pass, then the candidates, hashed into the index. */
-  #scan(tracked: Tracked, index: TwinIndexHandle, budgetNs: number): void {
+  #scan(tracked: Tracked, budgetNs: number): void {
     const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
     this.#config[Config.budgetNs] = budgetNs
     this.#config[Config.runAllowance] = this.#runAllowance(tracked)
-    const rc = native.dedupScan(this.#pagemapFd, index, span.address, region.pages, state, hashes, this.#config, out)
+    // The index's handle right before the call (no JS runs in between: a closed index is ERR_TWIN_INDEX_CLOSED).
+    const rc = native.dedupScan(this.#pagemapFd, twinIndexHandle(this.#index, 'pass'), span.address, region.pages, state, hashes, this.#config, out)
     // A failed call may have unmarked some runs before it stopped: count them from the state then.
     if (this.#merge === 'ksm') tracked.runs = rc >= 0 ? out[Report.markedRuns] : countRuns(state)
     this.#check(rc, tracked)
   }
 
   /** Step 3: candidates with a twin anywhere, merged (or marked for ksmd) in runs. */
-  #mergeTwins(tracked: Tracked, index: TwinIndexHandle, budgetNs: number): void {
+  #mergeTwins(tracked: Tracked, budgetNs: number): void {
     const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
     this.#config[Config.budgetNs] = budgetNs
     this.#config[Config.runAllowance] = this.#runAllowance(tracked)
-    const rc = native.dedupMerge(index, span.address, region.pages, state, hashes, this.#config, out)
+    const rc = native.dedupMerge(twinIndexHandle(this.#index, 'pass'), span.address, region.pages, state, hashes, this.#config, out)
     // A failed call keeps the marks it made before the failure: count them from the state then.
     if (this.#merge === 'ksm') tracked.runs = rc >= 0 ? out[Report.markedRuns] : countRuns(state)
     this.#check(rc, tracked)
@@ -590,7 +594,7 @@ export class Deduplicator {
   #check(rc: number, tracked: Tracked): void {
     if (rc >= 0) return
     if (-rc === errno.EBADF && this.#index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot pass: the TwinIndex is closed')
-    throw new SyscallError(failedSyscall[tracked.out[Report.failedStage]] ?? 'dedupPass', -rc, `Deduplicator.pass on ${tracked.region.length} bytes`)
+    throw new SyscallError(failedSyscall.get(tracked.out[Report.failedStage]) ?? 'dedupPass', -rc, `Deduplicator.pass on ${tracked.region.length} bytes`)
   }
 
   #emptyReport(time: number): PassReport {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
+#include <initializer_list>
 #include <new>
 #include <optional>
 #include <string>
@@ -161,6 +162,30 @@ inline void Export(Napi::Object exports, const char* name) {
 
 inline void SetConst(Napi::Object obj, const char* name, double value) {
   obj.Set(name, Napi::Number::New(obj.Env(), value));
+}
+
+// The contract with lib/: every slot of a typed array native code reads or writes by index, every
+// report field, failure stage and bit lib/ reads, exported by name. lib/native.ts checks at load
+// that each table names exactly what it expects (a slot added, removed or moved on one side fails
+// the load instead of shifting every read) and reads them by name from there.
+struct Named {
+  const char* name;
+  double value;
+};
+
+// A table of named values: distinct numbers (failure stages, modes, state bits).
+inline void ExportTable(Napi::Object exports, const char* table, std::initializer_list<Named> entries) {
+  Napi::Object object = Napi::Object::New(exports.Env());
+  for (const Named& entry : entries) object.Set(entry.name, Napi::Number::New(exports.Env(), entry.value));
+  exports.Set(table, object);
+}
+
+// The layout of a typed array: each slot's index by name, and `length`, the slots it has.
+inline void ExportLayout(Napi::Object exports, const char* layout, size_t length, std::initializer_list<Named> slots) {
+  Napi::Object object = Napi::Object::New(exports.Env());
+  for (const Named& slot : slots) object.Set(slot.name, Napi::Number::New(exports.Env(), slot.value));
+  object.Set("length", Napi::Number::New(exports.Env(), static_cast<double>(length)));
+  exports.Set(layout, object);
 }
 
 }  // namespace memdedup

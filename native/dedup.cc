@@ -26,7 +26,7 @@ namespace {
 // chosen by this pass's scan for the merge step, kMarked (KSM) inside a range we marked
 // MADV_MERGEABLE (kMerged pages, and pages marked only to keep the VMA budget: see DedupMerge),
 // kUnmark (KSM) marked, written since its merge: to be given back with MADV_UNMERGEABLE,
-// bits 16-31 back-off passes left. lib/deduplicator.ts reads kMarked (close(), untrack()).
+// bits 16-31 back-off passes left. lib/deduplicator.ts reads kMarked (dedupStateBit.marked: close(), untrack()).
 constexpr uint32_t kCleanMask = 0xff, kHeld = 1u << 8, kMerged = 1u << 9, kCandidate = 1u << 10, kMarked = 1u << 11,
                    kUnmark = 1u << 12, kBackoffShift = 16;
 enum PassMode { kModeNone = 0, kModeSksm = 1, kModeKsm = 2 };
@@ -48,7 +48,7 @@ enum ReportField {
   kRepUnmarked,     // KSM mode: written marked pages given back with MADV_UNMERGEABLE
   kRepDeferred,     // candidates left unhashed because the CPU budget ran out
   kRepIndexFull,    // candidates the index had no slot for
-  kRepMergeReplaced,  // reported written but still shared (a kernel whose KSM merge drops uffd-wp)
+  kRepWpLost,  // reported written but still shared (a kernel whose KSM merge drops uffd-wp)
   kRepCpuNs,        // thread CPU time of both calls
   kRepFailedStage,  // on -errno: the FailedStage
   kRepScanNs,       // thread CPU time of step 1 (the PAGEMAP_SCAN walk and the state update)
@@ -201,7 +201,7 @@ FailedStage CollectWrites(const RegionScan& r, std::vector<page_region>& vec) {
           bool shared = false;
           if (FailedStage failed = StillShared(r, block, page, last, &shared)) return failed;
           if (shared) {
-            r.report[kRepMergeReplaced]++;
+            r.report[kRepWpLost]++;
             page_written = false;
           }
         }
@@ -299,7 +299,7 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint64_t cpu_start = ThreadCpuNs();
   MEMDEDUP_ARG(pagemap_fd, ArgInt(info, 0, 0));
-  MEMDEDUP_TABLE(table, 1);
+  MEMDEDUP_ARG(table, ArgTable(info, 1));
   MEMDEDUP_ARG(address, ArgU64(info, 2));
   MEMDEDUP_ARG(pages, ArgU64(info, 3, 0xffffffffu));
   MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 4, pages));
@@ -364,7 +364,7 @@ constexpr uint8_t kPlanMerge = 1,  // in a run to merge (SKSM) or mark as twins 
 Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t cpu_start = ThreadCpuNs();
-  MEMDEDUP_TABLE(table, 0);
+  MEMDEDUP_ARG(table, ArgTable(info, 0));
   MEMDEDUP_ARG(address, ArgU64(info, 1));
   MEMDEDUP_ARG(pages, ArgU64(info, 2, 0xffffffffu));
   MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 3, pages));
@@ -540,10 +540,10 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, 0);
 }
 
-// dedupRelease(index, pages, state: Uint32Array, hashes: BigUint64Array) -> 0 | -EBADF: gives
+// dedupRelease(index, pages, state: Uint32Array, hashes: BigUint64Array) -> 0: gives
 // back every hash the region holds in the index (untrack, close); clears the state.
 Napi::Value DedupRelease(const Napi::CallbackInfo& info) {
-  MEMDEDUP_TABLE(table, 0);
+  MEMDEDUP_ARG(table, ArgTable(info, 0));
   MEMDEDUP_ARG(pages, ArgU64(info, 1, 0xffffffffu));
   MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 2, pages));
   MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 3, pages));
@@ -567,13 +567,20 @@ void InitDedup(Napi::Env env, Napi::Object exports) {
   Export<DedupMerge>(exports, "dedupMerge");
   Export<DedupRelease>(exports, "dedupRelease");
   Export<ThreadCpuTime>(exports, "threadCpuNs");
-  Napi::Object c = Napi::Object::New(env);
-  SetConst(c, "CONFIG_LENGTH", kConfigLength);
-  SetConst(c, "REPORT_LENGTH", kReportLength);
-  SetConst(c, "MODE_NONE", kModeNone);
-  SetConst(c, "MODE_SKSM", kModeSksm);
-  SetConst(c, "MODE_KSM", kModeKsm);
-  exports.Set("contentConstants", c);
+  ExportLayout(exports, "dedupConfig", kConfigLength,
+               {{"mode", kCfgMode}, {"stablePasses", kCfgStable}, {"backoffPasses", kCfgBackoff}, {"budgetNs", kCfgBudgetNs},
+                {"runAllowance", kCfgRunAllowance}});
+  ExportLayout(exports, "dedupReport", kReportLength,
+               {{"written", kRepWritten}, {"candidates", kRepCandidates}, {"hashed", kRepHashed}, {"duplicates", kRepDuplicates},
+                {"merged", kRepMerged}, {"cow", kRepCow}, {"mergedTotal", kRepMergedTotal}, {"unmarked", kRepUnmarked},
+                {"deferred", kRepDeferred}, {"indexFull", kRepIndexFull}, {"wpLost", kRepWpLost}, {"cpuNs", kRepCpuNs},
+                {"failedStage", kRepFailedStage}, {"scanNs", kRepScanNs}, {"hashNs", kRepHashNs}, {"mergeNs", kRepMergeNs},
+                {"mergeDeferred", kRepMergeDeferred}, {"coarsened", kRepCoarsened}, {"markedRuns", kRepMarkedRuns}});
+  ExportTable(exports, "dedupFailedStage",
+              {{"pagemapScan", kStagePagemapScan}, {"madviseMerge", kStageMadviseMerge}, {"madviseMergeable", kStageMadviseMergeable},
+               {"madviseUnmergeable", kStageMadviseUnmergeable}, {"pagemapRead", kStagePagemapRead}});
+  ExportTable(exports, "dedupMode", {{"none", kModeNone}, {"sksm", kModeSksm}, {"ksm", kModeKsm}});
+  ExportTable(exports, "dedupStateBit", {{"marked", kMarked}});
 }
 
 }  // namespace memdedup

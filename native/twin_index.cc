@@ -176,17 +176,16 @@ Napi::Value NewTableHandle(Napi::Env env, TwinTable* table, bool owns_fd) {
 
 }  // namespace
 
-TwinTable* ArgTable(const Napi::CallbackInfo& info, size_t i, bool* closed) {
+std::optional<TwinTable*> ArgTable(const Napi::CallbackInfo& info, size_t i, bool closed_ok) {
   bool tagged = false;
-  *closed = false;
   if (info[i].Type() != napi_external || napi_check_object_type_tag(info.Env(), info[i], &kTwinTableTag, &tagged) != napi_ok || !tagged) {
     ThrowArgument(info, i, false, "a twin index handle");
-    return nullptr;
+    return std::nullopt;
   }
   TwinTable* t = info[i].As<Napi::External<TwinTable>>().Data();
-  if (t->words == nullptr) {
-    *closed = true;
-    return nullptr;
+  if (t->words == nullptr && !closed_ok) {
+    ThrowArgument(info, i, false, "an open twin index handle (TwinIndex.closed is checked first)");
+    return std::nullopt;
   }
   return t;
 }
@@ -228,18 +227,23 @@ Napi::Value TwinIndexCreate(const Napi::CallbackInfo& info) {
   return NewTableHandle(env, t, true);
 }
 
-// twinIndexOpen(fd) -> handle | -errno | 1 (not sealed against shrink and grow) | 2 (not a twin
-// index: size or header). Takes ownership of fd only on success.
+// twinIndexOpen(fd) -> handle | -errno | why the file is refused (a string, the end of lib/'s
+// "The argument 'pathOrFd' ..." message: not a sealed memfd, or not a twin index by size or
+// header). Takes ownership of fd only on success.
 Napi::Value TwinIndexOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
   int seals = fcntl(fd, F_GET_SEALS);
-  if (seals < 0) return Napi::Number::New(env, errno == EINVAL ? 1 : -errno);  // EINVAL: not a memfd
-  if ((seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW)) return Napi::Number::New(env, 1);
+  const char* not_sealed = "is not a memfd sealed against shrinking and growing";
+  const char* not_index = "is not a memdedup twin index (size or header)";
+  if (seals < 0 && errno != EINVAL) return Napi::Number::New(env, -errno);
+  if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW)) {
+    return Napi::String::New(env, not_sealed);  // EINVAL: not a memfd at all
+  }
   struct stat st;
   if (fstat(fd, &st) < 0) return Napi::Number::New(env, -errno);
   size_t bytes = static_cast<size_t>(st.st_size);
-  if (bytes < kIndexHeader + kProbe * sizeof(uint64_t)) return Napi::Number::New(env, 2);
+  if (bytes < kIndexHeader + kProbe * sizeof(uint64_t)) return Napi::String::New(env, not_index);
   // Allocated before the mapping: a std::bad_alloc (NoAbort) leaves nothing behind.
   std::unique_ptr<TwinTable> table(new TwinTable());
   void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -249,7 +253,7 @@ Napi::Value TwinIndexOpen(const Napi::CallbackInfo& info) {
   if (__atomic_load_n(&header[0], __ATOMIC_ACQUIRE) != kIndexMagic || slots < kProbe || (slots & (slots - 1)) != 0 ||
       slots > kMaxSlots || kIndexHeader + slots * sizeof(uint64_t) != bytes) {
     munmap(base, bytes);
-    return Napi::Number::New(env, 2);
+    return Napi::String::New(env, not_index);
   }
   TwinTable* t = table.release();
   t->fd = fd;
@@ -262,7 +266,7 @@ Napi::Value TwinIndexOpen(const Napi::CallbackInfo& info) {
 
 // twinIndexClose(handle) -> 0: unmaps and closes now (idempotent); the finalizer frees the rest.
 Napi::Value TwinIndexClose(const Napi::CallbackInfo& info) {
-  MEMDEDUP_TABLE(t, 0);
+  MEMDEDUP_ARG(t, ArgTable(info, 0, true));
   CloseTable(t);
   return Napi::Number::New(info.Env(), 0);
 }
@@ -306,10 +310,10 @@ int64_t CountUsedSlots(const TwinTable& t) {
   return static_cast<int64_t>(used);
 }
 
-// twinIndexInfo(handle, out: Float64Array(2 or more)) -> 0 | -EBADF | -errno; out = [fd, slots],
+// twinIndexInfo(handle, out: Float64Array(2 or more)) -> 0 | -errno (lseek); out = [fd, slots],
 // and when out has a third element, out[2] = used slots (CountUsedSlots: it reads the index).
 Napi::Value TwinIndexInfo(const Napi::CallbackInfo& info) {
-  MEMDEDUP_TABLE(t, 0);
+  MEMDEDUP_ARG(t, ArgTable(info, 0));
   MEMDEDUP_ARG(out, ArgTypedArray<double>(info, 1, 2));
   if (out.length >= 3) {
     int64_t used = CountUsedSlots(*t);
@@ -322,32 +326,33 @@ Napi::Value TwinIndexInfo(const Napi::CallbackInfo& info) {
 }
 
 // twinIndexUpdate(handle, hashes: BigUint64Array, count, delta (-1 | 0 | 1), holders: Uint32Array)
-// -> count | -EBADF | -ENOSPC (an insert found its window full; holders are filled up to there).
+// -> the hashes updated: count, or fewer when an insert found its probe window full (holders are
+// filled up to there; that hash and those after it are not counted).
 // delta 1 counts one more holder of each hash, -1 one fewer, 0 only looks; holders[i] = the
 // holders of hashes[i] right after its own update.
 Napi::Value TwinIndexUpdate(const Napi::CallbackInfo& info) {
-  MEMDEDUP_TABLE(t, 0);
+  MEMDEDUP_ARG(t, ArgTable(info, 0));
   MEMDEDUP_ARG(count, ArgU64(info, 2));
   MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 1, count));
   MEMDEDUP_ARG(delta, ArgInt(info, 3, -1, 1));
   MEMDEDUP_ARG(holders, ArgTypedArray<uint32_t>(info, 4, count));
   for (size_t i = 0; i < count; i++) {
-    if (delta > 0 && !IndexInsert(*t, hashes.data[i])) return Napi::Number::New(info.Env(), -ENOSPC);
+    if (delta > 0 && !IndexInsert(*t, hashes.data[i])) return Napi::Number::New(info.Env(), static_cast<double>(i));
     if (delta < 0) IndexRelease(*t, hashes.data[i]);
     holders.data[i] = IndexHolders(*t, hashes.data[i]);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(count));
 }
 
-// twinIndexTakeTurn(handle, leaseMs) -> the turn's word as a BigInt (0n: another thread has it)
-// | -EBADF. twinIndexGiveTurn(handle, word: BigInt) -> 0 | -EBADF.
+// twinIndexTakeTurn(handle, leaseMs) -> the turn's word as a BigInt (0n: another thread has it).
+// twinIndexGiveTurn(handle, word: BigInt) -> 0.
 Napi::Value TwinIndexTakeTurn(const Napi::CallbackInfo& info) {
-  MEMDEDUP_TABLE(t, 0);
+  MEMDEDUP_ARG(t, ArgTable(info, 0));
   MEMDEDUP_ARG(lease_ms, ArgU64(info, 1, 3600000.0));
   return Napi::BigInt::New(info.Env(), TurnTake(*t, lease_ms));
 }
 Napi::Value TwinIndexGiveTurn(const Napi::CallbackInfo& info) {
-  MEMDEDUP_TABLE(t, 0);
+  MEMDEDUP_ARG(t, ArgTable(info, 0));
   bool lossless = false;
   if (!info[1].IsBigInt()) {
     ThrowArgument(info, 1, false, "a BigInt");

@@ -5,6 +5,7 @@
 #include "addon.h"
 
 #include <cstring>
+#include <optional>
 
 namespace memdedup {
 
@@ -131,14 +132,10 @@ inline void IndexRelease(const TwinTable& t, uint64_t hash) {
   }
 }
 
-// The open table behind argument i: an External twin_index.cc created (type-tagged), not closed.
-// A closed table is -EBADF for the caller (*closed = true), anything else a TypeError.
-TwinTable* ArgTable(const Napi::CallbackInfo& info, size_t i, bool* closed);
-
-#define MEMDEDUP_TABLE(var, i)                                              \
-  bool var##_closed;                                                        \
-  TwinTable* var = ArgTable(info, i, &var##_closed);                        \
-  if (var##_closed) return Napi::Number::New(info.Env(), -EBADF);           \
-  if (var == nullptr) return info.Env().Undefined()
+// The table behind argument i: an External twin_index.cc created (type-tagged) and, unless
+// `closed_ok`, still open. Anything else is a TypeError: lib/ checks TwinIndex.closed right before
+// every call, so only a caller that bypassed lib/ can pass a closed one (no -EBADF: no syscall
+// would have returned it).
+std::optional<TwinTable*> ArgTable(const Napi::CallbackInfo& info, size_t i, bool closed_ok = false);
 
 }  // namespace memdedup

@@ -451,8 +451,8 @@ describe('safety: output arrays and options', () => {
     expect(thrown(() => native.mmap(0, -4096, 0, 0, -1, 0))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
     expect(thrown(() => native.hashPages(4096, new Uint32Array(1), 2, new BigUint64Array(2), 0))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
     expect(thrown(() => native.readMemory(4096, 4096, new Uint8Array(16)))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
-    const arg = new BigUint64Array(native.pagemapConstants.SCAN_ARG_LENGTH)
-    arg[6] = 1000n // vec_len larger than the arrays given
+    const arg = new BigUint64Array(native.pagemapScanArg.length)
+    arg[native.pagemapScanArg.vecLen] = 1000n // vec_len larger than the arrays given
     expect(thrown(() => native.pagemapScan(0, arg, new BigUint64Array(1), new BigUint64Array(1), new Uint32Array(1)))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
     expect(thrown(() => native.pagemapScan(0, new BigUint64Array(3), null, null, null))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
   })

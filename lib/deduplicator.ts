@@ -74,12 +74,18 @@ export interface PassReport {
   hashedPages: number
   /** Candidates whose content has another holder in the index. */
   duplicatePages: number
-  /** Pages merged (SKSM) or marked for ksmd (KSM) this pass; 0 in a dry run. */
+  /** SKSM: pages merged (madvise(MADV_MERGE)) this pass. 0 with KSM and in a dry run. */
   mergedPages: number
+  /** KSM: pages of twin runs marked MADV_MERGEABLE for ksmd this pass (the twins and the cold
+   *  candidates between them; ksmd merges what stays identical, when it gets to them, which the pass
+   *  does not see: see ksm.processStats()). 0 with SKSM and in a dry run. */
+  markedPages: number
   /** Merged (or marked) pages written since: they back off. */
   cowAfterMerge: number
-  /** Pages merged (or marked) by this deduplicator now. */
+  /** SKSM: pages merged by this deduplicator now (0 with KSM). */
   mergedTotal: number
+  /** KSM: pages of twin runs marked by this deduplicator now (0 with SKSM). */
+  markedTotal: number
   /** KSM fallback: marked pages that turned hot, given back with MADV_UNMERGEABLE. */
   unmarkedPages: number
   /** Candidates left unhashed for a later pass because the CPU budget ran out. */
@@ -113,9 +119,11 @@ export interface DeduplicatorStats {
   passes: number
   /** Thread CPU time of all passes. */
   cpuMs: number
-  /** Pages merged (SKSM) or marked for ksmd (KSM) now. */
+  /** SKSM: pages merged now (PassReport.mergedTotal of the latest pass). */
   mergedPages: number
-  /** Merged pages written since their merge, over all passes. */
+  /** KSM: pages of twin runs marked for ksmd now (PassReport.markedTotal of the latest pass). */
+  markedPages: number
+  /** Merged (or marked) pages written since their merge, over all passes. */
   cowAfterMerge: number
   /** The latest pass reports, oldest first. */
   history: PassReport[]
@@ -147,8 +155,10 @@ function addReport(report: PassReport, { region, out }: Tracked): void {
   report.hashedPages += out[Report.hashed]
   report.duplicatePages += out[Report.duplicates]
   report.mergedPages += out[Report.merged]
+  report.markedPages += out[Report.marked]
   report.cowAfterMerge += out[Report.cow]
   report.mergedTotal += out[Report.mergedTotal]
+  report.markedTotal += out[Report.markedTotal]
   report.unmarkedPages += out[Report.unmarked]
   report.deferredPages += out[Report.deferred]
   report.indexFullPages += out[Report.indexFull]
@@ -236,6 +246,7 @@ export class Deduplicator {
   #cpuMs = 0
   #cowAfterMerge = 0
   #mergedTotal = 0
+  #markedTotal = 0
   #history: PassReport[] = []
   #timer: NodeJS.Timeout | undefined
   #intervalMs = 0
@@ -461,7 +472,7 @@ export class Deduplicator {
       this.#timer = undefined
       try {
         const report = this.pass()
-        const idle = report.hashedPages + report.mergedPages + report.deferredPages + report.mergeDeferredPages + report.cowAfterMerge === 0
+        const idle = report.hashedPages + report.mergedPages + report.markedPages + report.deferredPages + report.mergeDeferredPages + report.cowAfterMerge === 0
         this.#intervalMs = idle ? Math.min(maxIntervalMs, Math.max(1, this.#intervalMs * 2)) : intervalMs
         ;(onPass as ((report: PassReport) => void) | undefined)?.(report)
       } catch (error) {
@@ -485,7 +496,7 @@ export class Deduplicator {
 
   /** Totals and the latest pass reports. */
   stats(): DeduplicatorStats {
-    return { passes: this.#pass, cpuMs: this.#cpuMs, mergedPages: this.#mergedTotal, cowAfterMerge: this.#cowAfterMerge, history: [...this.#history] }
+    return { passes: this.#pass, cpuMs: this.#cpuMs, mergedPages: this.#mergedTotal, markedPages: this.#markedTotal, cowAfterMerge: this.#cowAfterMerge, history: [...this.#history] }
   }
 
   /**
@@ -600,7 +611,7 @@ export class Deduplicator {
   #emptyReport(time: number): PassReport {
     return {
       pass: this.#pass + 1, time, trackedPages: 0, writtenPages: 0, candidatePages: 0, hashedPages: 0, duplicatePages: 0,
-      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, mergeTurnBusy: false, indexFullPages: 0, wpLostPages: 0,
+      mergedPages: 0, markedPages: 0, cowAfterMerge: 0, mergedTotal: 0, markedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, mergeTurnBusy: false, indexFullPages: 0, wpLostPages: 0,
       coarsenedPages: 0, markedRuns: 0, cpuMs: 0, scanMs: 0, hashMs: 0, mergeMs: 0, durationMs: 0,
     }
   }
@@ -610,6 +621,7 @@ export class Deduplicator {
     this.#cpuMs += report.cpuMs
     this.#cowAfterMerge += report.cowAfterMerge
     this.#mergedTotal = report.mergedTotal
+    this.#markedTotal = report.markedTotal
     if (this.#historyLength === 0) return
     this.#history.push(report)
     if (this.#history.length > this.#historyLength) this.#history.splice(0, this.#history.length - this.#historyLength)

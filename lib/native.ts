@@ -62,7 +62,7 @@ const layoutSlots = {
   /** A region's pass report (native/dedup.cc ReportField). */
   dedupReport: [
     'written', 'candidates', 'hashed', 'duplicates', 'merged', 'cow', 'mergedTotal', 'unmarked', 'deferred', 'indexFull', 'wpLost',
-    'cpuNs', 'failedStage', 'scanNs', 'hashNs', 'mergeNs', 'mergeDeferred', 'coarsened', 'markedRuns',
+    'cpuNs', 'failedStage', 'scanNs', 'hashNs', 'mergeNs', 'mergeDeferred', 'coarsened', 'markedRuns', 'marked', 'markedTotal',
   ],
 } as const
 // Named values lib/ reads (native/addon.h ExportTable): exactly these names, distinct integers.

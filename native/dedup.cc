@@ -42,9 +42,9 @@ enum ReportField {
   kRepCandidates,   // present, unwritten for stablePasses, not merged, not backing off
   kRepHashed,       // candidates hashed this pass (new to the index)
   kRepDuplicates,   // candidates with another holder of their content anywhere
-  kRepMerged,       // pages passed to MADV_MERGE / marked MADV_MERGEABLE this pass
+  kRepMerged,       // SKSM: pages merged by MADV_MERGE this pass
   kRepCow,          // merged (or marked) pages written since: they back off
-  kRepMergedTotal,  // pages merged (or marked) by us now
+  kRepMergedTotal,  // SKSM: pages merged by us now
   kRepUnmarked,     // KSM mode: written marked pages given back with MADV_UNMERGEABLE
   kRepDeferred,     // candidates left unhashed because the CPU budget ran out
   kRepIndexFull,    // candidates the index had no slot for
@@ -57,6 +57,9 @@ enum ReportField {
   kRepMergeDeferred,  // duplicates left for a later pass: the budget ran out, or not our merge turn
   kRepCoarsened,    // KSM: pages marked (or left marked) only to keep the runs within runAllowance
   kRepMarkedRuns,   // KSM: runs of kMarked pages in the region after the call
+  kRepMarked,       // KSM: pages of twin runs (twins, cold candidates between them) marked MADV_MERGEABLE
+                    // this pass; whether ksmd merged them is not known here
+  kRepMarkedTotal,  // KSM: pages of twin runs marked by us now
   kReportLength
 };
 
@@ -469,7 +472,7 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
     for (uint32_t p = 0; p < pages; p++) {
       if ((plan[p] & kPlanMerge) && (st[p] & kMarked) && !(st[p] & kMerged)) {
         st[p] |= kMerged;
-        report.data[kRepMerged]++;
+        report.data[kRepMarked]++;
       }
     }
     // Marks [lo, hi) (not marked yet, inside one target run) in one call, if the budget allows.
@@ -484,7 +487,7 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
         st[p] |= kMarked;
         if (plan[p] & kPlanMerge) {
           st[p] |= kMerged;
-          report.data[kRepMerged]++;
+          report.data[kRepMarked]++;
         } else {
           report.data[kRepCoarsened]++;
         }
@@ -532,7 +535,7 @@ Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
     merged_total += (st[page] & kMerged) != 0;
     if ((plan[page] & kPlanTwin) && !(st[page] & kMerged) && mode != kModeNone) report.data[kRepMergeDeferred]++;
   }
-  report.data[kRepMergedTotal] = static_cast<double>(merged_total);
+  report.data[mode == kModeKsm ? kRepMarkedTotal : kRepMergedTotal] = static_cast<double>(merged_total);
   if (mode == kModeKsm) report.data[kRepMarkedRuns] = static_cast<double>(CountRuns(st, pages, kMarked));
   const uint64_t merge_ns = ThreadCpuNs() - cpu_start;
   report.data[kRepMergeNs] = static_cast<double>(merge_ns);
@@ -575,7 +578,8 @@ void InitDedup(Napi::Env env, Napi::Object exports) {
                 {"merged", kRepMerged}, {"cow", kRepCow}, {"mergedTotal", kRepMergedTotal}, {"unmarked", kRepUnmarked},
                 {"deferred", kRepDeferred}, {"indexFull", kRepIndexFull}, {"wpLost", kRepWpLost}, {"cpuNs", kRepCpuNs},
                 {"failedStage", kRepFailedStage}, {"scanNs", kRepScanNs}, {"hashNs", kRepHashNs}, {"mergeNs", kRepMergeNs},
-                {"mergeDeferred", kRepMergeDeferred}, {"coarsened", kRepCoarsened}, {"markedRuns", kRepMarkedRuns}});
+                {"mergeDeferred", kRepMergeDeferred}, {"coarsened", kRepCoarsened}, {"markedRuns", kRepMarkedRuns},
+                {"marked", kRepMarked}, {"markedTotal", kRepMarkedTotal}});
   ExportTable(exports, "dedupFailedStage",
               {{"pagemapScan", kStagePagemapScan}, {"madviseMerge", kStageMadviseMerge}, {"madviseMergeable", kStageMadviseMergeable},
                {"madviseUnmergeable", kStageMadviseUnmergeable}, {"pagemapRead", kStagePagemapRead}});

@@ -180,6 +180,17 @@ const stageSyscalls: Record<keyof typeof native.dedupFailedStage, string> = {
 }
 const failedSyscall = new Map(Object.entries(stageSyscalls).map(([stage, syscall]) => [native.dedupFailedStage[stage as keyof typeof stageSyscalls], syscall]))
 
+/**
+ * @internal The error of a failed dedupScan / dedupMerge: the SyscallError of the call its failure
+ * stage names, with the errno that call returned. A -errno without a known stage is no syscall's:
+ * native code broke its contract (ERR_INTERNAL_ASSERTION), never an errno passed off as one.
+ */
+export function passFailure(rc: number, stage: number, context: string): Error {
+  const syscall = failedSyscall.get(stage)
+  if (syscall !== undefined) return new SyscallError(syscall, -rc, context)
+  return codedError('ERR_INTERNAL_ASSERTION', `${context}: the native pass returned ${rc} with failure stage ${stage}, which names no call (native/dedup.cc and lib/ disagree)`)
+}
+
 /** vm.max_map_count: the VMAs a process may hold (the kernel's default where /proc/sys is absent). */
 function maxMapCount(): number {
   try {
@@ -603,9 +614,7 @@ export class Deduplicator {
   }
 
   #check(rc: number, tracked: Tracked): void {
-    if (rc >= 0) return
-    if (-rc === errno.EBADF && this.#index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot pass: the TwinIndex is closed')
-    throw new SyscallError(failedSyscall.get(tracked.out[Report.failedStage]) ?? 'dedupPass', -rc, `Deduplicator.pass on ${tracked.region.length} bytes`)
+    if (rc < 0) throw passFailure(rc, tracked.out[Report.failedStage], `Deduplicator.pass on ${tracked.region.length} bytes`)
   }
 
   #emptyReport(time: number): PassReport {

@@ -6,7 +6,10 @@
 import fs from 'node:fs'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { describe, expect, it, vi } from 'vitest'
-import { Region, Deduplicator, TwinIndex, features, pagemap, pageSize as P, InvalidStateError, type PassReport } from '../lib/index.ts'
+import { Region, Deduplicator, TwinIndex, features, pagemap, pageSize as P, InvalidStateError, SyscallError, type PassReport } from '../lib/index.ts'
+import { passFailure } from '../lib/deduplicator.ts'
+import { native } from '../lib/native.ts'
+import { thrown } from './helpers/errors.ts'
 import { requires } from './helpers/env.mjs'
 import { holdKsmLock, fastKsmd, foreignKsmUsers, inVm, probe } from './helpers/ksm.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
@@ -162,6 +165,34 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
     expect(() => dedup.pass()).toThrow(expect.objectContaining({ code: 'ERR_TWIN_INDEX_CLOSED' }))
     dedup.untrack(r) // cannot give hashes back to a closed index: just forgets them
     expect(dedup.regions).toEqual([])
+  })
+
+  it('an index closed during a pass (from a Region\'s own readableSpan) is ERR_TWIN_INDEX_CLOSED, not an errno no syscall returned', () => {
+    const index = TwinIndex.create({ slots: 64 })
+    using dedup = new Deduplicator({ merge: 'none', index, stablePasses: 1 })
+    using r = Region.anonymous(2 * P)
+    r.bytes.fill(1)
+    dedup.track(r)
+    dedup.pass()
+    // Caller code runs between the pass's start and its native calls: it may close the index there.
+    Object.defineProperty(r, 'readableSpan', { value: (...args: Parameters<Region['readableSpan']>) => (index.close(), Region.prototype.readableSpan.apply(r, args)) })
+    const error = thrown(() => dedup.pass())
+    expect(error).not.toBeInstanceOf(SyscallError)
+    expect(error).toMatchObject({ name: 'InvalidStateError', code: 'ERR_TWIN_INDEX_CLOSED' })
+  })
+
+  it('a failed pass is the SyscallError of the call its stage names; a stage naming no call is ERR_INTERNAL_ASSERTION', () => {
+    const stage = native.dedupFailedStage
+    expect(passFailure(-9, stage.pagemapScan, 'ctx')).toMatchObject({ constructor: SyscallError, syscall: 'ioctl(PAGEMAP_SCAN)', code: 'EBADF', errno: -9 })
+    expect(passFailure(-22, stage.madviseMergeable, 'ctx')).toMatchObject({ syscall: 'madvise(MADV_MERGEABLE)', code: 'EINVAL' })
+    expect(passFailure(-5, stage.pagemapRead, 'ctx')).toMatchObject({ syscall: 'pread(/proc/self/pagemap)', code: 'EIO' })
+    // Before: SyscallError('' or 'dedupPass', EBADF), an errno passed off as a syscall's.
+    for (const unknown of [0, 99]) {
+      const error = passFailure(-9, unknown, 'ctx')
+      expect(error).not.toBeInstanceOf(SyscallError)
+      expect(error).toMatchObject({ name: 'Error', code: 'ERR_INTERNAL_ASSERTION', message: expect.stringMatching(/names no call/) })
+      expect(error).not.toHaveProperty('errno')
+    }
   })
 
   it('a CPU budget defers hashing to later passes, and every candidate is hashed eventually', () => {

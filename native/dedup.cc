@@ -85,6 +85,33 @@ uint64_t CountRuns(const uint32_t* state, uint64_t pages, uint32_t bit) {
   return runs;
 }
 
+// The arguments dedupScan and dedupMerge share, from argument `first` on: index, address, pages,
+// state: Uint32Array, hashes: BigUint64Array (each of >= pages elements), config, report.
+struct PassArgs {
+  TwinTable* table;
+  uint64_t address, pages;
+  ArrayArg<uint32_t> state;
+  ArrayArg<uint64_t> hashes;
+  ArrayArg<double> config, report;
+};
+std::optional<PassArgs> ArgPass(const Napi::CallbackInfo& info, size_t first) {
+  auto table = ArgTable(info, first);
+  if (!table) return std::nullopt;
+  auto address = ArgU64(info, first + 1);
+  if (!address) return std::nullopt;
+  auto pages = ArgU64(info, first + 2, 0xffffffffu);
+  if (!pages) return std::nullopt;
+  auto state = ArgTypedArray<uint32_t>(info, first + 3, *pages);
+  if (!state) return std::nullopt;
+  auto hashes = ArgTypedArray<uint64_t>(info, first + 4, *pages);
+  if (!hashes) return std::nullopt;
+  auto config = ArgTypedArray<double>(info, first + 5, kConfigLength);
+  if (!config) return std::nullopt;
+  auto report = ArgTypedArray<double>(info, first + 6, kReportLength);
+  if (!report) return std::nullopt;
+  return PassArgs{*table, *address, *pages, *state, *hashes, *config, *report};
+}
+
 // Where a pass failed (report[kRepFailedStage], with the -errno result): the call that failed.
 enum FailedStage {
   kStageNone,
@@ -302,13 +329,8 @@ Napi::Value DedupScan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint64_t cpu_start = ThreadCpuNs();
   MEMDEDUP_ARG(pagemap_fd, ArgInt(info, 0, 0));
-  MEMDEDUP_ARG(table, ArgTable(info, 1));
-  MEMDEDUP_ARG(address, ArgU64(info, 2));
-  MEMDEDUP_ARG(pages, ArgU64(info, 3, 0xffffffffu));
-  MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 4, pages));
-  MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 5, pages));
-  MEMDEDUP_ARG(config, ArgTypedArray<double>(info, 6, kConfigLength));
-  MEMDEDUP_ARG(report, ArgTypedArray<double>(info, 7, kReportLength));
+  MEMDEDUP_ARG(args, ArgPass(info, 1));
+  auto [table, address, pages, state, hashes, config, report] = args;
 
   // Allocated before any change (a std::bad_alloc here leaves everything as it was: NoAbort).
   std::vector<uint8_t> eligible(pages);
@@ -367,13 +389,8 @@ constexpr uint8_t kPlanMerge = 1,  // in a run to merge (SKSM) or mark as twins 
 Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t cpu_start = ThreadCpuNs();
-  MEMDEDUP_ARG(table, ArgTable(info, 0));
-  MEMDEDUP_ARG(address, ArgU64(info, 1));
-  MEMDEDUP_ARG(pages, ArgU64(info, 2, 0xffffffffu));
-  MEMDEDUP_ARG(state, ArgTypedArray<uint32_t>(info, 3, pages));
-  MEMDEDUP_ARG(hashes, ArgTypedArray<uint64_t>(info, 4, pages));
-  MEMDEDUP_ARG(config, ArgTypedArray<double>(info, 5, kConfigLength));
-  MEMDEDUP_ARG(report, ArgTypedArray<double>(info, 6, kReportLength));
+  MEMDEDUP_ARG(args, ArgPass(info, 0));
+  auto [table, address, pages, state, hashes, config, report] = args;
   const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const int mode = static_cast<int>(config.data[kCfgMode]);
   const double budget = config.data[kCfgBudgetNs] > 0 ? config.data[kCfgBudgetNs] : 0;

@@ -158,7 +158,7 @@ function startDedup() {
 function summarizeDedup(stats) {
   const sum = (key) => stats.history.reduce((total, report) => total + (report[key] ?? 0), 0)
   return {
-    passes: stats.passes, cpuMs: stats.cpuMs, mergedPages: stats.mergedPages, cowAfterMerge: stats.cowAfterMerge,
+    passes: stats.passes, cpuMs: stats.cpuMs, mergedPages: stats.mergedPages, markedPages: stats.markedPages, cowAfterMerge: stats.cowAfterMerge,
     historyPasses: stats.history.length,
     ...Object.fromEntries(['writtenPages', 'candidatePages', 'hashedPages', 'duplicatePages', 'deferredPages', 'mergeDeferredPages', 'indexFullPages', 'unmarkedPages', 'wpLostPages', 'scanMs', 'hashMs', 'mergeMs'].map((key) => [key, sum(key)])),
     maxPassCpuMs: Math.max(0, ...stats.history.map((report) => report.cpuMs)),

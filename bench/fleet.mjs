@@ -319,6 +319,7 @@ function summarize(config, baseline, samples, workers, ready) {
     cowAfterMerge: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.cowAfterMerge, 0) : null,
     ksmUnmerges,
     mergedPages: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.mergedPages, 0) : null,
+    markedPages: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.markedPages, 0) : null,
     passes: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.passes, 0) : null,
     dedup: dedupStats.length ? Object.fromEntries(Object.keys(dedupStats[0]).map((key) => [key, round(key === 'maxPassCpuMs' ? Math.max(...dedupStats.map((s) => s[key])) : dedupStats.reduce((sum, s) => sum + s[key], 0))])) : null,
     opsPerSecPerWorker: round(opsPerSec.reduce((a, b) => a + b, 0) / opsPerSec.length, 0),
@@ -447,7 +448,7 @@ for (const [config, g] of Object.entries(verdicts)) {
   if (g.timeToKsmdDefaults) lines.push(`  time until 90% of what ksmd at defaults saved: ${g.timeToKsmdDefaults.value} s vs its own ${g.timeToKsmdDefaults.ksmdT90} s (x${g.timeToKsmdDefaults.ratio})`)
   if (g.steadyCpuPerS) lines.push(`  CPU s/s over the last quarter: ${g.steadyCpuPerS.value} vs ksmd at defaults ${g.steadyCpuPerS.ksmdDefaults} (x${g.steadyCpuPerS.ratio})`)
   const d = row?.dedup
-  if (d) lines.push(`  where the workers' dedup CPU went: PAGEMAP_SCAN ${(d.scanMs / 1000).toFixed(2)} s, hashing ${(d.hashMs / 1000).toFixed(2)} s, merging ${(d.mergeMs / 1000).toFixed(2)} s (${d.mergedPages} pages), ${d.passes} passes`)
+  if (d) lines.push(`  where the workers' dedup CPU went: PAGEMAP_SCAN ${(d.scanMs / 1000).toFixed(2)} s, hashing ${(d.hashMs / 1000).toFixed(2)} s, merging ${(d.mergeMs / 1000).toFixed(2)} s (${d.mergedPages} pages merged, ${d.markedPages} marked for ksmd), ${d.passes} passes`)
   console.log(lines.join('\n'))
 }
 console.log()

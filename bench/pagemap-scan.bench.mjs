@@ -70,11 +70,17 @@ export default async function (h) {
     const out = pagemap.scanOutput(vectorLength)
     const start = BigInt(region.address), end = start + BigInt(region.length)
     const flags = BigInt(pagemap.ScanFlag.wpMatching | pagemap.ScanFlag.checkWpAsync), written = BigInt(pagemap.PageCategory.written)
-    // pm_scan_arg in struct order (size, flags, start, end, walk_end, vec, vec_len, max_pages,
-    // inverted, mask, anyof, return_mask) plus the covered-bytes slot, as lib/pagemap.ts fills it.
-    const arg = new BigUint64Array(native.pagemapConstants.SCAN_ARG_LENGTH)
+    // pm_scan_arg's slots by name (native.pagemapScanArg), as lib/pagemap.ts fills them.
+    const slot = native.pagemapScanArg
+    const arg = new BigUint64Array(slot.length)
     return () => {
-      arg.set([0n, flags, start, end, 0n, 0n, BigInt(vectorLength), 0n, 0n, written, 0n, written, 0n])
+      arg.fill(0n)
+      arg[slot.flags] = flags
+      arg[slot.start] = start
+      arg[slot.end] = end
+      arg[slot.vecLen] = BigInt(vectorLength)
+      arg[slot.categoryMask] = written
+      arg[slot.returnMask] = written
       return native.pagemapScan(pagemapFd, arg, out.starts, out.ends, out.categories)
     }
   }

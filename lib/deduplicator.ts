@@ -5,7 +5,7 @@
 // never touch a page that cannot be deduplicated). Pages written soon after a merge (a COW) are
 // left alone for `backoffPasses` passes, so hot pages do not ping-pong between merged and private.
 //
-// A pass is two native calls per Region (native/content.cc): dedupScan, one PAGEMAP_SCAN walk that
+// A pass is two native calls per Region (native/dedup.cc): dedupScan, one PAGEMAP_SCAN walk that
 // reports written/present pages and re-protects the written ones, then candidate selection and
 // hashing within the CPU budget into the shared index; after every Region's scan, dedupMerge, the
 // twin lookup and the merge runs: madvise(MADV_MERGE) with SKSM, or, without it, MADV_MERGEABLE on
@@ -15,13 +15,13 @@
 // all Regions stay within vmaBudget / 2 (coarser runs when they must), and close() and untrack()
 // unmark them, which gives the VMAs back.
 import fs from 'node:fs'
-import { native, constants as C, pageSize, type TwinIndexHandle } from './native.ts'
+import { native, constants as C, pageSize } from './native.ts'
 import { codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
 import { Region } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
 import * as sksm from './sksm.ts'
 import { sysfsDir as ksmSysfsDir } from './ksm.ts'
-import { TwinIndex, twinIndexHandle } from './content.ts'
+import { TwinIndex, twinIndexHandle } from './twin_index.ts'
 import { guardReceivers } from './internal.ts'
 import { invalidArgType, outOfRange, readOptions, validateInteger, validateOneOf } from './validate.ts'
 
@@ -74,12 +74,18 @@ export interface PassReport {
   hashedPages: number
   /** Candidates whose content has another holder in the index. */
   duplicatePages: number
-  /** Pages merged (SKSM) or marked for ksmd (KSM) this pass; 0 in a dry run. */
+  /** SKSM: pages merged (madvise(MADV_MERGE)) this pass. 0 with KSM and in a dry run. */
   mergedPages: number
+  /** KSM: pages of twin runs marked MADV_MERGEABLE for ksmd this pass (the twins and the cold
+   *  candidates between them; ksmd merges what stays identical, when it gets to them, which the pass
+   *  does not see: see ksm.processStats()). 0 with SKSM and in a dry run. */
+  markedPages: number
   /** Merged (or marked) pages written since: they back off. */
   cowAfterMerge: number
-  /** Pages merged (or marked) by this deduplicator now. */
+  /** SKSM: pages merged by this deduplicator now (0 with KSM). */
   mergedTotal: number
+  /** KSM: pages of twin runs marked by this deduplicator now (0 with SKSM). */
+  markedTotal: number
   /** KSM fallback: marked pages that turned hot, given back with MADV_UNMERGEABLE. */
   unmarkedPages: number
   /** Candidates left unhashed for a later pass because the CPU budget ran out. */
@@ -113,9 +119,11 @@ export interface DeduplicatorStats {
   passes: number
   /** Thread CPU time of all passes. */
   cpuMs: number
-  /** Pages merged (SKSM) or marked for ksmd (KSM) now. */
+  /** SKSM: pages merged now (PassReport.mergedTotal of the latest pass). */
   mergedPages: number
-  /** Merged pages written since their merge, over all passes. */
+  /** KSM: pages of twin runs marked for ksmd now (PassReport.markedTotal of the latest pass). */
+  markedPages: number
+  /** Merged (or marked) pages written since their merge, over all passes. */
   cowAfterMerge: number
   /** The latest pass reports, oldest first. */
   history: PassReport[]
@@ -124,7 +132,7 @@ export interface DeduplicatorStats {
 interface Tracked {
   region: Region
   unsubscribe: () => void
-  /** Per page: passes unwritten, held-in-index and merged bits, back-off (native/content.cc). */
+  /** Per page: passes unwritten, held-in-index and merged bits, back-off (native/dedup.cc). */
   state: Uint32Array
   /** Content hash of each page held in the index. */
   hashes: BigUint64Array
@@ -134,17 +142,12 @@ interface Tracked {
   runs: number
 }
 
-const K = native.contentConstants
-const modeCodes = { none: K.MODE_NONE, sksm: K.MODE_SKSM, ksm: K.MODE_KSM } as const
-// native/content.cc ConfigField and ReportField.
-const Config = { mode: 0, stablePasses: 1, backoffPasses: 2, budgetNs: 3, runAllowance: 4 } as const
-const Report = {
-  written: 0, candidates: 1, hashed: 2, duplicates: 3, merged: 4, cow: 5, mergedTotal: 6, unmarked: 7,
-  deferred: 8, indexFull: 9, mergeReplaced: 10, cpuNs: 11, failedStage: 12, scanNs: 13, hashNs: 14, mergeNs: 15, mergeDeferred: 16,
-  coarsened: 17, markedRuns: 18,
-} as const
-// native/content.cc: the per-page state bit of a page inside a range this Deduplicator marked MADV_MERGEABLE.
-const kMarked = 1 << 11
+// The layouts of config and report, the modes, failure stages and state bits: native/dedup.cc's,
+// by name (checked at load, lib/native.ts).
+const Config = native.dedupConfig
+const Report = native.dedupReport
+/** The per-page state bit of a page inside a range this Deduplicator marked MADV_MERGEABLE. */
+const kMarked = native.dedupStateBit.marked
 function addReport(report: PassReport, { region, out }: Tracked): void {
   report.trackedPages += region.pages
   report.writtenPages += out[Report.written]
@@ -152,12 +155,14 @@ function addReport(report: PassReport, { region, out }: Tracked): void {
   report.hashedPages += out[Report.hashed]
   report.duplicatePages += out[Report.duplicates]
   report.mergedPages += out[Report.merged]
+  report.markedPages += out[Report.marked]
   report.cowAfterMerge += out[Report.cow]
   report.mergedTotal += out[Report.mergedTotal]
+  report.markedTotal += out[Report.markedTotal]
   report.unmarkedPages += out[Report.unmarked]
   report.deferredPages += out[Report.deferred]
   report.indexFullPages += out[Report.indexFull]
-  report.wpLostPages += out[Report.mergeReplaced]
+  report.wpLostPages += out[Report.wpLost]
   report.mergeDeferredPages += out[Report.mergeDeferred]
   report.coarsenedPages += out[Report.coarsened]
   report.scanMs += out[Report.scanNs] / 1e6
@@ -165,7 +170,26 @@ function addReport(report: PassReport, { region, out }: Tracked): void {
   report.mergeMs += out[Report.mergeNs] / 1e6
 }
 
-const failedSyscall = ['', 'ioctl(PAGEMAP_SCAN)', 'madvise(MADV_MERGE)', 'madvise(MADV_MERGEABLE)', 'madvise(MADV_UNMERGEABLE)', 'pread(/proc/self/pagemap)']
+/** The call behind each failure stage a pass reports with its -errno. */
+const stageSyscalls: Record<keyof typeof native.dedupFailedStage, string> = {
+  pagemapScan: 'ioctl(PAGEMAP_SCAN)',
+  madviseMerge: 'madvise(MADV_MERGE)',
+  madviseMergeable: 'madvise(MADV_MERGEABLE)',
+  madviseUnmergeable: 'madvise(MADV_UNMERGEABLE)',
+  pagemapRead: 'pread(/proc/self/pagemap)',
+}
+const failedSyscall = new Map(Object.entries(stageSyscalls).map(([stage, syscall]) => [native.dedupFailedStage[stage as keyof typeof stageSyscalls], syscall]))
+
+/**
+ * @internal The error of a failed dedupScan / dedupMerge: the SyscallError of the call its failure
+ * stage names, with the errno that call returned. A -errno without a known stage is no syscall's:
+ * native code broke its contract (ERR_INTERNAL_ASSERTION), never an errno passed off as one.
+ */
+export function passFailure(rc: number, stage: number, context: string): Error {
+  const syscall = failedSyscall.get(stage)
+  if (syscall !== undefined) return new SyscallError(syscall, -rc, context)
+  return codedError('ERR_INTERNAL_ASSERTION', `${context}: the native pass returned ${rc} with failure stage ${stage}, which names no call (native/dedup.cc and lib/ disagree)`)
+}
 
 /** vm.max_map_count: the VMAs a process may hold (the kernel's default where /proc/sys is absent). */
 function maxMapCount(): number {
@@ -224,7 +248,7 @@ export class Deduplicator {
   #pagemapFd: number
   #tracked = new Map<Region, Tracked>()
   #merge: 'sksm' | 'ksm' | 'none'
-  #config = new Float64Array(K.CONFIG_LENGTH)
+  #config = new Float64Array(Config.length)
   #cpuBudgetNs: number
   #mergeTurns: boolean
   #vmaBudget: number
@@ -233,6 +257,7 @@ export class Deduplicator {
   #cpuMs = 0
   #cowAfterMerge = 0
   #mergedTotal = 0
+  #markedTotal = 0
   #history: PassReport[] = []
   #timer: NodeJS.Timeout | undefined
   #intervalMs = 0
@@ -268,7 +293,7 @@ export class Deduplicator {
     if (index !== undefined && !(index instanceof TwinIndex)) throw invalidArgType('options.index', 'a TwinIndex', index)
     if (index !== undefined) twinIndexHandle(index, 'create a Deduplicator')
     this.#merge = resolveMerge(validateOneOf(opts.merge ?? 'auto', 'options.merge', ['auto', 'sksm', 'ksm', 'none'] as const))
-    this.#config[Config.mode] = modeCodes[this.#merge]
+    this.#config[Config.mode] = native.dedupMode[this.#merge]
     this.#config[Config.stablePasses] = stablePasses
     this.#config[Config.backoffPasses] = backoffPasses
     this.#uffd = Userfaultfd.open({ features: ['wpAsync', 'wpUnpopulated'] })
@@ -348,7 +373,7 @@ export class Deduplicator {
         this.#forget(region)
       }
     })
-    this.#tracked.set(region, { region, unsubscribe, state, hashes, out: new Float64Array(K.REPORT_LENGTH), runs: 0 })
+    this.#tracked.set(region, { region, unsubscribe, state, hashes, out: new Float64Array(Report.length), runs: 0 })
   }
 
   /**
@@ -390,7 +415,7 @@ export class Deduplicator {
    */
   pass(): PassReport {
     this.#assertOpen('pass')
-    const index = twinIndexHandle(this.#index, 'pass')
+    twinIndexHandle(this.#index, 'pass') // ERR_TWIN_INDEX_CLOSED before anything is done
     const time = Date.now()
     const started = performance.now()
     const cpuStarted = native.threadCpuNs()
@@ -400,7 +425,7 @@ export class Deduplicator {
     const order = all.map((_, i) => all[(first + i) % all.length])
     // What is left of the budget for a step that may spend `share` of it (0: no budget).
     const left = (share: number) => (this.#cpuBudgetNs === 0 ? 0 : Math.max(1, this.#cpuBudgetNs * share - (native.threadCpuNs() - cpuStarted)))
-    for (const tracked of order) this.#scan(tracked, index, left(0.5))
+    for (const tracked of order) this.#scan(tracked, left(0.5))
     // mergeTurns: one merging process at a time among those sharing the index; when another has
     // the turn, this pass only counts its twins and leaves them for the next.
     // The lease outlasts ten budgets (at least 1 s): the turn ends by endMergeTurn, not by expiry.
@@ -408,7 +433,7 @@ export class Deduplicator {
     const turn = takesTurns ? this.#index.tryMergeTurn({ leaseMs: this.#cpuBudgetNs ? Math.max(1000, Math.ceil(this.#cpuBudgetNs / 1e5)) : 10_000 }) : null
     const notOurTurn = takesTurns && turn === null
     try {
-      for (const tracked of order) this.#mergeTwins(tracked, index, notOurTurn ? -1 : left(1))
+      for (const tracked of order) this.#mergeTwins(tracked, notOurTurn ? -1 : left(1))
     } finally {
       if (turn !== null) this.#index.endMergeTurn(turn)
     }
@@ -458,7 +483,7 @@ export class Deduplicator {
       this.#timer = undefined
       try {
         const report = this.pass()
-        const idle = report.hashedPages + report.mergedPages + report.deferredPages + report.mergeDeferredPages + report.cowAfterMerge === 0
+        const idle = report.hashedPages + report.mergedPages + report.markedPages + report.deferredPages + report.mergeDeferredPages + report.cowAfterMerge === 0
         this.#intervalMs = idle ? Math.min(maxIntervalMs, Math.max(1, this.#intervalMs * 2)) : intervalMs
         ;(onPass as ((report: PassReport) => void) | undefined)?.(report)
       } catch (error) {
@@ -482,7 +507,7 @@ export class Deduplicator {
 
   /** Totals and the latest pass reports. */
   stats(): DeduplicatorStats {
-    return { passes: this.#pass, cpuMs: this.#cpuMs, mergedPages: this.#mergedTotal, cowAfterMerge: this.#cowAfterMerge, history: [...this.#history] }
+    return { passes: this.#pass, cpuMs: this.#cpuMs, mergedPages: this.#mergedTotal, markedPages: this.#markedTotal, cowAfterMerge: this.#cowAfterMerge, history: [...this.#history] }
   }
 
   /**
@@ -525,24 +550,25 @@ export class Deduplicator {
   }
 
   /** Steps 1-2: writes since the last pass, then the candidates, hashed into the index. */
-  #scan(tracked: Tracked, index: TwinIndexHandle, budgetNs: number): void {
+  #scan(tracked: Tracked, budgetNs: number): void {
     const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
     this.#config[Config.budgetNs] = budgetNs
     this.#config[Config.runAllowance] = this.#runAllowance(tracked)
-    const rc = native.dedupScan(this.#pagemapFd, index, span.address, region.pages, state, hashes, this.#config, out)
+    // The index's handle right before the call (no JS runs in between: a closed index is ERR_TWIN_INDEX_CLOSED).
+    const rc = native.dedupScan(this.#pagemapFd, twinIndexHandle(this.#index, 'pass'), span.address, region.pages, state, hashes, this.#config, out)
     // A failed call may have unmarked some runs before it stopped: count them from the state then.
     if (this.#merge === 'ksm') tracked.runs = rc >= 0 ? out[Report.markedRuns] : countRuns(state)
     this.#check(rc, tracked)
   }
 
   /** Step 3: candidates with a twin anywhere, merged (or marked for ksmd) in runs. */
-  #mergeTwins(tracked: Tracked, index: TwinIndexHandle, budgetNs: number): void {
+  #mergeTwins(tracked: Tracked, budgetNs: number): void {
     const { region, state, hashes, out } = tracked
     const span = region.readableSpan(undefined, 'Deduplicator.pass')
     this.#config[Config.budgetNs] = budgetNs
     this.#config[Config.runAllowance] = this.#runAllowance(tracked)
-    const rc = native.dedupMerge(index, span.address, region.pages, state, hashes, this.#config, out)
+    const rc = native.dedupMerge(twinIndexHandle(this.#index, 'pass'), span.address, region.pages, state, hashes, this.#config, out)
     // A failed call keeps the marks it made before the failure: count them from the state then.
     if (this.#merge === 'ksm') tracked.runs = rc >= 0 ? out[Report.markedRuns] : countRuns(state)
     this.#check(rc, tracked)
@@ -588,15 +614,13 @@ export class Deduplicator {
   }
 
   #check(rc: number, tracked: Tracked): void {
-    if (rc >= 0) return
-    if (-rc === errno.EBADF && this.#index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot pass: the TwinIndex is closed')
-    throw new SyscallError(failedSyscall[tracked.out[Report.failedStage]] ?? 'dedupPass', -rc, `Deduplicator.pass on ${tracked.region.length} bytes`)
+    if (rc < 0) throw passFailure(rc, tracked.out[Report.failedStage], `Deduplicator.pass on ${tracked.region.length} bytes`)
   }
 
   #emptyReport(time: number): PassReport {
     return {
       pass: this.#pass + 1, time, trackedPages: 0, writtenPages: 0, candidatePages: 0, hashedPages: 0, duplicatePages: 0,
-      mergedPages: 0, cowAfterMerge: 0, mergedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, mergeTurnBusy: false, indexFullPages: 0, wpLostPages: 0,
+      mergedPages: 0, markedPages: 0, cowAfterMerge: 0, mergedTotal: 0, markedTotal: 0, unmarkedPages: 0, deferredPages: 0, mergeDeferredPages: 0, mergeTurnBusy: false, indexFullPages: 0, wpLostPages: 0,
       coarsenedPages: 0, markedRuns: 0, cpuMs: 0, scanMs: 0, hashMs: 0, mergeMs: 0, durationMs: 0,
     }
   }
@@ -606,6 +630,7 @@ export class Deduplicator {
     this.#cpuMs += report.cpuMs
     this.#cowAfterMerge += report.cowAfterMerge
     this.#mergedTotal = report.mergedTotal
+    this.#markedTotal = report.markedTotal
     if (this.#historyLength === 0) return
     this.#history.push(report)
     if (this.#history.length > this.#historyLength) this.#history.splice(0, this.#history.length - this.#historyLength)

@@ -100,6 +100,8 @@ export const codes = {
    * is full near that hash). Release contents, or create a larger index.
    */
   ERR_TWIN_INDEX_FULL: 'Error',
+  /** A native result outside its contract (a -errno with no failure stage naming the call): a memdedup bug, never an errno passed off as a syscall's (Node's code). */
+  ERR_INTERNAL_ASSERTION: 'Error',
   /** The addon could not allocate memory (std::bad_alloc at the N-API boundary, native/content.cc): nothing was changed. Node's own code. */
   ERR_MEMORY_ALLOCATION_FAILED: 'Error',
   /** MshareRegion.open() of a region whose creator has not sized it yet (the msharefs file's size is 0). */

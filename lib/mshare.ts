@@ -15,23 +15,14 @@ import path from 'node:path'
 import { native, constants as C, pageSize } from './native.ts'
 import { check, codedError, FeatureUnavailableError, fsCall, parseError } from './errors.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
-import { Region, type Protection, type Range } from './region.ts'
+import { maxRegionLength, protBits, protections, Region, type Protection, type Range } from './region.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, readRange, validateBoolean, validateInteger, validateOneOf, validatePageLength, validatePageOffset } from './validate.ts'
 
 /** Where msharefs is mounted (the series' documented mount point). */
 export const mountPoint = '/sys/fs/mshare'
 const infoFile = path.join(mountPoint, 'mshare_info')
 const M = native.mshareConstants
-const protections: readonly Protection[] = ['none', 'r', 'rw', 'rx', 'rwx']
-const protBits: Record<Protection, number> = {
-  none: C.PROT_NONE,
-  r: C.PROT_READ,
-  rw: C.PROT_READ | C.PROT_WRITE,
-  rx: C.PROT_READ | C.PROT_EXEC,
-  rwx: C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC,
-}
 const hugePageSize = 2 * 1024 * 1024
-const maxRegionSize = 2 ** 47
 // A memfd Region handed to mapMemfd() is a real one (the brand check), but its prototype is the
 // caller's to swap: its length and descriptor are read through Region's own getters, taken here
 // before any caller code ran (a length that lied would map past the memfd's end: SIGBUS).
@@ -265,7 +256,7 @@ export class MshareRegion {
     const file = validateName(name)
     const opts = readOptions(options, 'options', ['mount'])
     const doMount = validateBoolean(opts.mount ?? true, 'options.mount')
-    const bytes = validateInteger(size, 'size', 1, maxRegionSize)
+    const bytes = validateInteger(size, 'size', 1, maxRegionLength)
     prepare(doMount)
     const align = readAlignment()
     if (bytes % align !== 0) throw outOfRange('size', `a multiple of the mshare alignment (${align}, /sys/fs/mshare/mshare_info)`, size)

@@ -3,9 +3,20 @@
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
+import { SyscallError } from './errors.ts'
 
-/** Raw result convention: >= 0 success, negative value = -errno. */
+/** Raw result convention: >= 0 success, negative value = -errno. Decoded by errors.ts check(). */
 export type Rc = number
+
+/**
+ * The decoder of the other native return shape, a handle or -errno (twinIndexCreate, twinIndexOpen):
+ * the handle, or the SyscallError of the errno `syscall` returned. Native code returns no sentinel
+ * beside these: a refusal that is no errno has a shape of its own (twinIndexOpen's string).
+ */
+export function checkHandle<H extends object>(result: H | Rc, syscall: string, context?: string): H {
+  if (typeof result === 'number') throw new SyscallError(syscall, result, context)
+  return result
+}
 
 // The constants the native side exports, by name. These lists are the one place lib/ spells a
 // native constant: the types below come from them (a typo does not compile) and load() checks
@@ -21,8 +32,7 @@ const mmConstantNames = [
 ] as const
 const pagemapConstantNames = [
   'PAGE_IS_WPALLOWED', 'PAGE_IS_WRITTEN', 'PAGE_IS_FILE', 'PAGE_IS_PRESENT', 'PAGE_IS_SWAPPED', 'PAGE_IS_PFNZERO',
-  'PAGE_IS_HUGE', 'PAGE_IS_SOFT_DIRTY', 'PAGE_IS_GUARD', 'PM_SCAN_WP_MATCHING', 'PM_SCAN_CHECK_WPASYNC',
-  'SCAN_ARG_LENGTH', 'ENTRY_PRESENT', 'ENTRY_SWAPPED', 'ENTRY_FILE', 'ENTRY_EXCLUSIVE', 'ENTRY_SOFT_DIRTY', 'ENTRY_UFFD_WP',
+  'PAGE_IS_HUGE', 'PAGE_IS_SOFT_DIRTY', 'PAGE_IS_GUARD', 'PM_SCAN_WP_MATCHING', 'PM_SCAN_CHECK_WPASYNC', 'ENTRY_PRESENT', 'ENTRY_SWAPPED', 'ENTRY_FILE', 'ENTRY_EXCLUSIVE', 'ENTRY_SOFT_DIRTY', 'ENTRY_UFFD_WP',
 ] as const
 const uffdConstantNames = [
   'OPEN_SYSCALL', 'OPEN_SYSCALL_USER_MODE_ONLY', 'OPEN_DEVICE', 'UFFD_FEATURE_PAGEFAULT_FLAG_WP', 'UFFD_FEATURE_EVENT_FORK',
@@ -34,13 +44,43 @@ const uffdConstantNames = [
   '_UFFDIO_REGISTER', '_UFFDIO_UNREGISTER', '_UFFDIO_WAKE', '_UFFDIO_COPY', '_UFFDIO_ZEROPAGE', '_UFFDIO_WRITEPROTECT',
   '_UFFDIO_CONTINUE', '_UFFDIO_API',
 ] as const
-const contentConstantNames = ['CONFIG_LENGTH', 'REPORT_LENGTH', 'MODE_NONE', 'MODE_SKSM', 'MODE_KSM'] as const
-export type ContentConstants = Readonly<Record<(typeof contentConstantNames)[number], number>>
 const mshareConstantNames = ['MSHAREFS_CREATE_MAPPING', 'MSHAREFS_UNMAP', 'MAP_SHARED_VALIDATE', 'MAP_HUGE_SHIFT'] as const
 export type MmConstants = Readonly<Record<(typeof mmConstantNames)[number], number>>
 export type PagemapConstants = Readonly<Record<(typeof pagemapConstantNames)[number], number>>
 export type UffdConstants = Readonly<Record<(typeof uffdConstantNames)[number], number>>
 export type MshareConstants = Readonly<Record<(typeof mshareConstantNames)[number], number>>
+
+// The layouts of the typed arrays native code reads and writes by slot, each slot by name. The
+// addon exports each as { slot: index, …, length } (native/addon.h ExportLayout); load() checks
+// that it names exactly these slots, each at its own index, covering 0 … length - 1 (checkContract):
+// a slot inserted, removed or renamed on either side fails the load instead of shifting reads.
+const layoutSlots = {
+  /** pm_scan_arg's fields in struct order, then `covered` (bytes in the returned regions). */
+  pagemapScanArg: ['size', 'flags', 'start', 'end', 'walkEnd', 'vec', 'vecLen', 'maxPages', 'categoryInverted', 'categoryMask', 'categoryAnyofMask', 'returnMask', 'covered'],
+  /** dedupScan / dedupMerge's config (native/dedup.cc ConfigField). */
+  dedupConfig: ['mode', 'stablePasses', 'backoffPasses', 'budgetNs', 'runAllowance'],
+  /** A region's pass report (native/dedup.cc ReportField). */
+  dedupReport: [
+    'written', 'candidates', 'hashed', 'duplicates', 'merged', 'cow', 'mergedTotal', 'unmarked', 'deferred', 'indexFull', 'wpLost',
+    'cpuNs', 'failedStage', 'scanNs', 'hashNs', 'mergeNs', 'mergeDeferred', 'coarsened', 'markedRuns', 'marked', 'markedTotal',
+  ],
+} as const
+// Named values lib/ reads (native/addon.h ExportTable): exactly these names, distinct integers.
+const tableNames = {
+  /** What failed when dedupScan / dedupMerge returned -errno (report.failedStage); never 0. */
+  dedupFailedStage: ['pagemapScan', 'madviseMerge', 'madviseMergeable', 'madviseUnmergeable', 'pagemapRead'],
+  /** config.mode values. */
+  dedupMode: ['none', 'sksm', 'ksm'],
+  /** Bits of the per-page state lib/ reads. */
+  dedupStateBit: ['marked'],
+} as const
+type LayoutName = keyof typeof layoutSlots
+type TableName = keyof typeof tableNames
+/** Slot index by name, and `length`: the typed array's length. */
+export type Layout<L extends LayoutName> = Readonly<Record<(typeof layoutSlots)[L][number] | 'length', number>>
+export type Table<T extends TableName> = Readonly<Record<(typeof tableNames)[T][number], number>>
+export type Layouts = { readonly [L in LayoutName]: Layout<L> }
+export type Tables = { readonly [T in TableName]: Table<T> }
 
 // Every native function re-checks its arguments (type, range, and for typed arrays the element
 // type and length of the exact object): a failed check throws TypeError ERR_INVALID_ARG_TYPE or
@@ -101,33 +141,27 @@ export interface UserfaultfdBinding {
   uffdConstants: UffdConstants
 }
 
-export interface ContentBinding {
+export interface TwinIndexBinding {
   /** Hashes the pages at address + index * pageSize into out. throughKernel (1) copies each page
    *  through the kernel first, for file-backed memory (-EFAULT instead of SIGBUS past the file's end). */
   hashPages(address: number, pageIndexes: Uint32Array, count: number, out: BigUint64Array, throughKernel: 0 | 1): Rc
   /** A sealed shared memfd twin index of `slots` (power of two) words → handle | -errno. */
   twinIndexCreate(slots: number): TwinIndexHandle | Rc
-  /** Maps the twin index behind fd (ownership passes on success) → handle | -errno | 1 not sealed | 2 not a twin index. */
-  twinIndexOpen(fd: number): TwinIndexHandle | Rc
-  /** Unmaps and closes now (-EBADF once closed). */
+  /** Maps the twin index behind fd (ownership passes on success) → handle | -errno | why the file is
+   *  refused (a string: not a sealed memfd, not a twin index). */
+  twinIndexOpen(fd: number): TwinIndexHandle | Rc | string
+  /** Unmaps and closes now → 0 (idempotent). Every other function refuses a closed handle with a
+   *  TypeError: lib/ checks TwinIndex.closed right before each call. */
   twinIndexClose(index: TwinIndexHandle): Rc
   /** out = [fd, slots] or, with room for a third, [fd, slots, used slots] (counting reads the index's data pages). */
   twinIndexInfo(index: TwinIndexHandle, out: Float64Array): Rc
-  /** delta 1 / -1 / 0: one holder more / fewer / look; holders[i] after each update. -ENOSPC: index window full. */
+  /** delta 1 / -1 / 0: one holder more / fewer / look; holders[i] after each update → the hashes
+   *  updated: count, or fewer when the next one's probe window is full. */
   twinIndexUpdate(index: TwinIndexHandle, hashes: BigUint64Array, count: number, delta: -1 | 0 | 1, holders: Uint32Array): Rc
-  /** Takes the index's merge turn for leaseMs: its word (0n: another live thread has it) | -EBADF. */
-  twinIndexTakeTurn(index: TwinIndexHandle, leaseMs: number): bigint | Rc
-  /** Gives back the turn `word` took (no-op if it expired and is someone else's) → 0 | -EBADF. */
+  /** Takes the index's merge turn for leaseMs: its word (0n: another live thread has it). */
+  twinIndexTakeTurn(index: TwinIndexHandle, leaseMs: number): bigint
+  /** Gives back the turn `word` took (no-op if it expired and is someone else's) → 0. */
   twinIndexGiveTurn(index: TwinIndexHandle, word: bigint): Rc
-  /** A deduplicator pass over one region, steps 1-2 (writes, candidates, hashing); config and report as lib/deduplicator.ts lays them out. */
-  dedupScan(pagemapFd: number, index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
-  /** Step 3 (twins, merge runs), after every region's dedupScan. */
-  dedupMerge(index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
-  /** Releases every hash the region's state holds in the index and clears the state. */
-  dedupRelease(index: TwinIndexHandle, pages: number, state: Uint32Array, hashes: BigUint64Array): Rc
-  /** CLOCK_THREAD_CPUTIME_ID in ns. */
-  threadCpuNs(): number
-  contentConstants: ContentConstants
 }
 /** An opaque native twin index (a type-tagged External; its finalizer unmaps and closes). */
 export type TwinIndexHandle = { readonly __brand: 'TwinIndexHandle' }
@@ -142,17 +176,82 @@ export interface MshareBinding {
   mshareConstants: MshareConstants
 }
 
-export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & ContentBinding & MshareBinding
+export interface DedupBinding {
+  /** A deduplicator pass over one region, steps 1-2 (writes, candidates, hashing); config and report
+   *  laid out as dedupConfig and dedupReport say. -errno: report[dedupReport.failedStage] says what failed. */
+  dedupScan(pagemapFd: number, index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
+  /** Step 3 (twins, merge runs), after every region's dedupScan. */
+  dedupMerge(index: TwinIndexHandle, address: number, pages: number, state: Uint32Array, hashes: BigUint64Array, config: Float64Array, report: Float64Array): Rc
+  /** Releases every hash the region's state holds in the index and clears the state. */
+  dedupRelease(index: TwinIndexHandle, pages: number, state: Uint32Array, hashes: BigUint64Array): Rc
+  /** CLOCK_THREAD_CPUTIME_ID in ns. */
+  threadCpuNs(): number
+}
 
-function assertConstants(binding: Binding): void {
-  const missing: string[] = []
-  const groups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames], ['contentConstants', contentConstantNames]] as const
-  for (const [group, names] of groups) {
-    const values = (binding as unknown as Record<string, Record<string, unknown>>)[group] ?? {}
-    for (const name of names) if (typeof values[name] !== 'number') missing.push(`${group}.${name}`)
+export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & Layouts & Tables
+
+const isIndex = (value: unknown, below: number) => typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < below
+
+/**
+ * @internal What of the contract with native code `exports` breaks (empty: none): every constant
+ * by name; every layout names exactly its slots, each at a distinct index, together 0 … length - 1;
+ * every table names exactly its values, distinct integers. load() throws on any problem; exported
+ * for the test that a shifted or missing slot fails it.
+ */
+export function contractProblems(exports: unknown): string[] {
+  const problems: string[] = []
+  const binding = (typeof exports === 'object' && exports !== null ? exports : {}) as Record<string, unknown>
+  const group = (name: string) => {
+    const value = binding[name]
+    if (typeof value === 'object' && value !== null) return value as Record<string, unknown>
+    problems.push(`${name} (not exported)`)
+    return undefined
   }
-  if (missing.length > 0) {
-    throw new Error(`memdedup native addon is stale (rebuild it: \`npm run build\` in a checkout, \`npm rebuild memdedup\` where installed): it does not export ${missing.join(', ')}`)
+  const constantGroups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames]] as const
+  for (const [name, names] of constantGroups) {
+    const values = group(name)
+    if (values) for (const constant of names) if (typeof values[constant] !== 'number') problems.push(`${name}.${constant} (missing)`)
+  }
+  const namesOf = (values: Record<string, unknown>, expected: readonly string[], name: string, extra: string[] = []) => {
+    for (const key of expected) if (!(key in values)) problems.push(`${name}.${key} (missing)`)
+    for (const key of Object.keys(values)) if (!expected.includes(key) && !extra.includes(key)) problems.push(`${name}.${key} (unknown to lib/)`)
+  }
+  for (const [name, slots] of Object.entries(layoutSlots) as [LayoutName, readonly string[]][]) {
+    const layout = group(name)
+    if (!layout) continue
+    namesOf(layout, slots, name, ['length'])
+    const length = layout.length
+    if (length !== slots.length) problems.push(`${name}.length (${String(length)}, lib/ knows ${slots.length} slots)`)
+    const taken = new Map<unknown, string>()
+    for (const slot of slots) {
+      if (!(slot in layout)) continue
+      const index = layout[slot]
+      if (!isIndex(index, slots.length)) problems.push(`${name}.${slot} (slot ${String(index)}, not in 0 … ${slots.length - 1})`)
+      else if (taken.has(index)) problems.push(`${name}.${slot} (slot ${index}, also ${name}.${taken.get(index)})`)
+      taken.set(index, slot)
+    }
+  }
+  for (const [name, names] of Object.entries(tableNames) as [TableName, readonly string[]][]) {
+    const table = group(name)
+    if (!table) continue
+    namesOf(table, names, name)
+    const taken = new Map<unknown, string>()
+    for (const key of names) {
+      if (!(key in table)) continue
+      const value = table[key]
+      if (typeof value !== 'number' || !Number.isSafeInteger(value)) problems.push(`${name}.${key} (${String(value)}, not an integer)`)
+      else if (taken.has(value)) problems.push(`${name}.${key} (${value}, also ${name}.${taken.get(value)})`)
+      taken.set(value, key)
+    }
+  }
+  return problems
+}
+
+/** Throws unless `exports` keeps the contract (contractProblems): a stale or mismatched addon fails at load. */
+export function checkContract(exports: unknown): void {
+  const problems = contractProblems(exports)
+  if (problems.length > 0) {
+    throw new Error(`memdedup native addon does not match lib/ (a stale build? rebuild it: \`npm run build\` in a checkout, \`npm rebuild memdedup\` where installed): ${problems.join(', ')}`)
   }
 }
 
@@ -171,7 +270,7 @@ function load(): Binding {
       tried.push(file)
       try {
         const binding = require(file) as Binding
-        assertConstants(binding)
+        checkContract(binding)
         return binding
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw error

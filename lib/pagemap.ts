@@ -443,11 +443,12 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
   }
 }
 
-/** pm_scan_arg fields, in struct order (see native/pagemap.cc), then the covered-bytes output. */
-const Arg = { flags: 1, start: 2, end: 3, walkEnd: 4, vecLen: 6, maxPages: 7, inverted: 8, mask: 9, anyof: 10, report: 11, covered: 12 } as const
-type ScanFields = { [K in Exclude<keyof typeof Arg, 'walkEnd' | 'covered'>]: number }
+/** pm_scan_arg's slots by name, and the covered-bytes output (native/pagemap.cc, checked at load). */
+const Arg = native.pagemapScanArg
+/** The slots lib/ fills (size and vec are set natively; walkEnd and covered are outputs). */
+type ScanFields = Record<'flags' | 'start' | 'end' | 'vecLen' | 'maxPages' | 'categoryInverted' | 'categoryMask' | 'categoryAnyofMask' | 'returnMask', number>
 // One per module instance (each worker has its own): no JS runs while the native call uses it.
-const scanArg = new BigUint64Array(P.SCAN_ARG_LENGTH)
+const scanArg = new BigUint64Array(Arg.length)
 
 /** Fills scanArg; numbers are signed 64-bit (so -1 reaches the kernel as ~0, for raw scans). */
 function fillScanArg(fields: ScanFields): BigUint64Array {
@@ -462,7 +463,7 @@ function run(p: Plan, start: number): ScanResult {
   const categories = p.output?.categories ?? new Uint32Array(p.vectorLength)
   const arg = fillScanArg({
     flags: p.flags, start, end: p.end, vecLen: p.vectorLength, maxPages: p.maxPages,
-    inverted: p.inverted, mask: p.mask, anyof: p.anyof, report: p.report,
+    categoryInverted: p.inverted, categoryMask: p.mask, categoryAnyofMask: p.anyof, returnMask: p.report,
   })
   // The context string is built only on failure: this runs on every scan of a hot loop.
   const n = check(native.pagemapScan(pagemapDescriptor(), arg, starts, ends, categories), 'ioctl(PAGEMAP_SCAN)', () => scanContext(p))
@@ -564,8 +565,8 @@ function readRawArgs(args: RawScanArgs | undefined): RawFields {
 
 function rawScan(start: number, end: number, a: RawFields): { regions: number; walkEnd: bigint } {
   const arg = fillScanArg({
-    flags: a.flags, start, end, vecLen: a.vecLen, maxPages: a.maxPages, inverted: a.categoryInverted,
-    mask: a.categoryMask, anyof: a.categoryAnyofMask, report: a.returnMask,
+    flags: a.flags, start, end, vecLen: a.vecLen, maxPages: a.maxPages, categoryInverted: a.categoryInverted,
+    categoryMask: a.categoryMask, categoryAnyofMask: a.categoryAnyofMask, returnMask: a.returnMask,
   })
   const n = check(native.pagemapScan(pagemapDescriptor(), arg, a.vec?.starts ?? null, a.vec?.ends ?? null, a.vec?.categories ?? null),
     'ioctl(PAGEMAP_SCAN)', () => `raw flags ${a.flags}`)

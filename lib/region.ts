@@ -29,8 +29,8 @@ export interface Range {
 
 /** Largest `bytes` view: Node's typed array limit. */
 const maxViewLength = Math.floor(bufferConstants.MAX_LENGTH / pageSize) * pageSize
-const protections: readonly Protection[] = ['none', 'r', 'rw', 'rx', 'rwx']
-const protBits: Record<Protection, number> = {
+export const protections: readonly Protection[] = ['none', 'r', 'rw', 'rx', 'rwx']
+export const protBits: Readonly<Record<Protection, number>> = {
   none: C.PROT_NONE,
   r: C.PROT_READ,
   rw: C.PROT_READ | C.PROT_WRITE,

@@ -8,7 +8,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPrctl(env, exports);
   InitUserfaultfd(env, exports);
   InitPagemap(env, exports);
-  InitContent(env, exports);
+  InitTwinIndex(env, exports);
+  InitDedup(env, exports);
   InitMshare(env, exports);
   return exports;
 }

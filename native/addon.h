@@ -6,7 +6,10 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
+#include <initializer_list>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -17,7 +20,8 @@ void InitMm(Napi::Env env, Napi::Object exports);
 void InitPrctl(Napi::Env env, Napi::Object exports);
 void InitUserfaultfd(Napi::Env env, Napi::Object exports);
 void InitPagemap(Napi::Env env, Napi::Object exports);
-void InitContent(Napi::Env env, Napi::Object exports);
+void InitTwinIndex(Napi::Env env, Napi::Object exports);
+void InitDedup(Napi::Env env, Napi::Object exports);
 void InitMshare(Napi::Env env, Napi::Object exports);
 
 // Copies `length` bytes at `address` of this process into dst through the kernel (never faults
@@ -130,13 +134,58 @@ inline Napi::Value Result(Napi::Env env, long rc) {
   return Napi::Number::New(env, rc < 0 ? -errno : static_cast<double>(rc));
 }
 
-// Registers a native function; its name is also the callback data, for ThrowArgument's message.
-inline void Export(Napi::Object exports, const char* name, Napi::Function::Callback fn) {
-  exports.Set(name, Napi::Function::New(exports.Env(), fn, name, const_cast<char*>(name)));
+// The N-API boundary of every native function: a std::bad_alloc (a std::vector, a std::string or
+// a `new` that could not get memory) is thrown to JS as an Error with Node's code
+// ERR_MEMORY_ALLOCATION_FAILED, never std::terminate's abort. No syscall returned it, so it is not
+// a SyscallError ENOMEM. The functions allocate before they change anything, so nothing is left
+// half-done. This is why C++ exceptions are compiled in (binding.gyp): nothing else throws.
+template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
+Napi::Value NoAbort(const Napi::CallbackInfo& info) {
+  try {
+    return Fn(info);
+  } catch (const std::bad_alloc&) {
+    // A fixed message: building one could fail the same way.
+    const char* fn = info.Data() != nullptr ? static_cast<const char*>(info.Data()) : "native";
+    char message[96];
+    snprintf(message, sizeof message, "%s: out of memory (a native allocation failed)", fn);
+    napi_throw_error(info.Env(), "ERR_MEMORY_ALLOCATION_FAILED", message);
+    return info.Env().Undefined();
+  }
+}
+
+// Registers a native function behind NoAbort; its name is also the callback data, for
+// ThrowArgument's message and NoAbort's.
+template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
+inline void Export(Napi::Object exports, const char* name) {
+  exports.Set(name, Napi::Function::New(exports.Env(), NoAbort<Fn>, name, const_cast<char*>(name)));
 }
 
 inline void SetConst(Napi::Object obj, const char* name, double value) {
   obj.Set(name, Napi::Number::New(obj.Env(), value));
+}
+
+// The contract with lib/: every slot of a typed array native code reads or writes by index, every
+// report field, failure stage and bit lib/ reads, exported by name. lib/native.ts checks at load
+// that each table names exactly what it expects (a slot added, removed or moved on one side fails
+// the load instead of shifting every read) and reads them by name from there.
+struct Named {
+  const char* name;
+  double value;
+};
+
+// A table of named values: distinct numbers (failure stages, modes, state bits).
+inline void ExportTable(Napi::Object exports, const char* table, std::initializer_list<Named> entries) {
+  Napi::Object object = Napi::Object::New(exports.Env());
+  for (const Named& entry : entries) object.Set(entry.name, Napi::Number::New(exports.Env(), entry.value));
+  exports.Set(table, object);
+}
+
+// The layout of a typed array: each slot's index by name, and `length`, the slots it has.
+inline void ExportLayout(Napi::Object exports, const char* layout, size_t length, std::initializer_list<Named> slots) {
+  Napi::Object object = Napi::Object::New(exports.Env());
+  for (const Named& slot : slots) object.Set(slot.name, Napi::Number::New(exports.Env(), slot.value));
+  object.Set("length", Napi::Number::New(exports.Env(), static_cast<double>(length)));
+  exports.Set(layout, object);
 }
 
 }  // namespace memdedup

@@ -196,20 +196,20 @@ long ReadOwnMemory(void* dst, uintptr_t address, size_t length) {
 }
 
 void InitMm(Napi::Env env, Napi::Object exports) {
-  Export(exports, "mmap", Mmap);
-  Export(exports, "munmap", Munmap);
-  Export(exports, "mprotect", Mprotect);
-  Export(exports, "madvise", Madvise);
-  Export(exports, "mremap", Mremap);
-  Export(exports, "mmapFixed", MmapFixed);
-  Export(exports, "mremapFixed", MremapFixed);
-  Export(exports, "wrap", Wrap);
-  Export(exports, "detach", Detach);
-  Export(exports, "readMemory", ReadMemory);
-  Export(exports, "addSeals", AddSeals);
-  Export(exports, "memfdCreate", MemfdCreate);
-  Export(exports, "ftruncate", Ftruncate);
-  Export(exports, "closeFd", CloseFd);
+  Export<Mmap>(exports, "mmap");
+  Export<Munmap>(exports, "munmap");
+  Export<Mprotect>(exports, "mprotect");
+  Export<Madvise>(exports, "madvise");
+  Export<Mremap>(exports, "mremap");
+  Export<MmapFixed>(exports, "mmapFixed");
+  Export<MremapFixed>(exports, "mremapFixed");
+  Export<Wrap>(exports, "wrap");
+  Export<Detach>(exports, "detach");
+  Export<ReadMemory>(exports, "readMemory");
+  Export<AddSeals>(exports, "addSeals");
+  Export<MemfdCreate>(exports, "memfdCreate");
+  Export<Ftruncate>(exports, "ftruncate");
+  Export<CloseFd>(exports, "closeFd");
 
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "pageSize", static_cast<double>(sysconf(_SC_PAGESIZE)));

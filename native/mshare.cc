@@ -51,9 +51,9 @@ Napi::Value MountMsharefs(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitMshare(Napi::Env env, Napi::Object exports) {
-  Export(exports, "mshareCreateMapping", CreateMapping);
-  Export(exports, "mshareUnmap", Unmap);
-  Export(exports, "mountMsharefs", MountMsharefs);
+  Export<CreateMapping>(exports, "mshareCreateMapping");
+  Export<Unmap>(exports, "mshareUnmap");
+  Export<MountMsharefs>(exports, "mountMsharefs");
   Napi::Object constants = Napi::Object::New(env);
   SetConst(constants, "MSHAREFS_CREATE_MAPPING", static_cast<double>(MSHAREFS_CREATE_MAPPING));
   SetConst(constants, "MSHAREFS_UNMAP", static_cast<double>(MSHAREFS_UNMAP));

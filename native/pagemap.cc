@@ -4,19 +4,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <vector>
 
 #include "addon.h"
 #include "compat.h"
+#include "pagemap.h"
 
 namespace memdedup {
 namespace {
 
-// Bits of a /proc/pid/pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
-constexpr uint64_t kPfnMask = (1ULL << 55) - 1;
-constexpr int kSoftDirtyBit = 55, kExclusiveBit = 56, kUffdWpBit = 57, kFileBit = 61,
-              kSwappedBit = 62, kPresentBit = 63;
+using namespace pagemap_entry;
 // Flag byte of each entry, exported as ENTRY_* (lib/pagemap.ts PageFlag).
 enum : uint8_t { kPresent = 1, kSwapped = 2, kFile = 4, kExclusive = 8, kSoftDirty = 16, kUffdWp = 32 };
 
@@ -53,24 +52,27 @@ Napi::Value PagemapEntries(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(got));
 }
 
-// pm_scan_arg as lib/pagemap.ts passes it: the struct's 12 fields in order, then one output slot.
-constexpr size_t kScanArgFields = 12, kScanCovered = 12, kScanArgLength = 13;
+// pm_scan_arg as lib/pagemap.ts passes it: a BigUint64Array of the struct's fields in struct order
+// (each slot is its field's offset / 8), then one output slot: the pagemapScanArg layout.
+#define MEMDEDUP_SCAN_SLOT(field) (offsetof(struct pm_scan_arg, field) / sizeof(uint64_t))
+constexpr size_t kScanArgFields = sizeof(struct pm_scan_arg) / sizeof(uint64_t);
+constexpr size_t kScanWalkEnd = MEMDEDUP_SCAN_SLOT(walk_end), kScanCovered = kScanArgFields, kScanArgLength = kScanArgFields + 1;
 // A scratch vector this small stays allocated per thread; larger ones live for one call only.
 constexpr size_t kKeptScratch = 256;
 
-// pagemapScan(fd, arg: BigUint64Array(13), starts, ends, categories) -> regions | -errno
+// pagemapScan(fd, arg: BigUint64Array(kScanArgLength), starts, ends, categories) -> regions | -errno
 // PAGEMAP_SCAN into a native scratch vector, then split into the caller's three arrays (each
 // re-checked here for type and room for vec_len regions), or with all three null vec = 0. The
 // scratch vector is sized by the range (a region covers at least one page), never by vec_len
-// alone. On success arg[4] = walk_end (where a full vector or max_pages stopped the walk) and
-// arg[12] = bytes covered by the returned regions (summed here: BigInt arithmetic per region in
+// alone. On success arg[kScanWalkEnd] = walk_end (where a full vector or max_pages stopped the
+// walk) and arg[kScanCovered] = bytes covered by the returned regions (summed here: BigInt arithmetic per region in
 // JS costs ~30 ns each). size and vec are set here, whatever arg holds.
 Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
   MEMDEDUP_ARG(raw, ArgTypedArray<uint64_t>(info, 1, kScanArgLength));
   struct pm_scan_arg arg;
-  static_assert(sizeof(arg) == kScanArgFields * sizeof(uint64_t), "pm_scan_arg layout");
+  static_assert(sizeof(arg) % sizeof(uint64_t) == 0, "pm_scan_arg: 64-bit fields only, one slot each");
   memcpy(&arg, raw.data, sizeof(arg));
   arg.size = sizeof(arg);
   std::optional<ArrayArg<uint64_t>> starts, ends;
@@ -110,7 +112,7 @@ Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
       covered += scratch[i].end - scratch[i].start;
     }
   }
-  raw.data[4] = arg.walk_end;
+  raw.data[kScanWalkEnd] = arg.walk_end;
   raw.data[kScanCovered] = covered;
   return Napi::Number::New(env, static_cast<double>(rc));
 }
@@ -136,9 +138,9 @@ Napi::Value PagemapScanProbe(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitPagemap(Napi::Env env, Napi::Object exports) {
-  Export(exports, "pagemapEntries", PagemapEntries);
-  Export(exports, "pagemapScan", PagemapScan);
-  Export(exports, "pagemapScanProbe", PagemapScanProbe);
+  Export<PagemapEntries>(exports, "pagemapEntries");
+  Export<PagemapScan>(exports, "pagemapScan");
+  Export<PagemapScanProbe>(exports, "pagemapScanProbe");
 
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "PAGE_IS_WPALLOWED", PAGE_IS_WPALLOWED);
@@ -152,7 +154,6 @@ void InitPagemap(Napi::Env env, Napi::Object exports) {
   SetConst(c, "PAGE_IS_GUARD", PAGE_IS_GUARD);
   SetConst(c, "PM_SCAN_WP_MATCHING", PM_SCAN_WP_MATCHING);
   SetConst(c, "PM_SCAN_CHECK_WPASYNC", PM_SCAN_CHECK_WPASYNC);
-  SetConst(c, "SCAN_ARG_LENGTH", kScanArgLength);
   SetConst(c, "ENTRY_PRESENT", kPresent);
   SetConst(c, "ENTRY_SWAPPED", kSwapped);
   SetConst(c, "ENTRY_FILE", kFile);
@@ -160,6 +161,13 @@ void InitPagemap(Napi::Env env, Napi::Object exports) {
   SetConst(c, "ENTRY_SOFT_DIRTY", kSoftDirty);
   SetConst(c, "ENTRY_UFFD_WP", kUffdWp);
   exports.Set("pagemapConstants", c);
+  ExportLayout(exports, "pagemapScanArg", kScanArgLength,
+               {{"size", MEMDEDUP_SCAN_SLOT(size)}, {"flags", MEMDEDUP_SCAN_SLOT(flags)}, {"start", MEMDEDUP_SCAN_SLOT(start)},
+                {"end", MEMDEDUP_SCAN_SLOT(end)}, {"walkEnd", MEMDEDUP_SCAN_SLOT(walk_end)}, {"vec", MEMDEDUP_SCAN_SLOT(vec)},
+                {"vecLen", MEMDEDUP_SCAN_SLOT(vec_len)}, {"maxPages", MEMDEDUP_SCAN_SLOT(max_pages)},
+                {"categoryInverted", MEMDEDUP_SCAN_SLOT(category_inverted)}, {"categoryMask", MEMDEDUP_SCAN_SLOT(category_mask)},
+                {"categoryAnyofMask", MEMDEDUP_SCAN_SLOT(category_anyof_mask)}, {"returnMask", MEMDEDUP_SCAN_SLOT(return_mask)},
+                {"covered", kScanCovered}});
 }
 
 }  // namespace memdedup

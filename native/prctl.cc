@@ -31,9 +31,9 @@ Napi::Value SetVmaAnonName(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitPrctl(Napi::Env env, Napi::Object exports) {
-  Export(exports, "prctlGetMemoryMerge", GetMemoryMerge);
-  Export(exports, "prctlSetMemoryMerge", SetMemoryMerge);
-  Export(exports, "prctlSetVmaAnonName", SetVmaAnonName);
+  Export<GetMemoryMerge>(exports, "prctlGetMemoryMerge");
+  Export<SetMemoryMerge>(exports, "prctlSetMemoryMerge");
+  Export<SetVmaAnonName>(exports, "prctlSetVmaAnonName");
 }
 
 }  // namespace memdedup

@@ -98,11 +98,11 @@ Napi::Value UffdWriteProtect(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitUserfaultfd(Napi::Env env, Napi::Object exports) {
-  Export(exports, "uffdOpen", UffdOpen);
-  Export(exports, "uffdApi", UffdApi);
-  Export(exports, "uffdRegister", UffdRegister);
-  Export(exports, "uffdUnregister", UffdUnregister);
-  Export(exports, "uffdWriteProtect", UffdWriteProtect);
+  Export<UffdOpen>(exports, "uffdOpen");
+  Export<UffdApi>(exports, "uffdApi");
+  Export<UffdRegister>(exports, "uffdRegister");
+  Export<UffdUnregister>(exports, "uffdUnregister");
+  Export<UffdWriteProtect>(exports, "uffdWriteProtect");
 
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "OPEN_SYSCALL", kSyscall);

@@ -451,8 +451,8 @@ describe('safety: output arrays and options', () => {
     expect(thrown(() => native.mmap(0, -4096, 0, 0, -1, 0))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
     expect(thrown(() => native.hashPages(4096, new Uint32Array(1), 2, new BigUint64Array(2), 0))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
     expect(thrown(() => native.readMemory(4096, 4096, new Uint8Array(16)))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
-    const arg = new BigUint64Array(native.pagemapConstants.SCAN_ARG_LENGTH)
-    arg[6] = 1000n // vec_len larger than the arrays given
+    const arg = new BigUint64Array(native.pagemapScanArg.length)
+    arg[native.pagemapScanArg.vecLen] = 1000n // vec_len larger than the arrays given
     expect(thrown(() => native.pagemapScan(0, arg, new BigUint64Array(1), new BigUint64Array(1), new Uint32Array(1)))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
     expect(thrown(() => native.pagemapScan(0, new BigUint64Array(3), null, null, null))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' })
   })
@@ -470,6 +470,29 @@ describe('safety: output arrays and options', () => {
       console.log(JSON.stringify({ growth: rss() - before }))
     `)
     expect(result.growth).toBeLessThan(32 * 1024 * 1024) // was 1.5 GiB of scratch, kept per thread
+  })
+
+  it.skipIf(noScan)(`a native allocation that fails is ERR_MEMORY_ALLOCATION_FAILED, not an abort (every export is behind NoAbort) ${whyScan}`, () => {
+    // The scan's scratch vector (24 bytes a region) is allocated after the 20-byte-a-region output
+    // exists: with the address space capped just above what the process maps, only it fails.
+    const { result } = runChild(`
+      const { pagemap } = lib
+      const fs = await import('node:fs')
+      const { execFileSync } = await import('node:child_process')
+      const regions = 2 ** 24
+      const vec = pagemap.scanOutput(regions)
+      const mapped = Number(/VmSize:\\s+(\\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) * 1024
+      execFileSync('prlimit', ['--pid', String(process.pid), '--as=' + (mapped + 128 * 2 ** 20)])
+      let outcome
+      try {
+        pagemap.scanAddressesReadOnly(4096n, 2 ** 40, { vec, vecLen: regions })
+        outcome = { ok: true }
+      } catch (error) {
+        outcome = { name: error.name, code: error.code, message: error.message }
+      }
+      console.log(JSON.stringify(outcome))
+    `)
+    expect(result).toMatchObject({ name: 'Error', code: 'ERR_MEMORY_ALLOCATION_FAILED', message: expect.stringMatching(/^pagemapScan: out of memory/) })
   })
 
   it(`class 11: options are read once, so the write-protect check sees what the kernel gets`, () => {

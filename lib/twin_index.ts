@@ -1,9 +1,9 @@
 // Page content for the user-space deduplicator: page hashes, and the twin index that cooperating
-// processes share ("the unstable tree in user space", native/content.cc).
+// processes share ("the unstable tree in user space", native/twin_index.cc and twin_index.h).
 import fs from 'node:fs'
 import { types } from 'node:util'
-import { native, pageSize, type TwinIndexHandle } from './native.ts'
-import { check, codedError, errno, fsCall, SyscallError } from './errors.ts'
+import { checkHandle, native, pageSize, type TwinIndexHandle } from './native.ts'
+import { check, codedError } from './errors.ts'
 import { openRegularFile, Region, type Range } from './region.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, validateInteger } from './validate.ts'
@@ -45,15 +45,9 @@ function readHashes(hashes: unknown): { hashes: BigUint64Array; count: number } 
 const handles = new WeakMap<TwinIndex, TwinIndexHandle>()
 
 /**
- * A native index call's result: -EBADF is native/content.cc's word for a closed index (no syscall
- * returned it: ERR_TWIN_INDEX_CLOSED); any other -errno is the kernel's.
+ * The native handle of an open index; ERR_TWIN_INDEX_CLOSED once closed. Taken right before each
+ * native call (no JS runs in between): native code refuses a closed handle as a bypass of lib/.
  */
-function indexCheck(rc: number, syscall: string, operation: string): number {
-  if (rc === -errno.EBADF) throw codedError('ERR_TWIN_INDEX_CLOSED', `Cannot ${operation}: the TwinIndex is closed`)
-  return check(rc, syscall)
-}
-
-/** The native handle of an open index (for lib/deduplicator.ts); ERR_TWIN_INDEX_CLOSED once closed. */
 export function twinIndexHandle(index: TwinIndex, operation: string): TwinIndexHandle {
   const handle = handles.get(index)
   if (handle === undefined) throw invalidArgType('options.index', 'a TwinIndex', index)
@@ -100,8 +94,8 @@ export class TwinIndex {
   private constructor(token: Internal, handle: TwinIndexHandle) {
     assertInternal(token, new.target, TwinIndex, 'TwinIndex.create() or TwinIndex.open()')
     handles.set(this, handle)
-    const info = new Float64Array(2) // fd and slots only: counting used slots reads the index
-    check(native.twinIndexInfo(handle, info), 'twinIndexInfo')
+    const info = new Float64Array(2) // fd and slots only (no syscall: it cannot fail); used slots would read the index
+    native.twinIndexInfo(handle, info)
     this.#fd = info[0]
     this.#slots = info[1]
   }
@@ -111,9 +105,7 @@ export class TwinIndex {
     const opts = readOptions(options, 'options', ['slots'])
     const slots = validateInteger(opts.slots ?? 2 ** 18, 'options.slots', 64, TwinIndex.maxSlots)
     if ((slots & (slots - 1)) !== 0) throw outOfRange('options.slots', 'a power of two', slots)
-    const handle = native.twinIndexCreate(slots)
-    if (typeof handle === 'number') throw new SyscallError('memfd_create', -handle, `twin index of ${slots} slots`)
-    return new TwinIndex(internal, handle)
+    return new TwinIndex(internal, checkHandle(native.twinIndexCreate(slots), 'memfd_create', `twin index of ${slots} slots`))
   }
 
   /**
@@ -130,12 +122,14 @@ export class TwinIndex {
     else if (typeof pathOrFd === 'string' && pathOrFd.length > 0 && !pathOrFd.includes('\0')) path = pathOrFd
     else throw invalidArgType('pathOrFd', 'a path (string) or a file descriptor (number)', pathOrFd)
     const fd = openRegularFile(path, fs.constants.O_RDWR, 'pathOrFd', pathOrFd, 'a memfd')
-    const handle = native.twinIndexOpen(fd)
-    if (typeof handle !== 'number') return new TwinIndex(internal, handle)
-    fs.closeSync(fd)
-    if (handle === 1) throw invalidArgValue('pathOrFd', 'is not a memfd sealed against shrinking and growing', pathOrFd)
-    if (handle === 2) throw invalidArgValue('pathOrFd', 'is not a memdedup twin index (size or header)', pathOrFd)
-    throw new SyscallError('mmap', -handle, path)
+    // The fd is the handle's on success only: a refusal (why, as a string) or an errno leaves it ours.
+    const opened = native.twinIndexOpen(fd)
+    if (typeof opened === 'string') {
+      fs.closeSync(fd)
+      throw invalidArgValue('pathOrFd', opened, pathOrFd)
+    }
+    if (typeof opened === 'number') fs.closeSync(fd)
+    return new TwinIndex(internal, checkHandle(opened, 'mmap', path))
   }
 
   /** A path another process of this user can TwinIndex.open() while this one keeps it open. */
@@ -155,7 +149,7 @@ export class TwinIndex {
   /** Entries with at least one holder now (read from the index's pages that hold entries only). */
   get usedSlots(): number {
     const info = new Float64Array(3)
-    indexCheck(native.twinIndexInfo(twinIndexHandle(this, 'read usedSlots'), info), 'lseek(SEEK_DATA)', 'read usedSlots')
+    check(native.twinIndexInfo(twinIndexHandle(this, 'read usedSlots'), info), 'lseek(SEEK_DATA)', 'read usedSlots')
     return info[2]
   }
 
@@ -186,13 +180,12 @@ export class TwinIndex {
     const opts = readOptions(options, 'options', ['leaseMs'])
     const leaseMs = validateInteger(opts.leaseMs ?? 10_000, 'options.leaseMs', 1, 3_600_000)
     const word = native.twinIndexTakeTurn(twinIndexHandle(this, 'tryMergeTurn'), leaseMs)
-    if (typeof word === 'number') indexCheck(word, 'twinIndexTakeTurn', 'tryMergeTurn')
-    return word === 0n ? null : (word as bigint)
+    return word === 0n ? null : word
   }
   /** Ends the turn tryMergeTurn() gave (nothing if it already expired and someone else took it). */
   endMergeTurn(turn: bigint): void {
     if (typeof turn !== 'bigint' || turn <= 0n || turn >= 2n ** 64n) throw invalidArgType('turn', 'a token from tryMergeTurn()', turn)
-    indexCheck(native.twinIndexGiveTurn(twinIndexHandle(this, 'endMergeTurn'), turn), 'twinIndexGiveTurn', 'endMergeTurn')
+    native.twinIndexGiveTurn(twinIndexHandle(this, 'endMergeTurn'), turn)
   }
 
   /** Unmaps the index and closes the descriptor (other processes keep theirs). Idempotent. */
@@ -206,15 +199,12 @@ export class TwinIndex {
   }
 
   #update(value: BigUint64Array, delta: -1 | 0 | 1, operation: string): Uint32Array {
-    const handle = twinIndexHandle(this, operation)
     const { hashes, count } = readHashes(value)
     const holders = new Uint32Array(count)
-    const rc = native.twinIndexUpdate(handle, hashes, count, delta, holders)
-    // -ENOSPC is native/content.cc's word for a full probe window: no syscall failed.
-    if (rc === -errno.ENOSPC) {
-      throw codedError('ERR_TWIN_INDEX_FULL', `The TwinIndex is full near a hash: no free slot in its probe window (${this.#slots} slots); release contents or create a larger index`)
+    const updated = native.twinIndexUpdate(twinIndexHandle(this, operation), hashes, count, delta, holders)
+    if (updated < count) {
+      throw codedError('ERR_TWIN_INDEX_FULL', `The TwinIndex is full near a hash: no free slot in its probe window (${this.#slots} slots; ${updated} of ${count} hashes counted); release contents or create a larger index`)
     }
-    indexCheck(rc, 'twinIndexUpdate', operation)
     return holders
   }
 }

@@ -1,4 +1,4 @@
-// lib/content.ts: page hashes and the TwinIndex, the content index cooperating processes share
+// lib/twin_index.ts: page hashes and the TwinIndex, the content index cooperating processes share
 // (a sealed shared memfd updated by single-word CAS), including participants killed mid-update.
 import fs from 'node:fs'
 import os from 'node:os'
@@ -11,6 +11,7 @@ import { inVm } from './helpers/env.mjs'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
 import { noFdLeak, rssBytes } from './helpers/process.ts'
 import { mergeTurnHolder } from './helpers/merge-turn.ts'
+import { native, type TwinIndexHandle } from '../lib/native.ts'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -374,6 +375,29 @@ describe('TwinIndex merge turn', () => {
       index.endMergeTurn(late!)
     } finally {
       slow.child.kill('SIGKILL')
+    }
+  })
+
+  it('native index calls return no sentinels: a closed handle is a TypeError (lib/ bypassed), a full window a short count', () => {
+    const handle = native.twinIndexCreate(64)
+    expect(typeof handle).toBe('object')
+    const index = handle as TwinIndexHandle
+    const many = distinctHashes(200)
+    const holders = new Uint32Array(many.length)
+    const counted = native.twinIndexUpdate(index, many, many.length, 1, holders)
+    expect(counted).toBeGreaterThan(0) // the hashes before the first full window
+    expect(counted).toBeLessThan(many.length)
+    expect([...holders.subarray(0, counted)].every((h) => h >= 1)).toBe(true)
+    expect(native.twinIndexClose(index)).toBe(0)
+    expect(native.twinIndexClose(index)).toBe(0) // idempotent
+    for (const call of [
+      () => native.twinIndexUpdate(index, many, 1, 0, holders),
+      () => native.twinIndexTakeTurn(index, 1000),
+      () => native.twinIndexGiveTurn(index, 1n),
+      () => native.twinIndexInfo(index, new Float64Array(3)),
+      () => native.dedupRelease(index, 0, new Uint32Array(0), new BigUint64Array(0)),
+    ]) {
+      expect(thrown(call)).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: expect.stringMatching(/an open twin index handle/) })
     }
   })
 

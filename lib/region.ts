@@ -75,8 +75,7 @@ export interface Span {
 }
 
 /**
- * Called with the Region when it closes or moves, before its views are detached and it is
- * marked closed (internal). `next` is where the memory is now after remap()
+ * Called with the Region when it closes or moves, before it is marked closed (internal). `next` is where the memory is now after remap()
  * (undefined on close): with next.address === region.address it grew or shrank in place.
  */
 export type CloseHook = (region: Region, next?: Span) => void
@@ -85,22 +84,29 @@ export type CloseHook = (region: Region, next?: Span) => void
 export const maxRegionLength = 2 ** 47
 
 // ---------------------------------------------------------------------------------------------
-// Late native users of a view. Detaching an ArrayBuffer does not stop native code that took its
-// pointer earlier (zlib.deflate, crypto.randomFill, fs.write run in the thread pool). So when a
-// Region's memory goes away while one of its views may still be reachable, the range is not
-// unmapped: mmap(MAP_FIXED) atomically replaces it with private, zero-filled, MAP_NORESERVE
+// Late users of a view. A Node API handed `bytes` may use it after the call returns: zlib writes
+// the same buffer again for every chunk (and aborts the process, CHECK(IsWithinBounds), if its
+// length changed), dgram.send reads it after a DNS lookup, http once connected, and the thread
+// pool (zlib, crypto.randomFill, fs.write) holds its pointer. So close(), remap() and split()
+// never detach a view: it keeps its length and its memory until it is garbage-collected (Node
+// keeps a buffer reachable while it uses it). Memory that stays (an in-place remap, the parts of
+// a split) stays visible through the old views; memory that goes away while views cover it is
+// not unmapped: mmap(MAP_FIXED) atomically replaces it with private, zero-filled, MAP_NORESERVE
 // anonymous memory (no RSS until touched), where late reads see zeros and late writes land
-// harmlessly. The range is unmapped once every such view has been garbage-collected (Node keeps
-// a buffer reachable while its thread-pool work runs, as it must for its own Buffers).
+// harmlessly, unmapped once every view of it has been collected. Only protect() taking write
+// access away detaches the views over that range (revokeViews): a JS write there would SIGSEGV.
 
+/** One ArrayBuffer handed out: where it points, to find the views over a protect()ed range. */
+interface View extends Span {
+  buffer: WeakRef<ArrayBuffer>
+}
 /**
- * The views of one piece of memory, shared by a Region and its in-place remap() successors.
- * `pending` are ranges that went away while views were live: reserved, unmapped at zero views.
- * Counted through a FinalizationRegistry, not WeakRefs: a WeakRef keeps its target alive until
- * the current job ends, which would hold every reservation of a synchronous loop.
+ * The views of one piece of memory, shared by a Region and its in-place remap() successors and
+ * split() parts. `pending` are ranges that went away while views were live: reserved, unmapped at
+ * zero views. A view leaves `live` through a FinalizationRegistry when it is collected.
  */
 interface Views {
-  live: number
+  live: Set<View>
   pending: PendingRange[]
 }
 /** A range held for views; `release` returns it to its reservation instead of unmapping it. */
@@ -108,8 +114,9 @@ interface PendingRange extends Span {
   release?: () => void
 }
 let pendingBytes = 0
-const viewCollected = new FinalizationRegistry<Views>((views) => {
-  if (--views.live > 0) return
+const viewCollected = new FinalizationRegistry<{ views: Views; view: View }>(({ views, view }) => {
+  views.live.delete(view)
+  if (views.live.size > 0) return
   for (const range of views.pending) {
     if (range.release) range.release()
     else native.munmap(range.address, range.length)
@@ -117,6 +124,19 @@ const viewCollected = new FinalizationRegistry<Views>((views) => {
   }
   views.pending = []
 })
+
+function newViews(): Views {
+  return { live: new Set(), pending: [] }
+}
+
+/** Detaches every live view that covers a byte of `span` (protect() took write access away). */
+function revokeViews(views: Views, span: Span): void {
+  for (const view of views.live) {
+    if (view.address >= span.address + span.length || span.address >= view.address + view.length) continue
+    const buffer = view.buffer.deref()
+    if (buffer !== undefined) native.detach(buffer)
+  }
+}
 
 /**
  * The memory of [address, address + length) goes away: unmapped at once without live views;
@@ -127,7 +147,7 @@ function vacate(address: number, length: number, views: Views, home?: Home | nul
     giveBack(home, address, length, views)
     return
   }
-  if (views.live === 0) {
+  if (views.live.size === 0) {
     native.munmap(address, length)
     return
   }
@@ -229,9 +249,8 @@ export class Region {
   #hugePageSize: number
   /** PROT_* bits per page: views are only handed out while every page is read+write. */
   #prot: PageRuns
-  #buffer: ArrayBuffer | null = null
   #bytes: Uint8Array | null = null
-  /** The ArrayBuffers handed out over this memory and not yet collected: see vacate(). */
+  /** The views handed out over this memory and not yet collected: see vacate(). */
   #views: Views
   #closed = false
   /** The Reservation slot this memory occupies (null: the kernel chose the address). */
@@ -250,7 +269,7 @@ export class Region {
     this.#limit = init.limit ?? Infinity
     this.#hugePageSize = init.hugePageSize ?? 0
     this.#prot = init.prot
-    this.#views = init.views ?? { live: 0, pending: [] }
+    this.#views = init.views ?? newViews()
     this.#home = init.home ?? null
     if (this.#home) this.#home.slot.owner = new WeakRef(this)
     finalizer.register(this, { address: init.address, length: init.length, fd: this.#fd, views: this.#views, home: this.#home }, this.#token)
@@ -381,10 +400,12 @@ export class Region {
 
   /**
    * Zero-copy view of the whole mapping. Handed out only while every page is readable and
-   * writable (use read() otherwise); detached (length 0) when the Region closes or moves.
+   * writable (use read() otherwise). A view keeps its length until it is collected: after
+   * close() or a move it reads zeros, after an in-place remap() or split() it still shows the
+   * memory. protect() without write access detaches it (length 0). Empty once closed.
    */
   get bytes(): Uint8Array {
-    if (this.#closed) return this.#bytes ?? new Uint8Array(0)
+    if (this.#closed) return new Uint8Array(0)
     if (this.#bytes === null) {
       if (this.#prot.findFailing((p) => (p & protBits.rw) === protBits.rw) >= 0) {
         throw codedError('ERR_REGION_PROTECTION', "Region.bytes needs every page readable and writable; protect('rw') it first or use read()")
@@ -394,9 +415,9 @@ export class Region {
       }
       const buffer = native.wrap(this.#address, this.#length)
       viewOwners.set(buffer, this)
-      this.#views.live++
-      viewCollected.register(buffer, this.#views)
-      this.#buffer = buffer
+      const view: View = { address: this.#address, length: this.#length, buffer: new WeakRef(buffer) }
+      this.#views.live.add(view)
+      viewCollected.register(buffer, { views: this.#views, view })
       this.#bytes = new Uint8Array(buffer)
     }
     return this.#bytes
@@ -421,7 +442,13 @@ export class Region {
     check(native.mprotect(span.address, span.length, bits), 'mprotect', () => `${prot} on ${span.length} bytes`)
     const first = (span.address - this.#address) / pageSize
     this.#prot.fill(bits, first, first + span.length / pageSize)
-    if (bits !== protBits.rw && bits !== protBits.rwx) this.#detach()
+    if (bits !== protBits.rw && bits !== protBits.rwx) {
+      // A JS write through a view to a page without PROT_WRITE would SIGSEGV: every view over
+      // the range is detached (length 0), this Region's and those an earlier Region over the same
+      // memory handed out. Unlike close(), this can fail a Node API still using such a view.
+      revokeViews(this.#views, span)
+      this.#bytes = null
+    }
   }
 
   /** Current protection of the page at `offset` (as last set through this Region). */
@@ -441,7 +468,7 @@ export class Region {
 
   /**
    * mremap(2) to `newLength`. Returns the Region that owns the memory now; this one is closed
-   * (its views detached), unless `dontUnmap` kept the old range mapped (then both are live).
+   * (its views keep their length: see `bytes`), unless `dontUnmap` kept the old range mapped (then both are live).
    * A memfd Region grows its memfd first; a file Region cannot grow past the file's last page
    * (RangeError). On any error nothing changed (a memfd may be left larger: it is sealed against
    * shrinking, and the extra size costs nothing until mapped).
@@ -477,7 +504,7 @@ export class Region {
     const oldLength = this.#length
     let address: number
     if (target) address = this.#moveInto(target, length, dontUnmap)
-    else if (dontUnmap || (this.#views.live === 0 && this.#home === null)) {
+    else if (dontUnmap || (this.#views.live.size === 0 && this.#home === null)) {
       address = check(native.mremap(oldAddress, oldLength, length, (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0), 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
     } else address = this.#resizeKeepingOldRange(length, mayMove)
     // From here on nothing can fail: the memory has moved.
@@ -574,7 +601,7 @@ export class Region {
       return rc
     }
     if (dontUnmap) return check(into(oldAddress, oldLength, C.MREMAP_DONTUNMAP), 'mremap(MREMAP_FIXED)', context)
-    if (this.#views.live === 0 && this.#home === null) return check(into(oldAddress, oldLength, 0), 'mremap(MREMAP_FIXED)', context)
+    if (this.#views.live.size === 0 && this.#home === null) return check(into(oldAddress, oldLength, 0), 'mremap(MREMAP_FIXED)', context)
     let moved: number
     if (length <= oldLength) {
       moved = check(into(oldAddress, length, C.MREMAP_DONTUNMAP), 'mremap(MREMAP_FIXED)', context)
@@ -592,8 +619,8 @@ export class Region {
 
   /**
    * Splits the Region at `offset` into two Regions over the same memory (no syscall; the kernel
-   * splits VMAs only when the halves are treated differently). This Region is closed and its
-   * views detached, as by remap(); a partial move is `split()` then `remap()` of one part.
+   * splits VMAs only when the halves are treated differently). This Region is closed (its
+   * views still show both parts), as by remap(); a partial move is `split()` then `remap()` of one part.
    * Anonymous and file Regions only (a memfd Region owns one fd).
    */
   split(offset: number): [Region, Region] {
@@ -648,9 +675,9 @@ export class Region {
   }
 
   /**
-   * Unmaps the Region. Idempotent; views become length 0; never throws for a closed Region.
-   * If a view was ever handed out and may still be reachable, the range is first replaced by
-   * zero-filled memory and unmapped when those views are garbage-collected (see vacate()).
+   * Unmaps the Region. Idempotent; never throws for a closed Region. If a view was handed out
+   * and may still be reachable, the range is replaced by zero-filled memory (the view keeps its
+   * length) and unmapped when those views are garbage-collected (see vacate()).
    */
   close(): void {
     if (this.#closed) return
@@ -724,13 +751,10 @@ export class Region {
     if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the Region is closed`)
   }
 
-  #detach(): void {
-    if (this.#buffer !== null) native.detach(this.#buffer)
-    this.#buffer = null
-    this.#bytes = null
-  }
-
-  /** Runs hooks, detaches views, marks closed; the caller decides what happens to the memory. */
+  /**
+   * Runs hooks, marks closed; the caller decides what happens to the memory. Views handed out
+   * stay attached with their length (see "Late users of a view").
+   */
   #retire(next?: Span): void {
     for (const hook of this.#hooks) {
       try {
@@ -740,9 +764,7 @@ export class Region {
       }
     }
     this.#hooks.clear()
-    this.#detach()
-    // `bytes` after close() is an empty view: harmless, never a crash.
-    this.#bytes = new Uint8Array(0)
+    this.#bytes = null
     this.#closed = true
     this.#fd = -1
     finalizer.unregister(this.#token)
@@ -856,7 +878,7 @@ function giveBack(home: Home, address: number, length: number, views: Views): vo
     slot.offset += length
     slot.length -= length
   } else slot.length -= length
-  if (views.live === 0) {
+  if (views.live.size === 0) {
     returnToReservation(state, address, length)
     return
   }

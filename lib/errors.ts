@@ -86,6 +86,11 @@ export const codes = {
   ERR_REGION_CLOSED: 'InvalidStateError',
   /** Region.bytes on pages not read+write, or a native read of a PROT_NONE page. */
   ERR_REGION_PROTECTION: 'InvalidStateError',
+  /**
+   * remap(n, { mayMove: false }) of a Region placed in a Reservation that has no free room right
+   * after it (taken, its end, or closed): nothing was changed, no syscall was made.
+   */
+  ERR_RESERVATION_NO_ROOM: 'InvalidStateError',
   ERR_UFFD_CLOSED: 'InvalidStateError',
   ERR_UFFD_ALREADY_REGISTERED: 'InvalidStateError',
   ERR_UFFD_NOT_REGISTERED: 'InvalidStateError',

@@ -3,9 +3,26 @@
 import { constants as bufferConstants } from 'node:buffer'
 import fs from 'node:fs'
 import { native, constants as C, pageSize } from './native.ts'
-import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { check, codedError, errno, fsCall } from './errors.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { PageRuns } from './runs.ts'
+import { hugetlbfsPageSize, hugetlbPageSize, openRegularFile } from './region/files.ts'
+import { addView, newViews, revokeViews, vacate, type Span, type Views } from './region/views.ts'
+import {
+  checkFree,
+  claim,
+  giveBack,
+  nameReserved,
+  overlapping,
+  releaseFree,
+  removeSlot,
+  repairHole,
+  reservationFinalizer,
+  reservedFlags,
+  type Home,
+  type ReservationState,
+  type Target,
+} from './region/reservation.ts'
 import {
   invalidArgType,
   invalidArgValue,
@@ -21,6 +38,9 @@ import {
 
 export type Protection = 'none' | 'r' | 'rw' | 'rx' | 'rwx'
 export type RegionKind = 'anonymous' | 'file' | 'memfd'
+export type { Span }
+export { reservedBytes } from './region/views.ts'
+export { openRegularFile } from './region/files.ts'
 /** A page-aligned sub-range of a Region, relative to its start. */
 export interface Range {
   offset: number
@@ -68,12 +88,6 @@ const adviceSyscalls = Object.fromEntries(
   adviceNames.map((a) => [a, `madvise(MADV_${a.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase()})`]),
 ) as Record<Advice, string>
 
-/** Address + length in bytes of a validated span of a live Region (internal). */
-export interface Span {
-  address: number
-  length: number
-}
-
 /**
  * Called with the Region when it closes or moves, before it is marked closed (internal). `next` is where the memory is now after remap()
  * (undefined on close): with next.address === region.address it grew or shrank in place.
@@ -83,84 +97,13 @@ export type CloseHook = (region: Region, next?: Span) => void
 /** Longest Region: the x86_64 user address space (47 bits). */
 export const maxRegionLength = 2 ** 47
 
-// ---------------------------------------------------------------------------------------------
-// Late users of a view. A Node API handed `bytes` may use it after the call returns: zlib writes
-// the same buffer again for every chunk (and aborts the process, CHECK(IsWithinBounds), if its
-// length changed), dgram.send reads it after a DNS lookup, http once connected, and the thread
-// pool (zlib, crypto.randomFill, fs.write) holds its pointer. So close(), remap() and split()
-// never detach a view: it keeps its length and its memory until it is garbage-collected (Node
-// keeps a buffer reachable while it uses it). Memory that stays (an in-place remap, the parts of
-// a split) stays visible through the old views; memory that goes away while views cover it is
-// not unmapped: mmap(MAP_FIXED) atomically replaces it with private, zero-filled, MAP_NORESERVE
-// anonymous memory (no RSS until touched), where late reads see zeros and late writes land
-// harmlessly, unmapped once every view of it has been collected. Only protect() taking write
-// access away detaches the views over that range (revokeViews): a JS write there would SIGSEGV.
-
-/** One ArrayBuffer handed out: where it points, to find the views over a protect()ed range. */
-interface View extends Span {
-  buffer: WeakRef<ArrayBuffer>
-}
 /**
- * The views of one piece of memory, shared by a Region and its in-place remap() successors and
- * split() parts. `pending` are ranges that went away while views were live: reserved, unmapped at
- * zero views. A view leaves `live` through a FinalizationRegistry when it is collected.
+ * The memory of [address, address + length) leaves the Region: back to its Reservation slot, or
+ * unmapped; either way held as zeros while views of it are live (region/views.ts).
  */
-interface Views {
-  live: Set<View>
-  pending: PendingRange[]
-}
-/** A range held for views; `release` returns it to its reservation instead of unmapping it. */
-interface PendingRange extends Span {
-  release?: () => void
-}
-let pendingBytes = 0
-const viewCollected = new FinalizationRegistry<{ views: Views; view: View }>(({ views, view }) => {
-  views.live.delete(view)
-  if (views.live.size > 0) return
-  for (const range of views.pending) {
-    if (range.release) range.release()
-    else native.munmap(range.address, range.length)
-    pendingBytes -= range.length
-  }
-  views.pending = []
-})
-
-function newViews(): Views {
-  return { live: new Set(), pending: [] }
-}
-
-/** Detaches every live view that covers a byte of `span` (protect() took write access away). */
-function revokeViews(views: Views, span: Span): void {
-  for (const view of views.live) {
-    if (view.address >= span.address + span.length || span.address >= view.address + view.length) continue
-    const buffer = view.buffer.deref()
-    if (buffer !== undefined) native.detach(buffer)
-  }
-}
-
-/**
- * The memory of [address, address + length) goes away: unmapped at once without live views;
- * otherwise atomically replaced (mmap MAP_FIXED) by the reservation, unmapped at zero views.
- */
-function vacate(address: number, length: number, views: Views, home?: Home | null): void {
-  if (home) {
-    giveBack(home, address, length, views)
-    return
-  }
-  if (views.live.size === 0) {
-    native.munmap(address, length)
-    return
-  }
-  const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE | C.MAP_FIXED
-  // Failing (ENOMEM) leaves the old mapping in place: it serves as the reservation.
-  native.mmap(address, length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0)
-  views.pending.push({ address, length })
-  pendingBytes += length
-}
-
-/** Bytes of address space held for views not yet garbage-collected (tests, bench). */
-export function reservedBytes(): number {
-  return pendingBytes
+function release(address: number, length: number, views: Views, home: Home | null): void {
+  if (home) giveBack(home, address, length, views)
+  else vacate(address, length, views)
 }
 
 interface Mapping {
@@ -173,7 +116,7 @@ interface Mapping {
 
 let warnedUnclosed = false
 const finalizer = new FinalizationRegistry<Mapping>((mapping) => {
-  vacate(mapping.address, mapping.length, mapping.views, mapping.home)
+  release(mapping.address, mapping.length, mapping.views, mapping.home)
   if (mapping.fd >= 0) native.closeFd(mapping.fd)
   if (!warnedUnclosed) {
     warnedUnclosed = true
@@ -196,25 +139,6 @@ function validateRegionLength(value: unknown, name: string): number {
   const length = validatePageLength(value, name)
   if (length > maxRegionLength) throw outOfRange(name, `<= ${maxRegionLength} (the 47-bit user address space)`, value)
   return length
-}
-
-let defaultHugePageSize: number | undefined
-/** The default hugetlb page size (Hugepagesize in /proc/meminfo, what MFD_HUGETLB uses). */
-function hugetlbPageSize(): number {
-  if (defaultHugePageSize === undefined) {
-    const meminfo = fsCall('open', '/proc/meminfo', () => fs.readFileSync('/proc/meminfo', 'latin1'))
-    const kb = /^Hugepagesize:\s+(\d+) kB$/m.exec(meminfo)
-    if (!kb) throw new FeatureUnavailableError('hugetlb', 'no Hugepagesize in /proc/meminfo (CONFIG_HUGETLBFS is off)')
-    defaultHugePageSize = Number(kb[1]) * 1024
-  }
-  return defaultHugePageSize
-}
-
-const HUGETLBFS_MAGIC = 0x958458f6
-/** The huge page size of the file behind `fd` if it lives on hugetlbfs (statfs f_bsize), else 0. */
-function hugetlbfsPageSize(fd: number, path: string): number {
-  const stat = fsCall('statfs', path, () => fs.statfsSync(`/proc/self/fd/${fd}`))
-  return stat.type === HUGETLBFS_MAGIC ? stat.bsize : 0
 }
 
 function mapOrThrow(length: number, prot: number, flags: number, fd: number, offset: number, what: string): number {
@@ -250,7 +174,7 @@ export class Region {
   /** PROT_* bits per page: views are only handed out while every page is read+write. */
   #prot: PageRuns
   #bytes: Uint8Array | null = null
-  /** The views handed out over this memory and not yet collected: see vacate(). */
+  /** The views handed out over this memory and not yet collected: see region/views.ts. */
   #views: Views
   #closed = false
   /** The Reservation slot this memory occupies (null: the kernel chose the address). */
@@ -415,9 +339,7 @@ export class Region {
       }
       const buffer = native.wrap(this.#address, this.#length)
       viewOwners.set(buffer, this)
-      const view: View = { address: this.#address, length: this.#length, buffer: new WeakRef(buffer) }
-      this.#views.live.add(view)
-      viewCollected.register(buffer, { views: this.#views, view })
+      addView(this.#views, { address: this.#address, length: this.#length }, buffer)
       this.#bytes = new Uint8Array(buffer)
     }
     return this.#bytes
@@ -495,6 +417,10 @@ export class Region {
     if (this.#kind === 'file' && length > this.#limit) {
       throw outOfRange('newLength', `<= ${this.#limit} (pages past the end of the file would SIGBUS)`, length)
     }
+    if (this.#home && !mayMove && !dontUnmap && length > this.#length) {
+      const reason = this.#noRoomInReservation(length)
+      if (reason) throw codedError('ERR_RESERVATION_NO_ROOM', `Cannot grow the Region in place to ${length} bytes (mayMove: false): ${reason}`)
+    }
     if (this.#kind === 'memfd' && length > this.#limit) {
       check(native.ftruncate(this.#fd, length), 'ftruncate', () => `memfd ${this.#limit} -> ${length} bytes`)
       this.#limit = length
@@ -526,7 +452,7 @@ export class Region {
   /**
    * remap() when the old range must stay mapped until the pages are elsewhere: a view may still
    * be in use by native code (no address it covers is ever unmapped, not even for a moment, see
-   * vacate()), or the range belongs to a Reservation (a hole there could be taken by anyone's
+   * region/views.ts), or the range belongs to a Reservation (a hole there could be taken by anyone's
    * mmap). Shrinking hands the cut tail back; growing tries in place (inside the reservation),
    * else moves with MREMAP_DONTUNMAP, grows the moved mapping, and only then hands the old range
    * back.
@@ -536,18 +462,22 @@ export class Region {
     const oldLength = this.#length
     const context = () => `${oldLength} -> ${length} bytes`
     if (length <= oldLength) {
-      if (length < oldLength) vacate(oldAddress + length, oldLength - length, this.#views, this.#home)
+      if (length < oldLength) release(oldAddress + length, oldLength - length, this.#views, this.#home)
       return oldAddress
     }
     if (this.#home) {
-      if (this.#growInReservation(length)) return oldAddress
-      if (!mayMove) throw new SyscallError('mremap', errno.ENOMEM, `${context()}: the reservation is not free after the Region`)
+      // remap() refused mayMove: false without room before anything changed.
+      if (this.#noRoomInReservation(length) === undefined) {
+        const rc = this.#growInReservation(length)
+        if (rc === 0) return oldAddress
+        if (!mayMove) check(rc, 'mmap(MAP_FIXED)', context)
+      }
     } else {
       const inPlace = native.mremap(oldAddress, oldLength, length, 0, 0)
       if (inPlace >= 0 || !mayMove || inPlace !== -errno.ENOMEM) return check(inPlace, 'mremap', context)
     }
     const grown = this.#moveAndGrow(length, context)
-    vacate(oldAddress, oldLength, this.#views, this.#home)
+    release(oldAddress, oldLength, this.#views, this.#home)
     return grown
   }
 
@@ -565,22 +495,34 @@ export class Region {
     return grown
   }
 
-  /** Grows over the free reservation right after the Region (mmap MAP_FIXED); false if it cannot. */
-  #growInReservation(length: number): boolean {
+  /** Why the Region cannot grow in place to `length` inside its Reservation, or undefined if it can. */
+  #noRoomInReservation(length: number): string | undefined {
     const { reservation: state, slot } = this.#home!
     const extra = length - this.#length
     const end = slot.offset + slot.length
-    if (state.closed || this.#kind === 'file' || end + extra > state.length || overlapping(state, end, extra)) return false
+    if (state.closed) return 'its Reservation is closed'
+    if (this.#kind === 'file') return 'a file Region grows in a Reservation only by moving'
+    if (end + extra > state.length) return `it would reach past the end of its Reservation (offset ${end} + ${extra} > ${state.length})`
+    const taken = overlapping(state, end, extra)
+    if (taken) return `the Reservation is taken after it (offset ${taken.offset}, length ${taken.length})`
+    return undefined
+  }
+
+  /** Grows over the free reservation right after the Region (mmap MAP_FIXED): 0, or the -errno of mmap. */
+  #growInReservation(length: number): number {
+    const { reservation: state, slot } = this.#home!
+    const extra = length - this.#length
+    const end = slot.offset + slot.length
     const flags = this.#kind === 'memfd' ? C.MAP_SHARED : C.MAP_PRIVATE | C.MAP_ANONYMOUS
     const prot = this.#prot.get(this.#prot.pages - 1)
     const fileOffset = this.#kind === 'memfd' ? this.#length : 0
     const rc = native.mmapFixed(state.address, state.length, this.#address + this.#length, extra, prot, flags, this.#kind === 'memfd' ? this.#fd : -1, fileOffset)
     if (rc < 0) {
       repairHole(state, end, extra)
-      return false
+      return rc
     }
     slot.length += extra
-    return true
+    return 0
   }
 
   /**
@@ -613,7 +555,7 @@ export class Region {
         check(moved, 'mremap(MREMAP_FIXED)', context)
       }
     }
-    vacate(oldAddress, oldLength, this.#views, this.#home)
+    release(oldAddress, oldLength, this.#views, this.#home)
     return moved
   }
 
@@ -677,7 +619,7 @@ export class Region {
   /**
    * Unmaps the Region. Idempotent; never throws for a closed Region. If a view was handed out
    * and may still be reachable, the range is replaced by zero-filled memory (the view keeps its
-   * length) and unmapped when those views are garbage-collected (see vacate()).
+   * length) and unmapped when those views are garbage-collected (see region/views.ts).
    */
   close(): void {
     if (this.#closed) return
@@ -687,7 +629,7 @@ export class Region {
     const views = this.#views
     const home = this.#home
     this.#retire()
-    vacate(address, length, views, home)
+    release(address, length, views, home)
     if (fd >= 0) native.closeFd(fd)
   }
 
@@ -771,35 +713,6 @@ export class Region {
   }
 }
 
-/** What a file that is not a regular file is, for the refusal. */
-function fileKind(stats: fs.Stats): string {
-  if (stats.isFIFO()) return 'a FIFO'
-  if (stats.isDirectory()) return 'a directory'
-  if (stats.isSocket()) return 'a socket'
-  if (stats.isCharacterDevice()) return 'a character device'
-  if (stats.isBlockDevice()) return 'a block device'
-  return 'not a regular file'
-}
-
-/**
- * @internal Opens a regular file without blocking (Region.file, TwinIndex.open): O_PATH first
- * (opens nothing: a FIFO neither waits for a writer nor releases one, a device runs no open
- * handler), fstat, and only a regular file is reopened through /proc/self/fd (the same inode
- * whatever the path does since) with `access` | O_NONBLOCK: a file another process holds a lease
- * on is EAGAIN at once instead of a wait of up to lease-break-time (45 s) on the event loop.
- * Anything else is TypeError ERR_INVALID_ARG_VALUE naming the argument (`name`, `value`).
- */
-export function openRegularFile(path: string, access: number, name: string, value: unknown, wanted: string): number {
-  const pathFd = fsCall('open', path, () => fs.openSync(path, C.O_PATH))
-  try {
-    const stats = fsCall('fstat', path, () => fs.fstatSync(pathFd))
-    if (!stats.isFile()) throw invalidArgValue(name, `is ${fileKind(stats)}, not ${wanted} (refused without being opened)`, value)
-    return fsCall('open', path, () => fs.openSync(`/proc/self/fd/${pathFd}`, access | C.O_NONBLOCK))
-  } finally {
-    fs.closeSync(pathFd)
-  }
-}
-
 // Region's own span(), taken once: a real Region whose prototype was swapped for one with another
 // span() must not point ksm.enable, sksm.merge or pagemap at memory it does not own.
 const regionSpan = Region.prototype.span
@@ -811,161 +724,7 @@ export function resolveSpan(region: unknown, range: Range | undefined, operation
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reservations: address space memdedup owns and maps into with MAP_FIXED / MREMAP_FIXED. The
-// state lists the occupied slots; everything else in [address, address + length) is PROT_NONE
-// memory of ours named "memdedup-reserved". A slot is a Region placed there, a range held for a
-// closed Region's views (see vacate()), or a range lost after a failed placement (never mapped
-// over nor unmapped again: something else may live there).
-
-type SlotKind = 'region' | 'pending' | 'lost'
-interface Slot {
-  /** Relative to the reservation's start. */
-  offset: number
-  length: number
-  kind: SlotKind
-  /** The Region in a 'region' slot (weak: a dropped Region is unmapped by its own finalizer). */
-  owner?: WeakRef<Region>
-}
-interface ReservationState {
-  address: number
-  length: number
-  closed: boolean
-  /** Sorted by offset, never overlapping. */
-  slots: Slot[]
-}
-interface Home {
-  reservation: ReservationState
-  slot: Slot
-}
-interface Target {
-  state: ReservationState
-  offset: number
-}
-
-const reservedFlags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE
-const reservedName = 'memdedup-reserved'
-
-function nameReserved(address: number, length: number): void {
-  // Best effort: lets repairHole() tell our PROT_NONE from anyone else's in /proc/self/maps.
-  native.prctlSetVmaAnonName(address, length, reservedName)
-}
-
-function overlapping(state: ReservationState, offset: number, length: number): Slot | undefined {
-  return state.slots.find((s) => s.offset < offset + length && offset < s.offset + s.length)
-}
-
-function claim(state: ReservationState, offset: number, length: number, kind: SlotKind): Slot {
-  const slot: Slot = { offset, length, kind }
-  const at = state.slots.findIndex((s) => s.offset > offset)
-  state.slots.splice(at < 0 ? state.slots.length : at, 0, slot)
-  return slot
-}
-
-function removeSlot(state: ReservationState, slot: Slot): void {
-  const at = state.slots.indexOf(slot)
-  if (at >= 0) state.slots.splice(at, 1)
-}
-
-/**
- * [address, address + length), a whole slot or its head or tail, leaves its Region: it goes back
- * to the reservation (PROT_NONE again) at once without live views, else once they are collected.
- */
-function giveBack(home: Home, address: number, length: number, views: Views): void {
-  const { reservation: state, slot } = home
-  const offset = address - state.address
-  if (offset === slot.offset && length === slot.length) removeSlot(state, slot)
-  else if (offset === slot.offset) {
-    slot.offset += length
-    slot.length -= length
-  } else slot.length -= length
-  if (views.live.size === 0) {
-    returnToReservation(state, address, length)
-    return
-  }
-  // A view may still be read or written by native code: zero-filled memory stands in until then
-  // (if this fails the old mapping stays, which serves as well).
-  if (!state.closed) native.mmapFixed(state.address, state.length, address, length, C.PROT_READ | C.PROT_WRITE, reservedFlags, -1, 0)
-  const pending = claim(state, offset, length, 'pending')
-  views.pending.push({
-    address,
-    length,
-    release: () => {
-      removeSlot(state, pending)
-      returnToReservation(state, address, length)
-    },
-  })
-  pendingBytes += length
-}
-
-/** Makes our own mapping at [address, length) PROT_NONE reservation again (atomically: MAP_FIXED). */
-function returnToReservation(state: ReservationState, address: number, length: number): void {
-  if (state.closed) {
-    native.munmap(address, length)
-    return
-  }
-  if (native.mmapFixed(state.address, state.length, address, length, C.PROT_NONE, reservedFlags, -1, 0) >= 0) {
-    nameReserved(address, length)
-    return
-  }
-  // Still our mapping: unmap it, and never touch that range again.
-  native.munmap(address, length)
-  claim(state, address - state.address, length, 'lost')
-}
-
-/**
- * After a failed MAP_FIXED / MREMAP_FIXED at [offset, offset + length): the kernel may have
- * unmapped the target before failing (mremap checks the source after unmapping the target on
- * kernels before 6.17; mmap restores a gap). Re-reserve a hole with MAP_FIXED_NOREPLACE; if
- * something is mapped there and it is not all our named reservation, the range is lost.
- */
-function repairHole(state: ReservationState, offset: number, length: number): void {
-  const address = state.address + offset
-  const rc = native.mmap(address, length, C.PROT_NONE, reservedFlags | C.MAP_FIXED_NOREPLACE, -1, 0)
-  if (rc === address) {
-    nameReserved(address, length)
-    return
-  }
-  if (rc >= 0) native.munmap(rc, length)
-  if (!stillReserved(address, length)) claim(state, offset, length, 'lost')
-}
-
-/** Whether /proc/self/maps shows [address, address + length) wholly as our named PROT_NONE. */
-function stillReserved(address: number, length: number): boolean {
-  let maps: string
-  try {
-    maps = fs.readFileSync('/proc/self/maps', 'latin1')
-  } catch {
-    return false
-  }
-  let covered = address
-  for (const line of maps.split('\n')) {
-    const match = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line)
-    if (!match) continue
-    const start = parseInt(match[1], 16)
-    const end = parseInt(match[2], 16)
-    if (end <= covered || start >= address + length) continue
-    if (start > covered || match[3] !== '---p' || match[4] !== `[anon:${reservedName}]`) return false
-    covered = end
-    if (covered >= address + length) return true
-  }
-  return false
-}
-
-/** Unmaps every free part of the reservation (slots stay: their owners unmap them). */
-function releaseFree(state: ReservationState): void {
-  let at = 0
-  for (const slot of state.slots) {
-    if (slot.offset > at) native.munmap(state.address + at, slot.offset - at)
-    at = Math.max(at, slot.offset + slot.length)
-  }
-  if (at < state.length) native.munmap(state.address + at, state.length - at)
-}
-
-const reservationFinalizer = new FinalizationRegistry<ReservationState>((state) => {
-  if (state.closed) return
-  releaseFree(state)
-  state.closed = true
-})
+// Reservation: the class. Its slots (what occupies which range) live in region/reservation.ts.
 
 function readTarget(value: unknown, length: number): Target {
   const fixed = readOptions(value, 'options.fixed', ['into', 'offset'])
@@ -975,17 +734,6 @@ function readTarget(value: unknown, length: number): Target {
   if (state.closed) throw codedError('ERR_REGION_CLOSED', 'Cannot remap into a closed Reservation')
   checkFree(state, offset, length, 'options.fixed')
   return { state, offset }
-}
-
-function checkFree(state: ReservationState, offset: number, length: number, name: string): void {
-  if (offset + length > state.length) {
-    throw outOfRange(name, `inside the Reservation (offset + length <= ${state.length})`, `offset ${offset} + length ${length}`)
-  }
-  const taken = overlapping(state, offset, length)
-  if (taken) {
-    const what = taken.kind === 'region' ? 'a Region placed' : taken.kind === 'pending' ? 'memory held for the views of a closed Region' : 'a range lost to a failed placement'
-    throw outOfRange(name, `a free range of the Reservation (it overlaps ${what} at offset ${taken.offset}, length ${taken.length})`, `offset ${offset} + length ${length}`)
-  }
 }
 
 let stateOf: (reservation: Reservation) => ReservationState

@@ -1115,7 +1115,9 @@ describe('Region.reserve: placement inside address space memdedup owns', () => {
     expect(res.isFree({ offset: 2 * P, length: 2 * P })).toBe(false)
     expect(grown.read({ offset: 0, length: 2 * P }).every((x) => x === 1)).toBe(true)
     const blocker = res.mapAnonymous({ offset: 4 * P, length: P })
-    expect(() => grown.remap(6 * P, { mayMove: false })).toThrow(expect.objectContaining({ code: 'ENOMEM' }))
+    // No syscall failed: memdedup refuses to map over its blocker (issue 20: was an invented ENOMEM).
+    expectThrowsCode(() => grown.remap(6 * P, { mayMove: false }), InvalidStateError, 'ERR_RESERVATION_NO_ROOM')
+    expect(grown.closed).toBe(false)
     expect(blocker.closed).toBe(false)
     const shrunk = grown.remap(3 * P)
     expect(shrunk.address).toBe(grown.address)
@@ -1125,6 +1127,17 @@ describe('Region.reserve: placement inside address space memdedup owns', () => {
     expect(out.read({ offset: 0, length: 2 * P }).every((x) => x === 1)).toBe(true)
     expect(isMapped(res.address)).toBe(true) // handed back (or held for the view), never unmapped
     out.close()
+  })
+
+  it('remap({ mayMove: false }) past the end of its Reservation: ERR_RESERVATION_NO_ROOM, not a SyscallError no syscall returned', () => {
+    using res = Region.reserve(4 * P)
+    using r = res.mapAnonymous({ offset: 2 * P, length: 2 * P })
+    r.bytes.fill(4)
+    const error = expectThrowsCode(() => r.remap(3 * P, { mayMove: false }), InvalidStateError, 'ERR_RESERVATION_NO_ROOM')
+    expect(error).not.toBeInstanceOf(SyscallError)
+    expect(error.message).toContain('Reservation')
+    expect(r.closed).toBe(false)
+    expect(r.read().every((x) => x === 4)).toBe(true)
   })
 
   it('split() + remap({ fixed }) is a partial move that splits the VMA; dontUnmap keeps the source', () => {

@@ -191,7 +191,7 @@ async function statsCommand(opts: { json?: boolean; watch?: boolean; interval: n
 
 /** PR_SET_MEMORY_MERGE on this process, inherited by what it spawns; the kernel's refusal explained. */
 function enableProcessMerge(): void {
-  if (!fs.existsSync(ksm.sysfsDir)) {
+  if (!ksm.available()) {
     throw new CliError(`KSM is not available on kernel ${os.release()}: ${ksm.sysfsDir} does not exist (built without CONFIG_KSM)`, 1, 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE')
   }
   try {

@@ -2,7 +2,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { Region, Reservation, FeatureUnavailableError, InvalidStateError, SyscallError, Userfaultfd, features, ksm, pagemap, pageSize } from '../lib/index.ts'
 import { reservedBytes } from '../lib/region.ts'
@@ -11,7 +11,6 @@ import { layout } from './helpers/vma.ts'
 import { runChild } from './helpers/child.ts'
 import { probe } from './helpers/ksm.ts'
 import { fdCount, isMapped, libcPath, ownMappingCount as mappingCount, rssBytes, vmSizeBytes } from './helpers/process.ts'
-import { ensureDist, distEntry } from './helpers/dist.mjs'
 import { errorCode, expectThrowsCode } from './helpers/errors.ts'
 import { reserveHugePages, restoreHugePages, vmaPageSize } from './helpers/hugetlb.ts'
 
@@ -565,24 +564,18 @@ describe('leaks', () => {
   })
 
   it('a Region dropped without close() is unmapped by the finalizer, with one warning', () => {
-    ensureDist()
-    const script = `
-      import { Region } from ${JSON.stringify(distEntry)}
-      import fs from 'node:fs'
-      const count = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').length
+    const { result } = runChild(`
+      const { Region } = lib
+      const fs = await import('node:fs')
       const warnings = []
       process.on('warning', (w) => warnings.push(w.code))
       let addresses = []
       ;(() => { for (let i = 0; i < 3; i++) { const r = Region.anonymous(1 << 20); r.bytes[0] = 1; addresses.push(r.address) } })()
-      const before = count()
       for (let i = 0; i < 10; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 20)) }
       const maps = fs.readFileSync('/proc/self/maps', 'utf8')
       const stillMapped = addresses.filter((a) => maps.includes(a.toString(16) + '-')).length
-      console.log(JSON.stringify({ before, after: count(), stillMapped, warnings }))
-    `
-    const child = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8' })
-    expect(child.status, child.stderr).toBe(0)
-    const result = JSON.parse(child.stdout.trim().split('\n').pop()!)
+      console.log(JSON.stringify({ stillMapped, warnings }))
+    `)
     expect(result.stillMapped).toBe(0)
     expect(result.warnings).toEqual(['MEMDEDUP_UNCLOSED_REGION'])
   })

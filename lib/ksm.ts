@@ -212,7 +212,7 @@ export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number
   while (read() < target) {
     if (Date.now() > deadline) {
       // ksmd counts a full scan only while some memory is mergeable: with none it sleeps.
-      throw codedError('ETIMEDOUT', `ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1, and is any memory MADV_MERGEABLE?)`)
+      throw codedError('ETIMEDOUT', scans, timeoutMs)
     }
     await new Promise((resolve) => setTimeout(resolve, pollMs))
   }

@@ -40,6 +40,7 @@ export type Protection = 'none' | 'r' | 'rw' | 'rx' | 'rwx'
 export type RegionKind = 'anonymous' | 'file' | 'memfd'
 export type { Span }
 export { reservedBytes } from './region/views.ts'
+/** @internal For TwinIndex.open (content.ts). */
 export { openRegularFile } from './region/files.ts'
 /** A page-aligned sub-range of a Region, relative to its start. */
 export interface Range {
@@ -419,7 +420,7 @@ export class Region {
     }
     if (this.#home && !mayMove && !dontUnmap && length > this.#length) {
       const reason = this.#noRoomInReservation(length)
-      if (reason) throw codedError('ERR_RESERVATION_NO_ROOM', `Cannot grow the Region in place to ${length} bytes (mayMove: false): ${reason}`)
+      if (reason) throw codedError('ERR_RESERVATION_NO_ROOM', length, reason)
     }
     if (this.#kind === 'memfd' && length > this.#limit) {
       check(native.ftruncate(this.#fd, length), 'ftruncate', () => `memfd ${this.#limit} -> ${length} bytes`)

@@ -10,22 +10,27 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import util from 'node:util'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
-import { SyscallError } from './errors.ts'
+import { message, type ErrorCode, type SyscallError } from './errors.ts'
 import { features } from './features.ts'
 import * as ksm from './ksm.ts'
 import * as stats from './stats.ts'
 import type { ProcessStats, UnreadableProcess } from './stats.ts'
 
-/** A failure to report as `memdedup: message` with exit status `exitCode`. */
+/**
+ * A failure to report as `memdedup: message` with exit status `exitCode`. `code` is one of the
+ * registry's (lib/errors.ts `codes`) or the errno name a syscall returned (prctl, spawn).
+ */
 class CliError extends Error {
   constructor(
     message: string,
     readonly exitCode = 1,
-    readonly code = 'ERR_MEMDEDUP_CLI',
+    readonly code: CliCode = 'ERR_MEMDEDUP_CLI',
   ) {
     super(message)
   }
 }
+/** An errno name a syscall returned (a SyscallError's, or spawn's). */
+type CliCode = ErrorCode | keyof typeof os.constants.errno
 
 // https://no-color.org: any non-empty NO_COLOR turns colour off; so does a stdout that is not a terminal.
 const colour = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR
@@ -191,7 +196,7 @@ async function statsCommand(opts: { json?: boolean; watch?: boolean; interval: n
 
 /** PR_SET_MEMORY_MERGE on this process, inherited by what it spawns; the kernel's refusal explained. */
 function enableProcessMerge(): void {
-  if (!fs.existsSync(ksm.sysfsDir)) {
+  if (!ksm.available()) {
     throw new CliError(`KSM is not available on kernel ${os.release()}: ${ksm.sysfsDir} does not exist (built without CONFIG_KSM)`, 1, 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE')
   }
   try {
@@ -227,7 +232,7 @@ function checkKsmd(start: boolean): void {
   try {
     ksm.configure({ run: 1 })
   } catch (error) {
-    const code = (error as SyscallError).code
+    const code = (error as SyscallError).code as CliCode
     throw new CliError(`--start-ksmd: cannot write 1 to ${runFile} (${code})${code === 'EACCES' || code === 'EPERM' ? ': only root can start ksmd' : ''}`, 1, code)
   }
 }
@@ -279,9 +284,9 @@ function execFailure(file: string, found: string, error: NodeJS.ErrnoException):
     return new CliError(`${file}: ${why}`, 127, 'ENOENT')
   }
   const notFound: Record<string, string> = { ENOTDIR: 'not a directory', ENAMETOOLONG: 'file name too long', ELOOP: 'too many levels of symbolic links' }
-  if (error.code !== undefined && error.code in notFound) return new CliError(`${file}: ${notFound[error.code]}`, 127, error.code)
+  if (error.code !== undefined && error.code in notFound) return new CliError(`${file}: ${notFound[error.code]}`, 127, error.code as CliCode)
   if (error.code === 'EACCES') return new CliError(`${file}: permission denied`, 126, 'EACCES')
-  return new CliError(`${file}: cannot run it (${error.code ?? error.message})`, 126, error.code)
+  return new CliError(`${file}: cannot run it (${error.code ?? error.message})`, 126, error.code as CliCode | undefined)
 }
 
 async function runCommand(argv: string[], opts: { json?: boolean; startKsmd?: boolean }): Promise<number> {
@@ -289,7 +294,8 @@ async function runCommand(argv: string[], opts: { json?: boolean; startKsmd?: bo
   checkKsmd(Boolean(opts.startKsmd))
   const [file, ...args] = argv
   const found = findCommand(file)
-  if (found === undefined) throw new CliError(`${file}: command not found`, 127, 'ENOENT')
+  // No syscall failed: nothing on $PATH has that name (a shell's 127).
+  if (found === undefined) throw new CliError(message('ERR_CLI_COMMAND_NOT_FOUND', file, 'command not found'), 127, 'ERR_CLI_COMMAND_NOT_FOUND')
   let child: ChildProcess
   try {
     // argv0: the command sees the name it was given, as from a shell.

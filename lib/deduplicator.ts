@@ -20,7 +20,7 @@ import { codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from
 import { Region } from './region.ts'
 import { Userfaultfd } from './uffd.ts'
 import * as sksm from './sksm.ts'
-import { sysfsDir as ksmSysfsDir } from './ksm.ts'
+import { available as ksmPresent, sysfsDir as ksmSysfsDir } from './ksm.ts'
 import { TwinIndex, twinIndexHandle } from './twin_index.ts'
 import { guardReceivers } from './internal.ts'
 import { invalidArgType, outOfRange, readOptions, validateInteger, validateOneOf } from './validate.ts'
@@ -202,7 +202,6 @@ function maxMapCount(): number {
 }
 
 function resolveMerge(requested: MergeMode): 'sksm' | 'ksm' | 'none' {
-  const ksmPresent = () => fs.existsSync(ksmSysfsDir)
   if (requested === 'auto') {
     // SKSM switched off by the administrator (sksm_enabled = 0): ksmd merges instead.
     if (sksm.enabled()) return 'sksm'
@@ -396,15 +395,6 @@ export class Deduplicator {
     this.#forget(region)
     if (!region.closed && !this.#uffd.closed) this.#uffd.unregister(region)
     if (failure !== undefined) throw failure
-  }
-
-  /** The v1 name of track(). */
-  add(region: Region): void {
-    this.track(region)
-  }
-  /** The v1 name of untrack(). */
-  remove(region: Region): void {
-    this.untrack(region)
   }
 
   /**

@@ -67,72 +67,120 @@ export class InvalidStateError extends Error {
 }
 Object.defineProperty(InvalidStateError.prototype, 'name', { value: 'InvalidStateError', enumerable: false })
 
-/** Every ERR_* code memdedup throws, with the class that carries it. */
-export const codes = {
+type ErrorKind = 'TypeError' | 'RangeError' | 'Error' | 'InvalidStateError' | 'FeatureUnavailableError'
+interface Entry<Kind extends ErrorKind, Args extends unknown[]> {
+  kind: Kind
+  message: (...args: Args) => string
+}
+/** One entry of the registry (Node's internal E()): the class that carries the code, and its message template. */
+function E<Kind extends ErrorKind, Args extends unknown[]>(kind: Kind, message: (...args: Args) => string): Entry<Kind, Args> {
+  return { kind, message }
+}
+/**
+ * The message as built by the module that throws it (its own builder is the template: validate.ts
+ * for the argument codes, twin_index.ts, deduplicator.ts and mshare.ts for theirs).
+ */
+const built = (message: string) => message
+
+/**
+ * Every code memdedup throws or the CLI reports, other than an errno the kernel returned: the
+ * class that carries it and its message template. Read through `codes` (code -> class) and
+ * codedError(code, ...template arguments).
+ */
+const registry = {
   /** An argument of the wrong type (Node's code). */
-  ERR_INVALID_ARG_TYPE: 'TypeError',
+  ERR_INVALID_ARG_TYPE: E('TypeError', built),
   /** An argument of the right type with a value not allowed, or an unknown option key (Node's code). */
-  ERR_INVALID_ARG_VALUE: 'TypeError',
+  ERR_INVALID_ARG_VALUE: E('TypeError', built),
   /** A number or size out of range (Node's code). */
-  ERR_OUT_OF_RANGE: 'RangeError',
+  ERR_OUT_OF_RANGE: E('RangeError', built),
   /**
    * `new Region(…)`, `new Userfaultfd(…)`, … from outside (a subclass and Reflect.construct
    * included): these objects come from their factories, Region.anonymous(), Userfaultfd.open(), …
    * (Node's code).
    */
-  ERR_ILLEGAL_CONSTRUCTOR: 'TypeError',
+  ERR_ILLEGAL_CONSTRUCTOR: E('TypeError', (factories: string) => `Illegal constructor: use ${factories}`),
   /** A method or accessor of a memdedup class called on something else: `Region.prototype.close.call({})` (Node's code). */
-  ERR_INVALID_THIS: 'TypeError',
-  ERR_REGION_CLOSED: 'InvalidStateError',
+  ERR_INVALID_THIS: E('TypeError', (type: string) => `Value of "this" must be of type ${type}`),
+  /** A closed Region, Reservation, MshareRegion or MshareAttachment. */
+  ERR_REGION_CLOSED: E('InvalidStateError', built),
   /** Region.bytes on pages not read+write, or a native read of a PROT_NONE page. */
-  ERR_REGION_PROTECTION: 'InvalidStateError',
-  ERR_UFFD_CLOSED: 'InvalidStateError',
-  ERR_UFFD_ALREADY_REGISTERED: 'InvalidStateError',
-  ERR_UFFD_NOT_REGISTERED: 'InvalidStateError',
-  ERR_DEDUP_CLOSED: 'InvalidStateError',
-  ERR_DEDUP_ALREADY_TRACKED: 'InvalidStateError',
+  ERR_REGION_PROTECTION: E('InvalidStateError', built),
+  /**
+   * remap(n, { mayMove: false }) of a Region placed in a Reservation that has no free room right
+   * after it (taken, its end, or closed): nothing was changed, no syscall was made.
+   */
+  ERR_RESERVATION_NO_ROOM: E('InvalidStateError', (length: number, reason: string) => `Cannot grow the Region in place to ${length} bytes (mayMove: false): ${reason}`),
+  ERR_UFFD_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the Userfaultfd is closed`),
+  ERR_UFFD_ALREADY_REGISTERED: E('InvalidStateError', (page: number) => `Cannot register: page ${page} of the Region is already registered with this userfaultfd (unregister it first)`),
+  ERR_UFFD_NOT_REGISTERED: E('InvalidStateError', (page: number) => `Cannot writeProtect: page ${page} of the Region is not registered with { writeProtect: true } on this userfaultfd`),
+  ERR_DEDUP_CLOSED: E('InvalidStateError', built),
+  ERR_DEDUP_ALREADY_TRACKED: E('InvalidStateError', built),
   /** Deduplicator.run() while it already runs (stop() first). */
-  ERR_DEDUP_RUNNING: 'InvalidStateError',
+  ERR_DEDUP_RUNNING: E('InvalidStateError', built),
   /** An operation on a closed TwinIndex. */
-  ERR_TWIN_INDEX_CLOSED: 'InvalidStateError',
+  ERR_TWIN_INDEX_CLOSED: E('InvalidStateError', built),
   /**
    * TwinIndex.add(): a hash found no free slot in its probe window (no syscall failed: the index
    * is full near that hash). Release contents, or create a larger index.
    */
-  ERR_TWIN_INDEX_FULL: 'Error',
+  ERR_TWIN_INDEX_FULL: E('Error', built),
   /** A native result outside its contract (a -errno with no failure stage naming the call): a memdedup bug, never an errno passed off as a syscall's (Node's code). */
-  ERR_INTERNAL_ASSERTION: 'Error',
-  /** The addon could not allocate memory (std::bad_alloc at the N-API boundary, native/content.cc): nothing was changed. Node's own code. */
-  ERR_MEMORY_ALLOCATION_FAILED: 'Error',
+  ERR_INTERNAL_ASSERTION: E('Error', built),
+  /** The addon could not allocate memory (std::bad_alloc at the N-API boundary, NoAbort in native/addon.h): nothing was changed. Node's own code. */
+  ERR_MEMORY_ALLOCATION_FAILED: E('Error', built),
   /** MshareRegion.open() of a region whose creator has not sized it yet (the msharefs file's size is 0). */
-  ERR_MSHARE_REGION_UNSIZED: 'InvalidStateError',
+  ERR_MSHARE_REGION_UNSIZED: E('InvalidStateError', built),
   /**
    * A file of the kernel (/proc, /sys) read without error but saying something memdedup cannot
    * parse (e.g. /sys/fs/mshare/mshare_info not a positive multiple of the page size).
    */
-  ERR_PARSE_KERNEL_FILE: 'Error',
+  ERR_PARSE_KERNEL_FILE: E('Error', (file: string, text: string, expected: string) => {
+    const shown = JSON.stringify(text.length > 64 ? text.slice(0, 61) + '...' : text)
+    return `Cannot parse ${file}: expected ${expected}, read ${shown}`
+  }),
   /** ksm.waitForFullScans() ran out of time (an errno-style code, kept from the first release). */
-  ETIMEDOUT: 'Error',
-  /** FeatureUnavailableError's code. */
-  ERR_MEMDEDUP_FEATURE_UNAVAILABLE: 'FeatureUnavailableError',
+  ETIMEDOUT: E('Error', (scans: number, timeoutMs: number) =>
+    `ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1, and is any memory MADV_MERGEABLE?)`),
+  /** FeatureUnavailableError's code (built by its constructor: feature, detail). */
+  ERR_MEMDEDUP_FEATURE_UNAVAILABLE: E('FeatureUnavailableError', built),
+  /** The CLI: a command that failed for a reason no other code names (its message says which). */
+  ERR_MEMDEDUP_CLI: E('Error', built),
+  /** The CLI: `memdedup run` found no program of that name (PATH searched, or the path names no file); exit 127 like a shell. */
+  ERR_CLI_COMMAND_NOT_FOUND: E('Error', (file: string, why: string) => `${file}: ${why}`),
 } as const
-export type ErrorCode = keyof typeof codes
-type StateCode = { [K in ErrorCode]: (typeof codes)[K] extends 'InvalidStateError' ? K : never }[ErrorCode]
+
+export type ErrorCode = keyof typeof registry
+type Registry = typeof registry
+/** The arguments of `code`'s message template. */
+export type MessageArgs<C extends ErrorCode> = Parameters<Registry[C]['message']>
+
+/** Every code memdedup throws or the CLI reports, with the class that carries it (`error.code` is one of these, or an errno name from a SyscallError). */
+export const codes: { readonly [C in ErrorCode]: Registry[C]['kind'] } = Object.freeze(
+  Object.fromEntries(Object.entries(registry).map(([code, entry]) => [code, entry.kind])),
+) as { readonly [C in ErrorCode]: Registry[C]['kind'] }
+
+type StateCode = { [K in ErrorCode]: Registry[K]['kind'] extends 'InvalidStateError' ? K : never }[ErrorCode]
 const classes = { TypeError, RangeError, Error } as const
 
-/** The error `codes` says carries `code`, with that code. */
-export function codedError(code: Exclude<ErrorCode, 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE'>, message: string): Error {
-  const kind = codes[code]
-  if (kind === 'InvalidStateError') return new InvalidStateError(code as StateCode, message)
-  const error = new classes[kind](message)
+/** The message of `code`, from its template. */
+export function message<C extends ErrorCode>(code: C, ...args: MessageArgs<C>): string {
+  return (registry[code].message as (...a: MessageArgs<C>) => string)(...args)
+}
+
+/** The error the registry says carries `code`, its message built from the template. */
+export function codedError<C extends Exclude<ErrorCode, 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE'>>(code: C, ...args: MessageArgs<C>): Error {
+  const kind = registry[code].kind
+  const text = message(code, ...args)
+  if (kind === 'InvalidStateError') return new InvalidStateError(code as StateCode, text)
+  const error = new classes[kind as 'TypeError' | 'RangeError' | 'Error'](text)
   ;(error as NodeJS.ErrnoException).code = code
   return error
 }
 
 /** ERR_PARSE_KERNEL_FILE: `file` read as `text`, which is not `expected`. */
 export function parseError(file: string, text: string, expected: string): Error {
-  const shown = JSON.stringify(text.length > 64 ? text.slice(0, 61) + '...' : text)
-  return codedError('ERR_PARSE_KERNEL_FILE', `Cannot parse ${file}: expected ${expected}, read ${shown}`)
+  return codedError('ERR_PARSE_KERNEL_FILE', file, text, expected)
 }
 
 /**

@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import { native, pageSize } from './native.ts'
+import { available as ksmAvailable } from './ksm.ts'
 import { available as sksmAvailable } from './sksm.ts'
 import { probeUserfaultfd } from './uffd.ts'
 import { probePagemapScan, probeZeroPage } from './pagemap.ts'
@@ -41,7 +42,7 @@ export function features(): Features {
     cached = Object.freeze({
       kernelRelease: os.release(),
       pageSize,
-      ksm: fs.existsSync('/sys/kernel/mm/ksm'),
+      ksm: ksmAvailable(),
       ksmProcess: native.prctlGetMemoryMerge() >= 0,
       sksm: sksmAvailable(),
       userfaultfd: uffd.available,

@@ -1,6 +1,6 @@
 // memdedup: Linux memory deduplication (KSM, SKSM) and write tracking (userfaultfd, PAGEMAP_SCAN).
 export { Region, Reservation, type Range, type Protection, type Advice, type RegionKind } from './region.ts'
-export { SyscallError, FeatureUnavailableError, InvalidStateError } from './errors.ts'
+export { SyscallError, FeatureUnavailableError, InvalidStateError, codes, type ErrorCode } from './errors.ts'
 export * as ksm from './ksm.ts'
 export * as sksm from './sksm.ts'
 export * as mshare from './mshare.ts'

@@ -24,14 +24,14 @@ type Class = { readonly prototype: object; readonly name: string }
  * (no subclass, no foreign new.target). `use` names the factories, for the message.
  */
 export function assertInternal(token: unknown, newTarget: unknown, cls: Class, use: string): void {
-  if (token !== internal || newTarget !== cls) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', `Illegal constructor: use ${use}`)
+  if (token !== internal || newTarget !== cls) throw codedError('ERR_ILLEGAL_CONSTRUCTOR', use)
 }
 
 const { apply, defineProperty, getOwnPropertyDescriptor, ownKeys } = Reflect
 const toObject = Object
 const AsyncFunction = (async () => {}).constructor
 function invalidThis(type: string): Error {
-  return codedError('ERR_INVALID_THIS', `Value of "this" must be of type ${type}`)
+  return codedError('ERR_INVALID_THIS', type)
 }
 
 /**

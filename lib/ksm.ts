@@ -70,8 +70,17 @@ export type MergeScope = 'global' | 'uid'
 const camel = (file: string) => file.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
 const snake = (key: string) => key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())
 
-function assertKsm(): void {
-  if (!fs.existsSync(sysfsDir)) throw new FeatureUnavailableError('ksm', `${sysfsDir} does not exist (CONFIG_KSM=n)`)
+/**
+ * Whether this kernel has KSM (CONFIG_KSM: /sys/kernel/mm/ksm exists): the one probe, read by
+ * features().ksm, stats.system(), the Deduplicator's merge choice and the CLI.
+ */
+export function available(): boolean {
+  return fs.existsSync(sysfsDir)
+}
+
+/** FeatureUnavailableError unless available(). */
+export function assertAvailable(): void {
+  if (!available()) throw new FeatureUnavailableError('ksm', `${sysfsDir} does not exist (CONFIG_KSM=n)`)
 }
 
 function parseValue(text: string): number | string {
@@ -84,7 +93,7 @@ function parseValue(text: string): number | string {
 
 /** Every readable file of /sys/kernel/mm/ksm, camelCased (pages_sharing → pagesSharing). */
 export function stats(): KsmStats {
-  assertKsm()
+  assertAvailable()
   const out: Record<string, number | string> = {}
   for (const file of fsCall('scandir', sysfsDir, () => fs.readdirSync(sysfsDir))) {
     try {
@@ -107,15 +116,29 @@ export interface KsmProcessStats {
   [field: string]: number | boolean
 }
 
+/**
+ * /proc/<pid>/ksm_stat of `pid` (6.1+), camelCased: numbers and yes/no flags; a field that is
+ * neither is left out. FeatureUnavailableError where the process exists but the file does not
+ * (a kernel before 6.1 or without CONFIG_KSM); SyscallError for an unreadable or absent process.
+ */
 export function processStats(pid: number | 'self' = 'self'): KsmProcessStats {
+  const id = validatePid(pid)
+  const fields = readKsmStat(id)
+  if (fields === undefined) throw new FeatureUnavailableError('ksm', `/proc/${id}/ksm_stat does not exist`)
+  return fields
+}
+
+/**
+ * @internal The one ksm_stat parser (processStats(), stats.process()): undefined where the
+ * process exists and the file does not.
+ */
+export function readKsmStat(pid: number | 'self'): KsmProcessStats | undefined {
+  const file = `/proc/${pid}/ksm_stat`
   let text: string
-  const file = `/proc/${validatePid(pid)}/ksm_stat`
   try {
     text = fsCall('open', file, () => fs.readFileSync(file, 'utf8'))
   } catch (error) {
-    if ((error as SyscallError).code === 'ENOENT' && pid === 'self') {
-      throw new FeatureUnavailableError('ksm', '/proc/self/ksm_stat does not exist')
-    }
+    if ((error as SyscallError).code === 'ENOENT' && fs.existsSync(`/proc/${pid}`)) return undefined
     throw error
   }
   const out: Record<string, number | boolean> = {}
@@ -123,7 +146,8 @@ export function processStats(pid: number | 'self' = 'self'): KsmProcessStats {
     const match = /^(\w+):?\s+(\S+)$/.exec(line)
     if (!match) continue
     const value = match[2]
-    out[camel(match[1])] = value === 'yes' ? true : value === 'no' ? false : Number(value)
+    if (value === 'yes' || value === 'no') out[camel(match[1])] = value === 'yes'
+    else if (/^-?\d+$/.test(value)) out[camel(match[1])] = Number(value)
   }
   return out as KsmProcessStats
 }
@@ -152,7 +176,7 @@ export interface KsmSettings {
  */
 export function configure(settings: KsmSettings): KsmSettings {
   const opts = validateObject(settings, 'settings', false)
-  assertKsm()
+  assertAvailable()
   const entries = Object.entries(opts).filter(([, v]) => v !== undefined)
   for (const [key, value] of entries) {
     if (!/^[a-zA-Z]+$/.test(key) || !fs.existsSync(`${sysfsDir}/${snake(key)}`)) {
@@ -187,7 +211,7 @@ export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number
   const opts = readOptions(options, 'options', ['timeoutMs', 'pollMs'])
   const timeoutMs = validateInteger(opts.timeoutMs ?? 60_000, 'options.timeoutMs', 1)
   const pollMs = validateInteger(opts.pollMs ?? 10, 'options.pollMs', 1)
-  assertKsm()
+  assertAvailable()
   const file = `${sysfsDir}/full_scans`
   const read = () => {
     // A count that does not parse would compare false forever: it is an error, not "done".
@@ -201,7 +225,7 @@ export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number
   while (read() < target) {
     if (Date.now() > deadline) {
       // ksmd counts a full scan only while some memory is mergeable: with none it sleeps.
-      throw codedError('ETIMEDOUT', `ksmd did not complete ${scans} full scans within ${timeoutMs} ms (is /sys/kernel/mm/ksm/run 1, and is any memory MADV_MERGEABLE?)`)
+      throw codedError('ETIMEDOUT', scans, timeoutMs)
     }
     await new Promise((resolve) => setTimeout(resolve, pollMs))
   }

@@ -3,9 +3,26 @@
 import { constants as bufferConstants } from 'node:buffer'
 import fs from 'node:fs'
 import { native, constants as C, pageSize } from './native.ts'
-import { check, codedError, errno, FeatureUnavailableError, fsCall, SyscallError } from './errors.ts'
+import { check, codedError, errno, fsCall } from './errors.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
 import { PageRuns } from './runs.ts'
+import { hugetlbfsPageSize, hugetlbPageSize, openRegularFile } from './region/files.ts'
+import { addView, newViews, revokeViews, vacate, type Span, type Views } from './region/views.ts'
+import {
+  checkFree,
+  claim,
+  giveBack,
+  nameReserved,
+  overlapping,
+  releaseFree,
+  removeSlot,
+  repairHole,
+  reservationFinalizer,
+  reservedFlags,
+  type Home,
+  type ReservationState,
+  type Target,
+} from './region/reservation.ts'
 import {
   invalidArgType,
   invalidArgValue,
@@ -21,6 +38,10 @@ import {
 
 export type Protection = 'none' | 'r' | 'rw' | 'rx' | 'rwx'
 export type RegionKind = 'anonymous' | 'file' | 'memfd'
+export type { Span }
+export { reservedBytes } from './region/views.ts'
+/** @internal For TwinIndex.open (twin_index.ts). */
+export { openRegularFile } from './region/files.ts'
 /** A page-aligned sub-range of a Region, relative to its start. */
 export interface Range {
   offset: number
@@ -68,15 +89,8 @@ const adviceSyscalls = Object.fromEntries(
   adviceNames.map((a) => [a, `madvise(MADV_${a.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase()})`]),
 ) as Record<Advice, string>
 
-/** Address + length in bytes of a validated span of a live Region (internal). */
-export interface Span {
-  address: number
-  length: number
-}
-
 /**
- * Called with the Region when it closes or moves, before its views are detached and it is
- * marked closed (internal). `next` is where the memory is now after remap()
+ * Called with the Region when it closes or moves, before it is marked closed (internal). `next` is where the memory is now after remap()
  * (undefined on close): with next.address === region.address it grew or shrank in place.
  */
 export type CloseHook = (region: Region, next?: Span) => void
@@ -84,63 +98,13 @@ export type CloseHook = (region: Region, next?: Span) => void
 /** Longest Region: the x86_64 user address space (47 bits). */
 export const maxRegionLength = 2 ** 47
 
-// ---------------------------------------------------------------------------------------------
-// Late native users of a view. Detaching an ArrayBuffer does not stop native code that took its
-// pointer earlier (zlib.deflate, crypto.randomFill, fs.write run in the thread pool). So when a
-// Region's memory goes away while one of its views may still be reachable, the range is not
-// unmapped: mmap(MAP_FIXED) atomically replaces it with private, zero-filled, MAP_NORESERVE
-// anonymous memory (no RSS until touched), where late reads see zeros and late writes land
-// harmlessly. The range is unmapped once every such view has been garbage-collected (Node keeps
-// a buffer reachable while its thread-pool work runs, as it must for its own Buffers).
-
 /**
- * The views of one piece of memory, shared by a Region and its in-place remap() successors.
- * `pending` are ranges that went away while views were live: reserved, unmapped at zero views.
- * Counted through a FinalizationRegistry, not WeakRefs: a WeakRef keeps its target alive until
- * the current job ends, which would hold every reservation of a synchronous loop.
+ * The memory of [address, address + length) leaves the Region: back to its Reservation slot, or
+ * unmapped; either way held as zeros while views of it are live (region/views.ts).
  */
-interface Views {
-  live: number
-  pending: PendingRange[]
-}
-/** A range held for views; `release` returns it to its reservation instead of unmapping it. */
-interface PendingRange extends Span {
-  release?: () => void
-}
-let pendingBytes = 0
-const viewCollected = new FinalizationRegistry<Views>((views) => {
-  if (--views.live > 0) return
-  for (const range of views.pending) {
-    if (range.release) range.release()
-    else native.munmap(range.address, range.length)
-    pendingBytes -= range.length
-  }
-  views.pending = []
-})
-
-/**
- * The memory of [address, address + length) goes away: unmapped at once without live views;
- * otherwise atomically replaced (mmap MAP_FIXED) by the reservation, unmapped at zero views.
- */
-function vacate(address: number, length: number, views: Views, home?: Home | null): void {
-  if (home) {
-    giveBack(home, address, length, views)
-    return
-  }
-  if (views.live === 0) {
-    native.munmap(address, length)
-    return
-  }
-  const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE | C.MAP_FIXED
-  // Failing (ENOMEM) leaves the old mapping in place: it serves as the reservation.
-  native.mmap(address, length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0)
-  views.pending.push({ address, length })
-  pendingBytes += length
-}
-
-/** Bytes of address space held for views not yet garbage-collected (tests, bench). */
-export function reservedBytes(): number {
-  return pendingBytes
+function release(address: number, length: number, views: Views, home: Home | null): void {
+  if (home) giveBack(home, address, length, views)
+  else vacate(address, length, views)
 }
 
 interface Mapping {
@@ -153,7 +117,7 @@ interface Mapping {
 
 let warnedUnclosed = false
 const finalizer = new FinalizationRegistry<Mapping>((mapping) => {
-  vacate(mapping.address, mapping.length, mapping.views, mapping.home)
+  release(mapping.address, mapping.length, mapping.views, mapping.home)
   if (mapping.fd >= 0) native.closeFd(mapping.fd)
   if (!warnedUnclosed) {
     warnedUnclosed = true
@@ -176,25 +140,6 @@ function validateRegionLength(value: unknown, name: string): number {
   const length = validatePageLength(value, name)
   if (length > maxRegionLength) throw outOfRange(name, `<= ${maxRegionLength} (the 47-bit user address space)`, value)
   return length
-}
-
-let defaultHugePageSize: number | undefined
-/** The default hugetlb page size (Hugepagesize in /proc/meminfo, what MFD_HUGETLB uses). */
-function hugetlbPageSize(): number {
-  if (defaultHugePageSize === undefined) {
-    const meminfo = fsCall('open', '/proc/meminfo', () => fs.readFileSync('/proc/meminfo', 'latin1'))
-    const kb = /^Hugepagesize:\s+(\d+) kB$/m.exec(meminfo)
-    if (!kb) throw new FeatureUnavailableError('hugetlb', 'no Hugepagesize in /proc/meminfo (CONFIG_HUGETLBFS is off)')
-    defaultHugePageSize = Number(kb[1]) * 1024
-  }
-  return defaultHugePageSize
-}
-
-const HUGETLBFS_MAGIC = 0x958458f6
-/** The huge page size of the file behind `fd` if it lives on hugetlbfs (statfs f_bsize), else 0. */
-function hugetlbfsPageSize(fd: number, path: string): number {
-  const stat = fsCall('statfs', path, () => fs.statfsSync(`/proc/self/fd/${fd}`))
-  return stat.type === HUGETLBFS_MAGIC ? stat.bsize : 0
 }
 
 function mapOrThrow(length: number, prot: number, flags: number, fd: number, offset: number, what: string): number {
@@ -229,9 +174,8 @@ export class Region {
   #hugePageSize: number
   /** PROT_* bits per page: views are only handed out while every page is read+write. */
   #prot: PageRuns
-  #buffer: ArrayBuffer | null = null
   #bytes: Uint8Array | null = null
-  /** The ArrayBuffers handed out over this memory and not yet collected: see vacate(). */
+  /** The views handed out over this memory and not yet collected: see region/views.ts. */
   #views: Views
   #closed = false
   /** The Reservation slot this memory occupies (null: the kernel chose the address). */
@@ -250,7 +194,7 @@ export class Region {
     this.#limit = init.limit ?? Infinity
     this.#hugePageSize = init.hugePageSize ?? 0
     this.#prot = init.prot
-    this.#views = init.views ?? { live: 0, pending: [] }
+    this.#views = init.views ?? newViews()
     this.#home = init.home ?? null
     if (this.#home) this.#home.slot.owner = new WeakRef(this)
     finalizer.register(this, { address: init.address, length: init.length, fd: this.#fd, views: this.#views, home: this.#home }, this.#token)
@@ -381,10 +325,12 @@ export class Region {
 
   /**
    * Zero-copy view of the whole mapping. Handed out only while every page is readable and
-   * writable (use read() otherwise); detached (length 0) when the Region closes or moves.
+   * writable (use read() otherwise). A view keeps its length until it is collected: after
+   * close() or a move it reads zeros, after an in-place remap() or split() it still shows the
+   * memory. protect() without write access detaches it (length 0). Empty once closed.
    */
   get bytes(): Uint8Array {
-    if (this.#closed) return this.#bytes ?? new Uint8Array(0)
+    if (this.#closed) return new Uint8Array(0)
     if (this.#bytes === null) {
       if (this.#prot.findFailing((p) => (p & protBits.rw) === protBits.rw) >= 0) {
         throw codedError('ERR_REGION_PROTECTION', "Region.bytes needs every page readable and writable; protect('rw') it first or use read()")
@@ -394,9 +340,7 @@ export class Region {
       }
       const buffer = native.wrap(this.#address, this.#length)
       viewOwners.set(buffer, this)
-      this.#views.live++
-      viewCollected.register(buffer, this.#views)
-      this.#buffer = buffer
+      addView(this.#views, { address: this.#address, length: this.#length }, buffer)
       this.#bytes = new Uint8Array(buffer)
     }
     return this.#bytes
@@ -421,7 +365,13 @@ export class Region {
     check(native.mprotect(span.address, span.length, bits), 'mprotect', () => `${prot} on ${span.length} bytes`)
     const first = (span.address - this.#address) / pageSize
     this.#prot.fill(bits, first, first + span.length / pageSize)
-    if (bits !== protBits.rw && bits !== protBits.rwx) this.#detach()
+    if (bits !== protBits.rw && bits !== protBits.rwx) {
+      // A JS write through a view to a page without PROT_WRITE would SIGSEGV: every view over
+      // the range is detached (length 0), this Region's and those an earlier Region over the same
+      // memory handed out. Unlike close(), this can fail a Node API still using such a view.
+      revokeViews(this.#views, span)
+      this.#bytes = null
+    }
   }
 
   /** Current protection of the page at `offset` (as last set through this Region). */
@@ -441,7 +391,7 @@ export class Region {
 
   /**
    * mremap(2) to `newLength`. Returns the Region that owns the memory now; this one is closed
-   * (its views detached), unless `dontUnmap` kept the old range mapped (then both are live).
+   * (its views keep their length: see `bytes`), unless `dontUnmap` kept the old range mapped (then both are live).
    * A memfd Region grows its memfd first; a file Region cannot grow past the file's last page
    * (RangeError). On any error nothing changed (a memfd may be left larger: it is sealed against
    * shrinking, and the extra size costs nothing until mapped).
@@ -468,6 +418,10 @@ export class Region {
     if (this.#kind === 'file' && length > this.#limit) {
       throw outOfRange('newLength', `<= ${this.#limit} (pages past the end of the file would SIGBUS)`, length)
     }
+    if (this.#home && !mayMove && !dontUnmap && length > this.#length) {
+      const reason = this.#noRoomInReservation(length)
+      if (reason) throw codedError('ERR_RESERVATION_NO_ROOM', length, reason)
+    }
     if (this.#kind === 'memfd' && length > this.#limit) {
       check(native.ftruncate(this.#fd, length), 'ftruncate', () => `memfd ${this.#limit} -> ${length} bytes`)
       this.#limit = length
@@ -477,7 +431,7 @@ export class Region {
     const oldLength = this.#length
     let address: number
     if (target) address = this.#moveInto(target, length, dontUnmap)
-    else if (dontUnmap || (this.#views.live === 0 && this.#home === null)) {
+    else if (dontUnmap || (this.#views.live.size === 0 && this.#home === null)) {
       address = check(native.mremap(oldAddress, oldLength, length, (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0), 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
     } else address = this.#resizeKeepingOldRange(length, mayMove)
     // From here on nothing can fail: the memory has moved.
@@ -499,7 +453,7 @@ export class Region {
   /**
    * remap() when the old range must stay mapped until the pages are elsewhere: a view may still
    * be in use by native code (no address it covers is ever unmapped, not even for a moment, see
-   * vacate()), or the range belongs to a Reservation (a hole there could be taken by anyone's
+   * region/views.ts), or the range belongs to a Reservation (a hole there could be taken by anyone's
    * mmap). Shrinking hands the cut tail back; growing tries in place (inside the reservation),
    * else moves with MREMAP_DONTUNMAP, grows the moved mapping, and only then hands the old range
    * back.
@@ -509,18 +463,22 @@ export class Region {
     const oldLength = this.#length
     const context = () => `${oldLength} -> ${length} bytes`
     if (length <= oldLength) {
-      if (length < oldLength) vacate(oldAddress + length, oldLength - length, this.#views, this.#home)
+      if (length < oldLength) release(oldAddress + length, oldLength - length, this.#views, this.#home)
       return oldAddress
     }
     if (this.#home) {
-      if (this.#growInReservation(length)) return oldAddress
-      if (!mayMove) throw new SyscallError('mremap', errno.ENOMEM, `${context()}: the reservation is not free after the Region`)
+      // remap() refused mayMove: false without room before anything changed.
+      if (this.#noRoomInReservation(length) === undefined) {
+        const rc = this.#growInReservation(length)
+        if (rc === 0) return oldAddress
+        if (!mayMove) check(rc, 'mmap(MAP_FIXED)', context)
+      }
     } else {
       const inPlace = native.mremap(oldAddress, oldLength, length, 0, 0)
       if (inPlace >= 0 || !mayMove || inPlace !== -errno.ENOMEM) return check(inPlace, 'mremap', context)
     }
     const grown = this.#moveAndGrow(length, context)
-    vacate(oldAddress, oldLength, this.#views, this.#home)
+    release(oldAddress, oldLength, this.#views, this.#home)
     return grown
   }
 
@@ -538,22 +496,34 @@ export class Region {
     return grown
   }
 
-  /** Grows over the free reservation right after the Region (mmap MAP_FIXED); false if it cannot. */
-  #growInReservation(length: number): boolean {
+  /** Why the Region cannot grow in place to `length` inside its Reservation, or undefined if it can. */
+  #noRoomInReservation(length: number): string | undefined {
     const { reservation: state, slot } = this.#home!
     const extra = length - this.#length
     const end = slot.offset + slot.length
-    if (state.closed || this.#kind === 'file' || end + extra > state.length || overlapping(state, end, extra)) return false
+    if (state.closed) return 'its Reservation is closed'
+    if (this.#kind === 'file') return 'a file Region grows in a Reservation only by moving'
+    if (end + extra > state.length) return `it would reach past the end of its Reservation (offset ${end} + ${extra} > ${state.length})`
+    const taken = overlapping(state, end, extra)
+    if (taken) return `the Reservation is taken after it (offset ${taken.offset}, length ${taken.length})`
+    return undefined
+  }
+
+  /** Grows over the free reservation right after the Region (mmap MAP_FIXED): 0, or the -errno of mmap. */
+  #growInReservation(length: number): number {
+    const { reservation: state, slot } = this.#home!
+    const extra = length - this.#length
+    const end = slot.offset + slot.length
     const flags = this.#kind === 'memfd' ? C.MAP_SHARED : C.MAP_PRIVATE | C.MAP_ANONYMOUS
     const prot = this.#prot.get(this.#prot.pages - 1)
     const fileOffset = this.#kind === 'memfd' ? this.#length : 0
     const rc = native.mmapFixed(state.address, state.length, this.#address + this.#length, extra, prot, flags, this.#kind === 'memfd' ? this.#fd : -1, fileOffset)
     if (rc < 0) {
       repairHole(state, end, extra)
-      return false
+      return rc
     }
     slot.length += extra
-    return true
+    return 0
   }
 
   /**
@@ -574,7 +544,7 @@ export class Region {
       return rc
     }
     if (dontUnmap) return check(into(oldAddress, oldLength, C.MREMAP_DONTUNMAP), 'mremap(MREMAP_FIXED)', context)
-    if (this.#views.live === 0 && this.#home === null) return check(into(oldAddress, oldLength, 0), 'mremap(MREMAP_FIXED)', context)
+    if (this.#views.live.size === 0 && this.#home === null) return check(into(oldAddress, oldLength, 0), 'mremap(MREMAP_FIXED)', context)
     let moved: number
     if (length <= oldLength) {
       moved = check(into(oldAddress, length, C.MREMAP_DONTUNMAP), 'mremap(MREMAP_FIXED)', context)
@@ -586,14 +556,14 @@ export class Region {
         check(moved, 'mremap(MREMAP_FIXED)', context)
       }
     }
-    vacate(oldAddress, oldLength, this.#views, this.#home)
+    release(oldAddress, oldLength, this.#views, this.#home)
     return moved
   }
 
   /**
    * Splits the Region at `offset` into two Regions over the same memory (no syscall; the kernel
-   * splits VMAs only when the halves are treated differently). This Region is closed and its
-   * views detached, as by remap(); a partial move is `split()` then `remap()` of one part.
+   * splits VMAs only when the halves are treated differently). This Region is closed (its
+   * views still show both parts), as by remap(); a partial move is `split()` then `remap()` of one part.
    * Anonymous and file Regions only (a memfd Region owns one fd).
    */
   split(offset: number): [Region, Region] {
@@ -648,9 +618,9 @@ export class Region {
   }
 
   /**
-   * Unmaps the Region. Idempotent; views become length 0; never throws for a closed Region.
-   * If a view was ever handed out and may still be reachable, the range is first replaced by
-   * zero-filled memory and unmapped when those views are garbage-collected (see vacate()).
+   * Unmaps the Region. Idempotent; never throws for a closed Region. If a view was handed out
+   * and may still be reachable, the range is replaced by zero-filled memory (the view keeps its
+   * length) and unmapped when those views are garbage-collected (see region/views.ts).
    */
   close(): void {
     if (this.#closed) return
@@ -660,7 +630,7 @@ export class Region {
     const views = this.#views
     const home = this.#home
     this.#retire()
-    vacate(address, length, views, home)
+    release(address, length, views, home)
     if (fd >= 0) native.closeFd(fd)
   }
 
@@ -724,13 +694,10 @@ export class Region {
     if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the Region is closed`)
   }
 
-  #detach(): void {
-    if (this.#buffer !== null) native.detach(this.#buffer)
-    this.#buffer = null
-    this.#bytes = null
-  }
-
-  /** Runs hooks, detaches views, marks closed; the caller decides what happens to the memory. */
+  /**
+   * Runs hooks, marks closed; the caller decides what happens to the memory. Views handed out
+   * stay attached with their length (see "Late users of a view").
+   */
   #retire(next?: Span): void {
     for (const hook of this.#hooks) {
       try {
@@ -740,41 +707,10 @@ export class Region {
       }
     }
     this.#hooks.clear()
-    this.#detach()
-    // `bytes` after close() is an empty view: harmless, never a crash.
-    this.#bytes = new Uint8Array(0)
+    this.#bytes = null
     this.#closed = true
     this.#fd = -1
     finalizer.unregister(this.#token)
-  }
-}
-
-/** What a file that is not a regular file is, for the refusal. */
-function fileKind(stats: fs.Stats): string {
-  if (stats.isFIFO()) return 'a FIFO'
-  if (stats.isDirectory()) return 'a directory'
-  if (stats.isSocket()) return 'a socket'
-  if (stats.isCharacterDevice()) return 'a character device'
-  if (stats.isBlockDevice()) return 'a block device'
-  return 'not a regular file'
-}
-
-/**
- * @internal Opens a regular file without blocking (Region.file, TwinIndex.open): O_PATH first
- * (opens nothing: a FIFO neither waits for a writer nor releases one, a device runs no open
- * handler), fstat, and only a regular file is reopened through /proc/self/fd (the same inode
- * whatever the path does since) with `access` | O_NONBLOCK: a file another process holds a lease
- * on is EAGAIN at once instead of a wait of up to lease-break-time (45 s) on the event loop.
- * Anything else is TypeError ERR_INVALID_ARG_VALUE naming the argument (`name`, `value`).
- */
-export function openRegularFile(path: string, access: number, name: string, value: unknown, wanted: string): number {
-  const pathFd = fsCall('open', path, () => fs.openSync(path, C.O_PATH))
-  try {
-    const stats = fsCall('fstat', path, () => fs.fstatSync(pathFd))
-    if (!stats.isFile()) throw invalidArgValue(name, `is ${fileKind(stats)}, not ${wanted} (refused without being opened)`, value)
-    return fsCall('open', path, () => fs.openSync(`/proc/self/fd/${pathFd}`, access | C.O_NONBLOCK))
-  } finally {
-    fs.closeSync(pathFd)
   }
 }
 
@@ -789,161 +725,7 @@ export function resolveSpan(region: unknown, range: Range | undefined, operation
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reservations: address space memdedup owns and maps into with MAP_FIXED / MREMAP_FIXED. The
-// state lists the occupied slots; everything else in [address, address + length) is PROT_NONE
-// memory of ours named "memdedup-reserved". A slot is a Region placed there, a range held for a
-// closed Region's views (see vacate()), or a range lost after a failed placement (never mapped
-// over nor unmapped again: something else may live there).
-
-type SlotKind = 'region' | 'pending' | 'lost'
-interface Slot {
-  /** Relative to the reservation's start. */
-  offset: number
-  length: number
-  kind: SlotKind
-  /** The Region in a 'region' slot (weak: a dropped Region is unmapped by its own finalizer). */
-  owner?: WeakRef<Region>
-}
-interface ReservationState {
-  address: number
-  length: number
-  closed: boolean
-  /** Sorted by offset, never overlapping. */
-  slots: Slot[]
-}
-interface Home {
-  reservation: ReservationState
-  slot: Slot
-}
-interface Target {
-  state: ReservationState
-  offset: number
-}
-
-const reservedFlags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE
-const reservedName = 'memdedup-reserved'
-
-function nameReserved(address: number, length: number): void {
-  // Best effort: lets repairHole() tell our PROT_NONE from anyone else's in /proc/self/maps.
-  native.prctlSetVmaAnonName(address, length, reservedName)
-}
-
-function overlapping(state: ReservationState, offset: number, length: number): Slot | undefined {
-  return state.slots.find((s) => s.offset < offset + length && offset < s.offset + s.length)
-}
-
-function claim(state: ReservationState, offset: number, length: number, kind: SlotKind): Slot {
-  const slot: Slot = { offset, length, kind }
-  const at = state.slots.findIndex((s) => s.offset > offset)
-  state.slots.splice(at < 0 ? state.slots.length : at, 0, slot)
-  return slot
-}
-
-function removeSlot(state: ReservationState, slot: Slot): void {
-  const at = state.slots.indexOf(slot)
-  if (at >= 0) state.slots.splice(at, 1)
-}
-
-/**
- * [address, address + length), a whole slot or its head or tail, leaves its Region: it goes back
- * to the reservation (PROT_NONE again) at once without live views, else once they are collected.
- */
-function giveBack(home: Home, address: number, length: number, views: Views): void {
-  const { reservation: state, slot } = home
-  const offset = address - state.address
-  if (offset === slot.offset && length === slot.length) removeSlot(state, slot)
-  else if (offset === slot.offset) {
-    slot.offset += length
-    slot.length -= length
-  } else slot.length -= length
-  if (views.live === 0) {
-    returnToReservation(state, address, length)
-    return
-  }
-  // A view may still be read or written by native code: zero-filled memory stands in until then
-  // (if this fails the old mapping stays, which serves as well).
-  if (!state.closed) native.mmapFixed(state.address, state.length, address, length, C.PROT_READ | C.PROT_WRITE, reservedFlags, -1, 0)
-  const pending = claim(state, offset, length, 'pending')
-  views.pending.push({
-    address,
-    length,
-    release: () => {
-      removeSlot(state, pending)
-      returnToReservation(state, address, length)
-    },
-  })
-  pendingBytes += length
-}
-
-/** Makes our own mapping at [address, length) PROT_NONE reservation again (atomically: MAP_FIXED). */
-function returnToReservation(state: ReservationState, address: number, length: number): void {
-  if (state.closed) {
-    native.munmap(address, length)
-    return
-  }
-  if (native.mmapFixed(state.address, state.length, address, length, C.PROT_NONE, reservedFlags, -1, 0) >= 0) {
-    nameReserved(address, length)
-    return
-  }
-  // Still our mapping: unmap it, and never touch that range again.
-  native.munmap(address, length)
-  claim(state, address - state.address, length, 'lost')
-}
-
-/**
- * After a failed MAP_FIXED / MREMAP_FIXED at [offset, offset + length): the kernel may have
- * unmapped the target before failing (mremap checks the source after unmapping the target on
- * kernels before 6.17; mmap restores a gap). Re-reserve a hole with MAP_FIXED_NOREPLACE; if
- * something is mapped there and it is not all our named reservation, the range is lost.
- */
-function repairHole(state: ReservationState, offset: number, length: number): void {
-  const address = state.address + offset
-  const rc = native.mmap(address, length, C.PROT_NONE, reservedFlags | C.MAP_FIXED_NOREPLACE, -1, 0)
-  if (rc === address) {
-    nameReserved(address, length)
-    return
-  }
-  if (rc >= 0) native.munmap(rc, length)
-  if (!stillReserved(address, length)) claim(state, offset, length, 'lost')
-}
-
-/** Whether /proc/self/maps shows [address, address + length) wholly as our named PROT_NONE. */
-function stillReserved(address: number, length: number): boolean {
-  let maps: string
-  try {
-    maps = fs.readFileSync('/proc/self/maps', 'latin1')
-  } catch {
-    return false
-  }
-  let covered = address
-  for (const line of maps.split('\n')) {
-    const match = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line)
-    if (!match) continue
-    const start = parseInt(match[1], 16)
-    const end = parseInt(match[2], 16)
-    if (end <= covered || start >= address + length) continue
-    if (start > covered || match[3] !== '---p' || match[4] !== `[anon:${reservedName}]`) return false
-    covered = end
-    if (covered >= address + length) return true
-  }
-  return false
-}
-
-/** Unmaps every free part of the reservation (slots stay: their owners unmap them). */
-function releaseFree(state: ReservationState): void {
-  let at = 0
-  for (const slot of state.slots) {
-    if (slot.offset > at) native.munmap(state.address + at, slot.offset - at)
-    at = Math.max(at, slot.offset + slot.length)
-  }
-  if (at < state.length) native.munmap(state.address + at, state.length - at)
-}
-
-const reservationFinalizer = new FinalizationRegistry<ReservationState>((state) => {
-  if (state.closed) return
-  releaseFree(state)
-  state.closed = true
-})
+// Reservation: the class. Its slots (what occupies which range) live in region/reservation.ts.
 
 function readTarget(value: unknown, length: number): Target {
   const fixed = readOptions(value, 'options.fixed', ['into', 'offset'])
@@ -953,17 +735,6 @@ function readTarget(value: unknown, length: number): Target {
   if (state.closed) throw codedError('ERR_REGION_CLOSED', 'Cannot remap into a closed Reservation')
   checkFree(state, offset, length, 'options.fixed')
   return { state, offset }
-}
-
-function checkFree(state: ReservationState, offset: number, length: number, name: string): void {
-  if (offset + length > state.length) {
-    throw outOfRange(name, `inside the Reservation (offset + length <= ${state.length})`, `offset ${offset} + length ${length}`)
-  }
-  const taken = overlapping(state, offset, length)
-  if (taken) {
-    const what = taken.kind === 'region' ? 'a Region placed' : taken.kind === 'pending' ? 'memory held for the views of a closed Region' : 'a range lost to a failed placement'
-    throw outOfRange(name, `a free range of the Reservation (it overlaps ${what} at offset ${taken.offset}, length ${taken.length})`, `offset ${offset} + length ${length}`)
-  }
 }
 
 let stateOf: (reservation: Reservation) => ReservationState

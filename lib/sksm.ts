@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import { native, constants as C } from './native.ts'
 import { check, errno, FeatureUnavailableError } from './errors.ts'
-import { resolveSpan, type Range, type Region } from './region.ts'
+import { Region, resolveSpan, type Range } from './region.ts'
 
 /**
  * Merges every present anonymous page of the range with identical pages merged before it, in
@@ -91,11 +91,14 @@ let probed: boolean | undefined
  */
 export function available(): boolean {
   if (probed === undefined) {
-    const length = C.pageSize
-    const address = check(native.mmap(0, length, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0), 'mmap', 'sksm probe')
-    const rc = native.madvise(address, length, C.MADV_MERGE)
-    probed = rc === 0 || -rc === errno.EPERM
-    native.munmap(address, length)
+    const scratch = Region.anonymous(C.pageSize)
+    try {
+      const span = resolveSpan(scratch, undefined, 'sksm.available')
+      const rc = native.madvise(span.address, span.length, C.MADV_MERGE)
+      probed = rc === 0 || -rc === errno.EPERM
+    } finally {
+      scratch.close()
+    }
   }
   return probed
 }

@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import { fsCall, SyscallError } from './errors.ts'
-import { stats as ksmStats, sysfsDir as ksmSysfsDir, type KsmStats } from './ksm.ts'
+import { available as ksmAvailable, readKsmStat, stats as ksmStats, type KsmStats } from './ksm.ts'
 import { pageSize } from './native.ts'
 import { readOptions, validateBoolean, validatePid } from './validate.ts'
 
@@ -91,19 +91,11 @@ function commandOf(pid: number): string {
 }
 
 function ksmOf(pid: number): Pick<ProcessStats, 'ksmMergingPages' | 'ksmZeroPages' | 'ksmRmapItems' | 'ksmProcessProfit' | 'ksmMergeAny' | 'ksmMergeable'> {
-  const fields: Record<string, string> = {}
-  try {
-    for (const line of readText(`/proc/${pid}/ksm_stat`).split('\n')) {
-      const match = /^(\w+):?\s+(\S+)$/.exec(line)
-      if (match) fields[match[1]] = match[2]
-    }
-  } catch (error) {
-    // ksm_stat is 6.1+; a kernel without CONFIG_KSM has neither file.
-    if ((error as SyscallError).code !== 'ENOENT' || !fs.existsSync(`/proc/${pid}`)) throw error
-  }
-  const number = (name: string) => (fields[name] !== undefined && /^-?\d+$/.test(fields[name]) ? Number(fields[name]) : null)
-  const flag = (name: string) => (fields[name] === 'yes' ? true : fields[name] === 'no' ? false : null)
-  let merging = number('ksm_merging_pages')
+  // ksm_stat is 6.1+; a kernel without CONFIG_KSM has neither file.
+  const fields: Record<string, number | boolean | undefined> = readKsmStat(pid) ?? {}
+  const number = (name: string) => (typeof fields[name] === 'number' ? (fields[name] as number) : null)
+  const flag = (name: string) => (typeof fields[name] === 'boolean' ? (fields[name] as boolean) : null)
+  let merging = number('ksmMergingPages')
   if (merging === null) {
     try {
       merging = Number(readText(`/proc/${pid}/ksm_merging_pages`).trim()) || 0
@@ -114,11 +106,11 @@ function ksmOf(pid: number): Pick<ProcessStats, 'ksmMergingPages' | 'ksmZeroPage
   }
   return {
     ksmMergingPages: merging,
-    ksmZeroPages: number('ksm_zero_pages'),
-    ksmRmapItems: number('ksm_rmap_items'),
-    ksmProcessProfit: number('ksm_process_profit'),
-    ksmMergeAny: flag('ksm_merge_any'),
-    ksmMergeable: flag('ksm_mergeable'),
+    ksmZeroPages: number('ksmZeroPages'),
+    ksmRmapItems: number('ksmRmapItems'),
+    ksmProcessProfit: number('ksmProcessProfit'),
+    ksmMergeAny: flag('ksmMergeAny'),
+    ksmMergeable: flag('ksmMergeable'),
   }
 }
 
@@ -198,7 +190,7 @@ export interface SystemStats {
 
 export function system(): SystemStats {
   const vm = vmstat()
-  const k = fs.existsSync(ksmSysfsDir) ? ksmStats() : null
+  const k = ksmAvailable() ? ksmStats() : null
   return {
     kernelRelease: os.release(),
     pageSize,

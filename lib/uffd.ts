@@ -270,7 +270,7 @@ export class Userfaultfd {
     const existing = this.#registrations.get(region)
     const taken = existing?.modes.findFailing((m) => m === 0, first, first + count) ?? -1
     if (taken >= 0) {
-      throw codedError('ERR_UFFD_ALREADY_REGISTERED', `Cannot register: page ${taken} of the Region is already registered with this userfaultfd (unregister it first)`)
+      throw codedError('ERR_UFFD_ALREADY_REGISTERED', taken)
     }
     const out = new BigUint64Array(1)
     check(native.uffdRegister(fd, span.address, span.length, mode, out), 'ioctl(UFFDIO_REGISTER)', () => `${describeMode(mode)} on ${span.length} bytes of a ${region.kind} Region`)
@@ -318,7 +318,7 @@ export class Userfaultfd {
     const modes = this.#registrations.get(region)?.modes
     const page = modes === undefined ? first : modes.findFailing((m) => (m & MODE.writeProtect) !== 0, first, first + count)
     if (page >= 0) {
-      throw codedError('ERR_UFFD_NOT_REGISTERED', `Cannot writeProtect: page ${page} of the Region is not registered with { writeProtect: true } on this userfaultfd`)
+      throw codedError('ERR_UFFD_NOT_REGISTERED', page)
     }
     const mode = protect ? U.UFFDIO_WRITEPROTECT_MODE_WP : 0
     let rc: number
@@ -385,7 +385,7 @@ export class Userfaultfd {
   }
 
   #assertOpen(operation: string): number {
-    if (this.#fd < 0) throw codedError('ERR_UFFD_CLOSED', `Cannot ${operation}: the Userfaultfd is closed`)
+    if (this.#fd < 0) throw codedError('ERR_UFFD_CLOSED', operation)
     return this.#fd
   }
 }

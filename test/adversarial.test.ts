@@ -2,7 +2,7 @@
 // child process and must end in the expected error class and code — never a signal, a hang, a
 // leaked mapping or a leaked descriptor. Cases are grouped by the class of issue 9 they probe.
 import { beforeAll, describe, expect, it } from 'vitest'
-import { Deduplicator, MshareAttachment, MshareRegion, Region, Reservation, TwinIndex, Userfaultfd, pageSize, pagemap } from '../lib/index.ts'
+import { Deduplicator, FeatureUnavailableError, MshareAttachment, MshareRegion, Region, Reservation, TwinIndex, Userfaultfd, features, ksm, pageSize, pagemap, stats } from '../lib/index.ts'
 import { ensureDist } from './helpers/ksm.ts'
 import { runChild } from './helpers/child.ts'
 import { errorCode, thrown } from './helpers/errors.ts'
@@ -322,5 +322,38 @@ describe('a real Region with a swapped prototype (issue 20, item 8)', () => {
     Object.setPrototypeOf(region, lying)
     const e = pagemap.entries(region)
     expect(e.address).toBe(region.address)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Issue 20, "same thing once": one name per operation. The Deduplicator's v1 aliases add()/remove()
+// (of track()/untrack()) are gone; ksm_stat has one parser, KSM presence one probe.
+
+describe('one way to do each thing (issue 20)', () => {
+  it('Deduplicator has track()/untrack() only: no add()/remove() aliases', () => {
+    expect(typeof Deduplicator.prototype.track).toBe('function')
+    expect(typeof Deduplicator.prototype.untrack).toBe('function')
+    expect(Object.hasOwn(Deduplicator.prototype, 'add')).toBe(false)
+    expect(Object.hasOwn(Deduplicator.prototype, 'remove')).toBe(false)
+  })
+
+  it('ksm.processStats() and stats.process() read the same ksm_stat fields alike', (ctx) => {
+    if (!features().ksm) ctx.skip('no KSM (CONFIG_KSM off): no ksm_stat')
+    let fromKsm: ReturnType<typeof ksm.processStats>
+    try {
+      fromKsm = ksm.processStats()
+    } catch (error) {
+      if (!(error instanceof FeatureUnavailableError)) throw error
+      ctx.skip(`no /proc/self/ksm_stat on this kernel: ${error.message}`)
+    }
+    const fromStats = stats.process()
+    for (const key of ['ksmRmapItems', 'ksmZeroPages', 'ksmProcessProfit', 'ksmMergeAny', 'ksmMergeable'] as const) {
+      expect(fromStats[key], key).toBe(fromKsm![key] ?? null)
+    }
+  })
+
+  it('features().ksm is ksm.available(), and stats.system() reports KSM exactly when it is true', () => {
+    expect(features().ksm).toBe(ksm.available())
+    expect(stats.system().ksm !== null).toBe(ksm.available())
   })
 })

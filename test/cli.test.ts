@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { beforeAll, describe, expect, it, type TestContext } from 'vitest'
-import { features, ksm, pageSize } from '../lib/index.ts'
+import { codes, features, ksm, pageSize } from '../lib/index.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
 import { holdKsmLock, collect, fastKsmd, inVm, ksmdTimeoutMs, probe, repoRoot, skipUnlessKsmSettings, type ChildResult } from './helpers/ksm.ts'
 
@@ -323,7 +323,9 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
         expect(missingPath.stderr).toContain('no such file or directory')
         const json = memdedup(['run', '--json', '--', 'memdedup-no-such-command-xyz'])
         expect(json.status).toBe(127)
-        expect(JSON.parse(json.stderr.trim().split('\n').pop()!)).toMatchObject({ error: { code: 'ENOENT' } })
+        // Issue 20: no syscall returned ENOENT for an empty $PATH search: the CLI's own registry code.
+        expect(JSON.parse(json.stderr.trim().split('\n').pop()!)).toMatchObject({ error: { code: 'ERR_CLI_COMMAND_NOT_FOUND' } })
+        expect(codes.ERR_CLI_COMMAND_NOT_FOUND).toBe('Error')
         // There but not executable: by path, and by name in a $PATH directory.
         fs.writeFileSync(path.join(dir, 'not-executable'), '#!/bin/sh\nexit 0\n', { mode: 0o644 })
         const denied = memdedup(['run', '--', path.join(dir, 'not-executable')])

@@ -2,8 +2,8 @@
 import fs from 'node:fs'
 import { describe, expect, it, vi } from 'vitest'
 import os from 'node:os'
-import { SyscallError, FeatureUnavailableError, InvalidStateError, ksm, stats } from '../lib/index.ts'
-import { check, codedError, codes, fsCall, type ErrorCode } from '../lib/errors.ts'
+import { SyscallError, FeatureUnavailableError, InvalidStateError, codes as publicCodes, ksm, stats } from '../lib/index.ts'
+import { check, codedError, codes, fsCall, message } from '../lib/errors.ts'
 import { native } from '../lib/native.ts'
 import { PageFlag } from '../lib/pagemap.ts'
 import { errorCode, thrown } from './helpers/errors.ts'
@@ -67,11 +67,24 @@ describe('one error path', () => {
   it('every ERR_* code comes from one table, with its class', () => {
     for (const [code, kind] of Object.entries(codes)) {
       if (code === 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE') continue
-      const e = codedError(code as Exclude<ErrorCode, 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE'>, 'm')
+      // Each template takes its own arguments; 'm' and 1 fit every one of them.
+      const e = (codedError as (code: string, ...args: unknown[]) => Error)(code, 'm', 'm', 'm')
       expect(e.constructor.name).toBe(kind)
       expect((e as { code?: string }).code).toBe(code)
     }
     expect(new FeatureUnavailableError('x', 'y').code).toBe('ERR_MEMDEDUP_FEATURE_UNAVAILABLE')
+  })
+
+  it('`codes` is exported from the package, frozen, one entry a code (Node\'s E(): the template lives with the code)', () => {
+    expect(publicCodes).toBe(codes)
+    expect(Object.isFrozen(publicCodes)).toBe(true)
+    expect(publicCodes.ERR_RESERVATION_NO_ROOM).toBe('InvalidStateError')
+    expect(publicCodes.ERR_MEMDEDUP_CLI).toBe('Error') // the CLI's codes are in the same registry
+    // Messages come from the registry's templates, given the template's arguments.
+    expect(codedError('ERR_INVALID_THIS', 'Region').message).toBe('Value of "this" must be of type Region')
+    expect(codedError('ERR_UFFD_CLOSED', 'register').message).toBe('Cannot register: the Userfaultfd is closed')
+    expect(codedError('ETIMEDOUT', 2, 50).message).toMatch(/^ksmd did not complete 2 full scans within 50 ms/)
+    expect(message('ERR_RESERVATION_NO_ROOM', 8192, 'taken')).toBe('Cannot grow the Region in place to 8192 bytes (mayMove: false): taken')
   })
 
   it('a node:fs failure becomes a SyscallError with the same code and errno', () => {

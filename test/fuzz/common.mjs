@@ -4,12 +4,13 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+import { repoRoot } from '../helpers/dist.mjs'
+import { inVm } from '../helpers/env.mjs'
+
+// One definition each (test/helpers), re-exported for the runners that import this module.
+export { repoRoot, inVm }
 export const fixturesDir = path.join(repoRoot, 'test', 'fixtures')
-/** Set by ci/test-vm.mjs: the patched 6.12 under TCG, ~18x slower than the host. */
-export const inVm = Boolean(process.env.MEMDEDUP_VM)
 
 /** sfc32: small, fast, good enough to pick operations; the same seed replays the same run. */
 export function prng(seed) {

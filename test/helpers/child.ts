@@ -3,6 +3,7 @@
 import { spawnSync } from 'node:child_process'
 import { expect } from 'vitest'
 import { distEntry, ensureDist } from './dist.mjs'
+import { inVm } from './env.mjs'
 
 export interface ChildRun {
   status: number | null
@@ -19,7 +20,7 @@ export interface ChildRun {
  * the child was not killed by a signal and exited 0, and returns what it printed.
  */
 // The lab VM runs Node ~18x slower (TCG): 10^4-cycle children need minutes there.
-const defaultTimeoutMs = process.env.MEMDEDUP_VM ? 400_000 : 30_000
+const defaultTimeoutMs = inVm ? 400_000 : 30_000
 
 export function runChild(body: string, { timeoutMs = defaultTimeoutMs, expectExit = 0 }: { timeoutMs?: number; expectExit?: number } = {}): ChildRun {
   ensureDist()

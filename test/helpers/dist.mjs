@@ -15,7 +15,8 @@ export const distEntry = path.join(repoRoot, 'dist', 'lib', 'index.js')
  */
 export function ensureDist() {
   const libDir = path.join(repoRoot, 'lib')
-  const newestLib = Math.max(...fs.readdirSync(libDir).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(libDir, f)).mtimeMs))
+  const sources = fs.readdirSync(libDir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'))
+  const newestLib = Math.max(...sources.map((f) => fs.statSync(path.join(libDir, f)).mtimeMs))
   const built = fs.existsSync(distEntry) ? fs.statSync(distEntry).mtimeMs : -1
   if (built >= newestLib) return
   let writable = true

@@ -315,9 +315,17 @@ describe('ksm_tests: the timed modes, with assertions', () => {
       bytes.fill(0x2b, pageSize * (i + 1), pageSize * (i + 1) + i / 2 + 1)
     }
     await ksmMergePages(map)
-    // Not in the C: each pair shares one frame, and the pairs are all different.
+    // Not in the C (which only times the writes): each pair shares one frame, and the pairs are all
+    // different. Two full scans merge every pair of small pages; when both pages of a pair sit in one
+    // THP, ksmd's first try fails and splits it (try_to_merge_two_pages()), and that pair merges in
+    // the next pass (seen in the lab, THP=always: one pair left after 2 scans, "pair 88", "pair 244").
+    const unmergedPair = () => {
+      const pfns = pagemap.entries(map).pfns
+      for (let i = 0; i < pageCount; i += 2) if (pfns[i] !== pfns[i + 1]) return i / 2
+      return -1
+    }
+    expect(await state.until(() => unmergedPair() === -1, 4), `pair ${unmergedPair()} not merged`).toBe(true)
     let entries = pagemap.entries(map)
-    for (let i = 0; i < pageCount; i += 2) if (entries.pfns[i] !== entries.pfns[i + 1]) expect.fail(`pair ${i / 2} not merged`)
     expect(entries.distinctPfns(), 'one frame per pair').toBe(pageCount / 2)
     expect(ksm.processStats().ksmMergingPages).toBe(pageCount)
 

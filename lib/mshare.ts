@@ -507,7 +507,8 @@ export class MshareAttachment {
   /**
    * A zero-copy view of `range` of the region. Only over memory known to be mapped (else a
    * RangeError: an empty part of a region is SIGSEGV), and only on a read-write attachment.
-   * Detached (length 0) when the memory is unmapped through this process or the attachment closes.
+   * Detached (length 0) when that memory is unmapped or replaced through this process (touching
+   * it then would be SIGSEGV: await async consumers first); after close() it reads zeros.
    */
   view(range: Range): Uint8Array {
     this.#assertOpen('view')
@@ -554,19 +555,23 @@ export class MshareAttachment {
     check(native.mprotect(this.#address, this.#length, bits), 'mprotect', () => `${prot} on an mshare attachment`)
   }
 
-  /** Unmaps the attachment (views detached; memory held for views not yet collected). Idempotent. */
+  /**
+   * Unmaps the attachment. Views keep their length and read zeros (private zero pages stand in)
+   * until they are collected: a Node API still using one (zlib, dgram) finishes, as with Region.
+   * Idempotent.
+   */
   close(): void {
     if (this.#closed) return
     this.#closed = true
-    this.detachViews(0, this.#length)
+    this.#buffers.clear()
     attachmentFinalizer.unregister(this.#token)
     this.#onClose(this)
     if (this.#views.live === 0) {
       native.munmap(this.#address, this.#length)
       return
     }
-    // A detached view's pointer may still be in use by native code: private zero pages stand in
-    // (MAP_FIXED over the whole VMA, which the kernel allows) until the views are collected.
+    // A view may still be in use (JS or native code): private zero pages stand in (MAP_FIXED over
+    // the whole VMA, which the kernel allows) until the views are collected.
     const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE | C.MAP_FIXED
     if (native.mmap(this.#address, this.#length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0) < 0) native.munmap(this.#address, this.#length)
     else this.#views.pending = { address: this.#address, length: this.#length }

@@ -103,9 +103,10 @@ Napi::Value MremapFixed(const Napi::CallbackInfo& info) {
                                           flags | MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(new_address)));
 }
 
-// The ArrayBuffer does not own the memory: lib/region.ts detaches it before the Region's memory
-// goes away, and unmaps the range only once the ArrayBuffer itself is garbage-collected (until
-// then a late reader in the thread pool finds zero-filled memory there, see Region.close()).
+// The ArrayBuffer does not own the memory: when the Region's memory goes away, lib/region/views.ts
+// puts zero-filled memory in its place and unmaps the range only once the ArrayBuffer itself is
+// garbage-collected, so a late user (JS, or native code in the thread pool) finds memory there;
+// only protect() detaches it (a write would fault).
 Napi::Value Wrap(const Napi::CallbackInfo& info) {
   MEMDEDUP_ARG(address, ArgU64(info, 0));
   MEMDEDUP_ARG(length, ArgU64(info, 1));

@@ -8,22 +8,14 @@ import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { Worker } from 'node:worker_threads'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { FeatureUnavailableError, Region, ksm, pagemap, pageSize, sksm } from '../lib/index.ts'
+import { Region, ksm, pagemap, pageSize, sksm } from '../lib/index.ts'
 import type { KsmSettings } from '../lib/ksm.ts'
 import { checkPattern, fillPattern, kernelProblemsSince, kmsgCursor } from './fixtures/sksm-common.mjs'
 import { acquireKsmLock } from './helpers/ksm.ts'
 import { inVm } from './helpers/env.mjs'
 
 const hasSksm = sksm.available()
-const hasKsm = (() => {
-  try {
-    ksm.stats()
-    return true
-  } catch (error) {
-    if (error instanceof FeatureUnavailableError) return false // CONFIG_KSM off
-    throw error
-  }
-})()
+const hasKsm = ksm.available()
 // Merge scopes (0049): ksmd's and MADV_MERGE's pages meet only within one scope.
 const hasScopes = hasKsm && ksm.stats().sksmScope !== undefined
 const skipReason = !hasSksm

@@ -3,33 +3,21 @@
 // attachment (refused: protection belongs to the region's mappings, shared by all), an attacher
 // exiting, KSM and SKSM on mshare memory, the kernel's exact answer to bad inputs, and nothing
 // leaked (descriptors from /proc/self/fd, mappings from /proc/self/maps).
-import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { FeatureUnavailableError, InvalidStateError, MshareRegion, Region, SyscallError, mshare, pageSize, sksm } from '../lib/index.ts'
 import { native, constants as C } from '../lib/native.ts'
-import { runChild } from './helpers/child.ts'
-import { distEntry, ensureDist } from './helpers/dist.mjs'
+import { runChild, runRawChild } from './helpers/child.ts'
 import { expectThrowsCode, thrown } from './helpers/errors.ts'
 import { fdCount, mappingCount } from './helpers/process.ts'
 
 const why = mshare.probe()
 const reason = why ? ` — skipped: ${why}` : ''
 const MB = 2 ** 20
-const nativeEntry = distEntry.replace(/index\.js$/, 'native.js')
 const rw = C.PROT_READ | C.PROT_WRITE
 
-/** Runs a Node child (lib and native bound) and returns its exit status and signal. */
-function rawChild(body: string): { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string } {
-  ensureDist()
-  const script = `
-    import * as lib from ${JSON.stringify(distEntry)}
-    import { native } from ${JSON.stringify(nativeEntry)}
-    ${body}
-  `
-  return spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: process.env.MEMDEDUP_VM ? 400_000 : 30_000 })
-}
+const rawChild = (body: string) => runRawChild(body)
 
 /** The region's mappings in /proc/self/maps (msharefs files show their path). */
 const mshareMappings = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((line) => line.includes(mshare.mountPoint))

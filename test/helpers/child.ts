@@ -14,22 +14,36 @@ export interface ChildRun {
   result: any
 }
 
-/**
- * Runs `body` as an ES module in `node --expose-gc`, with `lib` bound to the compiled library
- * (`const { Region } = lib`) and `gcAll()` collecting garbage and running finalizers. Asserts that
- * the child was not killed by a signal and exited 0, and returns what it printed.
- */
 // The lab VM runs Node ~18x slower (TCG): 10^4-cycle children need minutes there.
 const defaultTimeoutMs = inVm ? 400_000 : 30_000
+const nativeEntry = distEntry.replace(/index\.js$/, 'native.js')
 
-export function runChild(body: string, { timeoutMs = defaultTimeoutMs, expectExit = 0 }: { timeoutMs?: number; expectExit?: number } = {}): ChildRun {
+export type RawChildRun = Omit<ChildRun, 'result'>
+
+/**
+ * Runs `body` as an ES module in `node --expose-gc`, with `lib` bound to the compiled library
+ * (`const { Region } = lib`), `native` to the raw binding (accesses as a C test makes them) and
+ * `gcAll()` collecting garbage and running finalizers. Asserts nothing: for children expected to
+ * die (see runChild for the others).
+ */
+export function runRawChild(body: string, { timeoutMs = defaultTimeoutMs }: { timeoutMs?: number } = {}): RawChildRun {
   ensureDist()
   const script = `
     import * as lib from ${JSON.stringify(distEntry)}
+    import { native } from ${JSON.stringify(nativeEntry)}
     const gcAll = async () => { for (let i = 0; i < 6; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 10)) } }
     ${body}
   `
   const child = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: timeoutMs })
+  return { status: child.status, signal: child.signal, stdout: child.stdout, stderr: child.stderr }
+}
+
+/**
+ * runRawChild(), then asserts that the child was not killed by a signal and exited `expectExit`
+ * (0), and returns what it printed, with the last JSON line parsed as `result`.
+ */
+export function runChild(body: string, { timeoutMs = defaultTimeoutMs, expectExit = 0 }: { timeoutMs?: number; expectExit?: number } = {}): ChildRun {
+  const child = runRawChild(body, { timeoutMs })
   const lines = child.stdout.trim().split('\n').filter(Boolean)
   let result: unknown
   try {

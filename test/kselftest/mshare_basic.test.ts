@@ -3,12 +3,10 @@
 // it (variants ANON_4k, HUGETLB_2m, ANON_8k, HUGETLB_4m); TEST_F(basic, shared_mem) has a child
 // write a string that the parent then reads; TEST_F_SIGNAL(basic, ioctl_unmap, SIGSEGV) touches
 // the memory after MSHAREFS_UNMAP. Runs in the lab VM on the msharefs kernel; skips elsewhere.
-import { spawnSync } from 'node:child_process'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MshareRegion, SyscallError, mshare } from '../../lib/index.ts'
 import { expectThrowsCode } from '../helpers/errors.ts'
-import { runChild } from '../helpers/child.ts'
-import { distEntry, ensureDist } from '../helpers/dist.mjs'
+import { runChild, runRawChild } from '../helpers/child.ts'
 import { reserveHugePages, restoreHugePages } from '../helpers/hugetlb.ts'
 
 afterAll(() => restoreHugePages())
@@ -18,7 +16,6 @@ const reason = why ? ` — skipped: ${why}` : ''
 const STRING = 'I am Msharefs'
 const KB = 1024
 const MB = 1024 * KB
-const nativeEntry = distEntry.replace(/index\.js$/, 'native.js')
 
 const variants = [
   { name: 'ANON_4k', allocateSize: 4 * KB, hugetlb: false },
@@ -71,10 +68,7 @@ for (const variant of variants) {
       using attachment = region.attach()
       attachment.view({ offset: 0, length: variant.allocateSize })[0] = 1
       expect(attachment.read({ offset: 0, length: 1 })[0]).toBe(1)
-      ensureDist()
-      const script = `
-        import * as lib from ${JSON.stringify(distEntry)}
-        import { native } from ${JSON.stringify(nativeEntry)}
+      const child = runRawChild(`
         const region = lib.MshareRegion.open(${JSON.stringify(name)})
         const attachment = region.attach()
         const raw = new Uint8Array(native.wrap(Number(attachment.address), ${variant.allocateSize}))
@@ -83,8 +77,7 @@ for (const variant of variants) {
         console.log('unmapped')
         raw[0] = 68
         process.exit(4)
-      `
-      const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: process.env.MEMDEDUP_VM ? 400_000 : 30_000 })
+      `)
       expect(child.signal, `child exited ${child.status}; stderr:\n${child.stderr}`).toBe('SIGSEGV')
       expect(child.stdout).toBe('unmapped\n')
       // Not in the C: the unmap was for every attacher, this process included (the kernel's

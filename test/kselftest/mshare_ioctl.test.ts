@@ -4,33 +4,20 @@
 // sizes it to one alignment unit. Here the region comes from lib/mshare.ts; the raw calls the C
 // makes are made through the native binding where the test is about the kernel's answer.
 // Runs in the lab VM on the kernel carrying msharefs; elsewhere every test skips with the probe's reason.
-import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { MshareRegion, mshare } from '../../lib/index.ts'
 import { native, constants as C } from '../../lib/native.ts'
-import { distEntry, ensureDist } from '../helpers/dist.mjs'
+import { runRawChild } from '../helpers/child.ts'
 
 const why = mshare.probe()
 const reason = why ? ` — skipped: ${why}` : ''
 const STRING = 'I am Msharefs'
 const GiB = 2 ** 30
-const nativeEntry = distEntry.replace(/index\.js$/, 'native.js')
-
-/** Runs a Node child with `lib` and the raw `native` binding bound (raw accesses, as the C makes). */
-function runChildRaw(body: string) {
-  ensureDist()
-  const script = `
-    import * as lib from ${JSON.stringify(distEntry)}
-    import { native } from ${JSON.stringify(nativeEntry)}
-    ${body}
-  `
-  return spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: process.env.MEMDEDUP_VM ? 400_000 : 30_000 })
-}
 
 /** Runs a raw child that must die of `signal`; returns its stdout (what it printed before). */
 function runChildExpectingSignal(body: string, signal: NodeJS.Signals): string {
-  const child = runChildRaw(body)
+  const child = runRawChild(body)
   expect(child.signal, `child exited ${child.status}; stderr:\n${child.stderr}`).toBe(signal)
   return child.stdout
 }
@@ -92,7 +79,7 @@ describe.skipIf(why)(`mshare selftest fixture "mshare"${reason}`, () => {
     using attachment = region.attach()
     const view = attachment.view({ offset: 0, length: 4096 })
     Buffer.from(view.buffer, view.byteOffset, view.byteLength).write(STRING)
-    const child = runChildRaw(`
+    const child = runRawChild(`
       const region = lib.MshareRegion.open(${JSON.stringify(name)})
       const attachment = region.attach({ prot: 'r' })
       // Not in the C: before this process touched the region, the kernel cannot read it for us

@@ -40,6 +40,9 @@ for dir in "$MEMDEDUP_CWD" "$MEMDEDUP_CACHE"; do
 	esac
 done
 
+# The loopback interface, as on any system: tests send to localhost (dgram, http, splice to TCP).
+ip link set lo up || say "cannot bring up lo"
+
 # Swap on the virtio disk the host formatted with mkswap (lets tests push pages out).
 [ -b /dev/vda ] && swapon /dev/vda
 mount -t hugetlbfs hugetlbfs /dev/hugepages

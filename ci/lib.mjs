@@ -29,6 +29,7 @@ export function formatSeconds(ms) {
 // Debian packages by the command or file they provide; installed only when missing.
 const packageChecks = {
   'qemu-system-x86': '/usr/bin/qemu-system-x86_64',
+  iproute2: '/bin/ip',
   gcc: '/usr/bin/gcc',
   'libc6-dev': '/usr/lib/x86_64-linux-gnu/libc.a',
   make: '/usr/bin/make',

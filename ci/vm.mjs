@@ -101,7 +101,7 @@ export async function runInVm(command, options = {}) {
     memory = '4G', cpus = 2, timeoutMs = 30 * 60_000, env = {}, cwd = process.cwd(), hugepages = 0,
     swap = '1G', stdio = 'inherit', echo = false, collect = [],
   } = options
-  await ensurePackages(['qemu-system-x86', 'util-linux'])
+  await ensurePackages(['qemu-system-x86', 'util-linux', 'iproute2']) // iproute2: the guest's `ip link set lo up`
   const kernel = options.kernel ?? await ensureKernel()
   const accel = await probeAccel(kernel)
   const interactive = command === null || command === undefined

@@ -1,6 +1,7 @@
 // What the package ships for TypeScript users: dist/**/*.d.ts, emitted with stripInternal, so
 // members marked @internal (Region.span, Region.onClose, resolveSpan, …) are not part of the API.
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
@@ -32,10 +33,11 @@ describe('shipped .d.ts (issue 20: stripInternal)', () => {
   })
 
   it('a consumer type-checks against the shipped declarations (nothing public refers to a stripped one)', () => {
-    const dir = fs.mkdtempSync(path.join(repoRoot, 'dist', '.consumer-'))
+    // Outside the checkout (read-only in the lab VM); .mts: an ES module importing the package's entry.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-consumer-'))
     try {
-      fs.writeFileSync(path.join(dir, 'use.ts'), [
-        `import { Region, Reservation, codes, ksm, stats, type Range } from '../lib/index.js'`,
+      fs.writeFileSync(path.join(dir, 'use.mts'), [
+        `import { Region, Reservation, codes, ksm, stats, type Range } from ${JSON.stringify(path.join(dist, 'index.js'))}`,
         `const r: Region = Region.anonymous(4096)`,
         `const range: Range = { offset: 0, length: 4096 }`,
         `const res: Reservation = Region.reserve(4096)`,
@@ -44,7 +46,7 @@ describe('shipped .d.ts (issue 20: stripInternal)', () => {
         '',
       ].join('\n'))
       const tsc = path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc')
-      const args = [tsc, '--noEmit', '--strict', '--skipLibCheck', 'false', '--module', 'nodenext', '--target', 'es2022', '--lib', 'es2022,esnext.disposable', '--types', 'node', path.join(dir, 'use.ts')]
+      const args = [tsc, '--noEmit', '--strict', '--skipLibCheck', 'false', '--module', 'nodenext', '--target', 'es2022', '--lib', 'es2022,esnext.disposable', '--types', 'node', path.join(dir, 'use.mts')]
       execFileSync(process.execPath, args, { cwd: repoRoot, stdio: 'pipe' })
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })

@@ -95,6 +95,12 @@ const adviceSyscalls = Object.fromEntries(
  */
 export type CloseHook = (region: Region, next?: Span) => void
 
+/**
+ * Called with the Region right before remap() calls mremap (internal); returns what puts things
+ * back if the Region stays where it is (the move failed, or MREMAP_DONTUNMAP kept the old range).
+ */
+export type MoveHook = (region: Region) => () => void
+
 /** Longest Region: the x86_64 user address space (47 bits). */
 export const maxRegionLength = 2 ** 47
 
@@ -181,6 +187,7 @@ export class Region {
   /** The Reservation slot this memory occupies (null: the kernel chose the address). */
   #home: Home | null
   #hooks = new Set<CloseHook>()
+  #moveHooks = new Set<MoveHook>()
   #token = {}
 
   /** Not callable from outside: use Region.anonymous(), Region.file() or Region.memfd(). */
@@ -429,12 +436,19 @@ export class Region {
     const prot = this.#prot.resized(length / pageSize, this.#prot.get(this.#prot.pages - 1))
     const oldAddress = this.#address
     const oldLength = this.#length
+    const stay = this.#beforeMove()
     let address: number
-    if (target) address = this.#moveInto(target, length, dontUnmap)
-    else if (dontUnmap || (this.#views.live.size === 0 && this.#home === null)) {
-      address = check(native.mremap(oldAddress, oldLength, length, (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0), 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
-    } else address = this.#resizeKeepingOldRange(length, mayMove)
+    try {
+      if (target) address = this.#moveInto(target, length, dontUnmap)
+      else if (dontUnmap || (this.#views.live.size === 0 && this.#home === null)) {
+        address = check(native.mremap(oldAddress, oldLength, length, (mayMove ? C.MREMAP_MAYMOVE : 0) | (dontUnmap ? C.MREMAP_DONTUNMAP : 0), 0), 'mremap', () => `${oldLength} -> ${length} bytes`)
+      } else address = this.#resizeKeepingOldRange(length, mayMove)
+    } catch (error) {
+      stay()
+      throw error
+    }
     // From here on nothing can fail: the memory has moved.
+    if (dontUnmap) stay()
     const home = target ? { reservation: target.state, slot: claim(target.state, target.offset, length, 'region') } : null
     const init: RegionInit = { address, length, kind: this.#kind, prot, path: this.#path, limit: this.#limit, fd: this.#fd, home, hugePageSize: this.#hugePageSize }
     if (dontUnmap) return new Region(internal, { ...init, fd: -1 })
@@ -645,6 +659,13 @@ export class Region {
     return () => this.#hooks.delete(hook)
   }
 
+  /** @internal Registers a hook run right before remap() moves or resizes the memory. */
+  onMove(hook: MoveHook): () => void {
+    this.#assertOpen('onMove')
+    this.#moveHooks.add(hook)
+    return () => this.#moveHooks.delete(hook)
+  }
+
   /** @internal Like span(), and every page in it is readable (native code may read it). */
   readableSpan(range: Range | undefined, operation: string): Span {
     const span = this.#span(range, operation)
@@ -692,6 +713,14 @@ export class Region {
 
   #assertOpen(operation: string): void {
     if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the Region is closed`)
+  }
+
+  /** Runs the move hooks; returns what undoes them all (for a Region that stays where it is). */
+  #beforeMove(): () => void {
+    const undo = [...this.#moveHooks].map((hook) => hook(this))
+    return () => {
+      for (const stay of undo) stay()
+    }
   }
 
   /**

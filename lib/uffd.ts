@@ -276,8 +276,9 @@ export class Userfaultfd {
     check(native.uffdRegister(fd, span.address, span.length, mode, out), 'ioctl(UFFDIO_REGISTER)', () => `${describeMode(mode)} on ${span.length} bytes of a ${region.kind} Region`)
     let registration = existing
     if (registration === undefined) {
-      const unsubscribe = region.onClose((closing, next) => this.#forget(closing, next))
-      registration = { modes: new PageRuns(region.pages, 0), unsubscribe }
+      const closing = region.onClose((closed, next) => this.#forget(closed, next))
+      const moving = region.onMove((moved) => this.#beforeMove(moved))
+      registration = { modes: new PageRuns(region.pages, 0), unsubscribe: () => (closing(), moving()) }
       this.#registrations.set(region, registration)
     }
     registration.modes.fill(mode, first, first + count)
@@ -362,26 +363,43 @@ export class Userfaultfd {
   }
 
   /**
-   * Region hook, run when the Region closes or after remap() moved its memory to `next`:
-   * unregister what is still registered in the kernel (errors ignored: the memory is going).
-   * mremap() moving a range drops its registration; growing in place extends the last VMA,
-   * registration included, over the new tail, which is unregistered too.
+   * Region hook, run when the Region closes (next undefined: unregister what is still registered,
+   * errors ignored, the memory is going) or after remap() (#beforeMove unregistered it already).
    */
   #forget(region: Region, next: Span | undefined): void {
     const registration = this.#registrations.get(region)
     if (registration === undefined) return
-    const address = Number(region.address)
-    if (this.#fd >= 0 && (next === undefined || next.address === address)) {
-      const keep = next === undefined ? registration.modes.pages : Math.min(registration.modes.pages, next.length / pageSize)
-      for (const [page, end, mode] of registration.modes.runs(0, keep)) {
-        if (mode !== 0) native.uffdUnregister(this.#fd, address + page * pageSize, (end - page) * pageSize)
-      }
-      const last = registration.modes.pages - 1
-      if (next !== undefined && next.length > region.length && registration.modes.get(last) !== 0) {
-        native.uffdUnregister(this.#fd, address + region.length, next.length - region.length)
+    if (this.#fd >= 0 && next === undefined) this.#unregisterRuns(region, registration)
+    this.#registrations.delete(region)
+  }
+
+  /**
+   * Region hook, run right before remap() calls mremap: unregisters the Region first. mremap moves
+   * a VMA with copy_vma(), which on some kernels (6.18.44 seen) merges it into a neighbour
+   * registered with this same uffd, then drops the uffd context of the merged VMA: the neighbour
+   * silently loses its registration (Debian's 6.12.118 refuses that merge in copy_vma()). An
+   * unregistered VMA cannot merge into a registered one. Returns what registers it again if it stays (same modes; its pages then read
+   * as written until write-protected again); a run that cannot be registered again is dropped.
+   */
+  #beforeMove(region: Region): () => void {
+    const registration = this.#registrations.get(region)
+    if (registration === undefined || this.#fd < 0) return () => {}
+    const runs = this.#unregisterRuns(region, registration)
+    return () => {
+      const address = Number(region.address)
+      const out = new BigUint64Array(1)
+      for (const [page, end, mode] of runs) {
+        if (this.#fd < 0 || native.uffdRegister(this.#fd, address + page * pageSize, (end - page) * pageSize, mode, out) < 0) registration.modes.fill(0, page, end)
       }
     }
-    this.#registrations.delete(region)
+  }
+
+  /** UFFDIO_UNREGISTER every registered run of the Region in the kernel (errors ignored); returns the runs. */
+  #unregisterRuns(region: Region, registration: Registration): [number, number, number][] {
+    const address = Number(region.address)
+    const runs = [...registration.modes.runs(0, registration.modes.pages)].filter(([, , mode]) => mode !== 0)
+    for (const [page, end] of runs) native.uffdUnregister(this.#fd, address + page * pageSize, (end - page) * pageSize)
+    return runs
   }
 
   #assertOpen(operation: string): number {

@@ -156,6 +156,22 @@ describe.skipIf(!tracking)(`Deduplicator${why}`, () => {
     expect(dedup.pass().trackedPages).toBe(0)
   })
 
+  it('a tracked Region moved (remap) right next to another tracked Region leaves that one tracked (fuzz seed 424010380: pass() was EPERM)', () => {
+    using d = new Deduplicator({ merge: 'none' })
+    using res = Region.reserve(64 * P)
+    using b = res.mapAnonymous({ offset: 32 * P, length: 4 * P })
+    const a = Region.anonymous(12 * P)
+    d.track(a)
+    d.track(b)
+    // Never touched: no anon_vma, so the kernel may merge the moved VMA into b's (see test/uffd.test.ts).
+    using moved = a.remap(15 * P, { fixed: { into: res, offset: 17 * P } })
+    expect(moved.address + BigInt(moved.length)).toBe(b.address)
+    expect(d.pass().trackedPages).toBe(4)
+    d.track(moved)
+    b.bytes.fill(3)
+    expect(d.pass().trackedPages).toBe(19)
+  })
+
   it('a closed index makes pass() an InvalidStateError, not a crash', () => {
     const index = TwinIndex.create({ slots: 64 })
     using dedup = new Deduplicator({ merge: 'none', index })

@@ -4,7 +4,8 @@
 // nobody reading the uffd that would block the worker forever.
 import { spawn } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
-import { FeatureUnavailableError, InvalidStateError, Region, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
+import { FeatureUnavailableError, InvalidStateError, Region, Reservation, SyscallError, Userfaultfd, features, pagemap, pageSize } from '../lib/index.ts'
+import { vmFlagsIn } from './helpers/vma.ts'
 import { thrown } from './helpers/errors.ts'
 import { probeUserfaultfd } from '../lib/uffd.ts'
 import { noFdLeak } from './helpers/process.ts'
@@ -279,6 +280,59 @@ describe.skipIf(noUffd)(`register / unregister / writeProtect ${why}`, () => {
       b.register(resized, { writeProtect: true })
       expect(b.registrations(resized)).toEqual([{ offset: 0, length: newLength, writeProtect: true, missing: false, minor: false }])
     }
+  })
+
+  // Some kernels (6.18.44 seen; not Debian's 6.12.118, whose copy_vma() refuses the merge): mremap
+  // moves a VMA with copy_vma(), which merges it into a neighbour registered with the same uffd (one
+  // of them never faulted: no anon_vma), then mremap_userfaultfd_prep() drops the uffd context of
+  // the *merged* VMA: the neighbour loses its registration silently (its next PAGEMAP_SCAN with
+  // checkWpAsync: EPERM; found by the fuzzer). remap() unregisters the Region before it moves.
+  describe('a move next to another Region registered with the same uffd leaves that Region registered', () => {
+    let view: Uint8Array | undefined
+    const moves = {
+      'fixed into a Reservation': (a: Region, res: Reservation) => a.remap(12 * P, { fixed: { into: res, offset: 20 * P } }),
+      'fixed into a Reservation, grown from 8 pages': (a: Region, res: Reservation) => a.remap(12 * P, { fixed: { into: res, offset: 20 * P } }),
+      'fixed into a Reservation, with a live view (the old range is kept until the move is done)': (a: Region, res: Reservation) => {
+        view = a.bytes
+        return a.remap(12 * P, { fixed: { into: res, offset: 20 * P } })
+      },
+    }
+    for (const [how, move] of Object.entries(moves)) {
+      it(how, () => {
+        using uffd = Userfaultfd.open()
+        using res = Region.reserve(64 * P)
+        // Neither Region is ever touched (no anon_vma), which is what lets the kernel merge them.
+        using b = res.mapAnonymous({ offset: 32 * P, length: 4 * P })
+        const a = Region.anonymous(how.includes('grown') ? 8 * P : 12 * P)
+        uffd.register(a, { writeProtect: true })
+        uffd.register(b, { writeProtect: true })
+        using moved = move(a, res)
+        expect(moved.address + BigInt(moved.length)).toBe(b.address)
+        expect(vmFlagsIn(b.address, b.length).map((v) => v.flags.includes('uw'))).toEqual([true])
+        expect(uffd.registrations(b)).toEqual([{ offset: 0, length: 4 * P, writeProtect: true, missing: false, minor: false }])
+        uffd.writeProtect(b, undefined, true) // ENOENT once the kernel dropped the registration
+        expect(vmFlagsIn(moved.address, moved.length).every((v) => !v.flags.includes('uw'))).toBe(true)
+        view = undefined
+      })
+    }
+  })
+
+  it('a remap the kernel refuses leaves the Region registered (its pages read as written until protected again)', () => {
+    using uffd = Userfaultfd.open({ features: noAsync ? [] : ['wpAsync'] })
+    const [first, second] = Region.anonymous(8 * P).split(4 * P)
+    using r = first
+    using wall = second
+    r.bytes.fill(1)
+    uffd.register(r, { writeProtect: true })
+    uffd.writeProtect(r, undefined, true)
+    // Growing in place into `wall`: the kernel refuses (ENOMEM); nothing moved.
+    expect(thrown(() => r.remap(6 * P, { mayMove: false }))).toMatchObject({ name: 'SyscallError', code: 'ENOMEM', syscall: 'mremap' })
+    expect(r.closed).toBe(false)
+    expect(vmFlagsIn(r.address, r.length).map((v) => v.flags.includes('uw'))).toEqual([true])
+    expect(uffd.registrations(r)).toEqual([{ offset: 0, length: 4 * P, writeProtect: true, missing: false, minor: false }])
+    if (!noAsync) expect(pagemap.scan(r, { require: ['written'] }).pages).toBe(4)
+    uffd.writeProtect(r, undefined, true)
+    expect(wall.bytes[0]).toBe(0)
   })
 
   it('class 12: unknown option keys are refused', () => {

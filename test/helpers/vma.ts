@@ -37,3 +37,17 @@ export function isRangeMapped(start: bigint, end: bigint): boolean {
 export function layout(base: bigint, length: number, pageSize: number): string[] {
   return vmasIn(base, length).map((v) => `${(v.start - base) / BigInt(pageSize)}-${(v.end - base) / BigInt(pageSize)} ${v.perms} ${v.name}`)
 }
+
+/** The VmFlags of each VMA intersecting [start, start + length) in /proc/self/smaps (e.g. 'uw': uffd-wp registered). */
+export function vmFlagsIn(start: bigint, length: number): { start: bigint; end: bigint; flags: string[] }[] {
+  const end = start + BigInt(length)
+  const out: { start: bigint; end: bigint; flags: string[] }[] = []
+  for (const block of fs.readFileSync('/proc/self/smaps', 'latin1').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(block)
+    if (!m) continue
+    const vma = { start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]) }
+    if (vma.end <= start || vma.start >= end) continue
+    out.push({ ...vma, flags: (/^VmFlags:(.*)$/m.exec(block)?.[1] ?? '').trim().split(/\s+/) })
+  }
+  return out
+}

@@ -11,8 +11,8 @@ export default defineConfig({
     testTimeout: process.env.MEMDEDUP_VM ? 600_000 : 60_000,
     hookTimeout: process.env.MEMDEDUP_VM ? 600_000 : 60_000,
     // The default output, then every skipped test grouped by reason (in the VM, a skip for a
-    // feature the lab kernel has fails the run). A --reporter on the command line replaces both:
-    // ci/test-vm.mjs names this one again.
-    reporters: ['default', './test/helpers/skip-summary-reporter.mjs'],
+    // feature the lab kernel has fails the run), and the run as KTAP for kernel CI tooling. A
+    // --reporter on the command line replaces them all: ci/test-vm.mjs names them again.
+    reporters: ['default', './test/helpers/skip-summary-reporter.mjs', './test/helpers/ktap-reporter.mjs'],
   },
 })

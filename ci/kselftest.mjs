@@ -29,6 +29,7 @@ import { $, fs, path, os, chalk } from 'zx'
 import { cacheDir, repoRoot, log, fail, sha256, formatSeconds, isMain, runMain } from './lib.mjs'
 import { ensureKernelBuild, kernelKey } from './kernel.mjs'
 import { runInVm } from './vm.mjs'
+import { ktap } from './ktap.mjs'
 
 const recipeVersion = 'kselftest-2'
 const baseTag = 'memdedup-base'
@@ -334,6 +335,19 @@ export function parseRun(output, selected) {
   return results
 }
 
+/** kselftest verdicts as KTAP's: pass and xfail are ok, skip is a skip, the rest (fail, timeout, not run) not ok. */
+const ktapVerdict = (verdict) => (verdict === 'pass' || verdict === 'xfail' ? 'ok' : verdict === 'skip' ? 'skip' : 'not ok')
+
+/** A run of the C tests as KTAP: one test per program (its exit code's verdict), its cases as subtests. */
+export function runAsKtap(tests, selected) {
+  return ktap(selected.map((t) => {
+    const r = tests[t.id]
+    const reason = r.verdict === 'skip' ? `exit 4 (KSFT_SKIP)` : ktapVerdict(r.verdict) === 'not ok' ? `${r.verdict}${r.exitCode === null ? '' : `, exit ${r.exitCode}`}` : undefined
+    const subtests = Object.entries(r.subtests).map(([name, verdict]) => ({ name, verdict: ktapVerdict(verdict) }))
+    return { name: t.id, verdict: ktapVerdict(r.verdict), reason, subtests }
+  }))
+}
+
 async function runKernel(label, kernel, binDir, selected, { quiet, quick, withPorts }) {
   const budget = (selected.reduce((sum, t) => sum + t.timeout + 15, 0) + (withPorts ? portsTimeout(selected) : 0)) * 1000 + 10 * 60_000
   log(`${label}: ${kernel.release} (${kernel.bzImage}), ${selected.length} tests${withPorts ? ' and their ports' : ''}`)
@@ -344,6 +358,8 @@ async function runKernel(label, kernel, binDir, selected, { quiet, quick, withPo
   const outputFile = path.join(cacheDir, `kselftest-${label}${quick ? '-quick' : ''}.log`)
   await fs.writeFile(outputFile, result.output ?? '')
   const tests = parseRun(result.output ?? '', selected)
+  const ktapFile = outputFile.replace(/\.log$/, '.ktap')
+  await fs.writeFile(ktapFile, runAsKtap(tests, selected))
   let portRows = null
   if (withPorts) {
     const report = result.collected[portsReport]
@@ -353,7 +369,7 @@ async function runKernel(label, kernel, binDir, selected, { quiet, quick, withPo
   return {
     release: kernel.release, bzImage: kernel.bzImage, durationMs: result.durationMs, accel: result.accel,
     guestExit: result.commandExitCode, timedOut: result.timedOut, problems: result.problems, consoleLog: result.consoleLog,
-    output: outputFile, tests, portRows,
+    output: outputFile, ktap: ktapFile, tests, portRows,
   }
 }
 
@@ -482,7 +498,7 @@ async function main() {
     date: new Date().toISOString(), quick, selftests: binDir, tests: selected, runs, regressions, subtestDiffs, disagreements,
     durationMs: Date.now() - started,
   }, { spaces: 2 })
-  console.log(`\nresults: ${resultsFile}; total ${formatSeconds(Date.now() - started)}`)
+  console.log(`\nresults: ${resultsFile}; KTAP: ${Object.values(runs).map((r) => r.ktap).join(', ')}; total ${formatSeconds(Date.now() - started)}`)
   if (disagreements.length) {
     console.log(chalk.red(`kselftest: ${disagreements.length} disagreement(s) between a C test and its port:`))
     for (const d of disagreements) console.log(chalk.red(`  ${d.kernel}: ${d.test}${d.subtest ? ` / ${d.subtest}` : ''}: C ${d.c}, port ${d.port}`))

@@ -6,6 +6,8 @@
 //   4. the vitest suite       node node_modules/vitest/vitest.mjs run; it ends with the skipped
 //                             tests by reason and fails on a skip the lab must not need (a feature
 //                             the lab kernel has, root, swap, or no reason: test/helpers/env.mjs)
+//      (it also writes the run as KTAP, kept as node_modules/.cache/memdedup/vm.ktap; a KTAP
+//      whose plans do not hold fails the run)
 //   5. the C originals of the ports `npm run kselftest -- --quick` selects (ksm_functional_tests,
 //      pagemap_ioctl, cow, mremap_dontunmap), compared with the suite's results for their ports
 // and fails on any non-zero step, any C-vs-port disagreement, or any Oops/BUG:/WARNING: in the
@@ -16,6 +18,7 @@
 import { $, fs, path, chalk } from 'zx'
 import { repoRoot, log, formatSeconds, isMain, runMain } from './lib.mjs'
 import { hostSummaryFile } from '../test/helpers/skip-summary-reporter.mjs'
+import { ktapProblems } from './ktap.mjs'
 import { ensureKernelBuild } from './kernel.mjs'
 import { runInVm } from './vm.mjs'
 import { ensureSelftests, tests as kselftests, guestScript, parseRun, portCases, compareWithPorts, portTable } from './kselftest.mjs'
@@ -37,7 +40,8 @@ async function main() {
   const custom = process.env.MEMDEDUP_VM_TEST_COMMAND
   const report = 'vitest.json'
   const skipSummary = 'skip-summary.txt'
-  const suite = custom ?? `MEMDEDUP_SKIP_SUMMARY="$MEMDEDUP_SCRATCH/${skipSummary}" node node_modules/vitest/vitest.mjs run --configLoader runner --reporter=default --reporter=./test/helpers/skip-summary-reporter.mjs --reporter=json --outputFile.json="$MEMDEDUP_SCRATCH/${report}"`
+  const ktapReport = 'vm.ktap'
+  const suite = custom ?? `MEMDEDUP_SKIP_SUMMARY="$MEMDEDUP_SCRATCH/${skipSummary}" MEMDEDUP_KTAP="$MEMDEDUP_SCRATCH/${ktapReport}" node node_modules/vitest/vitest.mjs run --configLoader runner --reporter=default --reporter=./test/helpers/skip-summary-reporter.mjs --reporter=./test/helpers/ktap-reporter.mjs --reporter=json --outputFile.json="$MEMDEDUP_SCRATCH/${report}"`
   // The C side of the C-vs-port check (skipped with a custom command: there are no port results).
   const cTests = custom ? [] : kselftests.filter((t) => t.quick)
   const binDir = cTests.length ? await ensureSelftests() : null
@@ -69,11 +73,22 @@ echo 128 > /proc/sys/vm/nr_hugepages
     memory: process.env.MEMDEDUP_VM_MEMORY ?? '4G',
     timeoutMs: Number(process.env.MEMDEDUP_VM_TIMEOUT ?? 45 * 60) * 1000,
     env: { VITEST_CACHE_DIR: '/tmp/vitest-cache', TMPDIR: '/tmp', CI: process.env.CI ?? '1', MEMDEDUP_SKSM_STRESS: kernel.programs.sksmStress },
-    stdio: 'pipe', echo: true, collect: [report, skipSummary],
+    stdio: 'pipe', echo: true, collect: [report, skipSummary, ktapReport],
   })
-  // The guest's vitest JSON, kept beside the host's skip summary for reading after the run.
+  // The guest's vitest JSON and KTAP, kept beside the host's skip summary for reading after the run.
   if (result.collected[report]) {
     await fs.outputFile(path.join(path.dirname(hostSummaryFile), 'vitest-vm.json'), result.collected[report])
+  }
+  // The suite's KTAP must hold its plans: kernel CI tooling counts what it says.
+  let ktapBroken = []
+  if (!custom && result.exitCode === 0) {
+    const text = result.collected[ktapReport]
+    ktapBroken = text === undefined ? ['the guest wrote no KTAP'] : ktapProblems(text)
+    if (text !== undefined) {
+      const file = path.join(path.dirname(hostSummaryFile), ktapReport)
+      await fs.outputFile(file, text)
+      log(`KTAP of the VM suite: ${file}${ktapBroken.length ? ` (${ktapBroken.join('; ')})` : ''}`)
+    }
   }
   let disagreements = 0
   if (cTests.length && result.exitCode === 0) {
@@ -87,6 +102,7 @@ echo 128 > /proc/sys/vm/nr_hugepages
     `exit ${result.commandExitCode ?? 'none (guest died)'}`,
     `kernel problems ${result.problems.length}`,
     `C-vs-port disagreements ${disagreements}`,
+    ...(ktapBroken.length ? [`KTAP broken: ${ktapBroken.join('; ')}`] : []),
     `total ${formatSeconds(Date.now() - started)}`,
   ].join(', ')
   // `npm test` ends with both runs' skips, so the host's summary does not scroll away.
@@ -94,7 +110,7 @@ echo 128 > /proc/sys/vm/nr_hugepages
     ? `host run of ${(await fs.stat(hostSummaryFile)).mtime.toISOString()}:\n${await fs.readFile(hostSummaryFile, 'utf8')}` : 'host: no summary (run npm run test:host)\n'
   const vmSkips = result.collected[skipSummary] ? `VM:\n${result.collected[skipSummary]}` : 'VM: no summary (the suite did not finish)\n'
   if (!custom) console.log(`\n## Skipped tests\n\n${hostSkips}\n${vmSkips}`)
-  const ok = result.exitCode === 0 && disagreements === 0
+  const ok = result.exitCode === 0 && disagreements === 0 && ktapBroken.length === 0
   console.log(`${ok ? chalk.green('test:vm PASS') : chalk.red('test:vm FAIL')}: ${summary}`)
   return ok ? 0 : (result.exitCode || 1)
 }

@@ -87,3 +87,47 @@ describe('C vs port comparison (ci/kselftest.mjs)', async () => {
     expect(row).toMatchObject({ c: 'pass', port: 'absent', disagree: true })
   })
 })
+
+describe('KTAP (ci/ktap.mjs): what kernel CI tooling parses', async () => {
+  const { ktap, ktapProblems, parseRun, runAsKtap } = await import('./helpers/ci-kselftest.mjs')
+
+  it('nests subtests before their parent\'s line, rolls verdicts up, and keeps # out of names', () => {
+    const text = ktap([
+      { name: 'region.test.ts', subtests: [{ name: 'maps #1', verdict: 'ok' }, { name: 'hugetlb', verdict: 'skip', reason: 'no free\nhuge pages' }] },
+      { name: 'sksm.test.ts', subtests: [{ name: 'a', verdict: 'skip' }, { name: 'b', verdict: 'skip' }] },
+      { name: 'fuzz.test.ts', subtests: [{ name: 'run 1', verdict: 'ok' }, { name: 'run 2', verdict: 'not ok', reason: 'wrong bytes' }] },
+    ])
+    expect(text.split('\n')).toEqual([
+      'KTAP version 1', '1..3',
+      '    KTAP version 1', '    1..2', '    ok 1 maps %231', '    ok 2 hugetlb # SKIP no free huge pages',
+      'ok 1 region.test.ts',
+      '    KTAP version 1', '    1..2', '    ok 1 a # SKIP', '    ok 2 b # SKIP',
+      'ok 2 sksm.test.ts # SKIP',
+      '    KTAP version 1', '    1..2', '    ok 1 run 1', '    # wrong bytes', '    not ok 2 run 2',
+      'not ok 3 fuzz.test.ts',
+      '',
+    ])
+  })
+
+  it('a C kselftest is its exit code (4: SKIP), its TAP cases are subtests', () => {
+    const output = [
+      '=== kselftest: begin cow', 'ok 1 a', 'not ok 2 b', '# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:0 error:0', '=== kselftest: end cow exit=1 seconds=2',
+      '=== kselftest: begin ksm_tests -N', 'ok 1 # SKIP one node', '=== kselftest: end ksm_tests -N exit=4 seconds=1',
+    ].join('\n')
+    const selected = [{ id: 'cow' }, { id: 'ksm_tests -N' }, { id: 'migration' }]
+    const lines = runAsKtap(parseRun(output, selected), selected).split('\n')
+    expect(lines).toContain('# fail, exit 1')
+    expect(lines).toContain('not ok 1 cow')
+    expect(lines).toContain('    not ok 2 2 b')
+    expect(lines).toContain('ok 2 ksm_tests -N # SKIP exit 4 (KSFT_SKIP)')
+    expect(lines).toContain('not ok 3 migration')
+  })
+
+  it('ktapProblems() accepts what ktap() writes and names what breaks a plan', () => {
+    const good = ktap([{ name: 'a', subtests: [{ name: 'x', verdict: 'ok' }, { name: 'y', verdict: 'skip', reason: 'why' }] }, { name: 'b', verdict: 'not ok' }])
+    expect(ktapProblems(good)).toEqual([])
+    expect(ktapProblems('')).toEqual(['no "KTAP version 1" header'])
+    expect(ktapProblems(good.replace(/^1\.\.2$/m, '1..3'))).toEqual(['the document: plan 1..3, 2 results'])
+    expect(ktapProblems(good.replace('    1..2', '    1..1'))).toEqual(['subtests of "a": plan 1..1, 2 results'])
+  })
+})

@@ -38,3 +38,17 @@ export declare function parseRun(output: string, selected: SelectedTest[]): Reco
 export declare function disagree(c: CVerdict, port: PortVerdict): boolean
 /** test | C | port rows, with subtest rows where the C and the port name the same cases. */
 export declare function compareWithPorts(cTests: Record<string, CTestResult>, cases: PortCase[], selected: SelectedTest[]): PortRow[]
+
+/** A test for ci/ktap.mjs: its own verdict, or subtests whose verdicts make it. */
+export interface KtapTest {
+  name: string
+  verdict?: 'ok' | 'not ok' | 'skip'
+  reason?: string
+  subtests?: KtapTest[]
+}
+/** The KTAP version 1 document of `tests`. */
+export declare function ktap(tests: KtapTest[]): string
+/** A run of the C tests (parseRun()) as KTAP: one test per program, its cases as subtests. */
+export declare function runAsKtap(tests: Record<string, CTestResult>, selected: SelectedTest[]): string
+/** What makes `text` not a KTAP document whose plans hold; [] when it is one. */
+export declare function ktapProblems(text: string): string[]

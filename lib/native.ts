@@ -10,7 +10,7 @@ export type Rc = number
 
 /**
  * The decoder of the other native return shape, a handle or -errno (twinIndexCreate, twinIndexOpen):
- * the handle, or the SyscallError of the errno `syscall` returned. Native code returns no sentinel
+ * the handle, or the SyscallError of the errno `syscall` returned (twinIndexCreate says which). Native code returns no sentinel
  * beside these: a refusal that is no errno has a shape of its own (twinIndexOpen's string).
  */
 export function checkHandle<H extends object>(result: H | Rc, syscall: string, context?: string): H {
@@ -67,6 +67,8 @@ const layoutSlots = {
 } as const
 // Named values lib/ reads (native/addon.h ExportTable): exactly these names, distinct integers.
 const tableNames = {
+  /** What failed when twinIndexCreate returned -errno (its failedStage[0]); never 0. */
+  twinIndexCreateStage: ['memfdCreate', 'ftruncate', 'addSeals', 'mmap'],
   /** What failed when dedupScan / dedupMerge returned -errno (report.failedStage); never 0. */
   dedupFailedStage: ['pagemapScan', 'madviseMerge', 'madviseMergeable', 'madviseUnmergeable', 'pagemapRead'],
   /** config.mode values. */
@@ -145,8 +147,9 @@ export interface TwinIndexBinding {
   /** Hashes the pages at address + index * pageSize into out. throughKernel (1) copies each page
    *  through the kernel first, for file-backed memory (-EFAULT instead of SIGBUS past the file's end). */
   hashPages(address: number, pageIndexes: Uint32Array, count: number, out: BigUint64Array, throughKernel: 0 | 1): Rc
-  /** A sealed shared memfd twin index of `slots` (power of two) words → handle | -errno. */
-  twinIndexCreate(slots: number): TwinIndexHandle | Rc
+  /** A sealed shared memfd twin index of `slots` (power of two) words → handle | -errno, the call
+   *  that failed in failedStage[0] (twinIndexCreateStage). */
+  twinIndexCreate(slots: number, failedStage: Uint32Array): TwinIndexHandle | Rc
   /** Maps the twin index behind fd (ownership passes on success) → handle | -errno | why the file is
    *  refused (a string: not a sealed memfd, not a twin index). */
   twinIndexOpen(fd: number): TwinIndexHandle | Rc | string

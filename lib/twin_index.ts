@@ -10,6 +10,11 @@ import { invalidArgType, invalidArgValue, outOfRange, readOptions, validateInteg
 
 // A caller's Region is a real one (the brand check), but its prototype is the caller's to swap:
 // its span and kind are read through Region's own methods, taken here before any caller code ran.
+/** The call each twinIndexCreate failure stage names. */
+const createSyscalls = new Map(Object.entries({
+  memfdCreate: 'memfd_create', ftruncate: 'ftruncate', addSeals: 'fcntl(F_ADD_SEALS)', mmap: 'mmap',
+} satisfies Record<keyof typeof native.twinIndexCreateStage, string>).map(([stage, syscall]) => [native.twinIndexCreateStage[stage as keyof typeof native.twinIndexCreateStage], syscall]))
+
 const isRegion = Region.isRegion
 const readableSpan = Region.prototype.readableSpan
 const regionKind = Object.getOwnPropertyDescriptor(Region.prototype, 'kind')!.get!
@@ -105,7 +110,14 @@ export class TwinIndex {
     const opts = readOptions(options, 'options', ['slots'])
     const slots = validateInteger(opts.slots ?? 2 ** 18, 'options.slots', 64, TwinIndex.maxSlots)
     if ((slots & (slots - 1)) !== 0) throw outOfRange('options.slots', 'a power of two', slots)
-    return new TwinIndex(internal, checkHandle(native.twinIndexCreate(slots), 'memfd_create', `twin index of ${slots} slots`))
+    const failedStage = new Uint32Array(1)
+    const handle = native.twinIndexCreate(slots, failedStage)
+    const context = `twin index of ${slots} slots`
+    const syscall = createSyscalls.get(failedStage[0]) ?? ''
+    if (typeof handle === 'number' && syscall === '') {
+      throw codedError('ERR_INTERNAL_ASSERTION', `${context}: twinIndexCreate returned ${handle} with failure stage ${failedStage[0]}, which names no call (native/twin_index.cc and lib/ disagree)`)
+    }
+    return new TwinIndex(internal, checkHandle(handle, syscall, context))
   }
 
   /**

@@ -192,11 +192,16 @@ std::optional<TwinTable*> ArgTable(const Napi::CallbackInfo& info, size_t i, boo
 
 namespace {
 
-// twinIndexCreate(slots) -> handle | -errno. slots: a power of two lib/ checked (re-checked here).
-// The slots are left as the memfd gives them, zero (free): only the header is written.
+// Which call failed when twinIndexCreate returned -errno (out[0]): lib/ names it in the error.
+enum CreateStage : uint32_t { kCreateMemfd = 1, kCreateFtruncate, kCreateSeals, kCreateMmap };
+
+// twinIndexCreate(slots, failedStage: Uint32Array(1)) -> handle | -errno (failedStage[0]: the
+// CreateStage). slots: a power of two lib/ checked (re-checked here). The slots are left as the
+// memfd gives them, zero (free): only the header is written.
 Napi::Value TwinIndexCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   MEMDEDUP_ARG(slots, ArgU64(info, 0, static_cast<double>(kMaxSlots)));
+  MEMDEDUP_ARG(stage, ArgTypedArray<uint32_t>(info, 1, 1));
   if (slots < kProbe || (slots & (slots - 1)) != 0) {
     ThrowArgument(info, 0, true, "a power of two >= 32");
     return env.Undefined();
@@ -204,21 +209,19 @@ Napi::Value TwinIndexCreate(const Napi::CallbackInfo& info) {
   auto* t = new TwinTable();  // first: a std::bad_alloc (NoAbort) leaves nothing behind
   t->slots = slots;
   t->bytes = kIndexHeader + slots * sizeof(uint64_t);
+  auto fail = [&](CreateStage failed) {
+    int error = errno;
+    CloseTable(t);
+    delete t;
+    stage.data[0] = failed;
+    return Napi::Number::New(env, -error);
+  };
   t->fd = memfd_create("memdedup-twin-index", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (t->fd < 0 || ftruncate(t->fd, static_cast<off_t>(t->bytes)) < 0 ||
-      fcntl(t->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
-    int error = errno;
-    CloseTable(t);
-    delete t;
-    return Napi::Number::New(env, -error);
-  }
+  if (t->fd < 0) return fail(kCreateMemfd);
+  if (ftruncate(t->fd, static_cast<off_t>(t->bytes)) < 0) return fail(kCreateFtruncate);
+  if (fcntl(t->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) return fail(kCreateSeals);
   void* base = mmap(nullptr, t->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, t->fd, 0);
-  if (base == MAP_FAILED) {
-    int error = errno;
-    CloseTable(t);
-    delete t;
-    return Napi::Number::New(env, -error);
-  }
+  if (base == MAP_FAILED) return fail(kCreateMmap);
   t->base = base;
   t->words = reinterpret_cast<uint64_t*>(static_cast<char*>(base) + kIndexHeader);
   uint64_t* header = static_cast<uint64_t*>(base);
@@ -368,6 +371,8 @@ Napi::Value TwinIndexGiveTurn(const Napi::CallbackInfo& info) {
 void InitTwinIndex(Napi::Env env, Napi::Object exports) {
   Export<HashPages>(exports, "hashPages");
   Export<TwinIndexCreate>(exports, "twinIndexCreate");
+  ExportTable(exports, "twinIndexCreateStage",
+              {{"memfdCreate", kCreateMemfd}, {"ftruncate", kCreateFtruncate}, {"addSeals", kCreateSeals}, {"mmap", kCreateMmap}});
   Export<TwinIndexOpen>(exports, "twinIndexOpen");
   Export<TwinIndexClose>(exports, "twinIndexClose");
   Export<TwinIndexInfo>(exports, "twinIndexInfo");

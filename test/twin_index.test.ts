@@ -11,6 +11,7 @@ import { inVm } from './helpers/env.mjs'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
 import { noFdLeak, rssBytes } from './helpers/process.ts'
 import { mergeTurnHolder } from './helpers/merge-turn.ts'
+import { runChild } from './helpers/child.ts'
 import { native, type TwinIndexHandle } from '../lib/native.ts'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -378,8 +379,34 @@ describe('TwinIndex merge turn', () => {
     }
   })
 
+  it('a create that fails names the call that failed: memfd_create (no descriptor left), mmap (no address space left)', () => {
+    // Each in a child whose limits leave exactly that call without what it needs.
+    const { result } = runChild(`
+      const { TwinIndex } = lib
+      const { execFileSync } = await import('node:child_process')
+      const fs = await import('node:fs')
+      const outcome = (fn) => { try { fn(); return 'ok' } catch (error) { return { name: error.name, code: error.code, syscall: error.syscall } } }
+      // Every descriptor below the limit taken: memfd_create has none left.
+      execFileSync('prlimit', ['--pid', String(process.pid), '--nofile=64:64'])
+      const held = []
+      for (;;) { try { held.push(fs.openSync('/dev/null', 'r')) } catch (error) { if (error.code !== 'EMFILE') throw error; break } }
+      const memfd = outcome(() => TwinIndex.create({ slots: 64 }))
+      for (const fd of held) fs.closeSync(fd)
+      // Address space just above what the process maps: the memfd and its size are fine, the 2 GiB
+      // mapping is not. Last: a process spawned under the cap could not run.
+      const mapped = Number(/VmSize:\\s+(\\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1]) * 1024
+      execFileSync('prlimit', ['--pid', String(process.pid), '--as=' + (mapped + 256 * 2 ** 20)])
+      const mmap = outcome(() => TwinIndex.create({ slots: 2 ** 28 }))
+      console.log(JSON.stringify({ mmap, memfd }))
+    `)
+    expect(result).toEqual({
+      mmap: { name: 'SyscallError', code: 'ENOMEM', syscall: 'mmap' },
+      memfd: { name: 'SyscallError', code: 'EMFILE', syscall: 'memfd_create' },
+    })
+  })
+
   it('native index calls return no sentinels: a closed handle is a TypeError (lib/ bypassed), a full window a short count', () => {
-    const handle = native.twinIndexCreate(64)
+    const handle = native.twinIndexCreate(64, new Uint32Array(1))
     expect(typeof handle).toBe('object')
     const index = handle as TwinIndexHandle
     const many = distinctHashes(200)

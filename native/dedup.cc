@@ -386,177 +386,214 @@ constexpr uint8_t kPlanMerge = 1,  // in a run to merge (SKSM) or mark as twins 
 // - the marking never holds more runs than max(runs before, runAllowance), even when the budget
 //   stops it half-way: runs that join marked pages are marked first, growing them from their
 //   marked side; runs of new pages only then, each growing from its first chunk.
-Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uint64_t cpu_start = ThreadCpuNs();
-  MEMDEDUP_ARG(args, ArgPass(info, 0));
-  auto [table, address, pages, state, hashes, config, report] = args;
-  const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const int mode = static_cast<int>(config.data[kCfgMode]);
-  const double budget = config.data[kCfgBudgetNs] > 0 ? config.data[kCfgBudgetNs] : 0;
-  const bool not_our_turn = config.data[kCfgBudgetNs] < 0;  // another process is merging: only count
-  const uint64_t allowance = static_cast<uint64_t>(std::min(std::max(config.data[kCfgRunAllowance], 0.0), 4294967295.0));
-  uint32_t* st = state.data;
-  auto fail = [&](int stage, int error) {
-    report.data[kRepFailedStage] = stage;
-    const uint64_t merge_ns = ThreadCpuNs() - cpu_start;
-    report.data[kRepMergeNs] = static_cast<double>(merge_ns);
-    report.data[kRepCpuNs] += static_cast<double>(merge_ns);
-    return Napi::Number::New(env, -error);
-  };
+// One region's merge step: the arrays (re-checked by DedupMerge), the pass's settings read once
+// from config, the plan, and the CPU budget spent so far. The steps below return kStageNone or
+// the stage that failed, errno set.
+struct RegionMerge {
+  const TwinTable& table;
+  uint64_t address;
+  uint32_t pages;
+  size_t page_size;
+  uint32_t* state;
+  const uint64_t* hashes;
+  double* report;
+  uint8_t* plan;  // kPlan* per page
+  int mode;
+  double budget;       // ns of CPU (0: none)
+  uint64_t allowance;  // KSM: the most marked runs the region may hold
+  uint64_t cpu_start;
+  uint64_t chunks = 0;
+  bool out_of_budget;  // set at the start when another process has the merge turn: only count
 
-  // The plan: no change to the state before every allocation is done (see NoAbort).
-  std::vector<uint8_t> plan(pages);
+  // Whether the next chunk may start: the first always may (unless it is not our turn).
+  bool MayStart() {
+    if (!out_of_budget && budget > 0 && chunks > 0 && static_cast<double>(ThreadCpuNs() - cpu_start) > budget) out_of_budget = true;
+    return !out_of_budget;
+  }
+  void* At(uint64_t page) const { return reinterpret_cast<void*>(address + page * page_size); }
+};
+
+// The plan: twins (candidates with another holder of their content), and the runs to merge or
+// mark. KSM: a run spans the cold candidates between two twins.
+void PlanTwins(RegionMerge& m) {
   bool cold_since_run = false;  // only candidates since the last run ended
   uint64_t last_end = 0;        // end of the last run (when cold_since_run)
-  for (uint32_t page = 0; page < pages; page++) {
-    if (!(st[page] & kCandidate)) {
+  for (uint32_t page = 0; page < m.pages; page++) {
+    if (!(m.state[page] & kCandidate)) {
       cold_since_run = false;
       continue;
     }
-    if (IndexHolders(*table, hashes.data[page]) < 2) continue;
-    plan[page] |= kPlanTwin;
-    report.data[kRepDuplicates]++;
-    if (mode == kModeKsm && cold_since_run) {
-      for (uint64_t p = last_end; p <= page; p++) plan[p] |= kPlanMerge;
+    if (IndexHolders(m.table, m.hashes[page]) < 2) continue;
+    m.plan[page] |= kPlanTwin;
+    m.report[kRepDuplicates]++;
+    if (m.mode == kModeKsm && cold_since_run) {
+      for (uint64_t p = last_end; p <= page; p++) m.plan[p] |= kPlanMerge;
     } else {
-      plan[page] |= kPlanMerge;
+      m.plan[page] |= kPlanMerge;
     }
     last_end = page + 1;
     cold_since_run = true;
   }
+}
 
-  uint64_t chunks = 0;
-  bool out_of_budget = not_our_turn;
-  // Whether the next chunk may start: the first always may (unless it is not our turn).
-  auto may_start = [&]() {
-    if (!out_of_budget && budget > 0 && chunks > 0 && static_cast<double>(ThreadCpuNs() - cpu_start) > budget) out_of_budget = true;
-    return !out_of_budget;
+// SKSM: MADV_MERGE over each planned run, kMergeChunk pages a call, while the budget lasts.
+FailedStage MergeRuns(RegionMerge& m) {
+  for (uint32_t page = 0; page < m.pages && !m.out_of_budget;) {
+    if (!(m.plan[page] & kPlanMerge)) {
+      page++;
+      continue;
+    }
+    uint32_t run_end = page;
+    while (run_end < m.pages && (m.plan[run_end] & kPlanMerge)) run_end++;
+    for (uint32_t first = page; first < run_end; first += kMergeChunk) {
+      uint32_t end = std::min(run_end, first + kMergeChunk);
+      if (!m.MayStart()) break;
+      if (madvise(m.At(first), static_cast<size_t>(end - first) * m.page_size, MADV_MERGE) < 0) return kStageMadviseMerge;
+      m.chunks++;
+      for (uint32_t p = first; p < end; p++) m.state[p] |= kMerged;
+      m.report[kRepMerged] += end - first;
+    }
+    page = run_end;
+  }
+  return kStageNone;
+}
+
+// KSM: the target is what is marked now plus the planned runs; over the allowance, the smallest
+// gaps between them join it (kPlanFill). Returns false when no run is allowed at all (nothing is
+// marked: every twin waits). The vector is reserved before any change to the state (NoAbort).
+bool PlanFills(RegionMerge& m) {
+  auto in_target = [&](uint64_t p) { return (m.state[p] & kMarked) || (m.plan[p] & (kPlanMerge | kPlanFill)); };
+  uint64_t target_runs = 0, marked_runs = 0;
+  for (uint64_t p = 0; p < m.pages; p++) {
+    target_runs += in_target(p) && (p == 0 || !in_target(p - 1));
+    marked_runs += (m.state[p] & kMarked) && (p == 0 || !(m.state[p - 1] & kMarked));
+  }
+  // A region holding marks may always keep one run (its marks, joined).
+  const uint64_t most = std::max<uint64_t>(m.allowance, marked_runs > 0 ? 1 : 0);
+  if (target_runs <= most) return true;
+  if (most == 0) return false;
+  struct Gap {
+    uint32_t start, length;
   };
+  std::vector<Gap> gaps;
+  gaps.reserve(target_runs - 1);  // push_back never reallocates
+  for (uint64_t p = 0, run_end = 0; p < m.pages; p++) {
+    if (!in_target(p)) continue;
+    if (run_end > 0 && p > run_end) gaps.push_back({static_cast<uint32_t>(run_end), static_cast<uint32_t>(p - run_end)});
+    while (p < m.pages && in_target(p)) p++;
+    run_end = p;
+  }
+  std::stable_sort(gaps.begin(), gaps.end(), [](const Gap& x, const Gap& y) { return x.length < y.length; });
+  for (uint64_t g = 0; g < target_runs - most && g < gaps.size(); g++) {
+    for (uint32_t p = gaps[g].start; p < gaps[g].start + gaps[g].length; p++) m.plan[p] |= kPlanFill;
+  }
+  return true;
+}
 
-  if (mode == kModeSksm) {
-    for (uint32_t page = 0; page < pages && !out_of_budget;) {
-      if (!(plan[page] & kPlanMerge)) {
-        page++;
+// KSM: MADV_MERGEABLE over the target, so that the marked runs never outnumber
+// max(runs before, runAllowance), even when the budget stops it half-way. Pass 0: target runs
+// that hold marked pages (each call grows a marked piece: the runs never grow in number); pass 1:
+// the others (each adds one run, up to the target's count).
+FailedStage MarkRuns(RegionMerge& m) {
+  auto in_target = [&](uint64_t p) { return (m.state[p] & kMarked) || (m.plan[p] & (kPlanMerge | kPlanFill)); };
+  // Twins inside what is already marked need no call.
+  for (uint32_t p = 0; p < m.pages; p++) {
+    if ((m.plan[p] & kPlanMerge) && (m.state[p] & kMarked) && !(m.state[p] & kMerged)) {
+      m.state[p] |= kMerged;
+      m.report[kRepMarked]++;
+    }
+  }
+  // Marks [lo, hi) (not marked yet, inside one target run) in one call, if the budget allows:
+  // 1 marked, 0 out of budget, -1 failed (errno set).
+  auto mark = [&](uint32_t lo, uint32_t hi) -> int {
+    if (!m.MayStart()) return 0;
+    if (madvise(m.At(lo), static_cast<size_t>(hi - lo) * m.page_size, MADV_MERGEABLE) < 0) return -1;
+    m.chunks++;
+    for (uint32_t p = lo; p < hi; p++) {
+      m.state[p] |= kMarked;
+      if (m.plan[p] & kPlanMerge) {
+        m.state[p] |= kMerged;
+        m.report[kRepMarked]++;
+      } else {
+        m.report[kRepCoarsened]++;
+      }
+    }
+    return 1;
+  };
+  for (int pass = 0; pass < 2 && !m.out_of_budget; pass++) {
+    for (uint32_t ts = 0; ts < m.pages && !m.out_of_budget;) {
+      if (!in_target(ts)) {
+        ts++;
         continue;
       }
-      uint32_t run_end = page;
-      while (run_end < pages && (plan[run_end] & kPlanMerge)) run_end++;
-      for (uint32_t first = page; first < run_end; first += kMergeChunk) {
-        uint32_t end = std::min(run_end, first + kMergeChunk);
-        if (!may_start()) break;
-        if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(first) * page_size),
-                    static_cast<size_t>(end - first) * page_size, MADV_MERGE) < 0) {
-          return fail(kStageMadviseMerge, errno);
-        }
-        chunks++;
-        for (uint32_t p = first; p < end; p++) st[p] |= kMerged;
-        report.data[kRepMerged] += end - first;
-      }
-      page = run_end;
-    }
-  } else if (mode == kModeKsm) {
-    // The target: what is marked now, the new runs, and (over the allowance) the smallest gaps.
-    auto in_target = [&](uint64_t p) { return (st[p] & kMarked) || (plan[p] & (kPlanMerge | kPlanFill)); };
-    uint64_t target_runs = 0, marked_runs = 0;
-    for (uint64_t p = 0; p < pages; p++) {
-      target_runs += in_target(p) && (p == 0 || !in_target(p - 1));
-      marked_runs += (st[p] & kMarked) && (p == 0 || !(st[p - 1] & kMarked));
-    }
-    // A region holding marks may always keep one run (its marks, joined).
-    const uint64_t most = std::max<uint64_t>(allowance, marked_runs > 0 ? 1 : 0);
-    bool blocked = false;  // no run allowed at all: nothing is marked, every twin waits
-    if (target_runs > most && most == 0) {
-      blocked = true;
-    } else if (target_runs > most) {
-      struct Gap {
-        uint32_t start, length;
-      };
-      std::vector<Gap> gaps;
-      gaps.reserve(target_runs - 1);  // before any change to the state (push_back never reallocates)
-      for (uint64_t p = 0, run_end = 0; p < pages; p++) {
-        if (!in_target(p)) continue;
-        if (run_end > 0 && p > run_end) gaps.push_back({static_cast<uint32_t>(run_end), static_cast<uint32_t>(p - run_end)});
-        while (p < pages && in_target(p)) p++;
-        run_end = p;
-      }
-      std::stable_sort(gaps.begin(), gaps.end(), [](const Gap& x, const Gap& y) { return x.length < y.length; });
-      for (uint64_t g = 0; g < target_runs - most && g < gaps.size(); g++) {
-        for (uint32_t p = gaps[g].start; p < gaps[g].start + gaps[g].length; p++) plan[p] |= kPlanFill;
-      }
-    }
-    // Twins inside what is already marked need no call.
-    for (uint32_t p = 0; p < pages; p++) {
-      if ((plan[p] & kPlanMerge) && (st[p] & kMarked) && !(st[p] & kMerged)) {
-        st[p] |= kMerged;
-        report.data[kRepMarked]++;
-      }
-    }
-    // Marks [lo, hi) (not marked yet, inside one target run) in one call, if the budget allows.
-    auto mark = [&](uint32_t lo, uint32_t hi) -> int {
-      if (!may_start()) return 0;
-      if (madvise(reinterpret_cast<void*>(address + static_cast<uint64_t>(lo) * page_size),
-                  static_cast<size_t>(hi - lo) * page_size, MADV_MERGEABLE) < 0) {
-        return -errno;
-      }
-      chunks++;
-      for (uint32_t p = lo; p < hi; p++) {
-        st[p] |= kMarked;
-        if (plan[p] & kPlanMerge) {
-          st[p] |= kMerged;
-          report.data[kRepMarked]++;
-        } else {
-          report.data[kRepCoarsened]++;
-        }
-      }
-      return 1;
-    };
-    // Pass 0: target runs that hold marked pages (each call grows a marked piece: the runs never
-    // grow in number); pass 1: the others (each adds one run, up to the target's count).
-    for (int pass = 0; pass < 2 && !blocked && !out_of_budget; pass++) {
-      for (uint32_t ts = 0; ts < pages && !out_of_budget;) {
-        if (!in_target(ts)) {
-          ts++;
-          continue;
-        }
-        uint32_t te = ts;
-        bool holds_marks = false;
-        while (te < pages && in_target(te)) holds_marks |= (st[te++] & kMarked) != 0;
-        if (holds_marks != (pass == 0)) {
-          ts = te;
-          continue;
-        }
-        for (uint32_t q = ts; q < te && !out_of_budget;) {
-          if (st[q] & kMarked) {
-            q++;
-            continue;
-          }
-          const uint32_t a = q;
-          while (q < te && !(st[q] & kMarked)) q++;
-          const uint32_t b = q;
-          int rc = 1;
-          if (a == ts && b < te) {  // before the first marked piece: grow it leftwards
-            for (uint32_t hi = b; hi > a && rc > 0; hi -= std::min(kMergeChunk, hi - a)) rc = mark(hi - std::min(kMergeChunk, hi - a), hi);
-          } else {  // grow the piece on the left rightwards (or start a new run)
-            for (uint32_t lo = a; lo < b && rc > 0; lo += std::min(kMergeChunk, b - lo)) rc = mark(lo, lo + std::min(kMergeChunk, b - lo));
-          }
-          if (rc < 0) return fail(kStageMadviseMergeable, -rc);
-        }
+      uint32_t te = ts;
+      bool holds_marks = false;
+      while (te < m.pages && in_target(te)) holds_marks |= (m.state[te++] & kMarked) != 0;
+      if (holds_marks != (pass == 0)) {
         ts = te;
+        continue;
       }
+      for (uint32_t q = ts; q < te && !m.out_of_budget;) {
+        if (m.state[q] & kMarked) {
+          q++;
+          continue;
+        }
+        const uint32_t a = q;
+        while (q < te && !(m.state[q] & kMarked)) q++;
+        const uint32_t b = q;
+        int rc = 1;
+        if (a == ts && b < te) {  // before the first marked piece: grow it leftwards
+          for (uint32_t hi = b; hi > a && rc > 0; hi -= std::min(kMergeChunk, hi - a)) rc = mark(hi - std::min(kMergeChunk, hi - a), hi);
+        } else {  // grow the piece on the left rightwards (or start a new run)
+          for (uint32_t lo = a; lo < b && rc > 0; lo += std::min(kMergeChunk, b - lo)) rc = mark(lo, lo + std::min(kMergeChunk, b - lo));
+        }
+        if (rc < 0) return kStageMadviseMergeable;
+      }
+      ts = te;
     }
   }
+  return kStageNone;
+}
+
+// The candidates are done with: totals, and the twins the budget (or the turn) left for later.
+void FinishMerge(RegionMerge& m) {
   uint64_t merged_total = 0;
-  for (uint32_t page = 0; page < pages; page++) {
-    st[page] &= ~kCandidate;
-    merged_total += (st[page] & kMerged) != 0;
-    if ((plan[page] & kPlanTwin) && !(st[page] & kMerged) && mode != kModeNone) report.data[kRepMergeDeferred]++;
+  for (uint32_t page = 0; page < m.pages; page++) {
+    m.state[page] &= ~kCandidate;
+    merged_total += (m.state[page] & kMerged) != 0;
+    if ((m.plan[page] & kPlanTwin) && !(m.state[page] & kMerged) && m.mode != kModeNone) m.report[kRepMergeDeferred]++;
   }
-  report.data[mode == kModeKsm ? kRepMarkedTotal : kRepMergedTotal] = static_cast<double>(merged_total);
-  if (mode == kModeKsm) report.data[kRepMarkedRuns] = static_cast<double>(CountRuns(st, pages, kMarked));
+  m.report[m.mode == kModeKsm ? kRepMarkedTotal : kRepMergedTotal] = static_cast<double>(merged_total);
+  if (m.mode == kModeKsm) m.report[kRepMarkedRuns] = static_cast<double>(CountRuns(m.state, m.pages, kMarked));
+}
+
+Napi::Value DedupMerge(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint64_t cpu_start = ThreadCpuNs();
+  MEMDEDUP_ARG(args, ArgPass(info, 0));
+  auto [table, address, pages, state, hashes, config, report] = args;
+  // The plan: no change to the state before every allocation is done (see NoAbort).
+  std::vector<uint8_t> plan(pages);
+  const double* cfg = config.data;
+  RegionMerge m{*table, address, static_cast<uint32_t>(pages), static_cast<size_t>(sysconf(_SC_PAGESIZE)),
+                state.data, hashes.data, report.data, plan.data(), static_cast<int>(cfg[kCfgMode]),
+                cfg[kCfgBudgetNs] > 0 ? cfg[kCfgBudgetNs] : 0,
+                static_cast<uint64_t>(std::min(std::max(cfg[kCfgRunAllowance], 0.0), 4294967295.0)), cpu_start,
+                0, cfg[kCfgBudgetNs] < 0};
+
+  PlanTwins(m);
+  FailedStage failed = kStageNone;
+  if (m.mode == kModeSksm) failed = MergeRuns(m);
+  else if (m.mode == kModeKsm && PlanFills(m)) failed = MarkRuns(m);
+  const int error = errno;
   const uint64_t merge_ns = ThreadCpuNs() - cpu_start;
   report.data[kRepMergeNs] = static_cast<double>(merge_ns);
   report.data[kRepCpuNs] += static_cast<double>(merge_ns);
+  if (failed != kStageNone) {
+    report.data[kRepFailedStage] = failed;
+    return Napi::Number::New(env, -error);
+  }
+  FinishMerge(m);
   return Napi::Number::New(env, 0);
 }
 

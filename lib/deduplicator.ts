@@ -343,7 +343,7 @@ export class Deduplicator {
     this.#assertOpen('track')
     if (!Region.isRegion(region)) throw invalidArgType('region', 'an instance of Region', region)
     if (region.kind !== 'anonymous') throw invalidArgType('region', 'an anonymous Region (KSM and MADV_MERGE merge private anonymous pages)', region.kind)
-    if (this.#tracked.has(region)) throw codedError('ERR_DEDUP_ALREADY_TRACKED', 'The Region is already tracked by this Deduplicator')
+    if (this.#tracked.has(region)) throw codedError('ERR_DEDUP_ALREADY_TRACKED')
     region.readableSpan(undefined, 'Deduplicator.track')
     // Per-page state first: a Region too large to track fails here, before anything is registered.
     let state: Uint32Array
@@ -462,7 +462,7 @@ export class Deduplicator {
     const onPass = opts.onPass
     if (onPass !== undefined && typeof onPass !== 'function') throw invalidArgType('options.onPass', 'a function', onPass)
     this.#assertOpen('run')
-    if (this.#running) throw codedError('ERR_DEDUP_RUNNING', 'The Deduplicator is already running (stop() it first)')
+    if (this.#running) throw codedError('ERR_DEDUP_RUNNING')
     this.#running = true
     this.#runError = undefined
     this.#intervalMs = intervalMs
@@ -635,6 +635,6 @@ export class Deduplicator {
   }
 
   #assertOpen(operation: string): void {
-    if (this.#closed) throw codedError('ERR_DEDUP_CLOSED', `Cannot ${operation}: the Deduplicator is closed`)
+    if (this.#closed) throw codedError('ERR_DEDUP_CLOSED', operation)
   }
 }

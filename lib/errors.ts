@@ -78,7 +78,7 @@ function E<Kind extends ErrorKind, Args extends unknown[]>(kind: Kind, message: 
 }
 /**
  * The message as built by the module that throws it (its own builder is the template: validate.ts
- * for the argument codes, twin_index.ts, deduplicator.ts and mshare.ts for theirs).
+ * for the argument codes, the native boundary for the internal ones, features.ts and cli.ts for theirs).
  */
 const built = (message: string) => message
 
@@ -102,10 +102,10 @@ const registry = {
   ERR_ILLEGAL_CONSTRUCTOR: E('TypeError', (factories: string) => `Illegal constructor: use ${factories}`),
   /** A method or accessor of a memdedup class called on something else: `Region.prototype.close.call({})` (Node's code). */
   ERR_INVALID_THIS: E('TypeError', (type: string) => `Value of "this" must be of type ${type}`),
-  /** A closed Region, Reservation, MshareRegion or MshareAttachment. */
-  ERR_REGION_CLOSED: E('InvalidStateError', built),
+  /** A closed Region, Reservation, MshareRegion or MshareAttachment (`what`: which, 'the Region' and so on). */
+  ERR_REGION_CLOSED: E('InvalidStateError', (operation: string, what: string) => `Cannot ${operation}: ${what} is closed`),
   /** Region.bytes on pages not read+write, or a native read of a PROT_NONE page. */
-  ERR_REGION_PROTECTION: E('InvalidStateError', built),
+  ERR_REGION_PROTECTION: E('InvalidStateError', (operation: string, why: string) => `Cannot ${operation}: ${why}`),
   /**
    * remap(n, { mayMove: false }) of a Region placed in a Reservation that has no free room right
    * after it (taken, its end, or closed): nothing was changed, no syscall was made.
@@ -114,23 +114,24 @@ const registry = {
   ERR_UFFD_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the Userfaultfd is closed`),
   ERR_UFFD_ALREADY_REGISTERED: E('InvalidStateError', (page: number) => `Cannot register: page ${page} of the Region is already registered with this userfaultfd (unregister it first)`),
   ERR_UFFD_NOT_REGISTERED: E('InvalidStateError', (page: number) => `Cannot writeProtect: page ${page} of the Region is not registered with { writeProtect: true } on this userfaultfd`),
-  ERR_DEDUP_CLOSED: E('InvalidStateError', built),
-  ERR_DEDUP_ALREADY_TRACKED: E('InvalidStateError', built),
+  ERR_DEDUP_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the Deduplicator is closed`),
+  ERR_DEDUP_ALREADY_TRACKED: E('InvalidStateError', () => 'The Region is already tracked by this Deduplicator'),
   /** Deduplicator.run() while it already runs (stop() first). */
-  ERR_DEDUP_RUNNING: E('InvalidStateError', built),
+  ERR_DEDUP_RUNNING: E('InvalidStateError', () => 'The Deduplicator is already running (stop() it first)'),
   /** An operation on a closed TwinIndex. */
-  ERR_TWIN_INDEX_CLOSED: E('InvalidStateError', built),
+  ERR_TWIN_INDEX_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the TwinIndex is closed`),
   /**
    * TwinIndex.add(): a hash found no free slot in its probe window (no syscall failed: the index
    * is full near that hash). Release contents, or create a larger index.
    */
-  ERR_TWIN_INDEX_FULL: E('Error', built),
+  ERR_TWIN_INDEX_FULL: E('Error', (slots: number, counted: number, count: number) =>
+    `The TwinIndex is full near a hash: no free slot in its probe window (${slots} slots; ${counted} of ${count} hashes counted); release contents or create a larger index`),
   /** A native result outside its contract (a -errno with no failure stage naming the call): a memdedup bug, never an errno passed off as a syscall's (Node's code). */
   ERR_INTERNAL_ASSERTION: E('Error', built),
   /** The addon could not allocate memory (std::bad_alloc at the N-API boundary, NoAbort in native/addon.h): nothing was changed. Node's own code. */
   ERR_MEMORY_ALLOCATION_FAILED: E('Error', built),
   /** MshareRegion.open() of a region whose creator has not sized it yet (the msharefs file's size is 0). */
-  ERR_MSHARE_REGION_UNSIZED: E('InvalidStateError', built),
+  ERR_MSHARE_REGION_UNSIZED: E('InvalidStateError', (path: string) => `Cannot open ${path}: its creator has not sized the region yet (its size is 0)`),
   /**
    * A file of the kernel (/proc, /sys) read without error but saying something memdedup cannot
    * parse (e.g. /sys/fs/mshare/mshare_info not a positive multiple of the page size).

@@ -288,7 +288,7 @@ export class MshareRegion {
     try {
       const size = fsCall('fstat', filePath, () => fs.fstatSync(fd).size)
       // The kernel would open and even mmap it (EINVAL then): the region is not ready yet.
-      if (size === 0) throw codedError('ERR_MSHARE_REGION_UNSIZED', `Cannot open ${filePath}: its creator has not sized the region yet (its size is 0)`)
+      if (size === 0) throw codedError('ERR_MSHARE_REGION_UNSIZED', filePath)
       for (const [i, { offset, length }] of mapped.entries()) {
         if (offset + length > size) throw outOfRange(`options.mapped[${i}]`, `inside the region (offset + length <= ${size})`, `offset ${offset} + length ${length}`)
       }
@@ -359,7 +359,7 @@ export class MshareRegion {
     const fileOffset = validatePageOffset(opts.fileOffset ?? 0, 'options.fileOffset')
     const prot = protBits[validateOneOf(opts.prot ?? 'rw', 'options.prot', protections)]
     this.#assertOpen('mapMemfd')
-    if (memfdOf.closed.call(memfd)) throw codedError('ERR_REGION_CLOSED', 'Cannot mapMemfd: the memfd Region is closed')
+    if (memfdOf.closed.call(memfd)) throw codedError('ERR_REGION_CLOSED', 'mapMemfd', 'the memfd Region')
     const kind = memfdOf.kind.call(memfd)
     if (kind !== 'memfd') throw invalidArgValue('memfd', 'must be a memfd Region (Region.memfd())', kind)
     const { offset, length } = this.#range(range, 'range')
@@ -459,7 +459,7 @@ export class MshareRegion {
   }
 
   #assertOpen(operation: string): void {
-    if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the MshareRegion is closed`)
+    if (this.#closed) throw codedError('ERR_REGION_CLOSED', operation, 'the MshareRegion')
   }
 }
 
@@ -518,7 +518,7 @@ export class MshareAttachment {
     const length = validatePageLength(validateInteger(r.length, 'range.length', 1, 2 ** 32), 'range.length')
     if (offset + length > this.#length) throw outOfRange('range', `inside the region (offset + length <= ${this.#length})`, `offset ${offset} + length ${length}`)
     if (!this.#region.covers(offset, length)) throw outOfRange('range', 'a part of the region with memory mapped in it (see MshareRegion.mapped)', `offset ${offset} + length ${length}`)
-    if (this.#prot !== 'rw') throw codedError('ERR_REGION_PROTECTION', 'MshareAttachment.view needs a read-write attachment; use read()')
+    if (this.#prot !== 'rw') throw codedError('ERR_REGION_PROTECTION', 'get MshareAttachment.view', 'it needs a read-write attachment; use read()')
     const buffer = native.wrap(this.#address + offset, length)
     this.#views.live++
     viewCollected.register(buffer, this.#views)
@@ -597,6 +597,6 @@ export class MshareAttachment {
   }
 
   #assertOpen(operation: string): void {
-    if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the MshareAttachment is closed`)
+    if (this.#closed) throw codedError('ERR_REGION_CLOSED', operation, 'the MshareAttachment')
   }
 }

@@ -340,7 +340,7 @@ export class Region {
     if (this.#closed) return new Uint8Array(0)
     if (this.#bytes === null) {
       if (this.#prot.findFailing((p) => (p & protBits.rw) === protBits.rw) >= 0) {
-        throw codedError('ERR_REGION_PROTECTION', "Region.bytes needs every page readable and writable; protect('rw') it first or use read()")
+        throw codedError('ERR_REGION_PROTECTION', 'get Region.bytes', "it needs every page readable and writable; protect('rw') it first or use read()")
       }
       if (this.#length > maxViewLength) {
         throw outOfRange('Region.length', `<= ${maxViewLength} for a view (the largest typed array); use read() on ranges`, this.#length)
@@ -671,7 +671,7 @@ export class Region {
     const span = this.#span(range, operation)
     const first = (span.address - this.#address) / pageSize
     const page = this.#prot.findFailing((p) => (p & C.PROT_READ) !== 0, first, first + span.length / pageSize)
-    if (page >= 0) throw codedError('ERR_REGION_PROTECTION', `Cannot ${operation}: page ${page} of the Region is not readable`)
+    if (page >= 0) throw codedError('ERR_REGION_PROTECTION', operation, `page ${page} of the Region is not readable`)
     return span
   }
 
@@ -712,7 +712,7 @@ export class Region {
   }
 
   #assertOpen(operation: string): void {
-    if (this.#closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the Region is closed`)
+    if (this.#closed) throw codedError('ERR_REGION_CLOSED', operation, 'the Region')
   }
 
   /** Runs the move hooks; returns what undoes them all (for a Region that stays where it is). */
@@ -761,7 +761,7 @@ function readTarget(value: unknown, length: number): Target {
   if (!isReservation(fixed.into)) throw invalidArgType('options.fixed.into', 'an instance of Reservation', fixed.into)
   const state = stateOf(fixed.into)
   const offset = validatePageOffset(fixed.offset, 'options.fixed.offset')
-  if (state.closed) throw codedError('ERR_REGION_CLOSED', 'Cannot remap into a closed Reservation')
+  if (state.closed) throw codedError('ERR_REGION_CLOSED', 'remap into it', 'the Reservation')
   checkFree(state, offset, length, 'options.fixed')
   return { state, offset }
 }
@@ -842,7 +842,7 @@ export class Reservation {
   }
 
   #range(range: Range, operation: string): { offset: number; length: number } {
-    if (this.#state.closed) throw codedError('ERR_REGION_CLOSED', `Cannot ${operation}: the Reservation is closed`)
+    if (this.#state.closed) throw codedError('ERR_REGION_CLOSED', operation, 'the Reservation')
     const r = readRange(range)
     if (r === undefined) throw invalidArgType('range', 'an object { offset, length }', range)
     const offset = validatePageOffset(r.offset, 'range.offset')

@@ -56,7 +56,7 @@ const handles = new WeakMap<TwinIndex, TwinIndexHandle>()
 export function twinIndexHandle(index: TwinIndex, operation: string): TwinIndexHandle {
   const handle = handles.get(index)
   if (handle === undefined) throw invalidArgType('options.index', 'a TwinIndex', index)
-  if (index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', `Cannot ${operation}: the TwinIndex is closed`)
+  if (index.closed) throw codedError('ERR_TWIN_INDEX_CLOSED', operation)
   return handle
 }
 
@@ -146,7 +146,7 @@ export class TwinIndex {
 
   /** A path another process of this user can TwinIndex.open() while this one keeps it open. */
   get path(): string {
-    if (this.#closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'Cannot read path: the TwinIndex is closed')
+    if (this.#closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'read path')
     return `/proc/${process.pid}/fd/${this.#fd}`
   }
   get fd(): number {
@@ -215,7 +215,7 @@ export class TwinIndex {
     const holders = new Uint32Array(count)
     const updated = native.twinIndexUpdate(twinIndexHandle(this, operation), hashes, count, delta, holders)
     if (updated < count) {
-      throw codedError('ERR_TWIN_INDEX_FULL', `The TwinIndex is full near a hash: no free slot in its probe window (${this.#slots} slots; ${updated} of ${count} hashes counted); release contents or create a larger index`)
+      throw codedError('ERR_TWIN_INDEX_FULL', this.#slots, updated, count)
     }
     return holders
   }

@@ -8,6 +8,9 @@
 //                             the registry serves; exit 2 when a patch does not apply
 //   npm run kernel -- --unpatched   the baseline: same config fragment (minus options only the
 //                             series adds, e.g. CONFIG_SKSM), no patches (ci/kselftest.mjs compares)
+//   npm run kernel -- --flavour=perf   same series, production-like config: the fragment's debug
+//                             options (perfDropped below: lockdep, DEBUG_VM, DEBUG_LIST, ...) off,
+//                             release -memdedup-perf. Benchmarks run on it; tests on the debug one.
 //
 // Cache layout (~/.cache/memdedup, or $MEMDEDUP_CACHE_DIR):
 //   sources/<pkg>_<version>/  the source tarball of each base fetched (+ .sha256 once verified)
@@ -19,6 +22,7 @@
 //   linux-src-unpatched/   git worktree of linux-src at memdedup-base, for the --unpatched build
 //   kbuild-unpatched/      its build dir (so a baseline build never resets the patched one's state)
 //   unpatched-bzImage-<key>  the baseline kernel (named so that bzImage-* stays the patched one)
+//   kbuild-perf/, perf-bzImage-<key>   the perf flavour's build dir and kernel
 //   basic_test-<key>, madv-merge-probe-<key>   user-space test programs for the guest
 import { $, fs, path, os, chalk } from 'zx'
 import { spawn, spawnSync } from 'node:child_process'
@@ -123,12 +127,34 @@ function requestedOptions(fragment) {
     .filter((line) => /^CONFIG_\w+=/.test(line) || /^# CONFIG_\w+ is not set$/.test(line))
 }
 
-export async function kernelKey() {
+// The perf flavour: these options of the fragment (the "Catch kernel bugs" block, what a
+// distribution kernel does not ship) are turned off; LOCALVERSION becomes -memdedup-perf.
+const perfDropped = ['CONFIG_DEBUG_KERNEL', 'CONFIG_DEBUG_VM', 'CONFIG_DEBUG_ATOMIC_SLEEP', 'CONFIG_PROVE_LOCKING', 'CONFIG_DEBUG_LIST']
+export const flavours = ['debug', 'perf']
+
+/** The config fragment of `flavour`: the file as it is (debug), or with perfDropped off (perf). */
+export function flavourFragment(fragment, flavour) {
+  if (flavour === 'debug') return fragment
+  if (flavour !== 'perf') fail(`unknown kernel flavour ${flavour} (${flavours.join(', ')})`)
+  const lines = fragment.split('\n')
+  for (const name of perfDropped) {
+    if (!lines.includes(`${name}=y`)) fail(`kernel-patches/config has no ${name}=y: update perfDropped in ci/kernel.mjs`)
+  }
+  return lines.map((line) => {
+    const name = line.match(/^(CONFIG_\w+)=y$/)?.[1]
+    if (name && perfDropped.includes(name)) return `# ${name} is not set`
+    if (line.startsWith('CONFIG_LOCALVERSION=')) return 'CONFIG_LOCALVERSION="-memdedup-perf"'
+    return line
+  }).join('\n')
+}
+
+export async function kernelKey({ flavour = 'debug' } = {}) {
   const base = await readBase()
   const version = sourceVersion(base)
   const patches = await readSeries()
-  const fragment = await fs.readFile(path.join(patchesDir, 'config'), 'utf8')
-  const key = sha256(recipeVersion, version, ...patches.flatMap((p) => [p.name, p.text]), fragment).slice(0, 16)
+  const fragment = flavourFragment(await fs.readFile(path.join(patchesDir, 'config'), 'utf8'), flavour)
+  // The debug key is what it always was (its cached kernels stay valid); perf's is its own.
+  const key = sha256(recipeVersion, version, ...patches.flatMap((p) => [p.name, p.text]), fragment, ...(flavour === 'debug' ? [] : [flavour])).slice(0, 16)
   return { key, version, base, patches, fragment }
 }
 
@@ -287,8 +313,8 @@ async function buildGuestPrograms(tree, key) {
  * @param {{force?: boolean}} [options]
  * @returns {Promise<string>} absolute path of the cached bzImage
  */
-export async function ensureKernel({ force = false } = {}) {
-  return (await ensureKernelBuild({ force })).bzImage
+export async function ensureKernel({ force = false, flavour = 'debug' } = {}) {
+  return (await ensureKernelBuild({ force, flavour })).bzImage
 }
 
 /**
@@ -296,35 +322,45 @@ export async function ensureKernel({ force = false } = {}) {
  * @returns {Promise<{bzImage: string, release: string, key: string, cached: boolean,
  *   buildMs: number, programs: {basicTest: string, madvMergeProbe: string, sksmStress: string}}>}
  */
-export async function ensureKernelBuild({ force = false, unpatched = false } = {}) {
+export async function ensureKernelBuild({ force = false, unpatched = false, flavour = 'debug' } = {}) {
   if (unpatched) return ensureUnpatchedBuild({ force })
   const started = Date.now()
   await ensurePackages()
-  const { key, version, base, patches, fragment } = await kernelKey()
-  const bzImage = path.join(cacheDir, `bzImage-${key}`)
+  const { key, version, base, patches, fragment } = await kernelKey({ flavour })
+  const prefix = flavour === 'debug' ? '' : `${flavour}-`
+  const bzImage = path.join(cacheDir, `${prefix}bzImage-${key}`)
   const releaseFile = `${bzImage}.release`
   const basicTest = path.join(cacheDir, `basic_test-${key}`)
   if (!force && fs.existsSync(bzImage) && fs.existsSync(releaseFile) && fs.existsSync(basicTest)) {
     const programs = await buildGuestPrograms(null, key) // probe only; basic_test already cached
     const release = (await fs.readFile(releaseFile, 'utf8')).trim()
     log(`kernel cache hit: ${bzImage} (${release})`)
-    return { bzImage, release, key, cached: true, buildMs: Date.now() - started, programs }
+    return { bzImage, release, key, flavour, cached: true, buildMs: Date.now() - started, programs }
   }
-  log(`kernel cache miss (key ${key}, source ${version}); building`)
+  log(`${flavour} kernel cache miss (key ${key}, source ${version}); building`)
   const tree = await ensurePristineTree(base)
   await applySeries(tree, patches, key)
-  const buildDir = path.join(cacheDir, 'kbuild')
+  // One build dir per flavour: switching flavours never throws away the other's incremental state.
+  const buildDir = path.join(cacheDir, flavour === 'debug' ? 'kbuild' : `kbuild-${flavour}`)
   await configure(tree, buildDir, fragment)
   const makeMs = await build(tree, buildDir)
   const release = (await $({ env: buildEnv(), cwd: tree })`make -s ${makeArgs(buildDir)} kernelrelease`.quiet()).stdout.trim()
-  if (!release.endsWith('-memdedup')) fail(`kernel release ${release} does not end in -memdedup`)
+  const suffix = flavour === 'debug' ? '-memdedup' : `-memdedup-${flavour}`
+  if (!release.endsWith(suffix)) fail(`kernel release ${release} does not end in ${suffix}`)
   await fs.copy(path.join(buildDir, 'arch/x86/boot/bzImage'), `${bzImage}.tmp`)
   await fs.copy(path.join(buildDir, '.config'), `${bzImage}.config`)
   await fs.writeFile(releaseFile, `${release}\n`)
   await fs.move(`${bzImage}.tmp`, bzImage, { overwrite: true })
   const programs = await buildGuestPrograms(tree, key)
   log(`built ${release} in ${formatSeconds(makeMs)} (make) / ${formatSeconds(Date.now() - started)} (total): ${bzImage}`)
-  return { bzImage, release, key, cached: false, buildMs: Date.now() - started, programs }
+  return { bzImage, release, key, flavour, cached: false, buildMs: Date.now() - started, programs }
+}
+
+/** --flavour=NAME from argv (default debug). */
+export function flavourOption(argv) {
+  const given = argv.find((arg) => arg.startsWith('--flavour='))?.slice('--flavour='.length) ?? 'debug'
+  if (!flavours.includes(given)) fail(`--flavour=${given}: unknown kernel flavour (${flavours.join(', ')})`)
+  return given
 }
 
 // --- The unpatched baseline -------------------------------------------------------------------
@@ -459,7 +495,7 @@ async function main() {
   }
   const force = process.argv.includes('--force')
   const unpatched = process.argv.includes('--unpatched')
-  const result = await ensureKernelBuild({ force, unpatched })
+  const result = await ensureKernelBuild({ force, unpatched, flavour: flavourOption(process.argv) })
   console.log(result.bzImage)
   return 0
 }

@@ -5,6 +5,7 @@
 //   npm run vm                                  interactive shell (best effort; `exit` stops the VM)
 //   npm run vm -- --memory=8G --hugepages=64 --timeout=600 -- <command...>
 //   npm run vm -- --kernel=BZIMAGE -- <command...>   another kernel (e.g. an older cached build)
+//   npm run vm -- --flavour=perf -- <command...>     the production-like kernel (benchmarks)
 //
 // The guest sees the host's / read-only (9p), a tmpfs /tmp and $HOME, a scratch dir shared
 // read-write at $MEMDEDUP_SCRATCH, and a 1 GiB swap disk. Any Oops/BUG:/WARNING:/panic in the
@@ -12,7 +13,7 @@
 import { $, fs, path, os } from 'zx'
 import { spawn } from 'node:child_process'
 import { cacheDir, repoRoot, log, fail, formatSeconds, ensurePackages, isMain, runMain } from './lib.mjs'
-import { ensureKernel } from './kernel.mjs'
+import { ensureKernel, flavourOption } from './kernel.mjs'
 
 const qemu = 'qemu-system-x86_64'
 const guestInit = path.join(repoRoot, 'ci', 'guest-init.sh')
@@ -87,7 +88,8 @@ function findProblems(consoleText) {
  * @param {string|false} [options.swap='1G']  size of the virtio swap disk, false for none
  * @param {'inherit'|'pipe'} [options.stdio='inherit']  'pipe' captures the output in result.output
  * @param {boolean} [options.echo=false]      with stdio 'pipe', also copy the output to stdout
- * @param {string} [options.kernel]           bzImage (default: ensureKernel())
+ * @param {string} [options.kernel]           bzImage (default: ensureKernel({ flavour }))
+ * @param {string} [options.flavour]          debug (default) or perf, when no kernel is given
  * @param {string[]} [options.collect=[]]     files to read back from $MEMDEDUP_SCRATCH (result.collected)
  * @returns {Promise<{exitCode: number, commandExitCode: number|null, ok: boolean, timedOut: boolean,
  *   problems: string[], consoleLog: string, output?: string, accel: string,
@@ -102,7 +104,7 @@ export async function runInVm(command, options = {}) {
     swap = '1G', stdio = 'inherit', echo = false, collect = [],
   } = options
   await ensurePackages(['qemu-system-x86', 'util-linux', 'iproute2']) // iproute2: the guest's `ip link set lo up`
-  const kernel = options.kernel ?? await ensureKernel()
+  const kernel = options.kernel ?? await ensureKernel({ flavour: options.flavour ?? 'debug' })
   const accel = await probeAccel(kernel)
   const interactive = command === null || command === undefined
   const started = Date.now()
@@ -228,7 +230,8 @@ async function main() {
     else if (name === 'no-swap') options.swap = false
     else if (name === 'kernel') options.kernel = path.resolve(value)
     else if (name === 'swap') options.swap = value
-    else fail(`unknown option ${arg} (options: --memory=4G --cpus=2 --hugepages=N --timeout=SECONDS --no-swap --swap=1G --kernel=BZIMAGE)`)
+    else if (name === 'flavour') options.flavour = flavourOption([arg])
+    else fail(`unknown option ${arg} (options: --memory=4G --cpus=2 --hugepages=N --timeout=SECONDS --no-swap --swap=1G --kernel=BZIMAGE --flavour=debug|perf)`)
   }
   const command = args.length === 0 ? null : args.length === 1 ? args[0] : args
   if (command === null) log('interactive shell in the guest; Ctrl-C goes to the guest, `exit` stops the VM')

@@ -1,5 +1,6 @@
 // The lab's console check (ci/vm.mjs kernelProblem): every report the lab kernel's debug options
 // can print must fail a run, and ordinary messages (the OOM killer, which tests provoke) must not.
+import fs from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { kernelProblem } from './helpers/ci-vm.mjs'
 import type { CVerdict, PortVerdict } from './helpers/ci-kselftest.mjs'
@@ -129,5 +130,25 @@ describe('KTAP (ci/ktap.mjs): what kernel CI tooling parses', async () => {
     expect(ktapProblems('')).toEqual(['no "KTAP version 1" header'])
     expect(ktapProblems(good.replace(/^1\.\.2$/m, '1..3'))).toEqual(['the document: plan 1..3, 2 results'])
     expect(ktapProblems(good.replace('    1..2', '    1..1'))).toEqual(['subtests of "a": plan 1..1, 2 results'])
+  })
+})
+
+describe('kernel flavours (ci/kernel.mjs)', async () => {
+  const { flavourFragment, flavours } = await import('./helpers/ci-kernel.mjs')
+  const fragment = fs.readFileSync(new URL('../kernel-patches/config', import.meta.url), 'utf8')
+
+  it('debug is kernel-patches/config as written; perf turns its debug options off and names itself', () => {
+    expect(flavours).toEqual(['debug', 'perf'])
+    expect(flavourFragment(fragment, 'debug')).toBe(fragment)
+    const perf = flavourFragment(fragment, 'perf').split('\n')
+    for (const name of ['CONFIG_DEBUG_KERNEL', 'CONFIG_DEBUG_VM', 'CONFIG_DEBUG_ATOMIC_SLEEP', 'CONFIG_PROVE_LOCKING', 'CONFIG_DEBUG_LIST']) {
+      expect(perf).toContain(`# ${name} is not set`)
+      expect(perf).not.toContain(`${name}=y`)
+    }
+    expect(perf).toContain('CONFIG_LOCALVERSION="-memdedup-perf"')
+    // Everything memdedup exercises stays.
+    for (const line of ['CONFIG_KSM=y', 'CONFIG_SKSM=y', 'CONFIG_USERFAULTFD=y', 'CONFIG_MEM_SOFT_DIRTY=y', 'CONFIG_MSHARE=y']) expect(perf).toContain(line)
+    expect(() => flavourFragment(fragment, 'fast')).toThrow(/unknown kernel flavour fast/)
+    expect(() => flavourFragment(fragment.replace('CONFIG_DEBUG_LIST=y', ''), 'perf')).toThrow(/no CONFIG_DEBUG_LIST=y/)
   })
 })

@@ -24,7 +24,7 @@ export function compileC(relPath, { flags = [], libs = [] } = {}) {
   // native/compat.h is included by every reference: a constant changed there rebuilds them.
   const compat = fs.readFileSync(path.join(rootDir, 'native', 'compat.h'))
   const hash = createHash('sha256').update(text).update(compat).update(JSON.stringify([allFlags, libs])).digest('hex')
-  const binary = path.join(outDir, relPath.replace(/^c\//, '').replace(/\.c$/, '').replaceAll('/', '_'))
+  const binary = path.join(outDir, relPath.replace(/^c\//, '').replace(/\.cc?$/, '').replaceAll('/', '_'))
   const stamp = `${binary}.hash`
   if (fs.existsSync(binary) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === hash) return binary
   fs.mkdirSync(outDir, { recursive: true })

@@ -3,6 +3,7 @@
 // member of an exported class has one. (Interface fields are left to TypeDoc's `notDocumented`
 // warnings: many mirror a kernel file's name, `pagesShared` for pages_shared.) Walked with the TypeScript compiler, as TypeDoc
 // reads it, so a symbol added without a comment fails here rather than leaving a blank page.
+import fs from 'node:fs'
 import path from 'node:path'
 import ts from 'typescript'
 import { describe, expect, it } from 'vitest'
@@ -63,5 +64,30 @@ describe('API reference (doc comments)', () => {
 
   it('every exported symbol, namespace member and public class member has a doc comment', () => {
     expect(undocumented()).toEqual([])
+  })
+})
+
+// The README and docs/ link to each other's sections; a heading renamed or moved breaks a link
+// silently on GitHub and npm. Anchors are GitHub's slugs of the headings.
+const slug = (heading: string) => heading.trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-')
+
+describe('links between the docs', () => {
+  const docs = ['README.md', ...fs.readdirSync(path.join(repoRoot, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
+  it.each(docs)('%s: every relative link names a file and heading that exist', (doc) => {
+    const text = fs.readFileSync(path.join(repoRoot, doc), 'utf8').replace(/^```[\s\S]*?^```$/gm, '')
+    const broken: string[] = []
+    for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/g)) {
+      if (/^[a-z]+:/.test(target)) continue
+      const [file, anchor] = target.split('#')
+      const resolved = file === '' ? path.join(repoRoot, doc) : path.resolve(path.dirname(path.join(repoRoot, doc)), file)
+      if (!fs.existsSync(resolved)) {
+        broken.push(`${target} (no file)`)
+        continue
+      }
+      if (anchor === undefined) continue
+      const headings = [...fs.readFileSync(resolved, 'utf8').replace(/^```[\s\S]*?^```$/gm, '').matchAll(/^#+ (.*)$/gm)].map((m) => slug(m[1]))
+      if (!headings.includes(anchor)) broken.push(`${target} (no such heading)`)
+    }
+    expect(broken).toEqual([])
   })
 })

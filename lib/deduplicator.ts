@@ -25,8 +25,10 @@ import { TwinIndex, twinIndexHandle } from './twin_index.ts'
 import { guardReceivers } from './internal.ts'
 import { invalidArgType, outOfRange, readOptions, validateInteger, validateOneOf } from './validate.ts'
 
+/** How a Deduplicator merges: 'sksm' (MADV_MERGE), 'ksm' (marks twin runs for ksmd), 'none' (reports only), 'auto' (SKSM where present, else KSM). */
 export type MergeMode = 'auto' | 'sksm' | 'ksm' | 'none'
 
+/** Options of `new Deduplicator()`; every one has a default. */
 export interface DeduplicatorOptions {
   /** 'sksm' merges with madvise(MADV_MERGE); 'ksm' marks the twin runs MADV_MERGEABLE for ksmd;
    *  'none' only reports (a dry run); 'auto' (default): 'sksm' where the kernel has it, else 'ksm'. */
@@ -115,6 +117,7 @@ export interface PassReport {
   durationMs: number
 }
 
+/** Totals over a Deduplicator's life (`stats()`), with the latest passes' reports. */
 export interface DeduplicatorStats {
   passes: number
   /** Thread CPU time of all passes. */
@@ -240,6 +243,12 @@ function countRuns(state: Uint32Array): number {
   return runs
 }
 
+/**
+ * The user-space deduplicator: tracks the writes of the Regions you give it (userfaultfd WP_ASYNC +
+ * PAGEMAP_SCAN), hashes pages that stay unwritten, and merges only those whose content has a twin
+ * in its TwinIndex, which other processes may share. `pass()` does one round; `run()` passes in the
+ * background until `await stop()`; `close()` untracks everything.
+ */
 export class Deduplicator {
   #uffd: Userfaultfd
   #index: TwinIndex
@@ -317,6 +326,7 @@ export class Deduplicator {
   get merge(): 'sksm' | 'ksm' | 'none' {
     return this.#merge
   }
+  /** The TwinIndex this deduplicator looks twins up in (options.index, or its private one). */
   get index(): TwinIndex {
     return this.#index
   }
@@ -324,9 +334,11 @@ export class Deduplicator {
   get vmaBudget(): number {
     return this.#vmaBudget
   }
+  /** The Regions tracked now. */
   get regions(): Region[] {
     return [...this.#tracked.keys()]
   }
+  /** True between run() and stop(). */
   get running(): boolean {
     return this.#running
   }
@@ -334,6 +346,7 @@ export class Deduplicator {
   get intervalMs(): number {
     return this.#intervalMs
   }
+  /** True once close() ran. */
   get closed(): boolean {
     return this.#closed
   }

@@ -20,6 +20,11 @@ export function errnoName(value: number): string {
   return errnoNames.get(value) ?? `E${value}`
 }
 
+/**
+ * A failure the kernel returned, shaped like Node's own system errors: `code` ('EINVAL'), a
+ * negative `errno`, `syscall` ('madvise(MADV_MERGE)'), and the message `${syscall} ${code}` plus
+ * context. memdedup never makes up an errno: anything else has a code of its own (see `codes`).
+ */
 export class SyscallError extends Error {
   /** 'EINVAL', 'ENOMEM', … */
   readonly code: string
@@ -39,9 +44,16 @@ export class SyscallError extends Error {
 }
 Object.defineProperty(SyscallError.prototype, 'name', { value: 'SyscallError', enumerable: false })
 
+/**
+ * The running kernel lacks a feature this call needs (SKSM's MADV_MERGE, msharefs, PAGEMAP_SCAN, …):
+ * `feature` names it and `kernelRelease` says which kernel. Every entry point of the feature throws it.
+ */
 export class FeatureUnavailableError extends Error {
+  /** Always 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE'. */
   readonly code = 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE'
+  /** The missing feature, e.g. 'sksm', 'mshare'. */
   readonly feature: string
+  /** `uname -r` of the running kernel. */
   readonly kernelRelease: string
 
   constructor(feature: string, detail: string) {
@@ -58,6 +70,7 @@ Object.defineProperty(FeatureUnavailableError.prototype, 'name', { value: 'Featu
  * memory whose protection does not allow it. `code` says which (ERR_REGION_CLOSED, …).
  */
 export class InvalidStateError extends Error {
+  /** Which state: 'ERR_REGION_CLOSED', 'ERR_UFFD_NOT_REGISTERED', … (see `codes`). */
   readonly code: string
 
   constructor(code: StateCode, message: string) {
@@ -151,6 +164,7 @@ const registry = {
   ERR_CLI_COMMAND_NOT_FOUND: E('Error', (file: string, why: string) => `${file}: ${why}`),
 } as const
 
+/** Every `code` memdedup's own errors carry (the keys of `codes`); a SyscallError's code is the errno's name instead. */
 export type ErrorCode = keyof typeof registry
 type Registry = typeof registry
 /** The arguments of `code`'s message template. */

@@ -9,6 +9,7 @@ import { probeUserfaultfd } from './uffd.ts'
 import { probePagemapScan, probeZeroPage } from './pagemap.ts'
 import { available as mshareAvailable } from './mshare.ts'
 
+/** What the running kernel offers, as `features()` found it. */
 export interface Features {
   kernelRelease: string
   pageSize: number
@@ -36,6 +37,7 @@ export interface Features {
 
 let cached: Features | undefined
 
+/** What the running kernel offers (KSM, per-process KSM, SKSM, userfaultfd, WP_ASYNC, PAGEMAP_SCAN, mshare, …), probed once and cached; `memdedup probe` prints it. */
 export function features(): Features {
   if (cached === undefined) {
     const uffd = probeUserfaultfd()

@@ -1,11 +1,16 @@
-// KSM: per-range advice (MADV_MERGEABLE/UNMERGEABLE), per-process merging (PR_SET_MEMORY_MERGE),
-// ksmd's sysfs knobs and counters. ksmd merges in the background; see sksm.ts for synchronous.
+/**
+ * KSM: per-range advice (MADV_MERGEABLE/UNMERGEABLE), per-process merging (PR_SET_MEMORY_MERGE),
+ * ksmd's sysfs knobs and counters. ksmd merges in the background; see sksm.ts for synchronous.
+ *
+ * @module
+ */
 import fs from 'node:fs'
 import { native, constants as C } from './native.ts'
 import { check, codedError, FeatureUnavailableError, fsCall, parseError, SyscallError } from './errors.ts'
 import { resolveSpan, type Range, type Region } from './region.ts'
 import { invalidArgType, invalidArgValue, readOptions, validateBoolean, validateInteger, validateObject, validatePid } from './validate.ts'
 
+/** Where ksmd's settings and counters live; writing them needs root. */
 export const sysfsDir = '/sys/kernel/mm/ksm'
 
 /** Marks the Region (or a range) MADV_MERGEABLE: ksmd may merge it from now on. */

@@ -1,15 +1,19 @@
-// mshare (msharefs, the page-table sharing series; not in mainline): processes that mmap one
-// msharefs file share the page tables of its region, so N processes mapping S bytes cost one
-// set of PTEs (S / 4 KiB * 8 bytes) instead of N. An msharefs file is a control file: its size
-// (ftruncate, once, a multiple of mshare_info's alignment) is the region; memory is placed in
-// the region with MSHAREFS_CREATE_MAPPING and removed with MSHAREFS_UNMAP; processes attach by
-// mmap()ing the whole file. Semantics of the v3 series (Aug 2025) that shape this API:
-//  - an attachment is one VMA the kernel will not split: mprotect() on it, or a munmap() or
-//    MAP_FIXED over part of it, is EINVAL (protection is chosen per mapping, in the region);
-//  - the process that created the file owns the region: when it exits, everything mapped in
-//    the region is unmapped for every attacher (an attacher exiting changes nothing);
-//  - touching a part of the region where nothing is mapped is SIGSEGV, so views are handed out
-//    only over ranges known to be mapped (mapped through this handle, or declared at open()).
+/**
+ * mshare (msharefs, the page-table sharing series; not in mainline): processes that mmap one
+ * msharefs file share the page tables of its region, so N processes mapping S bytes cost one
+ * set of PTEs (S / 4 KiB * 8 bytes) instead of N. An msharefs file is a control file: its size
+ * (ftruncate, once, a multiple of mshare_info's alignment) is the region; memory is placed in
+ * the region with MSHAREFS_CREATE_MAPPING and removed with MSHAREFS_UNMAP; processes attach by
+ * mmap()ing the whole file. Semantics of the v3 series (Aug 2025) that shape this API:
+ *  - an attachment is one VMA the kernel will not split: mprotect() on it, or a munmap() or
+ *    MAP_FIXED over part of it, is EINVAL (protection is chosen per mapping, in the region);
+ *  - the process that created the file owns the region: when it exits, everything mapped in
+ *    the region is unmapped for every attacher (an attacher exiting changes nothing);
+ *  - touching a part of the region where nothing is mapped is SIGSEGV, so views are handed out
+ *    only over ranges known to be mapped (mapped through this handle, or declared at open()).
+ *
+ * @module
+ */
 import fs from 'node:fs'
 import path from 'node:path'
 import { native, constants as C, pageSize } from './native.ts'
@@ -301,9 +305,11 @@ export class MshareRegion {
     }
   }
 
+  /** The region's name: its file name under the msharefs mount. */
   get name(): string {
     return this.#name
   }
+  /** The msharefs file's path (`/sys/fs/mshare/<name>`). */
   get path(): string {
     return path.join(mountPoint, this.#name)
   }
@@ -319,6 +325,7 @@ export class MshareRegion {
   get owner(): boolean {
     return this.#owner
   }
+  /** True once close() ran. */
   get closed(): boolean {
     return this.#closed
   }
@@ -494,12 +501,15 @@ export class MshareAttachment {
     attachmentFinalizer.register(this, { address, length, views: this.#views }, this.#token)
   }
 
+  /** Where the region is mapped in this process (aligned to the region's size). */
   get address(): bigint {
     return BigInt(this.#address)
   }
+  /** The attachment's length: the region's whole size. */
   get length(): number {
     return this.#length
   }
+  /** True once close() ran (or the MshareRegion was closed). */
   get closed(): boolean {
     return this.#closed
   }

@@ -287,4 +287,5 @@ function load(): Binding {
 // fast (every call site reads a property of it).
 export const native: Binding = { ...load() }
 export const constants = native.constants
+/** The base page size of this machine in bytes (4096 on x86_64): lengths and ranges are multiples of it. */
 export const pageSize: number = native.constants.pageSize

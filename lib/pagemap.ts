@@ -1,5 +1,9 @@
-// /proc/self/pagemap (entries) and the PAGEMAP_SCAN ioctl (scan). Same PFN = same physical
-// page: every merge claim in the tests is proven with entries().
+/**
+ * /proc/self/pagemap (entries) and the PAGEMAP_SCAN ioctl (scan). Same PFN = same physical
+ * page: every merge claim in the tests is proven with entries().
+ *
+ * @module
+ */
 import fs from 'node:fs'
 import { native, pageSize } from './native.ts'
 import { check, errno, fsCall, parseError, SyscallError } from './errors.ts'
@@ -16,6 +20,7 @@ export const PageFlag = {
   uffdWp: native.pagemapConstants.ENTRY_UFFD_WP,
 } as const
 
+/** What `entries()` read from /proc/self/pagemap: a PFN and flag bits per page of the range, with a reader per flag. */
 export class PagemapEntries {
   /** Virtual address of the first page. */
   readonly address: bigint
@@ -29,24 +34,31 @@ export class PagemapEntries {
     this.pfns = pfns
     this.flags = flags
   }
+  /** Number of pages read. */
   get length(): number {
     return this.pfns.length
   }
+  /** The page is in RAM (PM_PRESENT). */
   present(page: number): boolean {
     return (this.flags[page] & PageFlag.present) !== 0
   }
+  /** The page is in swap (PM_SWAP). */
   swapped(page: number): boolean {
     return (this.flags[page] & PageFlag.swapped) !== 0
   }
+  /** The page is a file page or shared anonymous (PM_FILE). */
   file(page: number): boolean {
     return (this.flags[page] & PageFlag.file) !== 0
   }
+  /** The frame is mapped by this process only (PM_MMAP_EXCLUSIVE): clear for a page merged with another process's. */
   exclusive(page: number): boolean {
     return (this.flags[page] & PageFlag.exclusive) !== 0
   }
+  /** Written since the last clear of soft-dirty bits (PM_SOFT_DIRTY). */
   softDirty(page: number): boolean {
     return (this.flags[page] & PageFlag.softDirty) !== 0
   }
+  /** Write-protected by userfaultfd (PM_UFFD_WP): not written since the last writeProtect(). */
   uffdWp(page: number): boolean {
     return (this.flags[page] & PageFlag.uffdWp) !== 0
   }
@@ -84,6 +96,7 @@ export function entriesOutput(pages: number): EntriesOutput {
   return { pfns: new BigUint64Array(n), flags: new Uint8Array(n) }
 }
 
+/** Options of `entries()`. */
 export interface EntriesOptions {
   /** Reuse these arrays instead of allocating (a 1 GiB range needs 2.25 MiB of fresh, page-faulting
    *  memory per call otherwise). The result's arrays are views of them, valid until the next call. */
@@ -293,6 +306,7 @@ export const PageCategory = {
   /** 6.14+ (MADV_GUARD_INSTALL); older kernels reject it with EINVAL. */
   guard: P.PAGE_IS_GUARD,
 } as const
+/** A PAGEMAP_SCAN category by name ('written', 'present', …), the keys of PageCategory. */
 export type PageCategoryName = keyof typeof PageCategory
 const categoryNames = Object.keys(PageCategory) as PageCategoryName[]
 
@@ -305,6 +319,7 @@ export const ScanFlag = {
 /** Category names, a raw mask, or a mix in an array. */
 export type Categories = number | readonly (PageCategoryName | number)[]
 
+/** What `scan()` asks PAGEMAP_SCAN for: which pages (require, anyOf, exclude), what to report, and whether to write-protect them again. */
 export interface ScanOptions {
   /** Page-aligned part of the Region; the whole Region when omitted. */
   range?: Range
@@ -348,6 +363,7 @@ export function scanOutput(vectorLength: number): ScanOutput {
   return { starts: new BigUint64Array(n), ends: new BigUint64Array(n), categories: new Uint32Array(n) }
 }
 
+/** What `scan()` returns: runs of contiguous pages with equal categories, as [start, end) addresses. */
 export interface ScanResult {
   /** Start address of each region of contiguous pages with equal categories. */
   starts: BigUint64Array

@@ -36,7 +36,9 @@ import {
   validatePageOffset,
 } from './validate.ts'
 
+/** Page protection for `protect()` and `Region.file()`: mprotect's PROT_READ, PROT_WRITE, PROT_EXEC, or none. */
 export type Protection = 'none' | 'r' | 'rw' | 'rx' | 'rwx'
+/** How a Region's memory was mapped: `Region.anonymous()`, `Region.file()` or `Region.memfd()`. */
 export type RegionKind = 'anonymous' | 'file' | 'memfd'
 export type { Span }
 export { reservedBytes } from './region/views.ts'
@@ -82,6 +84,7 @@ export const adviceValues = {
   populateWrite: C.MADV_POPULATE_WRITE,
   collapse: C.MADV_COLLAPSE,
 } as const
+/** The madvise() advice `advise()` takes, camelCased: 'dontneed' is MADV_DONTNEED, 'populateWrite' MADV_POPULATE_WRITE. */
 export type Advice = keyof typeof adviceValues
 const adviceNames = Object.keys(adviceValues) as Advice[]
 // Precomputed so the hot path does no string work: 'populateWrite' → 'madvise(MADV_POPULATE_WRITE)'.
@@ -170,6 +173,13 @@ interface RegionInit {
 
 let makeRegion: (init: RegionInit) => Region
 
+/**
+ * Memory memdedup mapped and owns: the only memory it ever unmaps, remaps, protects or advises.
+ * Made by `Region.anonymous()` (private anonymous), `Region.file()` (a private, copy-on-write
+ * mapping of a regular file) or `Region.memfd()` (a shared memfd, optionally hugetlb), or placed in
+ * a Reservation. `bytes` is a zero-copy Uint8Array over it; `close()` unmaps it (idempotent), and a
+ * Region collected without `close()` is unmapped by a finalizer, with a warning.
+ */
 export class Region {
   #address: number
   #length: number
@@ -303,9 +313,11 @@ export class Region {
   get address(): bigint {
     return BigInt(this.#address)
   }
+  /** Length of the mapping in bytes, a multiple of the page size. */
   get length(): number {
     return this.#length
   }
+  /** The base page size (4096 on x86_64); see hugePageSize for hugetlb Regions. */
   get pageSize(): number {
     return pageSize
   }
@@ -313,12 +325,15 @@ export class Region {
   get hugePageSize(): number {
     return this.#hugePageSize
   }
+  /** Number of base pages: length / pageSize. */
   get pages(): number {
     return this.#length / pageSize
   }
+  /** 'anonymous', 'file' or 'memfd': which constructor made it. */
   get kind(): RegionKind {
     return this.#kind
   }
+  /** The mapped file's path (Region.file), undefined for other kinds. */
   get path(): string | undefined {
     return this.#path
   }
@@ -326,6 +341,7 @@ export class Region {
   get fd(): number {
     return this.#fd
   }
+  /** True once close() ran (or remap() or split() replaced this Region). */
   get closed(): boolean {
     return this.#closed
   }
@@ -792,12 +808,15 @@ export class Reservation {
     reservationFinalizer.register(this, state, state)
   }
 
+  /** Start address of the reserved range. */
   get address(): bigint {
     return BigInt(this.#state.address)
   }
+  /** Length of the reserved range in bytes. */
   get length(): number {
     return this.#state.length
   }
+  /** True once close() ran. */
   get closed(): boolean {
     return this.#state.closed
   }

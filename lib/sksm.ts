@@ -1,6 +1,10 @@
-// SKSM: madvise(MADV_MERGE) merges identical pages of a range now, synchronously, with no
-// daemon and no ongoing tracking: a later write simply COWs the page back to a private copy.
-// Present only on kernels carrying the SKSM patch (kernel-patches/); absent kernels say EINVAL.
+/**
+ * SKSM: madvise(MADV_MERGE) merges identical pages of a range now, synchronously, with no
+ * daemon and no ongoing tracking: a later write simply COWs the page back to a private copy.
+ * Present only on kernels carrying the SKSM patch (kernel-patches/); absent kernels say EINVAL.
+ *
+ * @module
+ */
 import fs from 'node:fs'
 import { native, constants as C } from './native.ts'
 import { check, errno, FeatureUnavailableError } from './errors.ts'

@@ -1,6 +1,10 @@
-// Kernel counters that prove (or disprove) savings: /proc/vmstat, smaps_rollup, status, and per
-// process what KSM merged (ksm_stat) next to its memory and page tables (what `memdedup top` shows).
-// A file that cannot be read (no such pid) is a SyscallError, like every kernel failure here.
+/**
+ * Kernel counters that prove (or disprove) savings: /proc/vmstat, smaps_rollup, status, and per
+ * process what KSM merged (ksm_stat) next to its memory and page tables (what `memdedup top` shows).
+ * A file that cannot be read (no such pid) is a SyscallError, like every kernel failure here.
+ *
+ * @module
+ */
 import fs from 'node:fs'
 import os from 'node:os'
 import { fsCall, SyscallError } from './errors.ts'
@@ -188,6 +192,7 @@ export interface SystemStats {
   nrPageTablePages: number
 }
 
+/** The machine's counters: ksmd's sysfs files, general_profit, the memory KSM saves, nr_anon_pages and nr_page_table_pages (what `memdedup stats` prints). */
 export function system(): SystemStats {
   const vm = vmstat()
   const k = ksmAvailable() ? ksmStats() : null

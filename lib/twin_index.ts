@@ -60,6 +60,7 @@ export function twinIndexHandle(index: TwinIndex, operation: string): TwinIndexH
   return handle
 }
 
+/** Options of `TwinIndex.create()`. */
 export interface TwinIndexOptions {
   /** Entries (a power of two, 64 … TwinIndex.maxSlots = 2^28; 8 bytes each). One per distinct
    *  content held; default 2^18. Only the pages of slots ever used take memory. */
@@ -149,12 +150,15 @@ export class TwinIndex {
     if (this.#closed) throw codedError('ERR_TWIN_INDEX_CLOSED', 'read path')
     return `/proc/${process.pid}/fd/${this.#fd}`
   }
+  /** The memfd holding the index, -1 once closed. */
   get fd(): number {
     return this.#closed ? -1 : this.#fd
   }
+  /** Number of entries (a power of two). */
   get slots(): number {
     return this.#slots
   }
+  /** True once close() ran. */
   get closed(): boolean {
     return this.#closed
   }

@@ -139,6 +139,12 @@ const leaked = new FinalizationRegistry<number>((fd) => {
   native.closeFd(fd)
 })
 
+/**
+ * A userfaultfd: write tracking for Regions. Open it with `Userfaultfd.open({ features: ['wpAsync'] })`,
+ * `register()` a Region with `writeProtect: true`, `writeProtect()` it, and the kernel records every
+ * later write itself (asynchronous write-protection, Linux 6.7+: no fault to handle); `pagemap.scan()`
+ * reads which pages were written. Falls back to UFFD_USER_MODE_ONLY where userfaultfd is restricted.
+ */
 export class Userfaultfd {
   #fd: number
   #features: number
@@ -241,6 +247,7 @@ export class Userfaultfd {
   get userModeOnly(): boolean {
     return this.#method === U.OPEN_SYSCALL_USER_MODE_ONLY
   }
+  /** True once close() ran. */
   get closed(): boolean {
     return this.#fd < 0
   }

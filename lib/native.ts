@@ -1,5 +1,5 @@
-// Loads the addon (build/Release, else the prebuilt one in prebuilds/) and types the raw binding. Nothing else lives here:
-// validation, defaults and error messages belong to the modules that call it.
+// Loads the addon (build/Release, else the prebuilt one in prebuilds/) and types the raw binding.
+// Nothing else lives here: validation, defaults and error messages belong to the modules that call it.
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'

@@ -11,10 +11,12 @@ const glibc = process.report.getReport().header.glibcVersionRuntime
 if (process.platform !== 'linux' || process.arch !== 'x64' || !glibc) {
   throw new Error(`the prebuilt addon is linux-x64 glibc and is built on such a host; this is ${process.platform}-${process.arch}${glibc ? '' : ' without glibc'}`)
 }
-// stdout stays free for npm pack's own output (--json).
+// The build's output on stderr: stdout is npm pack's (the tarball's name).
 execFileSync(process.execPath, [path.join(root, 'native', 'node-gyp.mjs'), 'build'], { stdio: ['ignore', 2, 2] })
 const built = path.join(root, 'build', 'Release', 'memdedup.node')
 const prebuilt = path.join(root, 'prebuilds', 'linux-x64', 'memdedup.glibc.node')
+// Only this file ships from prebuilds/: nothing left over from an earlier layout.
+fs.rmSync(path.join(root, 'prebuilds'), { recursive: true, force: true })
 fs.mkdirSync(path.dirname(prebuilt), { recursive: true })
 execFileSync('strip', ['--strip-unneeded', '-o', prebuilt, built])
 // The newest glibc symbol version it links against is the oldest glibc it loads on.

@@ -1,5 +1,5 @@
-// Loads build/Release/memdedup.node and types the raw binding. Nothing else lives here:
-// validation, defaults and error messages belong to the modules that call it.
+// Loads the addon (build/Release, else the prebuilt one in prebuilds/) and types the raw binding.
+// Nothing else lives here: validation, defaults and error messages belong to the modules that call it.
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
@@ -254,33 +254,85 @@ export function contractProblems(exports: unknown): string[] {
 export function checkContract(exports: unknown): void {
   const problems = contractProblems(exports)
   if (problems.length > 0) {
-    throw new Error(`memdedup native addon does not match lib/ (a stale build? rebuild it: \`npm run build\` in a checkout, \`npm rebuild memdedup\` where installed): ${problems.join(', ')}`)
+    throw new Error(`memdedup native addon does not match lib/ (a stale build? rebuild it: ${buildFromSource}): ${problems.join(', ')}`)
   }
+}
+
+/** @internal What the addon is loaded on: process.platform, process.arch and, on Linux, the C library. */
+export interface Host {
+  platform: string
+  arch: string
+  libc?: 'glibc' | 'musl'
+}
+
+/** How to build the addon from source, where the prebuilt one does not fit or does not load. */
+const buildFromSource =
+  '`npm explore memdedup -- npm run build:addon` where memdedup is installed, `npm run build` in a checkout (both need python3, make and a C++20 g++)'
+
+/**
+ * @internal The prebuilt addon that fits `host` (a path relative to the package root), or the one
+ * error to throw when none does and no addon was built from source either. Pure: the test gives it
+ * other hosts.
+ */
+export function prebuiltAddonFor(host: Host): { file: string } | { error: string } {
+  const name = `${host.platform}-${host.arch}${host.libc ? ` (${host.libc})` : ''}`
+  if (host.platform !== 'linux') {
+    return { error: `memdedup runs on Linux only (it binds Linux syscalls: madvise, KSM, userfaultfd, PAGEMAP_SCAN); this is ${name}` }
+  }
+  // The one prebuilt addon the package ships (scripts/prebuild.mjs writes it).
+  if (host.arch === 'x64' && host.libc === 'glibc') return { file: path.join('prebuilds', 'linux-x64', 'memdedup.glibc.node') }
+  return {
+    error: `memdedup ships a prebuilt addon for linux-x64 (glibc) only; this is ${name}. To use it here, build the addon from source: ${buildFromSource} (npm installs memdedup here only with --force: package.json's cpu and libc say linux-x64 glibc)`,
+  }
+}
+
+// process.report's header names the glibc Node runs on; musl has no such field.
+const libcFamily = (): 'glibc' | 'musl' => {
+  const { header } = process.report.getReport() as { header: { glibcVersionRuntime?: string } }
+  return header.glibcVersionRuntime ? 'glibc' : 'musl'
 }
 
 function load(): Binding {
   if (process.platform !== 'linux') {
-    throw new Error(`memdedup needs Linux (it binds Linux-only syscalls); this is ${process.platform}`)
+    const unsupported = prebuiltAddonFor({ platform: process.platform, arch: process.arch })
+    if ('error' in unsupported) throw new Error(unsupported.error)
   }
   const require = createRequire(import.meta.url)
   const here = path.dirname(fileURLToPath(import.meta.url))
   // lib/ when run from source, dist/lib/ when compiled.
   const roots = [path.resolve(here, '..'), path.resolve(here, '..', '..')]
   const tried: string[] = []
-  for (const root of roots) {
-    for (const flavour of ['Release', 'Debug']) {
-      const file = path.join(root, 'build', flavour, 'memdedup.node')
-      tried.push(file)
-      try {
-        const binding = require(file) as Binding
-        checkContract(binding)
-        return binding
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw error
-      }
+  const loaded = (file: string): Binding | undefined => {
+    tried.push(file)
+    try {
+      const binding = require(file) as Binding
+      checkContract(binding)
+      return binding
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw error
+      return undefined
     }
   }
-  throw new Error(`memdedup native addon not found (run \`npm install\`, or \`npm run build\` in a checkout); tried:\n  ${tried.join('\n  ')}`)
+  // An addon built here (a checkout, or built from source where installed) before the prebuilt one.
+  for (const root of roots) {
+    for (const flavour of ['Release', 'Debug']) {
+      const binding = loaded(path.join(root, 'build', flavour, 'memdedup.node'))
+      if (binding) return binding
+    }
+  }
+  const prebuilt = prebuiltAddonFor({ platform: process.platform, arch: process.arch, libc: libcFamily() })
+  if ('error' in prebuilt) throw new Error(`${prebuilt.error}; tried:\n  ${tried.join('\n  ')}`)
+  for (const root of roots) {
+    const file = path.join(root, prebuilt.file)
+    try {
+      const binding = loaded(file)
+      if (binding) return binding
+    } catch (error) {
+      // An older glibc than the one it was built against, most likely (dlopen names the symbol version).
+      throw new Error(`memdedup's prebuilt addon ${file} does not load here (${(error as Error).message.trim()}); build the addon from source: ${buildFromSource}`, { cause: error })
+    }
+  }
+  throw new Error(`memdedup native addon not found; build it from source: ${buildFromSource}; tried:\n  ${tried.join('\n  ')}`)
 }
 
 // A spread copy: the addon's exports object is in V8 dictionary mode, a plain object literal is

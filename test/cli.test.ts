@@ -42,7 +42,7 @@ function guestSkip(): string {
 }
 const skipAll = guestSkip()
 
-/** npm pack + npm install of the tarball into `prefix` (the install script builds the addon). */
+/** npm pack + npm install of the tarball into `prefix` (the prebuilt addon in the tarball is used). */
 function packAndInstall(): void {
   fs.rmSync(prefix, { recursive: true, force: true })
   fs.mkdirSync(prefix, { recursive: true })

@@ -129,7 +129,8 @@ function requestedOptions(fragment) {
 
 // The perf flavour: these options of the fragment (the "Catch kernel bugs" block, what a
 // distribution kernel does not ship) are turned off; LOCALVERSION becomes -memdedup-perf.
-const perfDropped = ['CONFIG_DEBUG_KERNEL', 'CONFIG_DEBUG_VM', 'CONFIG_DEBUG_ATOMIC_SLEEP', 'CONFIG_PROVE_LOCKING', 'CONFIG_DEBUG_LIST']
+// CONFIG_DEBUG_KERNEL stays: tinyconfig's EXPERT selects it, and it only opens the debug menu.
+const perfDropped = ['CONFIG_DEBUG_VM', 'CONFIG_DEBUG_ATOMIC_SLEEP', 'CONFIG_PROVE_LOCKING', 'CONFIG_DEBUG_LIST']
 export const flavours = ['debug', 'perf']
 
 /** The config fragment of `flavour`: the file as it is (debug), or with perfDropped off (perf). */

@@ -141,7 +141,7 @@ describe('kernel flavours (ci/kernel.mjs)', async () => {
     expect(flavours).toEqual(['debug', 'perf'])
     expect(flavourFragment(fragment, 'debug')).toBe(fragment)
     const perf = flavourFragment(fragment, 'perf').split('\n')
-    for (const name of ['CONFIG_DEBUG_KERNEL', 'CONFIG_DEBUG_VM', 'CONFIG_DEBUG_ATOMIC_SLEEP', 'CONFIG_PROVE_LOCKING', 'CONFIG_DEBUG_LIST']) {
+    for (const name of ['CONFIG_DEBUG_VM', 'CONFIG_DEBUG_ATOMIC_SLEEP', 'CONFIG_PROVE_LOCKING', 'CONFIG_DEBUG_LIST']) {
       expect(perf).toContain(`# ${name} is not set`)
       expect(perf).not.toContain(`${name}=y`)
     }

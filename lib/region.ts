@@ -752,6 +752,7 @@ export class Region {
       }
     }
     this.#hooks.clear()
+    this.#moveHooks.clear()
     this.#bytes = null
     this.#closed = true
     this.#fd = -1

@@ -46,6 +46,11 @@ ip link set lo up || say "cannot bring up lo"
 # Swap on the virtio disk the host formatted with mkswap (lets tests push pages out).
 [ -b /dev/vda ] && swapon /dev/vda
 mount -t hugetlbfs hugetlbfs /dev/hugepages
+# cgroup v2 with the memory and cpuset controllers for child groups (tests make their own).
+if [ -d /sys/fs/cgroup ] && mount -t cgroup2 cgroup2 /sys/fs/cgroup; then
+	echo "+memory +cpuset" > /sys/fs/cgroup/cgroup.subtree_control ||
+		say "cannot enable the memory and cpuset controllers"
+fi
 if [ "${MEMDEDUP_HUGEPAGES:-0}" -gt 0 ]; then
 	echo "$MEMDEDUP_HUGEPAGES" > /proc/sys/vm/nr_hugepages
 	say "hugetlb pages: $(cat /proc/sys/vm/nr_hugepages) of $MEMDEDUP_HUGEPAGES requested"

@@ -81,6 +81,7 @@ function findProblems(consoleText) {
  * @param {object} [options]
  * @param {string} [options.memory='4G']      QEMU -m
  * @param {number} [options.cpus=2]
+ * @param {number} [options.numaNodes=2]      QEMU NUMA nodes sharing memory and CPUs (numaArgs)
  * @param {number} [options.timeoutMs=1800000] the VM is killed after this; exitCode 255
  * @param {Record<string,string>} [options.env] extra guest environment
  * @param {string} [options.cwd=process.cwd()] guest working directory (must exist on the host)
@@ -101,7 +102,7 @@ function findProblems(consoleText) {
 export async function runInVm(command, options = {}) {
   const {
     memory = '4G', cpus = 2, timeoutMs = 30 * 60_000, env = {}, cwd = process.cwd(), hugepages = 0,
-    swap = '1G', stdio = 'inherit', echo = false, collect = [],
+    swap = '1G', stdio = 'inherit', echo = false, collect = [], numaNodes = 2,
   } = options
   await ensurePackages(['qemu-system-x86', 'util-linux', 'iproute2']) // iproute2: the guest's `ip link set lo up`
   const kernel = options.kernel ?? await ensureKernel({ flavour: options.flavour ?? 'debug' })
@@ -141,7 +142,7 @@ export async function runInVm(command, options = {}) {
   const args = [
     '-accel', accel === 'kvm' ? 'kvm' : 'tcg,thread=multi',
     '-cpu', accel === 'kvm' ? 'host' : 'max',         // max: the instruction set Node's binary expects
-    '-smp', String(cpus), '-m', memory,
+    '-smp', String(cpus), '-m', memory, ...numaArgs(memory, cpus, numaNodes),
     '-nodefaults', '-display', 'none', '-no-reboot',   // the guest's reboot ends QEMU
     '-kernel', kernel,
     '-append', [
@@ -216,6 +217,24 @@ async function pruneConsoleLogs() {
   for (const file of files.slice(0, -30)) await fs.remove(path.join(consoleDir, file))
 }
 
+// QEMU's NUMA topology: `nodes` nodes share the memory evenly, CPUs dealt out in turn (a node
+// may have none: a memory-only node, as on real machines). Two nodes by default, so every test
+// runs where merge_across_nodes and cross-node merges mean something.
+export function numaArgs(memory, cpus, nodes) {
+  if (nodes <= 1) return []
+  const units = { K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 }
+  const [, amount, unit = 'M'] = String(memory).toUpperCase().match(/^(\d+)([KMGT])?B?$/) ?? fail(`--memory=${memory}: expected a size like 4G or 512M`)
+  const mib = Number(amount) * units[unit]
+  if (!Number.isInteger(mib) || mib % nodes !== 0) fail(`--memory=${memory} does not split into ${nodes} NUMA nodes of whole MiB`)
+  const args = []
+  for (let node = 0; node < nodes; node++) {
+    const nodeCpus = Array.from({ length: cpus }, (_, cpu) => cpu).filter((cpu) => cpu % nodes === node)
+    args.push('-object', `memory-backend-ram,id=numa${node},size=${mib / nodes}M`,
+      '-numa', ['node', `nodeid=${node}`, `memdev=numa${node}`, ...nodeCpus.map((cpu) => `cpus=${cpu}`)].join(','))
+  }
+  return args
+}
+
 async function main() {
   let args = process.argv.slice(process.argv.findIndex((arg) => arg.endsWith('vm.mjs')) + 1)
   const options = {}
@@ -231,7 +250,8 @@ async function main() {
     else if (name === 'kernel') options.kernel = path.resolve(value)
     else if (name === 'swap') options.swap = value
     else if (name === 'flavour') options.flavour = flavourOption([arg])
-    else fail(`unknown option ${arg} (options: --memory=4G --cpus=2 --hugepages=N --timeout=SECONDS --no-swap --swap=1G --kernel=BZIMAGE --flavour=debug|perf)`)
+    else if (name === 'numa') options.numaNodes = Number(value)
+    else fail(`unknown option ${arg} (options: --memory=4G --cpus=2 --numa=2 --hugepages=N --timeout=SECONDS --no-swap --swap=1G --kernel=BZIMAGE --flavour=debug|perf)`)
   }
   const command = args.length === 0 ? null : args.length === 1 ? args[0] : args
   if (command === null) log('interactive shell in the guest; Ctrl-C goes to the guest, `exit` stops the VM')

@@ -12,7 +12,8 @@ import os from 'node:os'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ksm, sksm } from '../lib/index.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
-import { KsmState } from './helpers/ksm.ts'
+import { errorCode } from './helpers/errors.ts'
+import { KsmState, memoryNodes } from './helpers/ksm.ts'
 
 const hasSksm = sksm.available()
 const skipWhy = hasSksm ? '' : ` [skipped: kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL)]`
@@ -61,7 +62,26 @@ const cases: Array<[string, string, string[], number]> = [
   ['mremap-swap', 'merged pages in swap moved by mremap(): swapped in, every one goes to swap again; no rmap_item left after munmap (issue 19, seed 003)', [], 120_000],
   ['fork-exit', 'MADV_MERGE in a fork child: COW-shared pages stay reclaimable after its exit; inherited KSM pages get rmap_items and reclaim reaches them after the parent exits (issue 19, 2)', [], 120_000],
   ['unmap-rounds', '48 rounds of MADV_MERGE + munmap of 4 MiB: the next MADV_MERGE frees their rmap_items and stable nodes (issue 19, 4)', ['48'], 180_000],
+  ['memcg', 'in a memory cgroup: rmap_items charged to it; merging makes room under memory.max without swap; memcg reclaim races MADV_MERGE (issue 19, 4 and lab coverage)', [], 240_000],
+  ['numa', 'twins on two NUMA nodes with merge_across_nodes 1 and 0, then the KSM pages migrate across nodes and merge again (issue 19, lab coverage)', [], 120_000],
 ]
+
+// What a case needs beyond SKSM and root: '' when this machine has it, else the skip reason.
+const requirements: Record<string, () => string> = {
+  memcg: () => /\bmemory\b/.test(readOr('/sys/fs/cgroup/cgroup.subtree_control'))
+    ? '' : ' [skipped: no cgroup v2 memory controller for child groups at /sys/fs/cgroup]',
+  numa: () => [0, 1].every((node) => memoryNodes().includes(node))
+    ? '' : ` [skipped: needs NUMA nodes 0 and 1 with memory (this machine: node ${memoryNodes().join(', ')})]`,
+}
+
+function readOr(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8')
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return '' // no cgroup v2 mounted or no CONFIG_CGROUPS
+    throw error
+  }
+}
 
 // Cases the pass with ksmd merging does not run, and why.
 const withoutKsmOnly: Record<string, string> = {
@@ -73,6 +93,10 @@ const withoutKsmOnly: Record<string, string> = {
   'fork-exit': ' [skipped: ksmd would merge the twins and give the child its own rmap_items; run without ksmd]',
   // It writes ksm/run itself, and ksmd adds only a third contender for the same locks.
   'merge-stall': ' [skipped: run once, without ksmd, to bound the VM time]',
+  // ksmd's own rmap_items are charged to ksmd's cgroup (the root), not to the merging process.
+  memcg: ' [skipped: ksmd would allocate rmap_items charged to its own cgroup; run without ksmd]',
+  // It writes ksm/run and merge_across_nodes itself (both need every KSM page unmerged first).
+  numa: ' [skipped: it sets ksm/run and merge_across_nodes itself; run without ksmd]',
 }
 
 for (const withKsm of [false, true]) {
@@ -89,7 +113,8 @@ for (const withKsm of [false, true]) {
 
     for (const [command, what, extra, timeoutMs] of cases) {
       const notTwice = withKsm ? (withoutKsmOnly[command] ?? '') : ''
-      it.skipIf(!hasSksm || !isRoot || notTwice !== '')(`${command}: ${what}${skipWhy || rootWhy}${notTwice}`, () => {
+      const missing = hasSksm && isRoot ? (requirements[command]?.() ?? '') : ''
+      it.skipIf(!hasSksm || !isRoot || notTwice !== '' || missing !== '')(`${command}: ${what}${skipWhy || rootWhy}${notTwice || missing}`, () => {
         const run = stress([...(withKsm ? ['--ksm'] : []), command, ...extra], timeoutMs)
         expect(run.signal, run.output).toBeNull()
         expect(run.status, run.output).toBe(0)

@@ -55,8 +55,21 @@ for (const thp of [false, true]) {
 }
 for (const row of rows) row.ratio = Number((row.nsPerPage / row.limitNsPerPage).toFixed(1))
 
+// One MADV_MERGE over the same pages in 1, 100 and 10,000 vmas: the cost per page should not grow
+// with the vma count (issue 21: the rmap list walk restarted per vma, lru_add_drain_all() per vma).
+const vmaPages = 10_000
+const vmaRows = []
+for (const content of ['dup', 'unique']) {
+  for (const vmas of [1, 100, 10_000]) {
+    const result = runC(binary, ['vmas', content, 'nothp', vmaPages, vmas, 3])
+    vmaRows.push({ content, vmas, nsPerPage: result.nsPerPage })
+  }
+  const one = vmaRows.find((r) => r.content === content && r.vmas === 1)
+  for (const row of vmaRows.filter((r) => r.content === content)) row.ratioToOneVma = Number((row.nsPerPage / one.nsPerPage).toFixed(2))
+}
+
 if (values.json) {
-  console.log(JSON.stringify({ kernel: os.release(), pages, rows }))
+  console.log(JSON.stringify({ kernel: os.release(), pages, rows, vmaPages, vmaRows }))
 } else {
   const us = (ns) => (ns / 1000).toFixed(2)
   console.log(`\nbench:merge on ${os.release()}${inVm ? ' (lab VM, TCG)' : ''}: ${pages} pages (${(pages * 4096) / 2 ** 20} MiB) a case, medians\n`)
@@ -66,5 +79,9 @@ if (values.json) {
     const thp = r.thp ? `yes (${r.thpPages} pages THP)` : 'no'
     console.log(`| ${r.content} | ${thp} | ${r.run ?? '-'} | ${r.what} | ${us(r.nsPerPage)} | ${us(r.limitNsPerPage)} | ${r.ratio}x |`)
   }
+  console.log(`\nOne MADV_MERGE of ${vmaPages} pages (${((vmaPages * 4096) / 2 ** 20).toFixed(1)} MiB) split into vmas, medians\n`)
+  console.log('| content | vmas | µs per page | ratio to 1 vma |')
+  console.log('|---|---|---|---|')
+  for (const r of vmaRows) console.log(`| ${r.content} | ${r.vmas} | ${us(r.nsPerPage)} | ${r.ratioToOneVma}x |`)
   if (!root || !ksmdPid) console.log(`\n(ksmd rows skipped: ${!root ? 'not root (its sysfs knobs need it)' : 'no ksmd thread'})`)
 }

@@ -23,7 +23,7 @@
 //   kbuild-unpatched/      its build dir (so a baseline build never resets the patched one's state)
 //   unpatched-bzImage-<key>  the baseline kernel (named so that bzImage-* stays the patched one)
 //   kbuild-perf/, perf-bzImage-<key>   the perf flavour's build dir and kernel
-//   basic_test-<key>, madv-merge-probe-<key>   user-space test programs for the guest
+//   basic_test-<key>, remote_test-<key>, madv-merge-probe-<key>   user-space test programs for the guest
 import { $, fs, path, os, chalk } from 'zx'
 import { spawn, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -293,11 +293,15 @@ async function build(tree, buildDir) {
 async function buildGuestPrograms(tree, key) {
   const programs = {
     basicTest: { source: tree && path.join(tree, 'tools/testing/selftests/sksm/basic_test.c'), output: path.join(cacheDir, `basic_test-${key}`) },
+    remoteTest: { source: tree && path.join(tree, 'tools/testing/selftests/sksm/remote_test.c'), output: path.join(cacheDir, `remote_test-${key}`) },
     madvMergeProbe: { source: path.join(repoRoot, 'ci/madv-merge-probe.c'), output: path.join(cacheDir, `madv-merge-probe-${sha256(fs.readFileSync(path.join(repoRoot, 'ci/madv-merge-probe.c'))).slice(0, 16)}`) },
     // test/sksm_stress.test.ts runs it in the guest (compiling there would take TCG seconds).
     sksmStress: { source: path.join(repoRoot, 'test/fixtures/sksm-stress.c'), output: path.join(cacheDir, `sksm-stress-${sha256(fs.readFileSync(path.join(repoRoot, 'test/fixtures/sksm-stress.c')), fs.readFileSync(path.join(repoRoot, 'native/compat.h'))).slice(0, 16)}`) },
   }
-  if (key === null) delete programs.basicTest // the unpatched baseline has no sksm selftest
+  if (key === null) { // the unpatched baseline has no sksm selftests
+    delete programs.basicTest
+    delete programs.remoteTest
+  }
   for (const { source, output } of Object.values(programs)) {
     if (fs.existsSync(output)) continue
     if (!source || !fs.existsSync(source)) fail(`missing source for ${output}`)
@@ -321,7 +325,7 @@ export async function ensureKernel({ force = false, flavour = 'debug' } = {}) {
 /**
  * Like ensureKernel(), with everything a caller may want.
  * @returns {Promise<{bzImage: string, release: string, key: string, cached: boolean,
- *   buildMs: number, programs: {basicTest: string, madvMergeProbe: string, sksmStress: string}}>}
+ *   buildMs: number, programs: {basicTest: string, remoteTest: string, madvMergeProbe: string, sksmStress: string}}>}
  */
 export async function ensureKernelBuild({ force = false, unpatched = false, flavour = 'debug' } = {}) {
   if (unpatched) return ensureUnpatchedBuild({ force })
@@ -331,9 +335,9 @@ export async function ensureKernelBuild({ force = false, unpatched = false, flav
   const prefix = flavour === 'debug' ? '' : `${flavour}-`
   const bzImage = path.join(cacheDir, `${prefix}bzImage-${key}`)
   const releaseFile = `${bzImage}.release`
-  const basicTest = path.join(cacheDir, `basic_test-${key}`)
-  if (!force && fs.existsSync(bzImage) && fs.existsSync(releaseFile) && fs.existsSync(basicTest)) {
-    const programs = await buildGuestPrograms(null, key) // probe only; basic_test already cached
+  const selftests = ['basic_test', 'remote_test'].map((name) => path.join(cacheDir, `${name}-${key}`))
+  if (!force && fs.existsSync(bzImage) && fs.existsSync(releaseFile) && selftests.every((file) => fs.existsSync(file))) {
+    const programs = await buildGuestPrograms(null, key) // the selftests are cached: probe and stress only
     const release = (await fs.readFile(releaseFile, 'utf8')).trim()
     log(`kernel cache hit: ${bzImage} (${release})`)
     return { bzImage, release, key, flavour, cached: true, buildMs: Date.now() - started, programs }

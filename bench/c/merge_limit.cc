@@ -5,11 +5,14 @@
 //           twin 8 bytes at a time (as the kernel's memcmp)
 //   ksmd    ksmd at full speed (sleep_millisecs 0) merging or scanning <pages> marked pages:
 //           its CPU (from /proc/<ksmd>/stat) per page
+//   vmas    one madvise(MADV_MERGE) over <pages> pages split into <run> vmas (a PROT_NONE page
+//           between two, so they cannot merge): ns per page; linear in pages means the same
+//           per-page cost for 1, 100 and 10,000 vmas
 // Content: dup (every page has a twin already merged: stable-tree hit, replace, free) or unique
 // (no twin anywhere: checksum and tree insert only). thp: the pages sit in 2 MiB-aligned
 // MADV_HUGEPAGE memory, touched as huge pages when the kernel gives them (reported: thpPages, of
 // the first round; every round maps its pages afresh).
-// Usage: merge_limit merge|limit|ksmd <dup|unique> <thp|nothp> <pages> [run] [rounds]
+// Usage: merge_limit merge|limit|ksmd|vmas <dup|unique> <thp|nothp> <pages> [run|vmas] [rounds]
 // Prints one JSON object. Needs root for ksmd (sysfs); merge needs the SKSM kernel.
 #include <fcntl.h>
 #include <stdint.h>
@@ -161,6 +164,35 @@ int main(int argc, char **argv) {
     }
     printf("{\"what\":\"merge\",\"content\":\"%s\",\"thp\":%s,\"thpPages\":%ld,\"pages\":%zu,\"run\":%zu,\"nsPerPage\":%.1f}\n", argv[2],
            thp ? "true" : "false", thp_seen, pages, run, median_of(samples, rounds < 32 ? rounds : 32));
+    return 0;
+  }
+
+  if (!strcmp(what, "vmas")) {
+    const size_t vmas = run, each = pages / vmas;
+    if (!vmas || each * vmas != pages) die("vmas: <pages> must be a multiple of the vma count");
+    if (dup) {
+      fill(twin, pages, seed);
+      fill(twin2, pages, seed);
+      merge(twin, pages * page);
+      merge(twin2, pages * page);
+    }
+    for (int r = 0; r < rounds && r < 32; r++) {
+      // vma v is pages [v * each, (v + 1) * each) of the content, at v * (each + 1) of the span.
+      const size_t span = pages + vmas;
+      char *raw = static_cast<char *>(mmap(nullptr, span * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+      if (raw == MAP_FAILED) die("mmap");
+      for (size_t v = 0; v < vmas; v++) {
+        unsigned char *piece = reinterpret_cast<unsigned char *>(raw) + v * (each + 1) * page;
+        if (mprotect(piece, each * page, PROT_READ | PROT_WRITE) || madvise(piece, each * page, MADV_NOHUGEPAGE)) die("mprotect");
+        if (dup) memcpy(piece, twin + v * each * page, each * page);  // the twin's pages, in order
+        else fill(piece, each, seed + 1 + static_cast<uint64_t>(r) * vmas + v);
+      }
+      const double t0 = now_ns();
+      merge(reinterpret_cast<unsigned char *>(raw), span * page);
+      samples[r] = (now_ns() - t0) / pages;
+    }
+    printf("{\"what\":\"vmas\",\"content\":\"%s\",\"pages\":%zu,\"vmas\":%zu,\"nsPerPage\":%.1f}\n", argv[2], pages, vmas,
+           median_of(samples, rounds < 32 ? rounds : 32));
     return 0;
   }
 

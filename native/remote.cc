@@ -86,14 +86,29 @@ Napi::Value RemoteRead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(done));
 }
 
+// Advice that keeps what memory reads: a pidfd of this very process would make process_madvise a
+// madvise() of any address here, so nothing that drops or zeroes pages (DONTNEED, FREE, …) passes.
+bool KeepsContent(int advice) {
+  switch (advice) {
+    case MADV_COLD: case MADV_PAGEOUT: case MADV_WILLNEED: case MADV_COLLAPSE: case MADV_MERGE: case MADV_UNMERGEABLE:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // remoteMadvise(pidfd, ranges: BigUint64Array, count, advice) -> bytes advised | -errno:
 // process_madvise(pidfd, iov, count, advice, 0). ranges holds count (start, length) pairs, copied
-// into an iovec array owned here; count <= UIO_MAXIOV.
+// into an iovec array owned here; count <= UIO_MAXIOV; advice one that KeepsContent().
 Napi::Value RemoteMadvise(const Napi::CallbackInfo& info) {
   MEMDEDUP_ARG(pidfd, ArgInt(info, 0, 0));
   MEMDEDUP_ARG(count, ArgU64(info, 2, kMaxRanges));
   MEMDEDUP_ARG(ranges, ArgTypedArray<uint64_t>(info, 1, count * 2));
   MEMDEDUP_ARG(advice, ArgInt(info, 3));
+  if (!KeepsContent(advice)) {
+    ThrowArgument(info, 3, false, "advice that keeps what memory reads (MADV_COLD, PAGEOUT, WILLNEED, COLLAPSE, MERGE, UNMERGEABLE)");
+    return info.Env().Undefined();
+  }
   std::vector<struct iovec> iov(count);
   for (size_t i = 0; i < count; i++) {
     iov[i].iov_base = reinterpret_cast<void*>(static_cast<uintptr_t>(ranges.data[2 * i]));

@@ -215,8 +215,12 @@ describe('TargetProcess on a child process', () => {
     expect(() => native.remoteRead(0, Number(child.address), new Uint8Array(0))).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
     expect(() => native.remoteOpenAt(0, '../self/mem', 0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
     expect(() => native.remoteOpenAt(0, '..', 0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
-    expect(() => native.remoteMadvise(0, new BigUint64Array(1), 1, 0)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
-    expect(() => native.remoteMadvise(0, new BigUint64Array(4096), 1025, 0)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    expect(() => native.remoteMadvise(0, new BigUint64Array(1), 1, native.constants.MADV_COLD)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    expect(() => native.remoteMadvise(0, new BigUint64Array(4096), 1025, native.constants.MADV_COLD)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+    // Advice that drops or zeroes pages never reaches the kernel (a pidfd of this process would advise its own memory).
+    for (const advice of [native.constants.MADV_DONTNEED, native.constants.MADV_FREE, native.constants.MADV_REMOVE, native.constants.MADV_NORMAL, -1]) {
+      expect(() => native.remoteMadvise(0, new BigUint64Array(2), 1, advice)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
+    }
   })
 
   it('a getter or Proxy in the arguments is read once; one that closes the target gets ERR_TARGET_CLOSED, never a stale fd', async () => {

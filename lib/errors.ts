@@ -131,6 +131,13 @@ const registry = {
   ERR_DEDUP_ALREADY_TRACKED: E('InvalidStateError', () => 'The Region is already tracked by this Deduplicator'),
   /** Deduplicator.run() while it already runs (stop() first). */
   ERR_DEDUP_RUNNING: E('InvalidStateError', () => 'The Deduplicator is already running (stop() it first)'),
+  /** An operation on a closed TargetProcess (remote.ts). */
+  ERR_TARGET_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the TargetProcess is closed`),
+  /**
+   * TargetProcess.open() of a process that has exited (a zombie not yet reaped, or one that exited
+   * while being opened, when /proc/<pid> may already name a new process): nothing was kept open.
+   */
+  ERR_TARGET_EXITED: E('InvalidStateError', (pid: number) => `Cannot open process ${pid}: it has exited`),
   /** An operation on a closed TwinIndex. */
   ERR_TWIN_INDEX_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the TwinIndex is closed`),
   /**

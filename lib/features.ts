@@ -8,6 +8,7 @@ import { available as sksmAvailable } from './sksm.ts'
 import { probeUserfaultfd } from './uffd.ts'
 import { probePagemapScan, probeZeroPage } from './pagemap.ts'
 import { available as mshareAvailable } from './mshare.ts'
+import { probeRemoteMerge } from './remote.ts'
 
 /** What the running kernel offers, as `features()` found it. */
 export interface Features {
@@ -33,6 +34,8 @@ export interface Features {
   thp: boolean
   /** msharefs (page tables shared across processes; the lab kernel's mshare series) is compiled in. */
   mshare: boolean
+  /** process_madvise() accepts MADV_MERGE for another process (a kernel patch; TargetProcess.madvise(…, 'merge')). */
+  remoteMerge: boolean
 }
 
 let cached: Features | undefined
@@ -53,6 +56,7 @@ export function features(): Features {
       zeroPage: probeZeroPage(),
       thp: fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled'),
       mshare: mshareAvailable(),
+      remoteMerge: probeRemoteMerge(),
     })
   }
   return cached

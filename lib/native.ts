@@ -45,10 +45,12 @@ const uffdConstantNames = [
   '_UFFDIO_CONTINUE', '_UFFDIO_API',
 ] as const
 const mshareConstantNames = ['MSHAREFS_CREATE_MAPPING', 'MSHAREFS_UNMAP', 'MAP_SHARED_VALIDATE', 'MAP_HUGE_SHIFT'] as const
+const remoteConstantNames = ['MAX_RANGES'] as const
 export type MmConstants = Readonly<Record<(typeof mmConstantNames)[number], number>>
 export type PagemapConstants = Readonly<Record<(typeof pagemapConstantNames)[number], number>>
 export type UffdConstants = Readonly<Record<(typeof uffdConstantNames)[number], number>>
 export type MshareConstants = Readonly<Record<(typeof mshareConstantNames)[number], number>>
+export type RemoteConstants = Readonly<Record<(typeof remoteConstantNames)[number], number>>
 
 // The layouts of the typed arrays native code reads and writes by slot, each slot by name. The
 // addon exports each as { slot: index, …, length } (native/addon.h ExportLayout); load() checks
@@ -191,7 +193,24 @@ export interface DedupBinding {
   threadCpuNs(): number
 }
 
-export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & Layouts & Tables
+export interface RemoteBinding {
+  /** pidfd_open(pid, 0) → pidfd | -errno. */
+  remotePidfdOpen(pid: number): Rc
+  /** open("/proc/<pid>", O_PATH | O_DIRECTORY) → fd | -errno. */
+  remoteOpenProcDir(pid: number): Rc
+  /** openat(dirfd, name, O_RDONLY or, write 1, O_WRONLY); `name` is one file name (no '/'), re-checked natively. */
+  remoteOpenAt(dirfd: number, name: string, write: 0 | 1): Rc
+  /** poll(pidfd, POLLIN) without waiting → 1 exited | 0 running | -errno. */
+  remotePidfdExited(pidfd: number): Rc
+  /** pread of /proc/<pid>/mem at `address` into all of `into` → bytes read (short at the first unreadable byte) | -errno. */
+  remoteRead(memFd: number, address: number, into: Uint8Array): Rc
+  /** process_madvise(pidfd, iov, count, advice, 0), iov from `count` (start, length) pairs of `ranges` → bytes advised | -errno.
+   *  Only advice that keeps what memory reads (cold, pageout, willneed, collapse, merge, unmergeable); anything else is a TypeError. */
+  remoteMadvise(pidfd: number, ranges: BigUint64Array, count: number, advice: number): Rc
+  remoteConstants: RemoteConstants
+}
+
+export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & RemoteBinding & Layouts & Tables
 
 const isIndex = (value: unknown, below: number) => typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < below
 
@@ -210,7 +229,7 @@ export function contractProblems(exports: unknown): string[] {
     problems.push(`${name} (not exported)`)
     return undefined
   }
-  const constantGroups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames]] as const
+  const constantGroups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames], ['remoteConstants', remoteConstantNames]] as const
   for (const [name, names] of constantGroups) {
     const values = group(name)
     if (values) for (const constant of names) if (typeof values[constant] !== 'number') problems.push(`${name}.${constant} (missing)`)

@@ -401,9 +401,12 @@ export function categoryNamesOf(mask: number): PageCategoryName[] {
   return categoryNames.filter((name) => (mask & PageCategory[name]) !== 0)
 }
 
-interface Plan {
-  address: number
-  end: number
+/**
+ * @internal What a ScanOptions asks PAGEMAP_SCAN for, everything but where: the one reading of
+ * scan options, for this process's Regions (scan, scanAll) and another process's pagemap
+ * (remote.ts TargetProcess.scan).
+ */
+export interface ScanRequest {
   flags: number
   maxPages: number
   inverted: number
@@ -414,7 +417,16 @@ interface Plan {
   output: ScanOutput | undefined
 }
 
-const scanOptionKeys = ['range', 'require', 'anyOf', 'exclude', 'report', 'writeProtect', 'checkWpAsync', 'maxPages', 'vectorLength', 'output'] as const
+/** A ScanRequest on a pagemap descriptor, over [address, end). */
+interface Plan extends ScanRequest {
+  fd: number
+  address: number
+  end: number
+}
+
+/** @internal The ScanOptions keys readScanRequest() reads (all but `range`). */
+export const scanRequestKeys = ['require', 'anyOf', 'exclude', 'report', 'writeProtect', 'checkWpAsync', 'maxPages', 'vectorLength', 'output'] as const
+const scanOptionKeys = ['range', ...scanRequestKeys] as const
 
 /** A ScanOutput's three arrays, each read once (native code re-checks the very same objects). */
 function readScanOutput(value: unknown, name: string): ScanOutput {
@@ -427,9 +439,8 @@ function readScanOutput(value: unknown, name: string): ScanOutput {
   return { starts, ends, categories }
 }
 
-function plan(region: Region, options: ScanOptions | undefined): Plan {
-  const opts = readOptions(options, 'options', scanOptionKeys)
-  const span = resolveSpan(region, opts.range as Range | undefined, 'pagemap.scan')
+/** @internal The scan options (already read once by readOptions with scanRequestKeys) as a ScanRequest. */
+export function readScanRequest(opts: { readonly [K in (typeof scanRequestKeys)[number]]?: unknown }): ScanRequest {
   const mask = categoryMask(opts.require, 'options.require')
   const anyof = categoryMask(opts.anyOf, 'options.anyOf')
   const inverted = categoryMask(opts.exclude, 'options.exclude')
@@ -446,8 +457,6 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
   }
   const vectorLength = opts.vectorLength === undefined ? (output ? capacity : 1024) : validateInteger(opts.vectorLength, 'options.vectorLength', 1, capacity)
   return {
-    address: span.address,
-    end: span.address + span.length,
     mask: (mask | inverted) >>> 0,
     flags: (writeProtect ? P.PM_SCAN_WP_MATCHING : 0) | (checkWpAsync ? P.PM_SCAN_CHECK_WPASYNC : 0),
     maxPages,
@@ -457,6 +466,13 @@ function plan(region: Region, options: ScanOptions | undefined): Plan {
     vectorLength,
     output,
   }
+}
+
+function plan(region: Region, options: ScanOptions | undefined): Plan {
+  const opts = readOptions(options, 'options', scanOptionKeys)
+  const span = resolveSpan(region, opts.range as Range | undefined, 'pagemap.scan')
+  const request = readScanRequest(opts)
+  return { ...request, fd: pagemapDescriptor(), address: span.address, end: span.address + span.length }
 }
 
 /** pm_scan_arg's slots by name, and the covered-bytes output (native/pagemap.cc, checked at load). */
@@ -482,7 +498,7 @@ function run(p: Plan, start: number): ScanResult {
     categoryInverted: p.inverted, categoryMask: p.mask, categoryAnyofMask: p.anyof, returnMask: p.report,
   })
   // The context string is built only on failure: this runs on every scan of a hot loop.
-  const n = check(native.pagemapScan(pagemapDescriptor(), arg, starts, ends, categories), 'ioctl(PAGEMAP_SCAN)', () => scanContext(p))
+  const n = check(native.pagemapScan(p.fd, arg, starts, ends, categories), 'ioctl(PAGEMAP_SCAN)', () => scanContext(p))
   const full = n === starts.length && n === ends.length && n === categories.length
   return {
     starts: full ? starts : starts.subarray(0, n),
@@ -516,15 +532,35 @@ export function scan(region: Region, options?: ScanOptions): ScanResult {
  */
 export function scanAll(region: Region, options?: ScanOptions): Generator<ScanResult, void, undefined> {
   // Validate now, not at the first next(): bad arguments throw where scanAll() is called.
-  return batches(region, plan(region, options))
+  const p = plan(region, options)
+  return batches(p, () => {
+    resolveSpan(region, undefined, 'pagemap.scanAll')
+    return pagemapDescriptor()
+  })
 }
 
-function* batches(region: Region, p: Plan): Generator<ScanResult, void, undefined> {
+/**
+ * @internal One PAGEMAP_SCAN of `request` over [address, end) of the pagemap behind `fd`: scan()
+ * for a pagemap other than this process's (remote.ts).
+ */
+export function scanPagemap(fd: number, request: ScanRequest, address: number, end: number): ScanResult {
+  return run({ ...request, fd, address, end }, address)
+}
+
+/**
+ * @internal scanAll() for a pagemap other than this process's (remote.ts): `descriptor()` is
+ * called before every batch and returns the pagemap fd, or throws once its owner is closed.
+ */
+export function scanAllPagemap(descriptor: () => number, request: ScanRequest, address: number, end: number): Generator<ScanResult, void, undefined> {
+  return batches({ ...request, fd: -1, address, end }, descriptor)
+}
+
+/** The batches of scanAll(): `descriptor()` re-checks the owner of the range and gives the fd. */
+function* batches(p: Plan, descriptor: () => number): Generator<ScanResult, void, undefined> {
   let start = p.address
   let budget = p.maxPages
   while (start < p.end) {
-    resolveSpan(region, undefined, 'pagemap.scanAll')
-    const batch = run({ ...p, maxPages: budget }, start)
+    const batch = run({ ...p, fd: descriptor(), maxPages: budget }, start)
     yield batch
     const walkEnd = Number(batch.walkEnd)
     if (p.maxPages > 0) {

@@ -23,6 +23,7 @@ void InitPagemap(Napi::Env env, Napi::Object exports);
 void InitTwinIndex(Napi::Env env, Napi::Object exports);
 void InitDedup(Napi::Env env, Napi::Object exports);
 void InitMshare(Napi::Env env, Napi::Object exports);
+void InitRemote(Napi::Env env, Napi::Object exports);
 
 // Copies `length` bytes at `address` of this process into dst through the kernel (never faults
 // here: an unreadable page is EFAULT). Returns the bytes copied, or -1 with errno set.

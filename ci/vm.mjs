@@ -142,7 +142,7 @@ export async function runInVm(command, options = {}) {
   const args = [
     '-accel', accel === 'kvm' ? 'kvm' : 'tcg,thread=multi',
     '-cpu', accel === 'kvm' ? 'host' : 'max',         // max: the instruction set Node's binary expects
-    '-smp', String(cpus), '-m', memory, ...numaArgs(memory, cpus, numaNodes),
+    ...numaArgs(memory, cpus, numaNodes),
     '-nodefaults', '-display', 'none', '-no-reboot',   // the guest's reboot ends QEMU
     '-kernel', kernel,
     '-append', [
@@ -217,20 +217,25 @@ async function pruneConsoleLogs() {
   for (const file of files.slice(0, -30)) await fs.remove(path.join(consoleDir, file))
 }
 
-// QEMU's NUMA topology: `nodes` nodes share the memory evenly, CPUs dealt out in turn (a node
-// may have none: a memory-only node, as on real machines). Two nodes by default, so every test
-// runs where merge_across_nodes and cross-node merges mean something.
+// QEMU's CPUs, memory and NUMA topology: `nodes` nodes share the memory evenly; each node is a
+// socket of its own with cpus/nodes CPUs (CPUs of one socket share a last-level cache, and the
+// kernel warns, "llc-sibling ... is not on the same node", when a cache spans two nodes). With
+// fewer CPUs than nodes, node 0 has them all and the others are memory-only, as on real
+// machines. Two nodes by default, so every test runs where merge_across_nodes and cross-node
+// merges mean something.
 export function numaArgs(memory, cpus, nodes) {
-  if (nodes <= 1) return []
+  if (nodes <= 1) return ['-smp', String(cpus), '-m', memory]
+  const sockets = cpus >= nodes && cpus % nodes === 0 ? nodes : 1
   const units = { K: 1 / 1024, M: 1, G: 1024, T: 1024 * 1024 }
   const [, amount, unit = 'M'] = String(memory).toUpperCase().match(/^(\d+)([KMGT])?B?$/) ?? fail(`--memory=${memory}: expected a size like 4G or 512M`)
   const mib = Number(amount) * units[unit]
   if (!Number.isInteger(mib) || mib % nodes !== 0) fail(`--memory=${memory} does not split into ${nodes} NUMA nodes of whole MiB`)
-  const args = []
+  const perSocket = cpus / sockets
+  const args = ['-smp', `${cpus},sockets=${sockets},cores=${perSocket},threads=1`, '-m', memory]
   for (let node = 0; node < nodes; node++) {
-    const nodeCpus = Array.from({ length: cpus }, (_, cpu) => cpu).filter((cpu) => cpu % nodes === node)
+    const cpuRange = node < sockets ? [`cpus=${node * perSocket}-${(node + 1) * perSocket - 1}`] : []
     args.push('-object', `memory-backend-ram,id=numa${node},size=${mib / nodes}M`,
-      '-numa', ['node', `nodeid=${node}`, `memdev=numa${node}`, ...nodeCpus.map((cpu) => `cpus=${cpu}`)].join(','))
+      '-numa', ['node', `nodeid=${node}`, `memdev=numa${node}`, ...cpuRange].join(','))
   }
   return args
 }

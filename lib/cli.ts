@@ -10,6 +10,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import util from 'node:util'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
+import { Daemon, type DaemonPassReport } from './daemon.ts'
 import { message, type ErrorCode, type SyscallError } from './errors.ts'
 import { features } from './features.ts'
 import * as ksm from './ksm.ts'
@@ -469,6 +470,61 @@ async function topCommand(opts: { once?: boolean; json?: boolean; sort: SortFiel
   })
 }
 
+// daemon -----------------------------------------------------------------------------------------
+
+function pidList(value: string, previous: number[] = []): number[] {
+  const pid = Number(value)
+  if (!Number.isInteger(pid) || pid < 1 || pid > 2 ** 22) throw new InvalidArgumentError('must be a process id (a positive integer).')
+  return [...previous, pid]
+}
+
+function budget(value: string): number {
+  const b = Number(value)
+  if (!(b > 0 && b <= 1)) throw new InvalidArgumentError('must be a share of one CPU, > 0 and <= 1 (0.05 is 5%).')
+  return b
+}
+
+/** One pass as a line of text: what it saw and merged. */
+function passLine(r: DaemonPassReport, totalMerged: number): string {
+  const failures = r.failures.map((f) => `${f.pid}: ${f.code}`).join(', ')
+  return `${new Date(r.time).toISOString()}  targets ${r.targets}  present ${r.presentPages}  written ${r.writtenPages}  hashed ${r.hashedPages}  ` +
+    `merged ${r.mergedPages} (total ${totalMerged})  rewritten ${r.rewrittenPages}  ${r.durationMs} ms, CPU ${r.cpuMs.toFixed(1)} ms` +
+    (failures ? `  failed: ${failures}` : '')
+}
+
+async function daemonCommand(opts: { pid?: number[]; cgroup?: string[]; optedIn?: boolean; interval: number; cpuBudget: number; once?: boolean; json?: boolean; stablePasses: number; scope: 'uid' | 'global'; dryRun?: boolean }): Promise<number> {
+  if (!opts.pid && !opts.cgroup && !opts.optedIn) throw new CliError('no targets: give --pid, --cgroup or --opted-in', 2)
+  const daemon = new Daemon({ pids: opts.pid, cgroups: opts.cgroup, optedIn: Boolean(opts.optedIn), stablePasses: opts.stablePasses, scope: opts.scope, merge: opts.dryRun ? 'none' : 'sksm' })
+  let total = 0
+  const show = (r: DaemonPassReport) => {
+    total += r.mergedPages
+    out(opts.json ? JSON.stringify(r) : passLine(r, total))
+  }
+  try {
+    // A page merges after stablePasses unwritten passes, counted from the pass that opened its
+    // process: --once runs that many more, an interval apart, one line each.
+    if (opts.once) {
+      for (let i = 0; i <= opts.stablePasses; i++) {
+        if (i > 0) await new Promise((resolve) => setTimeout(resolve, opts.interval * 1000))
+        show(daemon.pass())
+      }
+      return 0
+    }
+    await new Promise<void>((resolve) => {
+      const stop = () => {
+        daemon.stop()
+        resolve()
+      }
+      process.once('SIGINT', stop)
+      process.once('SIGTERM', stop)
+      daemon.run({ intervalMs: opts.interval * 1000, cpuBudget: opts.cpuBudget, onPass: show })
+    })
+    return 0
+  } finally {
+    daemon.close()
+  }
+}
+
 // program ----------------------------------------------------------------------------------------
 
 function packageVersion(): string {
@@ -540,6 +596,27 @@ function program(setExit: (code: number) => void): Command {
     .action(async (opts) => {
       jsonMessages = Boolean(opts.json)
       await topCommand(opts)
+    })
+  cli
+    .command('daemon')
+    .description('merge unchanged twin pages of other, unmodified processes with process_madvise(MADV_MERGE), tracking their writes with soft-dirty bits: ksmd\'s job in user space (root; lab kernel)')
+    .addOption(new Option('--pid <pid>', 'a target process (repeatable)').argParser(pidList))
+    .addOption(new Option('--cgroup <path>', 'every process of this cgroup v2 directory and its descendants, new ones picked up each pass (repeatable)').argParser((v: string, prev: string[] = []) => [...prev, v]))
+    .option('--opted-in', 'every process that opted in to KSM (PR_SET_MEMORY_MERGE, MADV_MERGEABLE): ksmd\'s population')
+    .addOption(new Option('--interval <seconds>', 'seconds between passes').argParser(seconds).default(1))
+    .addOption(new Option('--cpu-budget <share>', 'longest share of one CPU the passes take (stretches the interval)').argParser(budget).default(1))
+    .addOption(new Option('--stable-passes <n>', 'passes a page stays unwritten before it may merge').argParser((v: string) => {
+      const n = Number(v)
+      if (!Number.isInteger(n) || n < 1 || n > 255) throw new InvalidArgumentError('must be an integer from 1 to 255.')
+      return n
+    }).default(2))
+    .addOption(new Option('--scope <scope>', 'which processes\' pages may meet: uid (same effective uid) or global (any: reveals content across users)').choices(['uid', 'global']).default('uid'))
+    .option('--dry-run', 'count what would merge, merge nothing')
+    .option('--once', 'run stable-passes + 1 passes and exit')
+    .addOption(json())
+    .action(async (opts) => {
+      jsonMessages = Boolean(opts.json)
+      setExit(await daemonCommand(opts))
     })
   return cli
 }

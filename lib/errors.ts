@@ -138,6 +138,10 @@ const registry = {
    * while being opened, when /proc/<pid> may already name a new process): nothing was kept open.
    */
   ERR_TARGET_EXITED: E('InvalidStateError', (pid: number) => `Cannot open process ${pid}: it has exited`),
+  /** An operation on a closed Daemon (daemon.ts). */
+  ERR_DAEMON_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the Daemon is closed`),
+  /** Daemon.run() while it already runs (stop() first). */
+  ERR_DAEMON_RUNNING: E('InvalidStateError', () => 'The Daemon is already running (stop() it first)'),
   /** An operation on a closed TwinIndex. */
   ERR_TWIN_INDEX_CLOSED: E('InvalidStateError', (operation: string) => `Cannot ${operation}: the TwinIndex is closed`),
   /**

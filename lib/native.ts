@@ -204,6 +204,7 @@ export interface RemoteBinding {
   remotePidfdExited(pidfd: number): Rc
   /** pread of /proc/<pid>/mem at `address` into all of `into` → bytes read (short at the first unreadable byte) | -errno. */
   remoteRead(memFd: number, address: number, into: Uint8Array): Rc
+  remoteHashPages(memFd: number, address: number, count: number, out: BigUint64Array): Rc
   /** process_madvise(pidfd, iov, count, advice, 0), iov from `count` (start, length) pairs of `ranges` → bytes advised | -errno.
    *  Only advice that keeps what memory reads (cold, pageout, willneed, collapse, merge, unmergeable); anything else is a TypeError. */
   remoteMadvise(pidfd: number, ranges: BigUint64Array, count: number, advice: number): Rc

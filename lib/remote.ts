@@ -282,6 +282,21 @@ export class TargetProcess {
   }
 
   /**
+   * The XXH64 hash of each of `pages` pages of the target from `start` (page-aligned), the hash
+   * the Deduplicator and TwinIndex use: the pages are copied through /proc/<pid>/mem in batches,
+   * nothing pinned or unshared. SyscallError EIO when a page cannot be read (unmapped, or the
+   * target exited).
+   */
+  hashPages(start: bigint, pages: number): BigUint64Array {
+    const count = validateInteger(pages, 'pages', 1, 2 ** 30)
+    const address = readAddress(start, 'start', count * pageSize, true)
+    const out = new BigUint64Array(count)
+    const fds = this.#open('hashPages')
+    check(native.remoteHashPages(fds.mem, address, count, out), 'pread', () => `/proc/${this.#pid}/mem at 0x${address.toString(16)}`)
+    return out
+  }
+
+  /**
    * process_madvise(pidfd, ranges, advice): `advice` on up to 1024 ranges (the kernel's
    * UIO_MAXIOV) of the target at once. Returns the bytes advised (the kernel stops at the first range it fails
    * on: fewer than the total when a later range failed). Ranges of memory the target does not

@@ -7,11 +7,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "addon.h"
 #include "compat.h"
+#include "xxh64.h"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -86,6 +88,41 @@ Napi::Value RemoteRead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(done));
 }
 
+// Pages of the target read through /proc/<pid>/mem per pread in remoteHashPages.
+constexpr size_t kRemoteHashBatch = 64;
+
+// remoteHashPages(memFd, address, count, out: BigUint64Array) -> count | -errno: the XXH64 of each
+// of `count` consecutive pages of the target from `address` (HashPage, the Deduplicator's hash),
+// copied through the kernel in batches: no page pinned or unshared, so a KSM page stays merged.
+// out is re-checked here (count elements); a page that cannot be read is -errno (EIO), and out
+// may then hold the hashes of the pages before it.
+Napi::Value RemoteHashPages(const Napi::CallbackInfo& info) {
+  MEMDEDUP_ARG(fd, ArgInt(info, 0, 0));
+  MEMDEDUP_ARG(address, ArgU64(info, 1));
+  MEMDEDUP_ARG(count, ArgU64(info, 2, 1u << 30));
+  MEMDEDUP_ARG(out, ArgTypedArray<uint64_t>(info, 3, count));
+  const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (address % page_size != 0) {
+    ThrowArgument(info, 1, true, "a multiple of the page size");
+    return info.Env().Undefined();
+  }
+  std::vector<unsigned char> copy(kRemoteHashBatch * page_size);
+  for (uint64_t i = 0; i < count;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kRemoteHashBatch, count - i));
+    size_t done = 0;
+    while (done < n * page_size) {
+      ssize_t got = pread(fd, copy.data() + done, n * page_size - done, static_cast<off_t>(address + i * page_size + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return Napi::Number::New(info.Env(), -errno);
+      if (got == 0) return Napi::Number::New(info.Env(), -EIO);
+      done += static_cast<size_t>(got);
+    }
+    for (size_t k = 0; k < n; k++) out.data[i + k] = HashPage(copy.data() + k * page_size, page_size);
+    i += n;
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(count));
+}
+
 // Advice that keeps what memory reads: a pidfd of this very process would make process_madvise a
 // madvise() of any address here, so nothing that drops or zeroes pages (DONTNEED, FREE, …) passes.
 bool KeepsContent(int advice) {
@@ -125,6 +162,7 @@ void InitRemote(Napi::Env env, Napi::Object exports) {
   Export<RemoteOpenAt>(exports, "remoteOpenAt");
   Export<RemotePidfdExited>(exports, "remotePidfdExited");
   Export<RemoteRead>(exports, "remoteRead");
+  Export<RemoteHashPages>(exports, "remoteHashPages");
   Export<RemoteMadvise>(exports, "remoteMadvise");
   Napi::Object c = Napi::Object::New(env);
   SetConst(c, "MAX_RANGES", static_cast<double>(kMaxRanges));

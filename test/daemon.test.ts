@@ -1,0 +1,214 @@
+// lib/daemon.ts: the deduplicator of other, unmodified processes (test/fixtures/daemon-target.c:
+// cold pages, twins across targets with the same seed, and hot pages a thread rewrites every 2 ms).
+// What merged is read from the targets' /proc/<pid>/pagemap (root) and checked byte for byte by
+// the targets themselves.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import readline from 'node:readline'
+import { afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { Daemon, features, FeatureUnavailableError, pageSize } from '../lib/index.ts'
+import { softDirtySupported } from '../lib/pagemap.ts'
+import { fixtureBinary } from './helpers/c-fixture.ts'
+import { distEntry, ensureDist, repoRoot } from './helpers/dist.mjs'
+import { noFdLeak } from './helpers/process.ts'
+
+const isRoot = process.getuid?.() === 0
+const softDirty = softDirtySupported()
+const remoteMerge = features().remoteMerge
+const missing = !softDirty
+  ? `kernel ${os.release()} does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY)`
+  : !remoteMerge
+    ? `kernel ${os.release()}: process_madvise() does not take MADV_MERGE (lab kernel patch 0053)`
+    : !isRoot
+      ? 'needs root (PFNs of other processes, CAP_SYS_NICE)'
+      : ''
+const skipWhy = missing ? ` [skipped: ${missing}]` : ''
+
+const coldPages = 256
+const hotPages = 8
+
+interface Target {
+  child: ChildProcess
+  pid: number
+  cold: bigint
+  hot: bigint
+  ask(command: string): Promise<any>
+  stop(): Promise<void>
+}
+
+const running: Target[] = []
+
+async function startTarget(seed: number, options: { uid?: number; gid?: number } = {}): Promise<Target> {
+  const child = spawn(fixtureBinary('daemon-target'), [String(coldPages), String(hotPages), String(seed)], { stdio: ['pipe', 'pipe', 'inherit'], ...options })
+  const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
+  const next = async () => {
+    const { value, done } = await lines.next()
+    if (done) throw new Error(`daemon-target exited early (status ${child.exitCode})`)
+    return JSON.parse(value as string)
+  }
+  const hello = await next()
+  const target: Target = {
+    child,
+    pid: child.pid!,
+    cold: BigInt(hello.cold),
+    hot: BigInt(hello.hot),
+    async ask(command) {
+      child.stdin!.write(`${command}\n`)
+      return next()
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGKILL')
+      await exited
+    },
+  }
+  running.push(target)
+  return target
+}
+
+afterEach(async () => {
+  for (const target of running.splice(0)) await target.stop()
+})
+
+/** PFNs of `pages` pages of process `pid` from `address` (0 where not present). */
+function pfns(pid: number, address: bigint, pages: number): bigint[] {
+  const fd = fs.openSync(`/proc/${pid}/pagemap`, 'r')
+  try {
+    const entries = Buffer.alloc(pages * 8)
+    fs.readSync(fd, entries, 0, entries.length, Number(address / BigInt(pageSize)) * 8)
+    return Array.from({ length: pages }, (_, i) => {
+      const entry = entries.readBigUInt64LE(i * 8)
+      return entry >> 63n ? entry & ((1n << 55n) - 1n) : 0n
+    })
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** `count` passes, `gapMs` apart (the hot pages are written meanwhile). */
+async function passes(daemon: Daemon, count: number, gapMs = 100) {
+  const reports = []
+  for (let i = 0; i < count; i++) {
+    await sleep(gapMs)
+    reports.push(daemon.pass())
+  }
+  return reports
+}
+
+beforeAll(() => {
+  // Built on the host run, so the lab guest (read-only checkout) finds it.
+  fixtureBinary('daemon-target')
+})
+
+describe('Daemon: arguments and kernel support', () => {
+  it('rejects bad options with TypeError/RangeError before it looks at the kernel', () => {
+    expect(() => new Daemon({ pids: 'x' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
+    expect(() => new Daemon({ pids: [0] })).toThrow(RangeError)
+    expect(() => new Daemon({ pids: [1.5] })).toThrow(RangeError)
+    expect(() => new Daemon({ cgroups: [''] })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }))
+    expect(() => new Daemon({ stablePasses: 0 })).toThrow(RangeError)
+    expect(() => new Daemon({ scope: 'everyone' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }))
+    expect(() => new Daemon({ pid: 1 } as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }))
+    // A Proxy array answers each read once: the pids read are the pids used.
+    let reads = 0
+    const pids = new Proxy([1], { get: (t, k, r) => (k === '0' ? ++reads : Reflect.get(t, k, r)) })
+    if (softDirty && remoteMerge) new Daemon({ pids }).close()
+    else expect(() => new Daemon({ pids })).toThrow(FeatureUnavailableError)
+    expect(reads).toBe(1)
+  })
+
+  it('says which kernel feature it needs where one is missing, and works where none is', () => {
+    if (!softDirty) {
+      expect(() => new Daemon({ pids: [process.pid] })).toThrow(expect.objectContaining({ code: 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE', feature: 'softDirty' }))
+    } else if (!remoteMerge) {
+      expect(() => new Daemon({ pids: [process.pid] })).toThrow(expect.objectContaining({ feature: 'remoteMerge' }))
+      new Daemon({ pids: [process.pid], merge: 'none' }).close()
+    } else {
+      const daemon = new Daemon({ pids: [process.pid] })
+      expect(daemon.pass().targets, 'never this process').toBe(0)
+      daemon.close()
+    }
+  })
+})
+
+describe(`Daemon: unmodified processes${skipWhy}`, () => {
+  it.skipIf(missing !== '')('merges cold twins across targets of one uid, never a hot page, and every byte stays', async () => {
+    const twins = await Promise.all([startTarget(1), startTarget(1), startTarget(1)])
+    const unique = await startTarget(2)
+    const daemon = new Daemon({ pids: [...twins, unique].map((t) => t.pid), stablePasses: 2 })
+    const reports = await passes(daemon, 4)
+    daemon.close()
+    console.log(`daemon passes: ${JSON.stringify(reports.map((r) => ({ present: r.presentPages, written: r.writtenPages, hashed: r.hashedPages, merged: r.mergedPages, cpuMs: r.cpuMs })))}`)
+    expect(reports.flatMap((r) => r.failures)).toEqual([])
+    const cold = twins.map((t) => pfns(t.pid, t.cold, coldPages))
+    const shared = cold[0].filter((pfn, i) => pfn !== 0n && pfn === cold[1][i] && pfn === cold[2][i]).length
+    expect(shared, 'cold twin pages sharing one frame in all three targets').toBeGreaterThanOrEqual(coldPages * 0.95)
+    const uniqueCold = pfns(unique.pid, unique.cold, coldPages)
+    expect(uniqueCold.filter((pfn, i) => pfn === cold[0][i]).length, 'the other content shares nothing').toBe(0)
+    const hot = twins.map((t) => pfns(t.pid, t.hot, hotPages))
+    const hotShared = hot[0].filter((pfn, i) => pfn !== 0n && (pfn === hot[1][i] || pfn === hot[2][i])).length
+    expect(hotShared, 'hot pages (written every 2 ms) merged').toBe(0)
+    for (const t of [...twins, unique]) expect(await t.ask('verify')).toEqual({ bad: 0 })
+    const status = fs.readFileSync(`/proc/${twins[0].pid}/ksm_stat`, 'utf8')
+    expect(Number(/ksm_merging_pages (\d+)/.exec(status)?.[1]), 'ksm_merging_pages of a target').toBeGreaterThanOrEqual(coldPages * 0.95)
+  }, 120_000)
+
+  it.skipIf(missing !== '')('a target that exits mid-run is dropped, the others go on, nothing leaks', async () => {
+    const [a, b, c] = await Promise.all([startTarget(3), startTarget(3), startTarget(3)])
+    noFdLeak(() => {
+      const daemon = new Daemon({ pids: [a.pid, b.pid, c.pid] })
+      daemon.pass()
+      c.child.kill('SIGKILL')
+      spawnSync('sleep', ['0.2'])
+      const reports = [daemon.pass(), daemon.pass(), daemon.pass()]
+      expect(reports.at(-1)!.targets).toBe(2)
+      expect(daemon.targets.sort()).toEqual([a.pid, b.pid].sort())
+      daemon.close()
+    })
+    const [pa, pb] = [pfns(a.pid, a.cold, coldPages), pfns(b.pid, b.cold, coldPages)]
+    expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pb[i]).length).toBeGreaterThanOrEqual(coldPages * 0.95)
+    expect(await a.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
+  it.skipIf(missing !== '')('scope uid: twins of different users stay apart; scope global is the explicit opt-out', async () => {
+    const mine = await startTarget(4)
+    const nobody = await startTarget(4, { uid: 65534, gid: 65534 })
+    const daemon = new Daemon({ pids: [mine.pid, nobody.pid] })
+    await passes(daemon, 4)
+    daemon.close()
+    const [pm, pn] = [pfns(mine.pid, mine.cold, coldPages), pfns(nobody.pid, nobody.cold, coldPages)]
+    expect(pm.filter((pfn, i) => pfn !== 0n && pfn === pn[i]).length, 'pages shared across uids').toBe(0)
+    expect(await nobody.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
+  it.skipIf(missing !== '')('a daemon without privileges is refused another user\'s process, with a clear error per target', async () => {
+    const target = await startTarget(5)
+    ensureDist()
+    const script = `
+      import { Daemon } from ${JSON.stringify(distEntry)}
+      const daemon = new Daemon({ pids: [${target.pid}], merge: 'none' })
+      console.log(JSON.stringify(daemon.pass().failures))
+      daemon.close()
+    `
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', cwd: repoRoot })
+    expect(child.status, child.stderr).toBe(0)
+    const failures = JSON.parse(child.stdout)
+    expect(failures).toEqual([expect.objectContaining({ pid: target.pid, code: expect.stringMatching(/^(EACCES|EPERM)$/) })])
+    expect(await target.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
+  it.skipIf(missing !== '')('memdedup daemon --pid … --once --json: one JSON line per pass, then exit 0', async () => {
+    const [a, b] = await Promise.all([startTarget(6), startTarget(6)])
+    ensureDist()
+    const cli = spawnSync(process.execPath, [`${repoRoot}/dist/lib/cli.js`, 'daemon', '--pid', String(a.pid), '--pid', String(b.pid), '--once', '--interval', '0.2', '--json'], { encoding: 'utf8', timeout: 120_000 })
+    expect(cli.status, cli.stderr).toBe(0)
+    const lines = cli.stdout.trim().split('\n').map((line) => JSON.parse(line))
+    expect(lines).toHaveLength(3)
+    expect(lines.reduce((sum, r) => sum + r.mergedPages, 0)).toBeGreaterThan(0)
+    expect(await a.ask('verify')).toEqual({ bad: 0 })
+  }, 180_000)
+})

@@ -8,6 +8,7 @@ import { available as sksmAvailable } from './sksm.ts'
 import { probeUserfaultfd } from './uffd.ts'
 import { probePagemapScan, probeZeroPage } from './pagemap.ts'
 import { available as mshareAvailable } from './mshare.ts'
+import { available as numaAvailable } from './numa.ts'
 
 /** What the running kernel offers, as `features()` found it. */
 export interface Features {
@@ -33,11 +34,13 @@ export interface Features {
   thp: boolean
   /** msharefs (page tables shared across processes; the lab kernel's mshare series) is compiled in. */
   mshare: boolean
+  /** The NUMA memory-policy syscalls mbind and move_pages exist (CONFIG_NUMA): numa.bind(), numa.nodeOf(). */
+  numa: boolean
 }
 
 let cached: Features | undefined
 
-/** What the running kernel offers (KSM, per-process KSM, SKSM, userfaultfd, WP_ASYNC, PAGEMAP_SCAN, mshare, …), probed once and cached; `memdedup probe` prints it. */
+/** What the running kernel offers (KSM, per-process KSM, SKSM, userfaultfd, WP_ASYNC, PAGEMAP_SCAN, mshare, NUMA, …), probed once and cached; `memdedup probe` prints it. */
 export function features(): Features {
   if (cached === undefined) {
     const uffd = probeUserfaultfd()
@@ -53,6 +56,7 @@ export function features(): Features {
       zeroPage: probeZeroPage(),
       thp: fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled'),
       mshare: mshareAvailable(),
+      numa: numaAvailable(),
     })
   }
   return cached

@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitTwinIndex(env, exports);
   InitDedup(env, exports);
   InitMshare(env, exports);
+  InitNuma(env, exports);
   return exports;
 }
 

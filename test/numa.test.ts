@@ -46,7 +46,7 @@ function patternMismatch(region: Region): number {
   return -1
 }
 
-describe('nodes', () => {
+describe('numa.nodes', () => {
   it('lists the nodes with memory, ascending, node 0 among them', () => {
     const nodes = numa.nodes()
     expect(nodes.length).toBeGreaterThan(0)
@@ -65,7 +65,7 @@ describe('nodes', () => {
   })
 })
 
-describe('nodeOf', () => {
+describe('numa.nodeOf', () => {
   it('untouched pages are not present: -ENOENT each', (ctx) => {
     needNuma(ctx)
     using r = Region.anonymous(4 * P)
@@ -97,7 +97,7 @@ describe('nodeOf', () => {
   })
 })
 
-describe('bind', () => {
+describe('numa.bind', () => {
   it('bind to node 0, then fault: every page is on node 0', (ctx) => {
     needNuma(ctx)
     using r = Region.anonymous(8 * P)
@@ -137,7 +137,7 @@ describe('bind', () => {
   })
 })
 
-describe('two nodes', () => {
+describe('numa.bind and numa.nodeOf on two NUMA nodes', () => {
   it('half the Region bound to one node, half to the other: each page faults on its node', (ctx) => {
     const [a, b] = twoNodes(ctx)
     const pages = 16
@@ -171,7 +171,7 @@ describe('two nodes', () => {
   })
 })
 
-describe('bad arguments', () => {
+describe('numa: bad arguments', () => {
   it('not a Region, a closed Region, a range outside: coded errors, before any syscall', () => {
     expectThrowsCode(() => numa.bind({} as Region, 0), TypeError, 'ERR_INVALID_ARG_TYPE')
     expectThrowsCode(() => numa.nodeOf(null as unknown as Region), TypeError, 'ERR_INVALID_ARG_TYPE')

@@ -142,7 +142,7 @@ export async function runInVm(command, options = {}) {
   const args = [
     '-accel', accel === 'kvm' ? 'kvm' : 'tcg,thread=multi',
     '-cpu', accel === 'kvm' ? 'host' : 'max',         // max: the instruction set Node's binary expects
-    '-smp', String(cpus), '-m', memory, ...numaArgs(memory, cpus, numaNodes),
+    '-smp', smpArg(cpus, numaNodes), '-m', memory, ...numaArgs(memory, cpus, numaNodes),
     '-nodefaults', '-display', 'none', '-no-reboot',   // the guest's reboot ends QEMU
     '-kernel', kernel,
     '-append', [
@@ -215,6 +215,13 @@ export async function runInVm(command, options = {}) {
 async function pruneConsoleLogs() {
   const files = (await fs.readdir(consoleDir).catch(() => [])).filter((f) => f.startsWith('console-')).sort()
   for (const file of files.slice(0, -30)) await fs.remove(path.join(consoleDir, file))
+}
+
+// With NUMA nodes every CPU is a socket of its own: QEMU's default puts all CPUs in one socket
+// (one LLC), and CPUs of one LLC on different nodes are a boot WARNING (topology_sane(): "CPU #1's
+// llc-sibling CPU #0 is not on the same node"), which fails every run.
+export function smpArg(cpus, nodes) {
+  return nodes <= 1 ? String(cpus) : `${cpus},sockets=${cpus},cores=1,threads=1`
 }
 
 // QEMU's NUMA topology: `nodes` nodes share the memory evenly, CPUs dealt out in turn (a node

@@ -9,6 +9,7 @@ import { probeUserfaultfd } from './uffd.ts'
 import { probePagemapScan, probeZeroPage } from './pagemap.ts'
 import { available as mshareAvailable } from './mshare.ts'
 import { probeRemoteMerge } from './remote.ts'
+import { available as numaAvailable } from './numa.ts'
 
 /** What the running kernel offers, as `features()` found it. */
 export interface Features {
@@ -36,11 +37,13 @@ export interface Features {
   mshare: boolean
   /** process_madvise() accepts MADV_MERGE for another process (a kernel patch; TargetProcess.madvise(…, 'merge')). */
   remoteMerge: boolean
+  /** The NUMA memory-policy syscalls mbind and move_pages exist (CONFIG_NUMA): numa.bind(), numa.nodeOf(). */
+  numa: boolean
 }
 
 let cached: Features | undefined
 
-/** What the running kernel offers (KSM, per-process KSM, SKSM, userfaultfd, WP_ASYNC, PAGEMAP_SCAN, mshare, …), probed once and cached; `memdedup probe` prints it. */
+/** What the running kernel offers (KSM, per-process KSM, SKSM, userfaultfd, WP_ASYNC, PAGEMAP_SCAN, mshare, NUMA, …), probed once and cached; `memdedup probe` prints it. */
 export function features(): Features {
   if (cached === undefined) {
     const uffd = probeUserfaultfd()
@@ -57,6 +60,7 @@ export function features(): Features {
       thp: fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled'),
       mshare: mshareAvailable(),
       remoteMerge: probeRemoteMerge(),
+      numa: numaAvailable(),
     })
   }
   return cached

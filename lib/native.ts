@@ -46,11 +46,13 @@ const uffdConstantNames = [
 ] as const
 const mshareConstantNames = ['MSHAREFS_CREATE_MAPPING', 'MSHAREFS_UNMAP', 'MAP_SHARED_VALIDATE', 'MAP_HUGE_SHIFT'] as const
 const remoteConstantNames = ['MAX_RANGES'] as const
+const numaConstantNames = ['maxNodes', 'MPOL_DEFAULT', 'MPOL_BIND', 'MPOL_MF_STRICT', 'MPOL_MF_MOVE'] as const
 export type MmConstants = Readonly<Record<(typeof mmConstantNames)[number], number>>
 export type PagemapConstants = Readonly<Record<(typeof pagemapConstantNames)[number], number>>
 export type UffdConstants = Readonly<Record<(typeof uffdConstantNames)[number], number>>
 export type MshareConstants = Readonly<Record<(typeof mshareConstantNames)[number], number>>
 export type RemoteConstants = Readonly<Record<(typeof remoteConstantNames)[number], number>>
+export type NumaConstants = Readonly<Record<(typeof numaConstantNames)[number], number>>
 
 // The layouts of the typed arrays native code reads and writes by slot, each slot by name. The
 // addon exports each as { slot: index, …, length } (native/addon.h ExportLayout); load() checks
@@ -181,6 +183,19 @@ export interface MshareBinding {
   mshareConstants: MshareConstants
 }
 
+export interface NumaBinding {
+  /**
+   * mbind(address, length, mode, nodemask, maxnode, flags) → 0 | -errno. The nodemask is built
+   * natively from nodes[0 … count - 1] (each re-checked < numaConstants.maxNodes); count 0 passes
+   * no mask (MPOL_DEFAULT).
+   */
+  mbind(address: number, length: number, mode: number, nodes: Uint32Array, count: number, flags: number): Rc
+  /** move_pages(0, pages, [address + i * pageSize …], NULL, status, 0), chunked natively → 0 | -errno;
+   *  status[i] = the node of page i or its -errno (-ENOENT: not present). */
+  movePagesStatus(address: number, pages: number, status: Int32Array): Rc
+  numaConstants: NumaConstants
+}
+
 export interface DedupBinding {
   /** A deduplicator pass over one region, steps 1-2 (writes, candidates, hashing); config and report
    *  laid out as dedupConfig and dedupReport say. -errno: report[dedupReport.failedStage] says what failed. */
@@ -212,6 +227,7 @@ export interface RemoteBinding {
 }
 
 export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & RemoteBinding & Layouts & Tables
+export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & NumaBinding & Layouts & Tables
 
 const isIndex = (value: unknown, below: number) => typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < below
 
@@ -230,7 +246,7 @@ export function contractProblems(exports: unknown): string[] {
     problems.push(`${name} (not exported)`)
     return undefined
   }
-  const constantGroups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames], ['remoteConstants', remoteConstantNames]] as const
+  const constantGroups = [['constants', mmConstantNames], ['pagemapConstants', pagemapConstantNames], ['uffdConstants', uffdConstantNames], ['mshareConstants', mshareConstantNames], ['remoteConstants', remoteConstantNames], ['numaConstants', numaConstantNames]] as const
   for (const [name, names] of constantGroups) {
     const values = group(name)
     if (values) for (const constant of names) if (typeof values[constant] !== 'number') problems.push(`${name}.${constant} (missing)`)

@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDedup(env, exports);
   InitMshare(env, exports);
   InitRemote(env, exports);
+  InitNuma(env, exports);
   return exports;
 }
 

@@ -24,6 +24,7 @@ void InitTwinIndex(Napi::Env env, Napi::Object exports);
 void InitDedup(Napi::Env env, Napi::Object exports);
 void InitMshare(Napi::Env env, Napi::Object exports);
 void InitRemote(Napi::Env env, Napi::Object exports);
+void InitNuma(Napi::Env env, Napi::Object exports);
 
 // Copies `length` bytes at `address` of this process into dst through the kernel (never faults
 // here: an unreadable page is EFAULT). Returns the bytes copied, or -1 with errno set.
@@ -90,6 +91,7 @@ inline std::optional<std::string> ArgString(const Napi::CallbackInfo& info, size
 
 template <typename T> struct TypedArrayKind;
 template <> struct TypedArrayKind<uint8_t> { static constexpr napi_typedarray_type type = napi_uint8_array; static constexpr const char* name = "a Uint8Array"; };
+template <> struct TypedArrayKind<int32_t> { static constexpr napi_typedarray_type type = napi_int32_array; static constexpr const char* name = "an Int32Array"; };
 template <> struct TypedArrayKind<uint32_t> { static constexpr napi_typedarray_type type = napi_uint32_array; static constexpr const char* name = "a Uint32Array"; };
 template <> struct TypedArrayKind<uint64_t> { static constexpr napi_typedarray_type type = napi_biguint64_array; static constexpr const char* name = "a BigUint64Array"; };
 template <> struct TypedArrayKind<double> { static constexpr napi_typedarray_type type = napi_float64_array; static constexpr const char* name = "a Float64Array"; };

@@ -6,7 +6,7 @@
 // NodeSource's nodejs install the very headers under <prefix>/include/node. An explicit nodedir (the
 // npm_config_nodedir environment variable or a .npmrc entry) still wins.
 import { spawnSync } from 'node:child_process'
-import { existsSync, symlinkSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync, symlinkSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -32,5 +32,12 @@ if (!existsSync(rootGyp)) symlinkSync(path.join('native', 'binding.gyp'), rootGy
 const args = process.argv.slice(2)
 // `build` in a tree never configured (a fresh clone) configures first; N-API keeps an existing
 // configuration valid across Node versions, so `build` stays incremental after that.
-if (args[0] === 'build' && !existsSync(path.join(packageRoot, 'build', 'Makefile'))) nodeGypRun(['configure'])
+// binding.gyp lists native/*.cc when it is configured: a source file added since (a new syscall
+// family) configures again, or `build` would link an addon without it.
+const targetMk = path.join(packageRoot, 'build', 'memdedup.target.mk')
+const unlisted = () => {
+  const listed = readFileSync(targetMk, 'utf8')
+  return readdirSync(path.join(packageRoot, 'native')).some((f) => f.endsWith('.cc') && !listed.includes(`native/${f.slice(0, -3)}.o`))
+}
+if (args[0] === 'build' && (!existsSync(path.join(packageRoot, 'build', 'Makefile')) || !existsSync(targetMk) || unlisted())) nodeGypRun(['configure'])
 nodeGypRun(args)

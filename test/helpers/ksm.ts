@@ -253,23 +253,6 @@ export function procMemWrite(address: bigint, data: Uint8Array): void {
   }
 }
 
-/** Nodes with memory (/sys/devices/system/node/has_memory, e.g. "0" or "0-1,3"). */
-export function memoryNodes(): number[] {
-  let text: string
-  try {
-    text = fs.readFileSync('/sys/devices/system/node/has_memory', 'utf8').trim()
-  } catch (error) {
-    if (errorCode(error) === 'ENOENT') return [0] // CONFIG_NUMA off: one node
-    throw error
-  }
-  const nodes: number[] = []
-  for (const part of text.split(',').filter(Boolean)) {
-    const [from, to] = part.split('-').map(Number)
-    for (let n = from; n <= (to ?? from); n++) nodes.push(n)
-  }
-  return nodes
-}
-
 export interface KsmUser {
   pid: number
   command: string

@@ -219,6 +219,7 @@ export interface RemoteBinding {
   remotePidfdExited(pidfd: number): Rc
   /** pread of /proc/<pid>/mem at `address` into all of `into` → bytes read (short at the first unreadable byte) | -errno. */
   remoteRead(memFd: number, address: number, into: Uint8Array): Rc
+  /** XXH64 of `count` pages from `address` read through /proc/<pid>/mem into out → count | -errno. */
   remoteHashPages(memFd: number, address: number, count: number, out: BigUint64Array): Rc
   /** process_madvise(pidfd, iov, count, advice, 0), iov from `count` (start, length) pairs of `ranges` → bytes advised | -errno.
    *  Only advice that keeps what memory reads (cold, pageout, willneed, collapse, merge, unmergeable); anything else is a TypeError. */
@@ -226,8 +227,7 @@ export interface RemoteBinding {
   remoteConstants: RemoteConstants
 }
 
-export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & RemoteBinding & Layouts & Tables
-export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & NumaBinding & Layouts & Tables
+export type Binding = MmBinding & PrctlBinding & PagemapBinding & UserfaultfdBinding & TwinIndexBinding & DedupBinding & MshareBinding & RemoteBinding & NumaBinding & Layouts & Tables
 
 const isIndex = (value: unknown, below: number) => typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < below
 

@@ -10,10 +10,10 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ksm, sksm } from '../lib/index.ts'
+import { ksm, numa, sksm } from '../lib/index.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
 import { errorCode } from './helpers/errors.ts'
-import { KsmState, memoryNodes } from './helpers/ksm.ts'
+import { KsmState } from './helpers/ksm.ts'
 
 const hasSksm = sksm.available()
 const skipWhy = hasSksm ? '' : ` [skipped: kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL)]`
@@ -70,8 +70,8 @@ const cases: Array<[string, string, string[], number]> = [
 const requirements: Record<string, () => string> = {
   memcg: () => /\bmemory\b/.test(readOr('/sys/fs/cgroup/cgroup.subtree_control'))
     ? '' : ' [skipped: no cgroup v2 memory controller for child groups at /sys/fs/cgroup]',
-  numa: () => [0, 1].every((node) => memoryNodes().includes(node))
-    ? '' : ` [skipped: needs NUMA nodes 0 and 1 with memory (this machine: node ${memoryNodes().join(', ')})]`,
+  numa: () => [0, 1].every((node) => numa.nodes().includes(node))
+    ? '' : ` [skipped: needs NUMA nodes 0 and 1 with memory (this machine: node ${numa.nodes().join(', ')})]`,
 }
 
 function readOr(file: string): string {

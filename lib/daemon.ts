@@ -18,7 +18,6 @@ import path from 'node:path'
 import { codedError, FeatureUnavailableError, parseError } from './errors.ts'
 import { features } from './features.ts'
 import { pageSize } from './native.ts'
-import { softDirtySupported } from './pagemap.ts'
 import { TargetProcess, type Mapping } from './remote.ts'
 import { TwinIndex } from './twin_index.ts'
 import { invalidArgType, outOfRange, readOptions, validateBoolean, validateInteger, validateOneOf } from './validate.ts'
@@ -201,7 +200,7 @@ export class Daemon {
     this.#scope = o.scope === undefined ? 'uid' : validateOneOf(o.scope, 'options.scope', ['uid', 'global'] as const)
     this.#merge = o.merge === undefined ? 'sksm' : validateOneOf(o.merge, 'options.merge', ['sksm', 'none'] as const)
     this.#maxHash = o.maxHashPerPass === undefined ? 262144 : validateInteger(o.maxHashPerPass, 'options.maxHashPerPass', 1, 2 ** 30)
-    if (!softDirtySupported()) {
+    if (!features().softDirty) {
       throw new FeatureUnavailableError('softDirty', 'the kernel does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY): the daemon cannot see which pages a process writes')
     }
     if (this.#merge === 'sksm' && !features().remoteMerge) {

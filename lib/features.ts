@@ -6,7 +6,7 @@ import { native, pageSize } from './native.ts'
 import { available as ksmAvailable } from './ksm.ts'
 import { available as sksmAvailable } from './sksm.ts'
 import { probeUserfaultfd } from './uffd.ts'
-import { probePagemapScan, probeZeroPage } from './pagemap.ts'
+import { probePagemapScan, probeZeroPage, softDirtySupported } from './pagemap.ts'
 import { available as mshareAvailable } from './mshare.ts'
 import { probeRemoteMerge } from './remote.ts'
 import { available as numaAvailable } from './numa.ts'
@@ -39,6 +39,8 @@ export interface Features {
   remoteMerge: boolean
   /** The NUMA memory-policy syscalls mbind and move_pages exist (CONFIG_NUMA): numa.bind(), numa.nodeOf(). */
   numa: boolean
+  /** The kernel tracks soft-dirty pages (CONFIG_MEM_SOFT_DIRTY): another process's writes (TargetProcess, Daemon). */
+  softDirty: boolean
 }
 
 let cached: Features | undefined
@@ -61,6 +63,7 @@ export function features(): Features {
       mshare: mshareAvailable(),
       remoteMerge: probeRemoteMerge(),
       numa: numaAvailable(),
+      softDirty: softDirtySupported(),
     })
   }
   return cached

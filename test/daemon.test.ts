@@ -8,13 +8,12 @@ import os from 'node:os'
 import readline from 'node:readline'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { Daemon, features, FeatureUnavailableError, pageSize } from '../lib/index.ts'
-import { softDirtySupported } from '../lib/pagemap.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
 import { distEntry, ensureDist, repoRoot } from './helpers/dist.mjs'
 import { noFdLeak } from './helpers/process.ts'
 
 const isRoot = process.getuid?.() === 0
-const softDirty = softDirtySupported()
+const softDirty = features().softDirty
 const remoteMerge = features().remoteMerge
 const missing = !softDirty
   ? `kernel ${os.release()} does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY)`

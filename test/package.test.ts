@@ -91,15 +91,15 @@ describe.skipIf(inVm)(`the packed tarball, installed with --ignore-scripts and n
     expect(run('node', ['--version']).stdout.trim()).toBe(process.version)
   })
 
-  it('the tarball has the prebuilt addon, dist/ with source maps, lib/, native/ and LICENSE; no root binding.gyp, tests or lab', () => {
+  it('the tarball has the prebuilt addon, dist/ with source maps, lib/, native/ and LICENSE and the daemon systemd unit; no root binding.gyp, tests or lab', () => {
     const file = (prebuiltAddonFor({ platform: 'linux', arch: 'x64', libc: 'glibc' }) as { file: string }).file
-    for (const expected of [file, 'LICENSE', 'README.md', 'package.json', 'dist/lib/index.js', 'dist/lib/index.js.map', 'dist/lib/index.d.ts', 'dist/lib/index.d.ts.map', 'dist/lib/cli.js', 'lib/index.ts', 'native/binding.gyp', 'native/node-gyp.mjs', 'native/addon.cc']) {
+    for (const expected of [file, 'LICENSE', 'README.md', 'package.json', 'packaging/memdedup-daemon.service', 'dist/lib/index.js', 'dist/lib/index.js.map', 'dist/lib/index.d.ts', 'dist/lib/index.d.ts.map', 'dist/lib/cli.js', 'lib/index.ts', 'native/binding.gyp', 'native/node-gyp.mjs', 'native/addon.cc']) {
       expect(entries).toContain(`package/${expected}`)
     }
     // A root binding.gyp makes npm run `node-gyp rebuild` at install (npm ci ignores "gypfile": false).
     expect(entries).not.toContain('package/binding.gyp')
     const tops = new Set(entries.map((entry) => entry.split('/')[1]))
-    expect([...tops].sort()).toEqual(['LICENSE', 'README.md', 'dist', 'lib', 'native', 'package.json', 'prebuilds'])
+    expect([...tops].sort()).toEqual(['LICENSE', 'README.md', 'dist', 'lib', 'native', 'package.json', 'packaging', 'prebuilds'])
     expect(entries.filter((entry) => /\.test\.|\/(test|ci|bench|kernel-patches|scripts|build)\//.test(entry))).toEqual([])
   })
 

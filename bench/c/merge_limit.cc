@@ -74,6 +74,14 @@ static void merge(unsigned char *p, size_t len) {
   }
 }
 
+// dup's twins: two merged copies of the content, so a merge of the data finds a stable node.
+static void merge_twins(unsigned char *twin, unsigned char *twin2, size_t pages, uint64_t seed) {
+  fill(twin, pages, seed);
+  fill(twin2, pages, seed);
+  merge(twin, pages * page);
+  merge(twin2, pages * page);
+}
+
 static void write_sysfs(const char *name, const char *value) {
   char path[128];
   snprintf(path, sizeof path, "/sys/kernel/mm/ksm/%s", name);
@@ -145,12 +153,7 @@ int main(int argc, char **argv) {
   }
 
   if (!strcmp(what, "merge")) {
-    if (dup) {
-      fill(twin, pages, seed);
-      fill(twin2, pages, seed);
-      merge(twin, pages * page);
-      merge(twin2, pages * page);
-    }
+    if (dup) merge_twins(twin, twin2, pages, seed);
     for (int r = 0; r < rounds && r < 32; r++) {
       // A fresh mapping each round (never unmapped: each case is its own short process): a merged
       // round splits its huge pages, and written again they would come back as small pages.
@@ -170,12 +173,7 @@ int main(int argc, char **argv) {
   if (!strcmp(what, "vmas")) {
     const size_t vmas = run, each = pages / vmas;
     if (!vmas || each * vmas != pages) die("vmas: <pages> must be a multiple of the vma count");
-    if (dup) {
-      fill(twin, pages, seed);
-      fill(twin2, pages, seed);
-      merge(twin, pages * page);
-      merge(twin2, pages * page);
-    }
+    if (dup) merge_twins(twin, twin2, pages, seed);
     for (int r = 0; r < rounds && r < 32; r++) {
       // vma v is pages [v * each, (v + 1) * each) of the content, at v * (each + 1) of the span.
       const size_t span = pages + vmas;

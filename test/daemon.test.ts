@@ -2,15 +2,15 @@
 // cold pages, twins across targets with the same seed, and hot pages a thread rewrites every 2 ms).
 // What merged is read from the targets' /proc/<pid>/pagemap (root) and checked byte for byte by
 // the targets themselves.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
-import readline from 'node:readline'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { Daemon, features, FeatureUnavailableError, pageSize } from '../lib/index.ts'
+import { Daemon, features, FeatureUnavailableError } from '../lib/index.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
 import { distEntry, ensureDist, repoRoot } from './helpers/dist.mjs'
 import { noFdLeak } from './helpers/process.ts'
+import { pfnsOf, startDaemonTarget, type DaemonTarget } from './helpers/daemon-target.ts'
 
 const isRoot = process.getuid?.() === 0
 const softDirty = features().softDirty
@@ -27,42 +27,10 @@ const skipWhy = missing ? ` [skipped: ${missing}]` : ''
 const coldPages = 256
 const hotPages = 8
 
-interface Target {
-  child: ChildProcess
-  pid: number
-  cold: bigint
-  hot: bigint
-  ask(command: string): Promise<any>
-  stop(): Promise<void>
-}
+const running: DaemonTarget[] = []
 
-const running: Target[] = []
-
-async function startTarget(seed: number, options: { uid?: number; gid?: number } = {}): Promise<Target> {
-  const child = spawn(fixtureBinary('daemon-target'), [String(coldPages), String(hotPages), String(seed)], { stdio: ['pipe', 'pipe', 'inherit'], ...options })
-  const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
-  const next = async () => {
-    const { value, done } = await lines.next()
-    if (done) throw new Error(`daemon-target exited early (status ${child.exitCode})`)
-    return JSON.parse(value as string)
-  }
-  const hello = await next()
-  const target: Target = {
-    child,
-    pid: child.pid!,
-    cold: BigInt(hello.cold),
-    hot: BigInt(hello.hot),
-    async ask(command) {
-      child.stdin!.write(`${command}\n`)
-      return next()
-    },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill('SIGKILL')
-      await exited
-    },
-  }
+async function startTarget(seed: number, options: { uid?: number; gid?: number } = {}): Promise<DaemonTarget> {
+  const target = await startDaemonTarget(coldPages, hotPages, seed, options)
   running.push(target)
   return target
 }
@@ -71,20 +39,7 @@ afterEach(async () => {
   for (const target of running.splice(0)) await target.stop()
 })
 
-/** PFNs of `pages` pages of process `pid` from `address` (0 where not present). */
-function pfns(pid: number, address: bigint, pages: number): bigint[] {
-  const fd = fs.openSync(`/proc/${pid}/pagemap`, 'r')
-  try {
-    const entries = Buffer.alloc(pages * 8)
-    fs.readSync(fd, entries, 0, entries.length, Number(address / BigInt(pageSize)) * 8)
-    return Array.from({ length: pages }, (_, i) => {
-      const entry = entries.readBigUInt64LE(i * 8)
-      return entry >> 63n ? entry & ((1n << 55n) - 1n) : 0n
-    })
-  } finally {
-    fs.closeSync(fd)
-  }
-}
+const pfns = pfnsOf
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 

@@ -58,6 +58,9 @@ describe('refusedInVm: what the lab VM does not let a test skip for', () => {
     ['swap', 'needs swap (/proc/swaps is empty): the lab VM has a swap disk'],
     ['PAGEMAP_SCAN', 'PAGEMAP_SCAN is not available on 6.1.0'],
     ['zero page', 'this kernel maps no shared zero page on read faults: pagemap.zeroPfn() is null'],
+    ['NUMA', 'At least 2 NUMA nodes with memory must be available (this machine has 1: node 0)'],
+    ['NUMA', 'this kernel (6.1.0) has no NUMA syscalls (CONFIG_NUMA off): mbind and move_pages are ENOSYS'],
+    ['memcg', 'no cgroup v2 memory controller for child groups at /sys/fs/cgroup'],
     ['no reason', noReason],
     // Two reasons in one title: the allowed second does not excuse the first.
     ['SKSM', 'kernel 6.18 has no SKSM (madvise(MADV_MERGE) is EINVAL)] [skipped: run once, without ksmd, to bound the VM time'],
@@ -71,7 +74,6 @@ describe('refusedInVm: what the lab VM does not let a test skip for', () => {
     'needs reading uffd events (UFFD_EVENT_FORK/REMAP/REMOVE) and UFFDIO_COPY, which memdedup does not bind',
     'needs /sys/kernel/debug/gup_test (PIN_LONGTERM_TEST_*), a test driver memdedup does not bind',
     'needs a MAP_PRIVATE hugetlb mapping, which memdedup does not map',
-    'memdedup has no mbind()/numa_alloc_onnode() binding to place one page on each node',
     'not ported yet (a shared hugetlb memfd Region exists; the cases need huge-page-granular ranges)',
     'needs fork(2) of a process that then maps next to an inherited VMA; a Node process cannot fork',
     'this kernel has KSM',
@@ -83,7 +85,6 @@ describe('refusedInVm: what the lab VM does not let a test skip for', () => {
     'the lab runs the SKSM case instead',
     'run once, without ksmd, to bound the VM time',
     'in the VM: terminal handling does not depend on the kernel, the host run tests it',
-    'At least 2 NUMA nodes with memory must be available (this machine has 1: node 0)',
     'no free hugetlb pages (HugePages_Free 0 < 1); tests reserve them only in the VM (vm.nr_hugepages)',
     'kernel 6.12.118-memdedup lacks seccomp filters (CONFIG_SECCOMP_FILTER)',
   ])('allowed: %s', (reason) => {

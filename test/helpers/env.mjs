@@ -78,6 +78,9 @@ export const labFeatures = [
   { feature: 'swap', pattern: /\bswap\b|\/proc\/swaps|SwapTotal/i },
   { feature: 'PAGEMAP_SCAN', pattern: /pagemap_?scan/i },
   { feature: 'zero page', pattern: /zero ?page|zeroPfn/i },
+  // The lab boots two NUMA nodes and mounts cgroup v2 with the memory and cpuset controllers.
+  { feature: 'NUMA', pattern: /\bNUMA\b|CONFIG_NUMA|\bmbind\b|move_pages|merge_across_nodes/i },
+  { feature: 'memcg', pattern: /\bmemcg\b|memory controller|\bcpuset\b|cgroup v2|CONFIG_MEMCG|CONFIG_CGROUPS/i },
 ]
 
 /**

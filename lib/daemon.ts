@@ -32,7 +32,7 @@ export interface DaemonOptions {
   optedIn?: boolean
   /** Passes a page must stay unwritten before it is hashed and may merge (default 2, 1 … 255). */
   stablePasses?: number
-  /** Which pages may meet: 'uid' (default; targets with the same effective uid) or 'global'. */
+  /** Which pages may meet: 'uid' (default; targets with the same effective uid) or 'global' (the kernel then merges across uids only with sksm_scope=global as well). */
   scope?: 'uid' | 'global'
   /** 'sksm' (default): process_madvise(MADV_MERGE); 'none': a dry run that only counts. */
   merge?: 'sksm' | 'none'

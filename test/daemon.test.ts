@@ -128,7 +128,22 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(await a.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
-  it.skipIf(missing !== '')('scope uid: twins of different users stay apart; scope global is the explicit opt-out', async () => {
+  it.skipIf(missing !== '')('a target that moves its merged memory (mremap) between passes: followed at the new address, merged again, every byte stays', async () => {
+    const [a, b] = await Promise.all([startTarget(7), startTarget(7)])
+    const daemon = new Daemon({ pids: [a.pid, b.pid] })
+    await passes(daemon, 3)
+    const moved = BigInt((await a.ask('remap')).cold)
+    expect(moved).not.toBe(a.cold)
+    const after = await passes(daemon, 4)
+    daemon.close()
+    expect(after.flatMap((r) => r.failures)).toEqual([])
+    const [pa, pb] = [pfns(a.pid, moved, coldPages), pfns(b.pid, b.cold, coldPages)]
+    expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pb[i]).length, 'pages shared after the move').toBeGreaterThanOrEqual(coldPages * 0.95)
+    expect(await a.ask('verify')).toEqual({ bad: 0 })
+    expect(await b.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
+  it.skipIf(missing !== '')('scope uid (the default): twins of different users stay apart', async () => {
     const mine = await startTarget(4)
     const nobody = await startTarget(4, { uid: 65534, gid: 65534 })
     const daemon = new Daemon({ pids: [mine.pid, nobody.pid] })

@@ -243,10 +243,13 @@ export class Daemon {
         report.targets++
       } catch (error) {
         report.failures.push({ pid, code: errorCode(error), message: (error as Error).message })
+        // Alive, the target is opened again next pass: after an exec its pagemap and mem still name
+        // the old mm (ESRCH, EIO). A pid given by number whose process exited is not tried again
+        // (the number may come back as another process); members of cgroups and opted-in
+        // processes are listed anew each pass.
+        const exited = target ? !target.process.alive() : gone.has(errorCode(error))
         if (target) this.#drop(target)
-        // A pid given by number that exited is not tried again (the number may come back as
-        // another process); members of cgroups and opted-in processes are listed anew each pass.
-        if (gone.has(errorCode(error))) this.#exited.add(pid)
+        if (exited) this.#exited.add(pid)
       }
     }
     for (const [target, ranges] of merges) {

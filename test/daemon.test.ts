@@ -143,6 +143,49 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(await b.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
+  it.skipIf(missing !== '')('a target that execs (same pid, a new mm) is opened again and merged again', async () => {
+    const [a, b] = await Promise.all([startTarget(9), startTarget(9)])
+    const daemon = new Daemon({ pids: [a.pid, b.pid] })
+    await passes(daemon, 3)
+    const again = await a.ask('exec')
+    const reports = await passes(daemon, 5)
+    daemon.close()
+    // At most one failed pass for it: the one that finds its old pagemap and mem gone.
+    expect(reports.flatMap((r) => r.failures).length).toBeLessThanOrEqual(1)
+    const [pa, pb] = [pfns(a.pid, BigInt(again.cold), coldPages), pfns(b.pid, b.cold, coldPages)]
+    expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pb[i]).length, 'the exec\'d image merged again').toBeGreaterThanOrEqual(coldPages * 0.95)
+    expect(await a.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
+  it.skipIf(missing !== '')('--cgroup: every process of a cgroup v2 group and its children, one started later picked up', async () => {
+    const group = `/sys/fs/cgroup/memdedup-daemon-${process.pid}`
+    fs.mkdirSync(`${group}/child`, { recursive: true })
+    try {
+      const [a, b] = await Promise.all([startTarget(8), startTarget(8)])
+      fs.writeFileSync(`${group}/cgroup.procs`, String(a.pid))
+      fs.writeFileSync(`${group}/child/cgroup.procs`, String(b.pid))
+      const outside = await startTarget(8)
+      const daemon = new Daemon({ cgroups: [group] })
+      await passes(daemon, 2)
+      expect(daemon.targets.sort(), 'the group and its child group, not the process outside').toEqual([a.pid, b.pid].sort())
+      const late = await startTarget(8)
+      fs.writeFileSync(`${group}/cgroup.procs`, String(late.pid))
+      const reports = await passes(daemon, 4)
+      expect(daemon.targets.sort()).toEqual([a.pid, b.pid, late.pid].sort())
+      daemon.close()
+      expect(reports.flatMap((r) => r.failures)).toEqual([])
+      const [pa, pl, po] = [pfns(a.pid, a.cold, coldPages), pfns(late.pid, late.cold, coldPages), pfns(outside.pid, outside.cold, coldPages)]
+      expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pl[i]).length, 'the late member merged with the others').toBeGreaterThanOrEqual(coldPages * 0.95)
+      expect(po.filter((pfn, i) => pfn === pa[i]).length, 'the process outside the group untouched').toBe(0)
+      for (const t of running) await t.stop()
+    } finally {
+      // Empty once its processes are gone (afterEach kills them; rmdir needs them gone now).
+      for (const t of running) await t.stop()
+      fs.rmdirSync(`${group}/child`)
+      fs.rmdirSync(group)
+    }
+  }, 180_000)
+
   it.skipIf(missing !== '')('scope uid (the default): twins of different users stay apart', async () => {
     const mine = await startTarget(4)
     const nobody = await startTarget(4, { uid: 65534, gid: 65534 })

@@ -2,7 +2,7 @@
 // cold pages, twins across targets with the same seed, and hot pages a thread rewrites every 2 ms).
 // What merged is read from the targets' /proc/<pid>/pagemap (root) and checked byte for byte by
 // the targets themselves.
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -212,6 +212,24 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(failures).toEqual([expect.objectContaining({ pid: target.pid, code: expect.stringMatching(/^(EACCES|EPERM)$/) })])
     expect(await target.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
+
+  it.skipIf(missing !== '')('memdedup daemon killed (SIGKILL) in the middle of its passes: no target harmed, every byte stays; SIGTERM ends it with 0', async () => {
+    const targets = await Promise.all([startTarget(10), startTarget(10), startTarget(10)])
+    ensureDist()
+    const args = [`${repoRoot}/dist/lib/cli.js`, 'daemon', ...targets.flatMap((t) => ['--pid', String(t.pid)]), '--interval', '0.05', '--json']
+    for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+      const daemon = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+      let lines = 0
+      daemon.stdout!.on('data', (chunk: Buffer) => (lines += chunk.toString().split('\n').length - 1))
+      while (lines < 4) await sleep(50)
+      const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => daemon.once('exit', (code, sig) => resolve([code, sig])))
+      daemon.kill(signal)
+      const [code, sig] = await exited
+      if (signal === 'SIGTERM') expect(code, 'SIGTERM: exit 0 after the pass in progress').toBe(0)
+      else expect(sig).toBe('SIGKILL')
+      for (const t of targets) expect(await t.ask('verify')).toEqual({ bad: 0 })
+    }
+  }, 180_000)
 
   it.skipIf(missing !== '')('memdedup daemon --pid … --once --json: one JSON line per pass, then exit 0', async () => {
     const [a, b] = await Promise.all([startTarget(6), startTarget(6)])

@@ -12,6 +12,7 @@ import { beforeAll, describe, expect, it, type TestContext } from 'vitest'
 import { codes, features, ksm, pageSize } from '../lib/index.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
 import { holdKsmLock, collect, fastKsmd, inVm, ksmdTimeoutMs, probe, repoRoot, skipUnlessKsmSettings, type ChildResult } from './helpers/ksm.ts'
+import { hostRunOnly } from './helpers/env.mjs'
 
 const prefix = path.join(repoRoot, 'node_modules', '.cache', 'memdedup-cli')
 const bin = path.join(prefix, 'node_modules', '.bin', 'memdedup')
@@ -112,10 +113,14 @@ const commands = ['probe', 'stats', 'run', 'top']
 /** Argument parsing does not depend on the kernel: the guest (a Node start costs ~18x there) checks a few cases, the host all. */
 const guestFew = <T>(cases: T[], few: number): T[] => (inVm ? cases.slice(0, few) : cases)
 /** Terminal handling (colours, ptys, widths) is the same on any kernel: the host run covers it. */
-const hostOnly = inVm ? ' — skipped in the VM: terminal handling does not depend on the kernel, the host run tests it' : ''
+const hostOnly = hostRunOnly('terminal handling')
+/** What a shell or a pipe does with the bin, the same on any kernel: the host run covers it. */
+const parsing = hostRunOnly('argument parsing')
+const piping = hostRunOnly('writing to stdout')
+const processes = hostRunOnly('process handling')
 
 describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
-  it('--help lists every command and exits 0; each command has --help and --json', () => {
+  it.skipIf(parsing)('--help lists every command and exits 0; each command has --help and --json' + parsing, () => {
     const help = memdedup(['--help'])
     expect(help.status).toBe(0)
     for (const command of commands) expect(help.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'))
@@ -130,7 +135,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
     expect(version.stdout.trim()).toBe(JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')).version)
   })
 
-  it('usage errors exit 2 with the reason on stderr and nothing on stdout', () => {
+  it.skipIf(parsing)('usage errors exit 2 with the reason on stderr and nothing on stdout' + parsing, () => {
     const cases = [[], ['bogus'], ['top', '--bogus'], ['top', '--sort=nope'], ['stats', '--interval=abc'], ['stats', '--interval=0'], ['top', '--interval', '-1'], ['run'], ['probe', 'extra', 'args']]
     for (const args of guestFew(cases, 3)) {
       const result = memdedup(args)
@@ -141,7 +146,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
     if (!inVm) expect(memdedup(['top', '--sort=nope']).stderr).toContain('merged')
   })
 
-  it('with --json every usage error is one JSON object on stderr, {error: {code, message}}, and still exit 2', () => {
+  it.skipIf(parsing)('with --json every usage error is one JSON object on stderr, {error: {code, message}}, and still exit 2' + parsing, () => {
     const cases: [string[], string][] = [
       [['bogus', '--json'], 'commander.unknownCommand'],
       [['top', '--json', '--bogus'], 'commander.unknownOption'],
@@ -179,7 +184,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
     }
   })
 
-  it('a reader that goes away (stats --watch | head -1) ends it quietly: exit 0, nothing on stderr', async () => {
+  it.skipIf(piping)('a reader that goes away (stats --watch | head -1) ends it quietly: exit 0, nothing on stderr' + piping, async () => {
     const cases: [string[], number][] = [
       [['stats', '--watch', '--interval=0.1'], 1],
       [['stats', '--watch', '--json', '--interval=0.1'], 1],
@@ -194,7 +199,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
     }
   })
 
-  it('any other error writing stdout is reported (ENOSPC on /dev/full): exit 1, one line on stderr, no stack trace', (ctx: TestContext) => {
+  it.skipIf(piping)('any other error writing stdout is reported (ENOSPC on /dev/full): exit 1, one line on stderr, no stack trace' + piping, (ctx: TestContext) => {
     if (!fs.existsSync('/dev/full')) ctx.skip('no /dev/full to make writes to stdout fail with ENOSPC')
     const full = fs.openSync('/dev/full', 'w')
     try {
@@ -274,14 +279,14 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
       expect(JSON.parse(direct.stdout)).toMatchObject({ child: false, grandchild: false })
     })
 
-    it('options after the command belong to the command; stdio is inherited', () => {
+    it.skipIf(processes)('options after the command belong to the command; stdio is inherited' + processes, () => {
       const result = memdedup(['run', 'sh', '-c', 'echo "$@"; echo err >&2', 'sh', '--json', '--help'])
       expect(result.status, result.stderr).toBe(0)
       expect(result.stdout).toBe('--json --help\n')
       expect(result.stderr).toContain('err\n')
     })
 
-    it("exits with the command's status, 128 + signal when a signal killed it", () => {
+    it.skipIf(processes)("exits with the command's status, 128 + signal when a signal killed it" + processes, () => {
       expect(memdedup(['run', '--', 'sh', '-c', 'exit 7']).status).toBe(7)
       expect(memdedup(['run', '--', 'sh', '-c', 'kill -KILL $$']).status).toBe(128 + os.constants.signals.SIGKILL)
       expect(memdedup(['run', '--', 'sh', '-c', 'kill -SEGV $$']).status).toBe(128 + os.constants.signals.SIGSEGV)
@@ -291,7 +296,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
       expect(last).toMatchObject({ command: ['sh', '-c', 'kill -TERM $$'], exitCode: 143, signal: 'SIGTERM' })
     })
 
-    it('forwards SIGINT, SIGTERM and SIGHUP to the command', async () => {
+    it.skipIf(processes)('forwards SIGINT, SIGTERM and SIGHUP to the command' + processes, async () => {
       const script = `
         for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => { console.log('got ' + s); process.exit(40 + (s === 'SIGINT' ? 1 : 2)) })
         console.log('ready'); setInterval(() => {}, 1000)
@@ -311,7 +316,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
       }
     })
 
-    it('like a shell: a command that is not there exits 127, one that is there but not executable 126', (ctx) => {
+    it.skipIf(processes)('like a shell: a command that is not there exits 127, one that is there but not executable 126' + processes, (ctx) => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-cli-'))
       try {
         // Not there: by name (searched in $PATH) and by path.
@@ -356,7 +361,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
       }
     })
 
-    it('like /bin/sh (dash): a path that cannot name a file (too long, through a non-directory, a symlink loop) exits 127, also when spawn refuses it at once', () => {
+    it.skipIf(processes)('like /bin/sh (dash): a path that cannot name a file (too long, through a non-directory, a symlink loop) exits 127, also when spawn refuses it at once' + processes, () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'memdedup-cli-'))
       try {
         fs.writeFileSync(path.join(dir, 'file'), '')
@@ -537,7 +542,7 @@ describe.skipIf(skipAll)(`memdedup (the installed bin)${skipAll}`, () => {
       }
     })
 
-    it('a reader that goes away (top | head -1) ends it quietly: exit 0, nothing on stderr', async () => {
+    it.skipIf(piping)('a reader that goes away (top | head -1) ends it quietly: exit 0, nothing on stderr' + piping, async () => {
       for (const args of [
         ['top', '--interval=0.1'],
         ['top', '--json', '--interval=0.1'],

@@ -3,6 +3,7 @@
 
 /** Set by ci/test-vm.mjs: the patched 6.12 under TCG, where everything is ~18x slower. */
 export declare const inVm: boolean
+export declare function hostRunOnly(what: string): string
 
 /**
  * Why a test needing `names` (keys of `available`, e.g. features()'s 'sksm', 'uffdWpAsync')

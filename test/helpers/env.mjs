@@ -7,6 +7,16 @@ import os from 'node:os'
 export const inVm = Boolean(process.env.MEMDEDUP_VM)
 
 /**
+ * For behaviour no kernel decides (argument parsing, shell semantics, JS lifetimes): in the lab VM
+ * (user space ~18x slower, and CI's time is bounded) the title's skip reason, '' on the host,
+ * which runs it: `it.skipIf(hostRunOnly(what))(title + hostRunOnly(what), …)`.
+ * @param {string} what
+ */
+export function hostRunOnly(what) {
+  return inVm ? ` — skipped in the VM: ${what} does not depend on the kernel, the host run tests it` : ''
+}
+
+/**
  * Why a test needing `names` (keys of features(), e.g. 'sksm', 'uffdWpAsync') cannot run here,
  * or '' when it can: `it.skipIf(why)(title + why, …)` says the reason in the title.
  * @param {Record<string, unknown>} available features()

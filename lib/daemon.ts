@@ -18,6 +18,7 @@ import path from 'node:path'
 import { codedError, FeatureUnavailableError, parseError } from './errors.ts'
 import { features } from './features.ts'
 import { pageSize } from './native.ts'
+import { PageCategory } from './pagemap.ts'
 import { TargetProcess, type Mapping } from './remote.ts'
 import { TwinIndex } from './twin_index.ts'
 import { invalidArgType, outOfRange, readOptions, validateBoolean, validateInteger, validateOneOf } from './validate.ts'
@@ -386,7 +387,7 @@ export class Daemon {
         for (let i = 0; i < result.starts.length; i++) {
           const from = Number(result.starts[i] - area.start) / pageSize
           const to = Number(result.ends[i] - area.start) / pageSize
-          const written = (result.categories[i] & 0x80) !== 0 // PAGE_IS_SOFT_DIRTY
+          const written = (result.categories[i] & PageCategory.softDirty) !== 0
           present.fill(written ? 2 : 1, from, to)
         }
       }

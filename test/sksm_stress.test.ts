@@ -96,7 +96,7 @@ const withoutKsmOnly: Record<string, string> = {
   // ksmd's own rmap_items are charged to ksmd's cgroup (the root), not to the merging process.
   memcg: ' [skipped: ksmd would allocate rmap_items charged to its own cgroup; run without ksmd]',
   // It writes ksm/run and merge_across_nodes itself (both need every KSM page unmerged first).
-  numa: ' [skipped: it sets ksm/run and merge_across_nodes itself; run without ksmd]',
+  numa: ' [skipped: it writes the KSM knobs itself, each after unmerging everything; the lab runs it in the pass without ksmd instead]',
 }
 
 for (const withKsm of [false, true]) {

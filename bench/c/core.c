@@ -42,6 +42,18 @@ static void mmap_munmap(void) {
   if (munmap(p, page_size)) die("munmap");
 }
 
+// What `r = Region.anonymous(4096); r.bytes[0] = 1; r.close()` must do while the view may still
+// be used (lib/region/views.ts): write the page, replace it on close with zero-filled stand-in
+// memory (mmap MAP_FIXED | MAP_NORESERVE), unmap the stand-in once the view is gone (memdedup: when
+// it is collected; here at once).
+static void mmap_write_standin(void) {
+  char *p = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) die("mmap");
+  p[0] = 1;
+  if (mmap(p, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) die("mmap(MAP_FIXED)");
+  if (munmap(p, page_size)) die("munmap");
+}
+
 // Same bits and decode loop as native/pagemap.cc; fresh result arrays per call like pagemap.entries().
 enum { kPresent = 1, kSwapped = 2, kFile = 4, kExclusive = 8, kSoftDirty = 16, kUffdWp = 32 };
 static volatile uint64_t sink;
@@ -79,7 +91,7 @@ static void pagemap_entries(void) {
 
 int main(int argc, char **argv) {
   if (argc < 5) {
-    fprintf(stderr, "usage: %s <madvise_mergeable|madvise_normal|prctl_get|mmap_munmap|pagemap_entries> <iterations> <warmup> <batch> [bytes]\n", argv[0]);
+    fprintf(stderr, "usage: %s <madvise_mergeable|madvise_normal|prctl_get|mmap_munmap|mmap_write_standin|pagemap_entries> <iterations> <warmup> <batch> [bytes]\n", argv[0]);
     return 2;
   }
   const char *test = argv[1];
@@ -94,6 +106,8 @@ int main(int argc, char **argv) {
     fn = prctl_get;
   } else if (!strcmp(test, "mmap_munmap")) {
     fn = mmap_munmap;
+  } else if (!strcmp(test, "mmap_write_standin")) {
+    fn = mmap_write_standin;
   } else if (!strcmp(test, "pagemap_entries")) {
     big_bytes = argc > 5 ? strtoull(argv[5], NULL, 0) : 1ULL << 30;
     big = mmap(NULL, big_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

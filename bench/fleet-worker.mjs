@@ -4,6 +4,8 @@
 // the dataset and rewrites its hot pages every second. The parent tells it when to start
 // deduplicating and when to stop, and reads its memory from /proc; the worker reports its own
 // request throughput and, under a Deduplicator, that Deduplicator's stats.
+// A plain worker (FLEET_PLAIN=1) never loads memdedup: its dataset and unique data are ordinary
+// ArrayBuffers, as in any Node service; KSM or the daemon reach it from outside.
 //
 // Messages: worker → parent {type:'ready'}, {type:'tick', ops}, {type:'final', ...};
 //           parent → worker {type:'start'}, {type:'stop'}.
@@ -27,8 +29,16 @@ const intervalMs = Number(env('FLEET_INTERVAL_MS'))
 const maxIntervalMs = Number(env('FLEET_MAX_INTERVAL_MS'))
 const cpuBudgetMs = Number(env('FLEET_CPU_BUDGET_MS'))
 const busyPct = Number(env('FLEET_BUSY_PCT'))
+const plain = process.env.FLEET_PLAIN === '1'
 
-const { Region, ksm, pageSize, ...lib } = await import(path.join(rootDir, 'dist', 'lib', 'index.js'))
+const lib = plain ? null : await import(path.join(rootDir, 'dist', 'lib', 'index.js'))
+const pageSize = Number(env('FLEET_PAGE_SIZE'))
+/** `length` bytes: a memdedup Region (page-aligned), or for a plain worker an ordinary ArrayBuffer (where malloc puts it). */
+function allocate(length) {
+  if (!plain) return lib.Region.anonymous(length)
+  const bytes = new Uint8Array(length)
+  return { bytes, pages: Math.ceil(length / pageSize) }
+}
 
 // The module graph: a few real packages, each exercised once so its functions are compiled.
 // (Few files: in the lab every require() reads the host's tree over 9p under TCG.)
@@ -63,7 +73,7 @@ function parseDataset() {
       offsets.push(length)
       length = alignPage(length + records * Type.BYTES_PER_ELEMENT)
     }
-    const region = Region.anonymous(length)
+    const region = allocate(length)
     const buffer = region.bytes.buffer
     const view = Object.fromEntries(columns.map(([name, Type], i) => [name, new Type(buffer, offsets[i], records)]))
     // Row fields read through typed views of the chunk (rows are 16 bytes, fields naturally aligned).
@@ -93,7 +103,7 @@ const loadStarted = performance.now()
 const moduleCount = loadModules()
 const modulesMs = performance.now() - loadStarted
 const dataset = parseDataset()
-const unique = Region.anonymous(alignPage(uniqueBytes))
+const unique = allocate(alignPage(uniqueBytes))
 randomFillSync(unique.bytes)
 const loadMs = performance.now() - loadStarted
 
@@ -149,8 +159,8 @@ function startDedup() {
     dedup.track(dataset.region)
     dedup.track(unique)
     dedup.run({ intervalMs, maxIntervalMs })
-  } else if (config.startsWith('ksmd-')) {
-    ksm.process.set(true)
+  } else if (config.startsWith('ksmd-') && !plain) {
+    lib.ksm.process.set(true) // a plain worker was started with it on (bench/c/ksm_exec.c)
   }
 }
 

@@ -8,13 +8,16 @@
 // Savings = baseline − now of the workers' summed Pss (/proc/<pid>/smaps_rollup) and of
 // nr_anon_pages (/proc/vmstat). Between configurations KSM is reset (run=2: everything unmerged)
 // and every /sys/kernel/mm/ksm file written is restored at the end.
+// With --plain the workers never load memdedup (their data in ordinary ArrayBuffers, issue 22):
+// ksmd reaches them through PR_SET_MEMORY_MERGE set before exec (bench/c/ksm_exec.c, as systemd's
+// MemoryKSM= does), and `memdedup daemon --cgroup` from outside, with ksmd stopped.
 // Output: progress on stderr; a markdown table, then one JSON object as the last stdout line.
-import { fork } from 'node:child_process'
+import { fork, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { withKsmLock, rootDir, sleep, MiB } from './harness.mjs'
+import { compileC, withKsmLock, rootDir, sleep, MiB } from './harness.mjs'
 
 const allConfigs = {
   none: 'no dedup',
@@ -23,7 +26,10 @@ const allConfigs = {
   'ksmd-full': 'PR_SET_MEMORY_MERGE + ksmd at full speed (10000 pages / 0 ms)',
   'dedup-sksm': 'Deduplicator v2, SKSM (MADV_MERGE)',
   'dedup-ksm': 'Deduplicator v2, KSM fallback (+ ksmd at defaults)',
+  'daemon-sksm': 'memdedup daemon --cgroup, process_madvise(MADV_MERGE), ksmd stopped',
 }
+/** The configurations a plain worker (no memdedup inside) can run. */
+const plainConfigs = ['none', 'ksmd-defaults', 'ksmd-advisor', 'ksmd-full', 'daemon-sksm']
 // What each configuration writes to /sys/kernel/mm/ksm before its horizon starts.
 const ksmdDefaults = { advisorMode: 'none', pagesToScan: 100, sleepMillisecs: 20 }
 const ksmSettings = {
@@ -34,6 +40,7 @@ const ksmSettings = {
   'ksmd-full': { advisorMode: 'none', pagesToScan: 10_000, sleepMillisecs: 0, run: 1 },
   'dedup-sksm': { run: 0 },
   'dedup-ksm': { ...ksmdDefaults, run: 1 },
+  'daemon-sksm': { run: 0 },
 }
 
 const { values: flags } = parseArgs({
@@ -47,13 +54,19 @@ const { values: flags } = parseArgs({
     'max-interval-ms': { type: 'string', default: '8000' },
     'cpu-budget-ms': { type: 'string', default: '50' },
     'busy-pct': { type: 'string', default: '10' },
-    configs: { type: 'string', default: Object.keys(allConfigs).join(',') },
+    configs: { type: 'string' },
+    plain: { type: 'boolean', default: false },
+    'compile-only': { type: 'boolean', default: false },
+    'profile-daemon': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 })
 if (flags.help) {
   console.log(`node bench/fleet.mjs [--workers=8] [--mib=64] [--unique-mib=4] [--hot-pct=5] [--horizon-s=120]
-  [--interval-ms=1000] [--max-interval-ms=8000] [--cpu-budget-ms=50] [--busy-pct=10] [--configs=${Object.keys(allConfigs).join(',')}]`)
+  [--interval-ms=1000] [--max-interval-ms=8000] [--cpu-budget-ms=50] [--busy-pct=10] [--plain]
+  [--configs=${Object.keys(allConfigs).filter((c) => c !== 'daemon-sksm').join(',')}; with --plain: ${plainConfigs.join(',')}]
+  --plain: workers that never load memdedup; --compile-only: build bench/c/ksm_exec.c and exit;
+  --profile-daemon=DIR: the daemon writes a V8 CPU profile (.cpuprofile) into DIR`)
   process.exit(0)
 }
 function positive(name, { integer = true } = {}) {
@@ -75,13 +88,17 @@ const params = {
   cpuBudgetMs: positive('cpu-budget-ms'),
   busyPct: positive('busy-pct', { integer: false }),
 }
-const configs = flags.configs.split(',').filter(Boolean)
+const known = flags.plain ? plainConfigs : Object.keys(allConfigs).filter((c) => c !== 'daemon-sksm')
+const configs = (flags.configs ?? known.join(',')).split(',').filter(Boolean)
 for (const name of configs) {
-  if (!(name in allConfigs)) {
-    console.error(`fleet: unknown configuration ${name} (known: ${Object.keys(allConfigs).join(', ')})`)
+  if (!known.includes(name)) {
+    console.error(`fleet: unknown configuration ${name} for ${flags.plain ? 'plain' : 'memdedup'} workers (known: ${known.join(', ')})`)
     process.exit(2)
   }
 }
+// In the VM the checkout is read-only: `npm run bench:fleet` compiles on the host first.
+const ksmExec = (flags.plain && configs.some((c) => c.startsWith('ksmd-'))) || flags['compile-only'] ? compileC('c/ksm_exec.c') : null
+if (flags['compile-only']) process.exit(0)
 
 const lib = await import(path.join(rootDir, 'dist', 'lib', 'index.js'))
 const { ksm, features, pageSize } = lib
@@ -98,6 +115,12 @@ function unavailable(config) {
   if (config.startsWith('ksmd-')) {
     if (!f.ksmProcess) return 'no PR_SET_MEMORY_MERGE (Linux < 6.4)'
     if (config === 'ksmd-advisor' && !fs.existsSync('/sys/kernel/mm/ksm/advisor_mode')) return 'no ksm advisor (Linux < 6.7)'
+    return ''
+  }
+  if (config === 'daemon-sksm') {
+    if (!f.softDirty) return 'no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY)'
+    if (!f.remoteMerge) return `no process_madvise(MADV_MERGE) on ${f.kernelRelease} (the lab kernel)`
+    if (!fs.existsSync(path.join(cgroupRoot, 'cgroup.procs'))) return `no cgroup v2 at ${cgroupRoot}`
     return ''
   }
   if (typeof lib.TwinIndex?.create !== 'function' || typeof lib.Deduplicator?.prototype?.track !== 'function') {
@@ -167,9 +190,7 @@ function ksmdCpuSeconds() {
       } catch { /* exited */ }
     }
   }
-  if (ksmdPid === null) return 0
-  const fields = fs.readFileSync(`/proc/${ksmdPid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond // utime + stime
+  return ksmdPid === null ? 0 : processCpuSeconds(ksmdPid)
 }
 function sample(pids) {
   let pssKb = 0
@@ -191,11 +212,15 @@ function forkWorkers(config, dataset, twinIndexPath) {
   const env = {
     ...process.env, FLEET_CONFIG: config, FLEET_DATASET: dataset, FLEET_UNIQUE_BYTES: String(Math.round(params.uniqueMib * MiB)),
     FLEET_HOT_EVERY: String(hotEvery), FLEET_INTERVAL_MS: String(params.intervalMs), FLEET_MAX_INTERVAL_MS: String(Math.max(params.intervalMs, params.maxIntervalMs)), FLEET_CPU_BUDGET_MS: String(params.cpuBudgetMs),
-    FLEET_BUSY_PCT: String(params.busyPct),
+    FLEET_BUSY_PCT: String(params.busyPct), FLEET_PAGE_SIZE: String(pageSize), FLEET_PLAIN: flags.plain ? '1' : '0',
     ...(twinIndexPath ? { FLEET_TWIN_INDEX: twinIndexPath } : {}),
   }
+  // A plain worker under ksmd starts with PR_SET_MEMORY_MERGE on, set before exec by ksm_exec.
+  const launch = flags.plain && config.startsWith('ksmd-')
+    ? { execPath: ksmExec, execArgv: [process.execPath, '--expose-gc'] }
+    : { execArgv: ['--expose-gc'] }
   return Array.from({ length: params.workers }, () => {
-    const child = fork(path.join(rootDir, 'bench', 'fleet-worker.mjs'), [], { env, execArgv: ['--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const child = fork(path.join(rootDir, 'bench', 'fleet-worker.mjs'), [], { env, ...launch, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     const worker = { child, pid: child.pid, ticks: [], dedupCpuMs: 0, ready: null, final: null, exited: null }
     worker.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)))
     worker.ready = new Promise((resolve, reject) => {
@@ -224,6 +249,61 @@ async function stopWorkers(workers) {
     if (status !== 0) throw new Error(`worker ${w.pid} exited with ${status}`)
     if (!w.final) throw new Error(`worker ${w.pid} exited without its final report`)
   }
+}
+
+// ---- The daemon (daemon-sksm): `memdedup daemon --cgroup` over a cgroup of its own holding the workers.
+const cgroupRoot = '/sys/fs/cgroup'
+
+/** The daemon's counters before its first pass over the fleet. */
+const noPasses = () => ({ passes: 0, cpuMs: 0, mergedPages: 0, rewrittenPages: 0, hashedPages: 0, writtenPages: 0, failures: 0, maxPassCpuMs: 0 })
+
+/**
+ * Starts `memdedup daemon` on `cgroup` and resolves once its first pass is reported (a daemon that
+ * is up, as a service would be before the workers join its group); its JSON pass lines are summed
+ * as they come.
+ */
+async function startDaemon(cgroup) {
+  const args = [path.join(rootDir, 'dist', 'lib', 'cli.js'), 'daemon', '--cgroup', cgroup, '--interval', String(params.intervalMs / 1000), '--json']
+  const profile = flags['profile-daemon'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['profile-daemon']}`] : []
+  const child = spawn(process.execPath, [...profile, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const daemon = { child, ...noPasses(), exited: null }
+  daemon.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)))
+  let up
+  const firstPass = new Promise((resolve) => {
+    up = resolve
+  })
+  let pending = ''
+  child.stdout.setEncoding('utf8').on('data', (text) => {
+    const lines = (pending + text).split('\n')
+    pending = lines.pop()
+    for (const line of lines) {
+      const pass = JSON.parse(line)
+      daemon.passes++
+      daemon.cpuMs += pass.cpuMs
+      daemon.maxPassCpuMs = Math.max(daemon.maxPassCpuMs, pass.cpuMs)
+      for (const key of ['mergedPages', 'rewrittenPages', 'hashedPages', 'writtenPages']) daemon[key] += pass[key]
+      daemon.failures += pass.failures.length
+      up()
+    }
+  })
+  const status = await Promise.race([firstPass, daemon.exited])
+  if (status !== undefined) throw new Error(`memdedup daemon exited with ${status} before its first pass`)
+  return daemon
+}
+
+/** SIGTERM, which the daemon answers by finishing its pass and exiting 0; its whole CPU time from /proc first. */
+async function stopDaemon(daemon) {
+  const processCpuS = processCpuSeconds(daemon.child.pid)
+  daemon.child.kill('SIGTERM')
+  const status = await daemon.exited
+  if (status !== 0) throw new Error(`memdedup daemon exited with ${status}`)
+  return processCpuS
+}
+
+/** utime + stime of a process, in seconds. */
+function processCpuSeconds(pid) {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond
 }
 
 /** Resets KSM between configurations: run=2 unmerges every KSM page, then ksmd stops. */
@@ -257,9 +337,13 @@ async function runConfig(config, dataset) {
     const slots = 2 ** Math.ceil(Math.log2(2 * params.workers * pagesPerWorker))
     index = lib.TwinIndex.create({ slots })
   }
+  const cgroup = config === 'daemon-sksm' ? path.join(cgroupRoot, `memdedup-fleet-${process.pid}`) : null
+  if (cgroup) fs.mkdirSync(cgroup)
   const workers = forkWorkers(config, dataset, index?.path)
+  let daemon = null
   try {
     const ready = await Promise.all(workers.map((w) => w.ready))
+    if (cgroup) daemon = await startDaemon(cgroup)
     log(`${config}: ${workers.length} workers ready (load ${Math.round(Math.max(...ready.map((r) => r.loadMs)))} ms at most, modules ${Math.round(Math.max(...ready.map((r) => r.modulesMs)))} ms)`)
     await sleep(2000) // let the hot writer and the request loop settle before the baseline
     const pids = workers.map((w) => w.pid)
@@ -267,6 +351,12 @@ async function runConfig(config, dataset) {
     if (f.ksm && process.getuid?.() === 0) ksm.configure(ksmSettings[config])
     const started = performance.now()
     for (const w of workers) w.child.send({ type: 'start' })
+    // The workers join the daemon's group: it picks them up at its next pass (its passes over the
+    // empty group until now are not counted).
+    if (daemon) {
+      Object.assign(daemon, noPasses())
+      for (const w of workers) fs.writeFileSync(path.join(cgroup, 'cgroup.procs'), String(w.pid))
+    }
     // A fixed wall-clock horizon, sampled once a second (a slow guest samples less often, never longer).
     const samples = []
     const horizonMs = params.horizonS * 1000
@@ -276,20 +366,27 @@ async function runConfig(config, dataset) {
       await sleep(next - now)
       // Dedup CPU so far: ksmd's, plus the workers' Deduplicator threads (their last tick, <= 1 s old).
       const s = sample(pids)
-      samples.push({ t: (performance.now() - started) / 1000, ...s, cpuS: s.ksmdCpu - baseline.ksmdCpu + workers.reduce((sum, w) => sum + w.dedupCpuMs, 0) / 1000 })
+      const dedupCpuMs = daemon ? daemon.cpuMs : workers.reduce((sum, w) => sum + w.dedupCpuMs, 0)
+      samples.push({ t: (performance.now() - started) / 1000, ...s, cpuS: s.ksmdCpu - baseline.ksmdCpu + dedupCpuMs / 1000 })
     }
+    const daemonProcessCpuS = daemon ? await stopDaemon(daemon) : null
     await stopWorkers(workers)
-    return summarize(config, baseline, samples, workers, ready)
+    return summarize(config, baseline, samples, workers, ready, daemon && { ...daemon, processCpuS: daemonProcessCpuS })
   } catch (error) {
+    daemon?.child.kill('SIGKILL')
     for (const w of workers) w.child.kill('SIGKILL')
     throw error
   } finally {
     index?.close?.()
     resetKsm()
+    if (cgroup) {
+      await Promise.all([...workers.map((w) => w.exited), ...(daemon ? [daemon.exited] : [])])
+      fs.rmdirSync(cgroup)
+    }
   }
 }
 
-function summarize(config, baseline, samples, workers, ready) {
+function summarize(config, baseline, samples, workers, ready, daemon) {
   const times = samples.map((s) => Number(s.t.toFixed(2)))
   const savedPss = samples.map((s) => baseline.pssMiB - s.pssMiB)
   const savedAnon = samples.map((s) => baseline.anonMiB - s.anonMiB)
@@ -299,7 +396,10 @@ function summarize(config, baseline, samples, workers, ready) {
   // bound: a merge and an unmerge in the same second cancel out).
   let ksmUnmerges = 0
   for (let i = 1; i < samples.length; i++) ksmUnmerges += Math.max(0, samples[i - 1].mergingPages - samples[i].mergingPages)
-  const dedupStats = workers.map((w) => w.final.dedup).filter(Boolean)
+  // The daemon's passes stand in for the workers' Deduplicators: the same counters, summed.
+  const dedupStats = daemon
+    ? [{ passes: daemon.passes, cpuMs: daemon.cpuMs, mergedPages: daemon.mergedPages, markedPages: 0, cowAfterMerge: daemon.rewrittenPages, hashedPages: daemon.hashedPages, writtenPages: daemon.writtenPages, failures: daemon.failures, maxPassCpuMs: daemon.maxPassCpuMs, processCpuMs: daemon.processCpuS * 1000 }]
+    : workers.map((w) => w.final.dedup).filter(Boolean)
   const dedupCpuS = dedupStats.reduce((sum, s) => sum + s.cpuMs, 0) / 1000
   const ksmdCpuS = samples.at(-1).ksmdCpu - baseline.ksmdCpu
   const opsPerSec = workers.map((w) => {
@@ -353,7 +453,7 @@ function goals(rows) {
   const defaults = by['ksmd-defaults']
   const out = {}
   const bestRow = ksmdRows.find((r) => r.savedMiB === best)
-  for (const config of ['dedup-sksm', 'dedup-ksm']) {
+  for (const config of ['dedup-sksm', 'dedup-ksm', 'daemon-sksm']) {
     const row = by[config]
     if (!row) continue
     // The issue's goals as written (over the whole horizon, whatever each saved), and the same
@@ -433,7 +533,7 @@ await withKsmLock(async () => {
   }
 })
 
-console.log(`\nFleet of ${params.workers} Node workers, ${params.mib} MiB dataset each, horizon ${params.horizonS} s, ${f.kernelRelease}\n`)
+console.log(`\nFleet of ${params.workers} ${flags.plain ? 'plain ' : ''}Node workers${flags.plain ? ' (no memdedup inside)' : ''}, ${params.mib} MiB dataset each, horizon ${params.horizonS} s, ${f.kernelRelease}\n`)
 console.log(table(rows))
 console.log()
 const verdicts = goals(rows)
@@ -448,8 +548,9 @@ for (const [config, g] of Object.entries(verdicts)) {
   if (g.timeToKsmdDefaults) lines.push(`  time until 90% of what ksmd at defaults saved: ${g.timeToKsmdDefaults.value} s vs its own ${g.timeToKsmdDefaults.ksmdT90} s (x${g.timeToKsmdDefaults.ratio})`)
   if (g.steadyCpuPerS) lines.push(`  CPU s/s over the last quarter: ${g.steadyCpuPerS.value} vs ksmd at defaults ${g.steadyCpuPerS.ksmdDefaults} (x${g.steadyCpuPerS.ratio})`)
   const d = row?.dedup
-  if (d) lines.push(`  where the workers' dedup CPU went: PAGEMAP_SCAN ${(d.scanMs / 1000).toFixed(2)} s, hashing ${(d.hashMs / 1000).toFixed(2)} s, merging ${(d.mergeMs / 1000).toFixed(2)} s (${d.mergedPages} pages merged, ${d.markedPages} marked for ksmd), ${d.passes} passes`)
+  if (d && config === 'daemon-sksm') lines.push(`  the daemon: ${d.passes} passes, ${d.hashedPages} pages hashed, ${d.mergedPages} merged, ${d.cowAfterMerge} rewritten after merge, ${d.failures} target failures; longest pass ${d.maxPassCpuMs} ms CPU; the process's whole CPU (start-up included) ${(d.processCpuMs / 1000).toFixed(2)} s`)
+  else if (d) lines.push(`  where the workers' dedup CPU went: PAGEMAP_SCAN ${(d.scanMs / 1000).toFixed(2)} s, hashing ${(d.hashMs / 1000).toFixed(2)} s, merging ${(d.mergeMs / 1000).toFixed(2)} s (${d.mergedPages} pages merged, ${d.markedPages} marked for ksmd), ${d.passes} passes`)
   console.log(lines.join('\n'))
 }
 console.log()
-console.log(JSON.stringify({ bench: 'fleet', kernelRelease: f.kernelRelease, vm: Boolean(process.env.MEMDEDUP_VM), params, configs, rows, goals: verdicts }))
+console.log(JSON.stringify({ bench: 'fleet', kernelRelease: f.kernelRelease, vm: Boolean(process.env.MEMDEDUP_VM), plain: flags.plain, params, configs, rows, goals: verdicts }))

@@ -80,9 +80,14 @@ const enum PageState { Unhashed = 0, Indexed = 1, Merged = 2 }
 interface Area {
   start: bigint
   pages: number
-  stable: Uint8Array
+  /** Per page: the last pass that saw it written or absent (it may merge stablePasses passes later). */
+  changed: Uint32Array
   state: Uint8Array
   hashes: BigUint64Array
+  /** Pages whose state is not Unhashed: while 0, a change needs no look at `state`. */
+  indexed: number
+  /** Page ranges [from, to) present and unwritten at the last scan: where #hash looks. */
+  quiet: number[]
 }
 
 interface Target {
@@ -182,6 +187,8 @@ export class Daemon {
   readonly #exited = new Set<number>()
   #timer: NodeJS.Timeout | null = null
   #closed = false
+  /** Passes begun (Area.changed counts in them). */
+  #pass = 1
 
   constructor(options?: DaemonOptions) {
     const o = readOptions(options, 'options', ['pids', 'cgroups', 'optedIn', 'stablePasses', 'scope', 'merge', 'maxHashPerPass'])
@@ -222,6 +229,7 @@ export class Daemon {
   /** One pass over every target (see DaemonPassReport). */
   pass(): DaemonPassReport {
     if (this.#closed) throw codedError('ERR_DAEMON_CLOSED', 'pass')
+    this.#pass++
     const time = Date.now()
     const cpu0 = process.cpuUsage()
     const report: DaemonPassReport = { time, targets: 0, presentPages: 0, writtenPages: 0, hashedPages: 0, mergedPages: 0, rewrittenPages: 0, failures: [], durationMs: 0, cpuMs: 0 }
@@ -349,22 +357,39 @@ export class Daemon {
     return domain
   }
 
-  /** Pages [from, to) of an area leave the index (written, unmapped, or the target gone). */
+  /** Pages [from, to) of an area leave the index (written, unmapped, or the target gone); returns those that were merged. */
   #forget(target: Target, area: Area, from: number, to: number): number {
+    if (area.indexed === 0) return 0
     const domain = this.#domain(target.scope)
     const released: bigint[] = []
     let rewritten = 0
-    for (let page = from; page < to; page++) {
-      if (area.state[page] === PageState.Unhashed) continue
-      if (area.state[page] === PageState.Merged) rewritten++
+    const states = area.state.subarray(from, to)
+    // indexOf runs at native speed: most of a range is Unhashed.
+    let nextIndexed = states.indexOf(PageState.Indexed)
+    let nextMerged = states.indexOf(PageState.Merged)
+    while (nextIndexed >= 0 || nextMerged >= 0) {
+      const merged = nextIndexed < 0 || (nextMerged >= 0 && nextMerged < nextIndexed)
+      const at = merged ? nextMerged : nextIndexed
+      const page = from + at
+      if (merged) rewritten++
       const hash = area.hashes[page]
       released.push(hash)
       const waiting = domain.waiting.get(hash)
       if (waiting && waiting.area === area && waiting.page === page) domain.waiting.delete(hash)
       area.state[page] = PageState.Unhashed
+      if (merged) nextMerged = states.indexOf(PageState.Merged, at + 1)
+      else nextIndexed = states.indexOf(PageState.Indexed, at + 1)
     }
+    area.indexed -= released.length
     if (released.length) domain.index.release(BigUint64Array.from(released))
     return rewritten
+  }
+
+  /** Pages [from, to) were written or are absent this pass: not stable, out of the index. */
+  #changed(target: Target, area: Area, from: number, to: number, report: DaemonPassReport): void {
+    if (from >= to) return
+    area.changed.fill(this.#pass, from, to)
+    report.rewrittenPages += this.#forget(target, area, from, to)
   }
 
   /** Which pages are present and which were written since the last pass; soft-dirty cleared again. */
@@ -379,31 +404,30 @@ export class Daemon {
       let area = target.areas.get(key)
       if (!area) {
         const pages = Number(m.end - m.start) / pageSize
-        area = { start: m.start, pages, stable: new Uint8Array(pages), state: new Uint8Array(pages), hashes: new BigUint64Array(pages) }
+        // Soft-dirty was cleared at the last pass; a mapping created since reads as written.
+        area = { start: m.start, pages, changed: new Uint32Array(pages).fill(this.#pass - 1), state: new Uint8Array(pages), hashes: new BigUint64Array(pages), indexed: 0, quiet: [] }
         target.areas.set(key, area)
       }
-      const present = new Uint8Array(area.pages)
+      // Work per present range and per change, not per page of the mapping: a Node process maps
+      // far more than it touches.
+      area.quiet.length = 0
+      let cursor = 0
       for (const result of target.process.scanAll({ start: area.start, length: area.pages * pageSize, require: ['present'], report: ['present', 'softDirty'] })) {
         for (let i = 0; i < result.starts.length; i++) {
           const from = Number(result.starts[i] - area.start) / pageSize
           const to = Number(result.ends[i] - area.start) / pageSize
-          const written = (result.categories[i] & PageCategory.softDirty) !== 0
-          present.fill(written ? 2 : 1, from, to)
+          this.#changed(target, area, cursor, from, report) // absent
+          report.presentPages += to - from
+          if ((result.categories[i] & PageCategory.softDirty) !== 0) {
+            report.writtenPages += to - from
+            this.#changed(target, area, from, to, report)
+          } else {
+            area.quiet.push(from, to)
+          }
+          cursor = to
         }
       }
-      for (let page = 0; page < area.pages; page++) {
-        if (present[page] === 1) {
-          report.presentPages++
-          if (area.stable[page] < 255) area.stable[page]++
-          continue
-        }
-        if (present[page] === 2) {
-          report.presentPages++
-          report.writtenPages++
-        }
-        area.stable[page] = 0
-        if (area.state[page] !== PageState.Unhashed) report.rewrittenPages += this.#forget(target, area, page, page + 1)
-      }
+      this.#changed(target, area, cursor, area.pages, report)
     }
     for (const [key, area] of target.areas) {
       if (keep.has(key)) continue
@@ -416,35 +440,41 @@ export class Daemon {
   /** Hashes the newly stable pages, indexes them, and collects the pages with a twin to merge. */
   #hash(target: Target, report: DaemonPassReport, budget: number, merges: Map<Target, Array<{ start: bigint; length: number }>>): number {
     const domain = this.#domain(target.scope)
+    // A page may merge once it stayed present and unwritten since pass `ripe`.
+    const ripe = this.#pass - this.#stablePasses
+    const eligible = (area: Area, page: number) => area.changed[page] <= ripe && area.state[page] === PageState.Unhashed
     for (const area of target.areas.values()) {
-      let page = 0
-      while (page < area.pages && budget > 0) {
-        if (area.stable[page] < this.#stablePasses || area.state[page] !== PageState.Unhashed) {
-          page++
-          continue
-        }
-        let end = page + 1
-        while (end < area.pages && end - page < budget && area.stable[end] >= this.#stablePasses && area.state[end] === PageState.Unhashed) end++
-        const hashes = target.process.hashPages(area.start + BigInt(page * pageSize), end - page)
-        const holders = domain.index.add(hashes)
-        report.hashedPages += end - page
-        budget -= end - page
-        for (let k = 0; k < hashes.length; k++) {
-          const p = page + k
-          area.hashes[p] = hashes[k]
-          area.state[p] = PageState.Indexed
-          if (holders[k] < 2) {
-            domain.waiting.set(hashes[k], { target, area, page: p })
+      for (let q = 0; q < area.quiet.length && budget > 0; q += 2) {
+        const last = area.quiet[q + 1]
+        for (let page = area.quiet[q]; page < last && budget > 0;) {
+          if (!eligible(area, page)) {
+            page++
             continue
           }
-          addMerge(merges, target, area, p)
-          const waiting = domain.waiting.get(hashes[k])
-          if (waiting) {
-            domain.waiting.delete(hashes[k])
-            if (waiting.area.state[waiting.page] === PageState.Indexed && this.#targets.get(waiting.target.pid) === waiting.target) addMerge(merges, waiting.target, waiting.area, waiting.page)
+          let end = page + 1
+          while (end < last && end - page < budget && eligible(area, end)) end++
+          const hashes = target.process.hashPages(area.start + BigInt(page * pageSize), end - page)
+          const holders = domain.index.add(hashes)
+          report.hashedPages += end - page
+          budget -= end - page
+          area.indexed += end - page
+          for (let k = 0; k < hashes.length; k++) {
+            const p = page + k
+            area.hashes[p] = hashes[k]
+            area.state[p] = PageState.Indexed
+            if (holders[k] < 2) {
+              domain.waiting.set(hashes[k], { target, area, page: p })
+              continue
+            }
+            addMerge(merges, target, area, p)
+            const waiting = domain.waiting.get(hashes[k])
+            if (waiting) {
+              domain.waiting.delete(hashes[k])
+              if (waiting.area.state[waiting.page] === PageState.Indexed && this.#targets.get(waiting.target.pid) === waiting.target) addMerge(merges, waiting.target, waiting.area, waiting.page)
+            }
           }
+          page = end
         }
-        page = end
       }
     }
     return budget

@@ -2,7 +2,9 @@
 // fleet (2 workers, 8 MiB dataset, 15 s) through two configurations, asserting the JSON shape and
 // that the kernel's own counters show memory saved. The lab runs ksmd at full speed and the
 // Deduplicator with SKSM (7.6 MiB to save, asserted); the host (no SKSM) runs no dedup and ksmd
-// at full speed. The timeouts include waiting for the KSM lock other test files hold.
+// at full speed. Plain workers (--plain: no memdedup inside) run under ksmd on the host, started
+// through bench/c/ksm_exec.c, and under `memdedup daemon` in the lab. The timeouts include waiting
+// for the KSM lock other test files hold.
 import { execFile } from 'node:child_process'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -15,6 +17,7 @@ const labWhy = requires(f, ['sksm', 'uffdWpAsync', 'pagemapScan', 'ksm', 'ksmPro
 // The bench runs ksmd at full speed: it writes /sys/kernel/mm/ksm.
 const rootWhy = ksmSettingsDenied() ? ` — skipped: ${ksmSettingsDenied()}` : ''
 const hostWhy = inVm ? ' — skipped: the lab runs the SKSM case instead' : requires(f, ['ksm', 'ksmProcess']) || rootWhy
+const daemonWhy = requires(f, ['softDirty', 'remoteMerge', 'ksm']) || rootWhy
 
 interface Row {
   config: string
@@ -32,13 +35,13 @@ interface Row {
   opsPerSecPerWorker: number
   final: { pagesSharing: number; mergingPages: number }
   steadyCpuPerS: number | null
-  dedup: { cpuMs: number; scanMs: number; hashMs: number; mergeMs: number } | null
+  dedup: { cpuMs: number; scanMs: number; hashMs: number; mergeMs: number; passes: number; failures?: number } | null
   series: { t: number[]; savedMiB: number[]; savedAnonMiB: number[]; cpuS: number[]; pagesSharing: number[] }
 }
 
-function runFleet(configs: string[]): Promise<{ table: string; json: { bench: string; params: Record<string, number>; configs: string[]; rows: Row[]; goals: object } }> {
+function runFleet(configs: string[], { plain = false } = {}): Promise<{ table: string; json: { bench: string; plain: boolean; params: Record<string, number>; configs: string[]; rows: Row[]; goals: object } }> {
   ensureDist()
-  const args = ['bench/fleet.mjs', '--workers=2', '--mib=8', '--unique-mib=1', '--horizon-s=15', '--interval-ms=500', `--configs=${configs.join(',')}`]
+  const args = ['bench/fleet.mjs', '--workers=2', '--mib=8', '--unique-mib=1', '--horizon-s=15', '--interval-ms=500', `--configs=${configs.join(',')}`, ...(plain ? ['--plain'] : [])]
   return new Promise((resolve, reject) => {
     execFile(process.execPath, args, { cwd: repoRoot, maxBuffer: 16 * 2 ** 20, timeout: inVm ? 900_000 : 390_000 }, (error, stdout, stderr) => {
       if (error) return reject(new Error(`fleet.mjs failed: ${error.message}\n${stderr}`))
@@ -105,5 +108,32 @@ describe('bench/fleet.mjs', () => {
     const d = dedup.dedup!
     expect(d.scanMs + d.hashMs + d.mergeMs).toBeLessThanOrEqual(d.cpuMs + 1e-3)
     expect(d.scanMs + d.hashMs + d.mergeMs).toBeGreaterThan(0.5 * d.cpuMs)
+  }, 900_000)
+
+  it.skipIf(hostWhy)(`plain workers (no memdedup inside) under ksmd at full speed: PR_SET_MEMORY_MERGE from before exec (ksm_exec), tiny fleet${hostWhy}`, async () => {
+    const configs = ['none', 'ksmd-full']
+    const { json } = await runFleet(configs, { plain: true })
+    expect(json.plain).toBe(true)
+    expectShape(json, configs)
+    const full = json.rows[1]
+    expect(full.dedup).toBeNull() // nothing of memdedup ran in the workers
+    expect(full.ksmdCpuS).toBeGreaterThan(0)
+    // The kernel's own count: ksmd merged pages of the plain workers, whose only opt-in was ksm_exec.
+    expect(full.final.mergingPages).toBeGreaterThan(0)
+  }, 400_000)
+
+  it.skipIf(daemonWhy)(`plain workers under memdedup daemon --cgroup (process_madvise MADV_MERGE, ksmd stopped), tiny fleet${daemonWhy}`, async () => {
+    const configs = ['daemon-sksm']
+    const { json } = await runFleet(configs, { plain: true })
+    expectShape(json, configs)
+    const [daemon] = json.rows
+    expect(daemon.ksmdCpuS).toBeLessThanOrEqual(0.01) // one 10 ms tick: see above
+    expect(daemon.dedup!.failures).toBe(0)
+    expect(daemon.dedup!.passes).toBeGreaterThanOrEqual(3)
+    expect(daemon.mergedPages).toBeGreaterThan(0)
+    // The kernel's own count of the workers' merged pages (/proc/<pid>/ksm_stat), and their Pss.
+    expect(daemon.final.mergingPages).toBeGreaterThan(0)
+    expect(daemon.savedMiB).toBeGreaterThan(0)
+    expect(daemon.dedupCpuS).toBeGreaterThan(0)
   }, 900_000)
 })

@@ -263,7 +263,7 @@ const noPasses = () => ({ passes: 0, cpuMs: 0, mergedPages: 0, rewrittenPages: 0
  * as they come.
  */
 async function startDaemon(cgroup) {
-  const args = [path.join(rootDir, 'dist', 'lib', 'cli.js'), 'daemon', '--cgroup', cgroup, '--interval', String(params.intervalMs / 1000), '--json']
+  const args = [path.join(rootDir, 'dist', 'lib', 'cli.js'), 'daemon', '--cgroup', cgroup, '--interval', String(params.intervalMs / 1000), '--max-interval', String(Math.max(params.intervalMs, params.maxIntervalMs) / 1000), '--json']
   const profile = flags['profile-daemon'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['profile-daemon']}`] : []
   const child = spawn(process.execPath, [...profile, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
   const daemon = { child, ...noPasses(), exited: null }

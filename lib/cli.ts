@@ -492,8 +492,9 @@ function passLine(r: DaemonPassReport, totalMerged: number): string {
     (failures ? `  failed: ${failures}` : '')
 }
 
-async function daemonCommand(opts: { pid?: number[]; cgroup?: string[]; optedIn?: boolean; interval: number; cpuBudget: number; once?: boolean; json?: boolean; stablePasses: number; scope: 'uid' | 'global'; dryRun?: boolean }): Promise<number> {
+async function daemonCommand(opts: { pid?: number[]; cgroup?: string[]; optedIn?: boolean; interval: number; maxInterval?: number; cpuBudget: number; once?: boolean; json?: boolean; stablePasses: number; scope: 'uid' | 'global'; dryRun?: boolean }): Promise<number> {
   if (!opts.pid && !opts.cgroup && !opts.optedIn) throw new CliError('no targets: give --pid, --cgroup or --opted-in', 2)
+  if (opts.maxInterval !== undefined && opts.maxInterval < opts.interval) throw new CliError(`--max-interval (${opts.maxInterval}) must be at least --interval (${opts.interval})`, 2)
   const daemon = new Daemon({ pids: opts.pid, cgroups: opts.cgroup, optedIn: Boolean(opts.optedIn), stablePasses: opts.stablePasses, scope: opts.scope, merge: opts.dryRun ? 'none' : 'sksm' })
   let total = 0
   const show = (r: DaemonPassReport) => {
@@ -517,7 +518,7 @@ async function daemonCommand(opts: { pid?: number[]; cgroup?: string[]; optedIn?
       }
       process.once('SIGINT', stop)
       process.once('SIGTERM', stop)
-      daemon.run({ intervalMs: opts.interval * 1000, cpuBudget: opts.cpuBudget, onPass: show })
+      daemon.run({ intervalMs: Math.round(opts.interval * 1000), maxIntervalMs: Math.round((opts.maxInterval ?? opts.interval) * 1000), cpuBudget: opts.cpuBudget, onPass: show })
     })
     return 0
   } finally {
@@ -604,6 +605,7 @@ function program(setExit: (code: number) => void): Command {
     .addOption(new Option('--cgroup <path>', 'every process of this cgroup v2 directory and its descendants, new ones picked up each pass (repeatable)').argParser((v: string, prev: string[] = []) => [...prev, v]))
     .option('--opted-in', 'every process that opted in to KSM (PR_SET_MEMORY_MERGE, MADV_MERGEABLE): ksmd\'s population')
     .addOption(new Option('--interval <seconds>', 'seconds between passes').argParser(seconds).default(1))
+    .addOption(new Option('--max-interval <seconds>', 'longest wait after idle passes (each idle pass doubles the wait; default: --interval, no backing off)').argParser(seconds))
     .addOption(new Option('--cpu-budget <share>', 'longest share of one CPU the passes take (stretches the interval)').argParser(budget).default(1))
     .addOption(new Option('--stable-passes <n>', 'passes a page stays unwritten before it may merge').argParser((v: string) => {
       const n = Number(v)

@@ -55,6 +55,8 @@ export interface DaemonPassReport {
   time: number
   /** Targets worked on this pass. */
   targets: number
+  /** Of those, targets opened this pass (soft-dirty cleared: their first scan is the next pass's). */
+  newTargets: number
   /** Pages present in the targets' private anonymous memory. */
   presentPages: number
   /** Present pages written since the last pass. */
@@ -232,7 +234,7 @@ export class Daemon {
     this.#pass++
     const time = Date.now()
     const cpu0 = process.cpuUsage()
-    const report: DaemonPassReport = { time, targets: 0, presentPages: 0, writtenPages: 0, hashedPages: 0, mergedPages: 0, rewrittenPages: 0, failures: [], durationMs: 0, cpuMs: 0 }
+    const report: DaemonPassReport = { time, targets: 0, newTargets: 0, presentPages: 0, writtenPages: 0, hashedPages: 0, mergedPages: 0, rewrittenPages: 0, failures: [], durationMs: 0, cpuMs: 0 }
     const wanted = this.#wanted()
     for (const [pid, target] of this.#targets) if (!wanted.has(pid)) this.#drop(target)
     const merges = new Map<Target, Array<{ start: bigint; length: number }>>()
@@ -245,6 +247,7 @@ export class Daemon {
         if (!target) {
           this.#open(pid)
           report.targets++
+          report.newTargets++
           continue
         }
         this.#scan(target, report)
@@ -277,12 +280,16 @@ export class Daemon {
 
   /**
    * Passes every `intervalMs` (default 1000) until stop() or close(), each reported to `onPass`.
-   * `cpuBudget` (0 < b <= 1, default 1) stretches the interval so that the passes' CPU stays
-   * under that share of one CPU.
+   * With `maxIntervalMs` above `intervalMs`, each idle pass (no target new, nothing hashed, merged
+   * or rewritten after a merge, no failure: only hot pages written) doubles the wait up to
+   * `maxIntervalMs`, and any activity brings it back to `intervalMs`, as Deduplicator.run() does:
+   * a merged, steady fleet costs a pass per `maxIntervalMs`. `cpuBudget` (0 < b <= 1, default 1)
+   * stretches the wait so that the passes' CPU stays under that share of one CPU.
    */
-  run(options?: { intervalMs?: number; cpuBudget?: number; onPass?: (report: DaemonPassReport) => void }): void {
-    const o = readOptions(options, 'options', ['intervalMs', 'cpuBudget', 'onPass'])
+  run(options?: { intervalMs?: number; maxIntervalMs?: number; cpuBudget?: number; onPass?: (report: DaemonPassReport) => void }): void {
+    const o = readOptions(options, 'options', ['intervalMs', 'maxIntervalMs', 'cpuBudget', 'onPass'])
     const interval = o.intervalMs === undefined ? 1000 : validateInteger(o.intervalMs, 'options.intervalMs', 1, 2 ** 31 - 1)
+    const maxInterval = o.maxIntervalMs === undefined ? interval : validateInteger(o.maxIntervalMs, 'options.maxIntervalMs', interval, 2 ** 31 - 1)
     const budget = o.cpuBudget ?? 1
     if (typeof budget !== 'number') throw invalidArgType('options.cpuBudget', 'of type number', budget)
     if (!(budget > 0 && budget <= 1)) throw outOfRange('options.cpuBudget', '> 0 and <= 1', budget)
@@ -290,11 +297,14 @@ export class Daemon {
     if (onPass !== undefined && typeof onPass !== 'function') throw invalidArgType('options.onPass', 'a function', onPass)
     if (this.#closed) throw codedError('ERR_DAEMON_CLOSED', 'run')
     if (this.#timer) throw codedError('ERR_DAEMON_RUNNING')
+    let wait = interval
     const tick = () => {
       const report = this.pass()
+      const idle = report.newTargets + report.hashedPages + report.mergedPages + report.rewrittenPages + report.failures.length === 0
+      wait = idle ? Math.min(maxInterval, wait * 2) : interval
       ;(onPass as ((report: DaemonPassReport) => void) | undefined)?.(report)
       if (!this.#timer) return
-      this.#timer = setTimeout(tick, Math.max(interval, Math.ceil(report.cpuMs / budget) - report.durationMs))
+      this.#timer = setTimeout(tick, Math.max(wait, Math.ceil(report.cpuMs / budget) - report.durationMs))
     }
     this.#timer = setTimeout(tick, 0)
   }

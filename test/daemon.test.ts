@@ -75,6 +75,13 @@ describe('Daemon: arguments and kernel support', () => {
     expect(reads).toBe(1)
   })
 
+  it('memdedup daemon: --max-interval below --interval is a usage error (exit 2), before any target is opened', () => {
+    ensureDist()
+    const cli = spawnSync(process.execPath, [`${repoRoot}/dist/lib/cli.js`, 'daemon', '--pid', String(process.pid), '--interval', '2', '--max-interval', '1'], { encoding: 'utf8', timeout: 60_000 })
+    expect(cli.status, cli.stderr).toBe(2)
+    expect(cli.stderr).toMatch(/--max-interval \(1\) must be at least --interval \(2\)/)
+  })
+
   it('says which kernel feature it needs where one is missing, and works where none is', () => {
     if (!softDirty) {
       expect(() => new Daemon({ pids: [process.pid] })).toThrow(expect.objectContaining({ code: 'ERR_MEMDEDUP_FEATURE_UNAVAILABLE', feature: 'softDirty' }))
@@ -240,5 +247,39 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(lines).toHaveLength(3)
     expect(lines.reduce((sum, r) => sum + r.mergedPages, 0)).toBeGreaterThan(0)
     expect(await a.ask('verify')).toEqual({ bad: 0 })
+  }, 180_000)
+
+  it.skipIf(missing !== '')('run() backs off: each idle pass doubles the wait up to maxIntervalMs, a busy pass brings it back to intervalMs', async () => {
+    const [a, b] = await Promise.all([startTarget(8), startTarget(8)])
+    const daemon = new Daemon({ pids: [a.pid, b.pid] })
+    expect(() => daemon.run({ intervalMs: 100, maxIntervalMs: 50 })).toThrow(RangeError)
+    const reports: Array<{ time: number; durationMs: number; idle: boolean }> = []
+    await new Promise<void>((resolve) => {
+      daemon.run({
+        intervalMs: 50, maxIntervalMs: 800,
+        onPass: (r) => {
+          reports.push({ time: r.time, durationMs: r.durationMs, idle: r.newTargets + r.hashedPages + r.mergedPages + r.rewrittenPages + r.failures.length === 0 })
+          // Five idle passes in a row after merging: the wait has reached 800 ms.
+          if (reports.length > 40 || (reports.length >= 6 && reports.slice(-5).every((x) => x.idle))) {
+            daemon.stop()
+            resolve()
+          }
+        },
+      })
+    })
+    daemon.close()
+    // Open (busy), first scan (idle: nothing stable yet), hash and merge (busy), then idle passes.
+    const busyAfterIdle = reports.some((r, i) => i > 0 && !r.idle && reports[i - 1].idle)
+    expect(busyAfterIdle, 'a busy pass after an idle one').toBe(true)
+    // The wait before each pass: its start minus the end of the one before.
+    let expected = 50
+    for (let i = 0; i + 1 < reports.length; i++) {
+      const wait = reports[i + 1].time - (reports[i].time + reports[i].durationMs)
+      expected = reports[i].idle ? Math.min(800, expected * 2) : 50
+      expect(wait, `wait after pass ${i} (${reports[i].idle ? 'idle' : 'busy'})`).toBeGreaterThanOrEqual(expected - 5)
+      if (!reports[i].idle) expect(wait, `wait after busy pass ${i}`).toBeLessThan(400)
+    }
+    expect(expected).toBe(800)
+    for (const t of [a, b]) expect(await t.ask('verify')).toEqual({ bad: 0 })
   }, 180_000)
 })

@@ -163,6 +163,23 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(await a.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
+  it.skipIf(missing !== '')('a target that exits in the pass whose twin finds its waiting pages: one failure, its own exit, no advice to the closed target', async () => {
+    const [twin, exiting] = await Promise.all([startTarget(16), startTarget(16)])
+    // The twin first: in the third pass it finds the exiting target's pages waiting, before that target is looked at.
+    const daemon = new Daemon({ pids: [twin.pid, exiting.pid], stablePasses: 1 })
+    daemon.pass()
+    // Written since the first pass: the twin's pages are hashed one pass after the other's.
+    expect(await twin.ask('rewrite')).toEqual({ rewritten: coldPages })
+    const waiting = daemon.pass()
+    expect(waiting.hashedPages, 'the exiting target\'s pages hashed, waiting for a twin').toBeGreaterThanOrEqual(coldPages)
+    await exiting.stop()
+    const found = daemon.pass()
+    expect(found.failures).toEqual([{ pid: exiting.pid, code: 'ERR_TARGET_EXITED', message: expect.any(String) }])
+    expect(daemon.targets).toEqual([twin.pid])
+    daemon.close()
+    expect(await twin.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
   it.skipIf(missing !== '')('a target that moves its merged memory (mremap) between passes: followed at the new address, merged again, every byte stays', async () => {
     const [a, b] = await Promise.all([startTarget(7), startTarget(7)])
     const daemon = new Daemon({ pids: [a.pid, b.pid] })
@@ -213,34 +230,33 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     })
   }, 180_000)
 
-  it.skipIf(missing !== '')('--cgroup: a target that forks mid-run; the child is picked up, its own copies and the pages it still shares copy-on-write become one KSM frame with the parent\'s, every byte stays', async () => {
+  it.skipIf(missing !== '')('--cgroup: a target that forks mid-run; the child is picked up, its own copies and the pages it still shares copy-on-write join one KSM frame with the parent\'s and a twin\'s, every byte stays', async () => {
     await withCgroups(['in'], async ([group]) => {
-      const parent = await startTarget(11)
-      fs.writeFileSync(`${group}/cgroup.procs`, String(parent.pid))
+      const [parent, twin] = await Promise.all([startTarget(11), startTarget(11)])
+      for (const t of [parent, twin]) fs.writeFileSync(`${group}/cgroup.procs`, String(t.pid))
       const daemon = new Daemon({ cgroups: [group] })
-      // The parent's cold pages hashed, waiting for a twin.
-      const alone = await passes(daemon, 3)
-      expect(alone.reduce((sum, r) => sum + r.hashedPages, 0)).toBeGreaterThanOrEqual(coldPages)
+      const opened = daemon.pass()
       const { child } = await parent.ask('fork')
       const half = coldPages / 2
       // The child rewrote its first half (frames of its own); the second half is still the parent's, copy-on-write.
       const [pp0, pc0] = [pfns(parent.pid, parent.cold, coldPages), pfns(child, parent.cold, coldPages)]
       expect(sharedFrames(pp0.slice(0, half), pc0.slice(0, half)), 'rewritten by the child').toBe(0)
       expect(sharedFrames(pp0.slice(half), pc0.slice(half)), 'shared copy-on-write').toBe(half)
-      const reports = await passes(daemon, 4)
-      expect(daemon.targets.sort(), 'the child, in the group by birth').toEqual([parent.pid, child].sort())
+      // A COW-shared page with no twin in the stable tree stays as it is (lab 0042); the twin's KSM
+      // pages are that twin, so the parent's and the child's mappings both move to them.
+      const reports = [opened, ...(await passes(daemon, 5))]
+      expect(daemon.targets.sort(), 'the child, in the group by birth').toEqual([parent.pid, twin.pid, child].sort())
       daemon.close()
-      expect([...alone, ...reports].flatMap((r) => r.failures)).toEqual([])
-      const [pp, pc] = [pfns(parent.pid, parent.cold, coldPages), pfns(child, parent.cold, coldPages)]
-      expect(sharedFrames(pp, pc), 'frames parent and child share').toBeGreaterThanOrEqual(coldPages * 0.95)
-      if (kpfKsmWorks()) {
-        const ksmPages = ksmFlags(pp)
-        expect(ksmPages.slice(0, half).filter(Boolean).length, 'KSM pages among the pages the child had copied').toBeGreaterThanOrEqual(half * 0.95)
-        expect(ksmPages.slice(half).filter(Boolean).length, 'KSM pages among the pages shared copy-on-write').toBeGreaterThanOrEqual(half * 0.95)
-      }
+      expect(reports.flatMap((r) => r.failures)).toEqual([])
+      const [pp, pc, pt] = [pfns(parent.pid, parent.cold, coldPages), pfns(child, parent.cold, coldPages), pfns(twin.pid, twin.cold, coldPages)]
+      expect(sharedFrames(pp.slice(0, half), pc.slice(0, half)), 'the child\'s copies merged with the parent\'s pages').toBeGreaterThanOrEqual(half * 0.95)
+      expect(sharedFrames(pp, pt), 'the parent\'s pages merged with the twin\'s').toBeGreaterThanOrEqual(coldPages * 0.95)
+      expect(sharedFrames(pc, pt), 'the child\'s pages merged with the twin\'s').toBeGreaterThanOrEqual(coldPages * 0.95)
+      if (kpfKsmWorks()) expect(ksmFlags(pp).filter(Boolean).length, 'KSM pages among the parent\'s cold pages').toBeGreaterThanOrEqual(coldPages * 0.95)
       expect(ksm.processStats(child).ksmMergingPages, 'ksm_merging_pages of the child').toBeGreaterThanOrEqual(coldPages * 0.95)
       expect(await parent.ask('verify')).toEqual({ bad: 0 })
       expect(await parent.ask('child verify')).toEqual({ bad: 0 })
+      expect(await twin.ask('verify')).toEqual({ bad: 0 })
     })
   }, 240_000)
 

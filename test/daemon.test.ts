@@ -230,7 +230,7 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     })
   }, 180_000)
 
-  it.skipIf(missing !== '')('--cgroup: a target that forks mid-run; the child is picked up, its own copies and the pages it still shares copy-on-write join one KSM frame with the parent\'s and a twin\'s, every byte stays', async () => {
+  it.skipIf(missing !== '')('--cgroup: a target that forks mid-run; the child is picked up, its own copies and the pages it still shares copy-on-write join one KSM frame with the parent\'s and a twin\'s; a child forked after the merge is counted for the KSM pages it inherits; every byte stays', async () => {
     await withCgroups(['in'], async ([group]) => {
       const [parent, twin] = await Promise.all([startTarget(11), startTarget(11)])
       for (const t of [parent, twin]) fs.writeFileSync(`${group}/cgroup.procs`, String(t.pid))
@@ -246,7 +246,6 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
       // pages are that twin, so the parent's and the child's mappings both move to them.
       const reports = [opened, ...(await passes(daemon, 5))]
       expect(daemon.targets.sort(), 'the child, in the group by birth').toEqual([parent.pid, twin.pid, child].sort())
-      daemon.close()
       expect(reports.flatMap((r) => r.failures)).toEqual([])
       const [pp, pc, pt] = [pfns(parent.pid, parent.cold, coldPages), pfns(child, parent.cold, coldPages), pfns(twin.pid, twin.cold, coldPages)]
       expect(sharedFrames(pp.slice(0, half), pc.slice(0, half)), 'the child\'s copies merged with the parent\'s pages').toBeGreaterThanOrEqual(half * 0.95)
@@ -254,9 +253,19 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
       expect(sharedFrames(pc, pt), 'the child\'s pages merged with the twin\'s').toBeGreaterThanOrEqual(coldPages * 0.95)
       if (kpfKsmWorks()) expect(ksmFlags(pp).filter(Boolean).length, 'KSM pages among the parent\'s cold pages').toBeGreaterThanOrEqual(coldPages * 0.95)
       expect(ksm.processStats(child).ksmMergingPages, 'ksm_merging_pages of the child').toBeGreaterThanOrEqual(coldPages * 0.95)
-      expect(await parent.ask('verify')).toEqual({ bad: 0 })
-      expect(await parent.ask('child verify')).toEqual({ bad: 0 })
-      expect(await twin.ask('verify')).toEqual({ bad: 0 })
+      // Forked after the merge: the second half is KSM pages the child inherits, which the daemon's
+      // MADV_MERGE gives rmap_items of the child's own (lab 0042), so ksm_stat counts them.
+      const { child: late } = await twin.ask('fork')
+      const inherited = await passes(daemon, 4)
+      daemon.close()
+      expect(inherited.flatMap((r) => r.failures)).toEqual([])
+      const pl = pfns(late, twin.cold, coldPages)
+      expect(sharedFrames(pl, pt), 'the late child\'s pages on the twin\'s frames').toBeGreaterThanOrEqual(coldPages * 0.95)
+      expect(ksm.processStats(late).ksmMergingPages, 'ksm_merging_pages of the late child').toBeGreaterThanOrEqual(coldPages * 0.95)
+      for (const t of [parent, twin]) {
+        expect(await t.ask('verify')).toEqual({ bad: 0 })
+        expect(await t.ask('child verify')).toEqual({ bad: 0 })
+      }
     })
   }, 240_000)
 
@@ -304,7 +313,8 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     const failures = during.flatMap((r) => r.failures)
     console.log(`churn: ${moved.cycles} cycles, ${during.length} passes, hashed ${during.reduce((sum, r) => sum + r.hashedPages, 0)}, merged ${during.reduce((sum, r) => sum + r.mergedPages, 0)}, failures ${JSON.stringify(failures.map((f) => f.code))}`)
     expect(during.length, 'passes while it churned').toBeGreaterThanOrEqual(2)
-    for (const failure of failures) expect(failure).toEqual(expect.objectContaining({ pid: churner.pid, code: expect.stringMatching(/^(EIO|ENOMEM|EFAULT)$/) }))
+    // EIO: a page read through /proc/<pid>/mem was unmapped meanwhile; ENOMEM: so was a range given to MADV_MERGE.
+    for (const failure of failures) expect(failure).toEqual(expect.objectContaining({ pid: churner.pid, code: expect.stringMatching(/^(EIO|ENOMEM)$/) }))
     const after = await passes(daemon, 3)
     expect(daemon.targets.sort()).toEqual([churner.pid, twin.pid].sort())
     daemon.close()
@@ -375,7 +385,7 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
 describe(`Daemon and ksmd${skipWhy}`, () => {
   const ksmState = holdKsmLock(undefined, () => missing === '')
 
-  it.skipIf(missing !== '')('ksmd and the daemon on the same processes (PR_SET_MEMORY_MERGE, MADV_MERGEABLE, neither): one KSM frame per content, ksm_stat and /sys/kernel/mm/ksm agree, every byte stays, no kernel report', async (ctx) => {
+  it.skipIf(missing !== '')('ksmd and the daemon on the same processes (PR_SET_MEMORY_MERGE, MADV_MERGEABLE, neither), ksmd first: one KSM frame per content, ksm_stat and /sys/kernel/mm/ksm agree, every byte stays, no kernel report', async (ctx) => {
     skipUnlessKsmSettings(ctx)
     // The global counters must be these targets' alone.
     await skipUnlessOnlyKsmUser(ctx)
@@ -386,6 +396,9 @@ describe(`Daemon and ksmd${skipWhy}`, () => {
     expect(await mergeable.ask('mergeable')).toEqual({ errno: 0 })
     // ksmd's scope as MADV_MERGE's (0049), so that both merge into the same KSM pages.
     ksmState.set({ ...fastKsmd, ...(ksm.stats().ksmdScope === undefined ? {} : { ksmdScope: 'uid' as const }), run: 1 })
+    // ksmd first, so that the daemon meets KSM pages ksmd made (and keeps running beside it).
+    const mergedByKsmd = () => sharedFrames(pfns(anyMerge.pid, anyMerge.cold, coldPages), pfns(mergeable.pid, mergeable.cold, coldPages))
+    expect(await ksmState.until(() => mergedByKsmd() >= coldPages * 0.95, 4), 'ksmd merged the two that opted in').toBe(true)
     const daemon = new Daemon({ pids: targets.map((t) => t.pid) })
     const reports = await passes(daemon, 4)
     await ksmState.scans(2)

@@ -260,7 +260,11 @@ export class Daemon {
         // (the number may come back as another process); members of cgroups and opted-in
         // processes are listed anew each pass.
         const exited = target ? !target.process.alive() : gone.has(errorCode(error))
-        if (target) this.#drop(target)
+        // Pages of it queued by a twin earlier in this pass go with it: it is closed now.
+        if (target) {
+          merges.delete(target)
+          this.#drop(target)
+        }
         if (exited) this.#exited.add(pid)
       }
     }

@@ -6,11 +6,13 @@ import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { Daemon, features, FeatureUnavailableError } from '../lib/index.ts'
+import { Daemon, features, FeatureUnavailableError, ksm, pageSize, type DaemonPassReport } from '../lib/index.ts'
 import { fixtureBinary } from './helpers/c-fixture.ts'
 import { distEntry, ensureDist, repoRoot } from './helpers/dist.mjs'
 import { noFdLeak } from './helpers/process.ts'
-import { pfnsOf, startDaemonTarget, type DaemonTarget } from './helpers/daemon-target.ts'
+import { fastKsmd, holdKsmLock, inVm, kpfKsmWorks, ksmFlags, skipUnlessKsmSettings, skipUnlessOnlyKsmUser } from './helpers/ksm.ts'
+import { kernelProblemsSince, kmsgCursor } from './fixtures/sksm-common.mjs'
+import { pfnsOf, sharedFrames, startDaemonTarget, type DaemonTarget } from './helpers/daemon-target.ts'
 
 const isRoot = process.getuid?.() === 0
 const softDirty = features().softDirty
@@ -26,6 +28,9 @@ const skipWhy = missing ? ` [skipped: ${missing}]` : ''
 
 const coldPages = 256
 const hotPages = 8
+// The churn test: how long the target unmaps and moves its pages, and its longest rest between cycles.
+const churnMs = inVm ? 20_000 : 2_000
+const churnPauseMs = inVm ? 400 : 40
 
 const running: DaemonTarget[] = []
 
@@ -41,6 +46,13 @@ afterEach(async () => {
 
 const pfns = pfnsOf
 
+/** PFNs of every page process `pid` maps (0 where none). */
+function allPfns(pid: number): bigint[] {
+  const ranges = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n').map((line) => line.split(' ')[0].split('-').map((a) => BigInt(`0x${a}`)))
+  // [vsyscall] lies above the range pagemap covers.
+  return ranges.filter(([start]) => start < 1n << 47n).flatMap(([start, end]) => pfns(pid, start, Number(end - start) / pageSize))
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** `count` passes, `gapMs` apart (the hot pages are written meanwhile). */
@@ -51,6 +63,29 @@ async function passes(daemon: Daemon, count: number, gapMs = 100) {
     reports.push(daemon.pass())
   }
   return reports
+}
+
+/**
+ * cgroup v2 groups for one test (`names` under a group of this run, parents first): `body` gets
+ * their paths; afterwards every target is stopped, and the groups removed once empty (a forked
+ * child dies with its parent, PR_SET_PDEATHSIG, a moment later).
+ */
+async function withCgroups(names: string[], body: (groups: string[]) => Promise<void>): Promise<void> {
+  const root = `/sys/fs/cgroup/memdedup-daemon-${process.pid}`
+  const groups = names.map((name) => `${root}/${name}`)
+  for (const group of [root, ...groups]) fs.mkdirSync(group, { recursive: true })
+  try {
+    await body(groups)
+  } finally {
+    for (const t of running.splice(0)) await t.stop()
+    for (const group of [...groups].reverse().concat(root)) {
+      for (let waited = 0; fs.readFileSync(`${group}/cgroup.procs`, 'utf8') !== ''; waited += 50) {
+        if (waited > 30_000) throw new Error(`${group} still has processes: ${fs.readFileSync(`${group}/cgroup.procs`, 'utf8')}`)
+        await sleep(50)
+      }
+      fs.rmdirSync(group)
+    }
+  }
 }
 
 beforeAll(() => {
@@ -131,8 +166,25 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
       daemon.close()
     })
     const [pa, pb] = [pfns(a.pid, a.cold, coldPages), pfns(b.pid, b.cold, coldPages)]
-    expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pb[i]).length).toBeGreaterThanOrEqual(coldPages * 0.95)
+    expect(sharedFrames(pa, pb)).toBeGreaterThanOrEqual(coldPages * 0.95)
     expect(await a.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
+  it.skipIf(missing !== '')('a target that exits in the pass whose twin finds its waiting pages: one failure, its own exit, no advice to the closed target', async () => {
+    const [twin, exiting] = await Promise.all([startTarget(16), startTarget(16)])
+    // The twin first: in the third pass it finds the exiting target's pages waiting, before that target is looked at.
+    const daemon = new Daemon({ pids: [twin.pid, exiting.pid], stablePasses: 1 })
+    daemon.pass()
+    // Written since the first pass: the twin's pages are hashed one pass after the other's.
+    expect(await twin.ask('rewrite')).toEqual({ rewritten: coldPages })
+    const waiting = daemon.pass()
+    expect(waiting.hashedPages, 'the exiting target\'s pages hashed, waiting for a twin').toBeGreaterThanOrEqual(coldPages)
+    await exiting.stop()
+    const found = daemon.pass()
+    expect(found.failures).toEqual([{ pid: exiting.pid, code: 'ERR_TARGET_EXITED', message: expect.any(String) }])
+    expect(daemon.targets).toEqual([twin.pid])
+    daemon.close()
+    expect(await twin.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
   it.skipIf(missing !== '')('a target that moves its merged memory (mremap) between passes: followed at the new address, merged again, every byte stays', async () => {
@@ -145,7 +197,7 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     daemon.close()
     expect(after.flatMap((r) => r.failures)).toEqual([])
     const [pa, pb] = [pfns(a.pid, moved, coldPages), pfns(b.pid, b.cold, coldPages)]
-    expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pb[i]).length, 'pages shared after the move').toBeGreaterThanOrEqual(coldPages * 0.95)
+    expect(sharedFrames(pa, pb), 'pages shared after the move').toBeGreaterThanOrEqual(coldPages * 0.95)
     expect(await a.ask('verify')).toEqual({ bad: 0 })
     expect(await b.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
@@ -160,17 +212,15 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     // At most one failed pass for it: the one that finds its old pagemap and mem gone.
     expect(reports.flatMap((r) => r.failures).length).toBeLessThanOrEqual(1)
     const [pa, pb] = [pfns(a.pid, BigInt(again.cold), coldPages), pfns(b.pid, b.cold, coldPages)]
-    expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pb[i]).length, 'the exec\'d image merged again').toBeGreaterThanOrEqual(coldPages * 0.95)
+    expect(sharedFrames(pa, pb), 'the exec\'d image merged again').toBeGreaterThanOrEqual(coldPages * 0.95)
     expect(await a.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
   it.skipIf(missing !== '')('--cgroup: every process of a cgroup v2 group and its children, one started later picked up', async () => {
-    const group = `/sys/fs/cgroup/memdedup-daemon-${process.pid}`
-    fs.mkdirSync(`${group}/child`, { recursive: true })
-    try {
+    await withCgroups(['in', 'in/child'], async ([group, child]) => {
       const [a, b] = await Promise.all([startTarget(8), startTarget(8)])
       fs.writeFileSync(`${group}/cgroup.procs`, String(a.pid))
-      fs.writeFileSync(`${group}/child/cgroup.procs`, String(b.pid))
+      fs.writeFileSync(`${child}/cgroup.procs`, String(b.pid))
       const outside = await startTarget(8)
       const daemon = new Daemon({ cgroups: [group] })
       await passes(daemon, 2)
@@ -182,16 +232,104 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
       daemon.close()
       expect(reports.flatMap((r) => r.failures)).toEqual([])
       const [pa, pl, po] = [pfns(a.pid, a.cold, coldPages), pfns(late.pid, late.cold, coldPages), pfns(outside.pid, outside.cold, coldPages)]
-      expect(pa.filter((pfn, i) => pfn !== 0n && pfn === pl[i]).length, 'the late member merged with the others').toBeGreaterThanOrEqual(coldPages * 0.95)
+      expect(sharedFrames(pa, pl), 'the late member merged with the others').toBeGreaterThanOrEqual(coldPages * 0.95)
       expect(po.filter((pfn, i) => pfn === pa[i]).length, 'the process outside the group untouched').toBe(0)
-      for (const t of running) await t.stop()
-    } finally {
-      // Empty once its processes are gone (afterEach kills them; rmdir needs them gone now).
-      for (const t of running) await t.stop()
-      fs.rmdirSync(`${group}/child`)
-      fs.rmdirSync(group)
-    }
+    })
   }, 180_000)
+
+  it.skipIf(missing !== '')('--cgroup: a target that forks mid-run; the child is picked up, its own copies and the pages it still shares copy-on-write join one KSM frame with the parent\'s and a twin\'s; a child forked after the merge is counted for the KSM pages it inherits; every byte stays', async () => {
+    await withCgroups(['in'], async ([group]) => {
+      const [parent, twin] = await Promise.all([startTarget(11), startTarget(11)])
+      for (const t of [parent, twin]) fs.writeFileSync(`${group}/cgroup.procs`, String(t.pid))
+      const daemon = new Daemon({ cgroups: [group] })
+      const opened = daemon.pass()
+      const { child } = await parent.ask('fork')
+      const half = coldPages / 2
+      // The child rewrote its first half (frames of its own); the second half is still the parent's, copy-on-write.
+      const [pp0, pc0] = [pfns(parent.pid, parent.cold, coldPages), pfns(child, parent.cold, coldPages)]
+      expect(sharedFrames(pp0.slice(0, half), pc0.slice(0, half)), 'rewritten by the child').toBe(0)
+      expect(sharedFrames(pp0.slice(half), pc0.slice(half)), 'shared copy-on-write').toBe(half)
+      // A COW-shared page with no twin in the stable tree stays as it is (lab 0042); the twin's KSM
+      // pages are that twin, so the parent's and the child's mappings both move to them.
+      const reports = [opened, ...(await passes(daemon, 5))]
+      expect(daemon.targets.sort(), 'the child, in the group by birth').toEqual([parent.pid, twin.pid, child].sort())
+      expect(reports.flatMap((r) => r.failures)).toEqual([])
+      const [pp, pc, pt] = [pfns(parent.pid, parent.cold, coldPages), pfns(child, parent.cold, coldPages), pfns(twin.pid, twin.cold, coldPages)]
+      expect(sharedFrames(pp.slice(0, half), pc.slice(0, half)), 'the child\'s copies merged with the parent\'s pages').toBeGreaterThanOrEqual(half * 0.95)
+      expect(sharedFrames(pp, pt), 'the parent\'s pages merged with the twin\'s').toBeGreaterThanOrEqual(coldPages * 0.95)
+      expect(sharedFrames(pc, pt), 'the child\'s pages merged with the twin\'s').toBeGreaterThanOrEqual(coldPages * 0.95)
+      if (kpfKsmWorks()) expect(ksmFlags(pp).filter(Boolean).length, 'KSM pages among the parent\'s cold pages').toBeGreaterThanOrEqual(coldPages * 0.95)
+      expect(ksm.processStats(child).ksmMergingPages, 'ksm_merging_pages of the child').toBeGreaterThanOrEqual(coldPages * 0.95)
+      // Forked after the merge: the second half is KSM pages the child inherits, which the daemon's
+      // MADV_MERGE gives rmap_items of the child's own (lab 0042), so ksm_stat counts them.
+      const { child: late } = await twin.ask('fork')
+      const inherited = await passes(daemon, 4)
+      daemon.close()
+      expect(inherited.flatMap((r) => r.failures)).toEqual([])
+      const pl = pfns(late, twin.cold, coldPages)
+      expect(sharedFrames(pl, pt), 'the late child\'s pages on the twin\'s frames').toBeGreaterThanOrEqual(coldPages * 0.95)
+      expect(ksm.processStats(late).ksmMergingPages, 'ksm_merging_pages of the late child').toBeGreaterThanOrEqual(coldPages * 0.95)
+      for (const t of [parent, twin]) {
+        expect(await t.ask('verify')).toEqual({ bad: 0 })
+        expect(await t.ask('child verify')).toEqual({ bad: 0 })
+      }
+    })
+  }, 240_000)
+
+  it.skipIf(missing !== '')('--cgroup: a target moved out of the group mid-run is dropped and no longer merged, nothing harmed; moved back in, it is picked up again', async () => {
+    await withCgroups(['in', 'out'], async ([inside, outside]) => {
+      const [a, b] = await Promise.all([startTarget(12), startTarget(12)])
+      for (const t of [a, b]) fs.writeFileSync(`${inside}/cgroup.procs`, String(t.pid))
+      const daemon = new Daemon({ cgroups: [inside] })
+      const merging = await passes(daemon, 4)
+      const cold = () => [pfns(a.pid, a.cold, coldPages), pfns(b.pid, b.cold, coldPages)] as const
+      expect(sharedFrames(...cold()), 'merged while both are in the group').toBeGreaterThanOrEqual(coldPages * 0.95)
+      fs.writeFileSync(`${outside}/cgroup.procs`, String(b.pid))
+      const away = await passes(daemon, 1)
+      expect(daemon.targets, 'moved out: dropped').toEqual([a.pid])
+      // Frames of its own again: only a daemon that still followed it would merge them back.
+      expect(await b.ask('rewrite')).toEqual({ rewritten: coldPages })
+      away.push(...(await passes(daemon, 4)))
+      expect(sharedFrames(...cold()), 'merged while it is out of the group').toBe(0)
+      expect(away.reduce((sum, r) => sum + r.mergedPages, 0), 'pages given to MADV_MERGE while it is out').toBe(0)
+      expect(await b.ask('verify')).toEqual({ bad: 0 })
+      fs.writeFileSync(`${inside}/cgroup.procs`, String(b.pid))
+      const back = await passes(daemon, 4)
+      expect(daemon.targets.sort(), 'moved back in: picked up').toEqual([a.pid, b.pid].sort())
+      daemon.close()
+      expect([...merging, ...away, ...back].flatMap((r) => r.failures)).toEqual([])
+      expect(sharedFrames(...cold()), 'merged again').toBeGreaterThanOrEqual(coldPages * 0.95)
+      for (const t of [a, b]) expect(await t.ask('verify')).toEqual({ bad: 0 })
+    })
+  }, 240_000)
+
+  it.skipIf(missing !== '')('a target that unmaps, maps anew and moves its cold pages while passes run: no pass throws, each failure is the target\'s own and reported, then it is followed at its new address and merged', async () => {
+    const [churner, twin] = await Promise.all([startTarget(13), startTarget(13)])
+    // stablePasses 1: pages are hashed and merged in the first pass that finds them unwritten.
+    const daemon = new Daemon({ pids: [churner.pid, twin.pid], stablePasses: 1 })
+    await passes(daemon, 2)
+    let churning = true
+    const churned = churner.ask(`churn ${churnMs} ${churnPauseMs}`).finally(() => (churning = false))
+    const during: DaemonPassReport[] = []
+    while (churning) {
+      await sleep(10)
+      during.push(daemon.pass())
+    }
+    const moved = await churned
+    expect(moved.cycles, 'unmap-map-move cycles').toBeGreaterThan(0)
+    const failures = during.flatMap((r) => r.failures)
+    console.log(`churn: ${moved.cycles} cycles, ${during.length} passes, hashed ${during.reduce((sum, r) => sum + r.hashedPages, 0)}, merged ${during.reduce((sum, r) => sum + r.mergedPages, 0)}, failures ${JSON.stringify(failures.map((f) => f.code))}`)
+    expect(during.length, 'passes while it churned').toBeGreaterThanOrEqual(2)
+    // EIO: a page read through /proc/<pid>/mem was unmapped meanwhile; ENOMEM: so was a range given to MADV_MERGE.
+    for (const failure of failures) expect(failure).toEqual(expect.objectContaining({ pid: churner.pid, code: expect.stringMatching(/^(EIO|ENOMEM)$/) }))
+    const after = await passes(daemon, 3)
+    expect(daemon.targets.sort()).toEqual([churner.pid, twin.pid].sort())
+    daemon.close()
+    expect(after.flatMap((r) => r.failures)).toEqual([])
+    const cold = BigInt(moved.cold)
+    expect(sharedFrames(pfns(churner.pid, cold, coldPages), pfns(twin.pid, twin.cold, coldPages)), 'merged at its new address').toBeGreaterThanOrEqual(coldPages * 0.95)
+    for (const t of [churner, twin]) expect(await t.ask('verify')).toEqual({ bad: 0 })
+  }, 240_000)
 
   it.skipIf(missing !== '')('scope uid (the default): twins of different users stay apart', async () => {
     const mine = await startTarget(4)
@@ -200,7 +338,7 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     await passes(daemon, 4)
     daemon.close()
     const [pm, pn] = [pfns(mine.pid, mine.cold, coldPages), pfns(nobody.pid, nobody.cold, coldPages)]
-    expect(pm.filter((pfn, i) => pfn !== 0n && pfn === pn[i]).length, 'pages shared across uids').toBe(0)
+    expect(sharedFrames(pm, pn), 'pages shared across uids').toBe(0)
     expect(await nobody.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
@@ -282,4 +420,71 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(expected).toBe(800)
     for (const t of [a, b]) expect(await t.ask('verify')).toEqual({ bad: 0 })
   }, 180_000)
+})
+
+// ksmd's knobs are system-wide: these tests hold the cross-file KSM lock and restore every knob.
+describe(`Daemon and ksmd${skipWhy}`, () => {
+  const ksmState = holdKsmLock(undefined, () => missing === '')
+
+  it.skipIf(missing !== '')('ksmd and the daemon on the same processes (PR_SET_MEMORY_MERGE, MADV_MERGEABLE, neither), ksmd first: one KSM frame per content, ksm_stat and /sys/kernel/mm/ksm agree, every byte stays, no kernel report', async (ctx) => {
+    skipUnlessKsmSettings(ctx)
+    // The global counters must be these targets' alone.
+    await skipUnlessOnlyKsmUser(ctx)
+    const kmsg = kmsgCursor()
+    const [anyMerge, mergeable, plain] = await Promise.all([startTarget(14), startTarget(14), startTarget(14)])
+    const targets = [anyMerge, mergeable, plain]
+    expect(await anyMerge.ask('merge-any')).toEqual({ errno: 0 })
+    expect(await mergeable.ask('mergeable')).toEqual({ errno: 0 })
+    // ksmd's scope as MADV_MERGE's (0049), so that both merge into the same KSM pages.
+    ksmState.set({ ...fastKsmd, ...(ksm.stats().ksmdScope === undefined ? {} : { ksmdScope: 'uid' as const }), run: 1 })
+    // ksmd first, so that the daemon meets KSM pages ksmd made (and keeps running beside it).
+    const mergedByKsmd = () => sharedFrames(pfns(anyMerge.pid, anyMerge.cold, coldPages), pfns(mergeable.pid, mergeable.cold, coldPages))
+    expect(await ksmState.until(() => mergedByKsmd() >= coldPages * 0.95, 4), 'ksmd merged the two that opted in').toBe(true)
+    const daemon = new Daemon({ pids: targets.map((t) => t.pid) })
+    const reports = await passes(daemon, 4)
+    await ksmState.scans(2)
+    // Stopped (not unmerged): nothing merges while the counters are read.
+    ksmState.set({ run: 0 })
+    daemon.close()
+    expect(reports.flatMap((r) => r.failures)).toEqual([])
+    const cold = targets.map((t) => pfns(t.pid, t.cold, coldPages))
+    const oneFrame = cold[0].filter((pfn, i) => pfn !== 0n && pfn === cold[1][i] && pfn === cold[2][i]).length
+    expect(oneFrame, 'cold pages of the three on one frame').toBeGreaterThanOrEqual(coldPages * 0.95)
+    const counted = targets.map((t) => ksm.processStats(t.pid).ksmMergingPages)
+    if (kpfKsmWorks()) {
+      for (const [i, t] of targets.entries()) {
+        const mapped = ksmFlags(allPfns(t.pid)).filter(Boolean).length
+        expect(counted[i], `pid ${t.pid}: ksm_merging_pages ${counted[i]} >= ${mapped} KSM pages mapped`).toBeGreaterThanOrEqual(mapped)
+        expect(mapped, `pid ${t.pid}: KSM pages mapped`).toBeGreaterThanOrEqual(coldPages * 0.95)
+      }
+    }
+    const s = ksm.stats()
+    console.log(`ksmd + daemon: ksm_merging_pages ${counted.join(', ')}; pages_shared ${s.pagesShared}, pages_sharing ${s.pagesSharing}; merged by the daemon ${reports.reduce((sum, r) => sum + r.mergedPages, 0)}`)
+    expect(counted.reduce((a, b) => a + b, 0), 'sum of ksm_merging_pages = pages_shared + pages_sharing').toBe(s.pagesShared + s.pagesSharing)
+    for (const t of targets) expect(await t.ask('verify')).toEqual({ bad: 0 })
+    expect(kernelProblemsSince(kmsg).problems).toEqual([])
+  }, 300_000)
+
+  it.skipIf(missing !== '')('memdedup daemon --opted-in: only processes that opted in to KSM are targets; twins that did not are left alone', async (ctx) => {
+    skipUnlessKsmSettings(ctx)
+    // Any other opted-in process would be a target too.
+    await skipUnlessOnlyKsmUser(ctx)
+    // ksmd stopped: whatever merges is the daemon's doing.
+    ksmState.set({ run: 0 })
+    const [anyMerge, mergeable, plain, plainTwin] = await Promise.all([startTarget(15), startTarget(15), startTarget(15), startTarget(15)])
+    expect(await anyMerge.ask('merge-any')).toEqual({ errno: 0 })
+    expect(await mergeable.ask('mergeable')).toEqual({ errno: 0 })
+    ensureDist()
+    const cli = spawnSync(process.execPath, [`${repoRoot}/dist/lib/cli.js`, 'daemon', '--opted-in', '--once', '--interval', '0.2', '--json'], { encoding: 'utf8', timeout: 240_000 })
+    expect(cli.status, cli.stderr).toBe(0)
+    const lines = cli.stdout.trim().split('\n').map((line) => JSON.parse(line))
+    expect(lines.map((r) => r.targets), 'targets per pass: the two that opted in').toEqual([2, 2, 2])
+    expect(lines.flatMap((r) => r.failures)).toEqual([])
+    const [pa, pm, pp, pt] = [anyMerge, mergeable, plain, plainTwin].map((t) => pfns(t.pid, t.cold, coldPages))
+    expect(sharedFrames(pa, pm), 'the two that opted in, merged').toBeGreaterThanOrEqual(coldPages * 0.95)
+    expect(sharedFrames(pp, pa), 'one that did not, with them').toBe(0)
+    expect(sharedFrames(pp, pt), 'the two that did not, with each other').toBe(0)
+    for (const t of [plain, plainTwin]) expect(ksm.processStats(t.pid).ksmRmapItems, `pid ${t.pid}: rmap items`).toBe(0)
+    for (const t of [anyMerge, mergeable, plain, plainTwin]) expect(await t.ask('verify')).toEqual({ bad: 0 })
+  }, 300_000)
 })

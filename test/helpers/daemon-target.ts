@@ -13,7 +13,7 @@ export interface DaemonTarget {
   cold: bigint
   /** Address of the hot pages (rewritten every 2 ms). */
   hot: bigint
-  /** Sends a command line ('verify'), resolves with the JSON line it answers. */
+  /** Sends a command line ('verify'; see daemon-target.c), resolves with the JSON line it answers. */
   ask(command: string): Promise<any>
   stop(): Promise<void>
 }
@@ -61,4 +61,9 @@ export function pfnsOf(pid: number | 'self', address: bigint, pages: number): bi
   } finally {
     fs.closeSync(fd)
   }
+}
+
+/** Pages i where two PFN lists (pfnsOf) name the same present frame. */
+export function sharedFrames(a: readonly bigint[], b: readonly bigint[]): number {
+  return a.filter((pfn, i) => pfn !== 0n && pfn === b[i]).length
 }

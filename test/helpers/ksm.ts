@@ -200,6 +200,39 @@ export function rangeMapsDuplicates(region: Region, range?: Range): boolean {
   return duplicatePfns(region, range).size > 0
 }
 
+const KPF_KSM = 21n
+
+/** KPF_KSM of each PFN (/proc/kpageflags, root only), false for PFN 0. */
+export function ksmFlags(pfns: Iterable<bigint>): boolean[] {
+  const fd = fs.openSync('/proc/kpageflags', 'r')
+  try {
+    const word = Buffer.alloc(8)
+    return Array.from(pfns, (pfn) => {
+      if (pfn === 0n) return false
+      fs.readSync(fd, word, 0, 8, Number(pfn) * 8)
+      return ((word.readBigUInt64LE(0) >> KPF_KSM) & 1n) === 1n
+    })
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/**
+ * Whether KPF_KSM means a KSM page here. Before "fs/proc: fix KPF_KSM reported for all anonymous
+ * pages" (July 2026; the lab carries it as 0045) /proc/kpageflags set KPF_KSM on every anonymous
+ * page (stable_page_flags() tested `mapping & PAGE_MAPPING_KSM`, which any anon mapping's low bit
+ * satisfies), so there only PFN sharing tells a merged page.
+ */
+let kpfKsmReliable: boolean | undefined
+export function kpfKsmWorks(): boolean {
+  if (kpfKsmReliable === undefined) {
+    using plain = Region.anonymous(pageSize)
+    plain.bytes[0] = 1
+    kpfKsmReliable = !ksmFlags(pagemap.entries(plain).pfns)[0]
+  }
+  return kpfKsmReliable
+}
+
 /** /proc/self/ksm_stat ksm_merging_pages (ksm_functional_tests.c get_my_merging_pages()). */
 export function myMergingPages(): number {
   return ksm.processStats().ksmMergingPages

@@ -31,11 +31,10 @@ import os from 'node:os'
 import { afterAll, afterEach, beforeAll, describe, expect, it, type TestContext } from 'vitest'
 import { Region, ksm, pagemap, pageSize, sksm, type Reservation } from '../../lib/index.ts'
 import { errorCode } from '../helpers/errors.ts'
-import { KsmState, acquireKsmLock, fastKsmd, inVm, ksmLockTimeoutMs, ksmSettingsDenied, probe, skipUnlessKsmSettings } from '../helpers/ksm.ts'
+import { KsmState, acquireKsmLock, fastKsmd, inVm, kpfKsmWorks, ksmFlags, ksmLockTimeoutMs, ksmSettingsDenied, probe, skipUnlessKsmSettings } from '../helpers/ksm.ts'
 
 const P = pageSize
 const PAGES = 8
-const KPF_KSM = 21n
 type Merger = 'ksm' | 'sksm'
 type Move = 'maymove' | 'fixed' | 'dontunmap' | 'partial'
 
@@ -70,37 +69,6 @@ function skipUnless(ctx: TestContext, merger: Merger): void {
   skipUnlessKsmSettings(ctx)
   if (!p.pfnsVisible) ctx.skip('/proc/self/pagemap hides PFNs (needs CAP_SYS_ADMIN): no PFN check could fail')
   if (merger === 'sksm' && !sksm.available()) ctx.skip(`kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL); the lab VM runs this`)
-}
-
-/** KPF_KSM of each PFN (/proc/kpageflags), false for PFN 0. */
-function ksmFlags(pfns: BigUint64Array): boolean[] {
-  const fd = fs.openSync('/proc/kpageflags', 'r')
-  try {
-    const word = Buffer.alloc(8)
-    return Array.from(pfns, (pfn) => {
-      if (pfn === 0n) return false
-      fs.readSync(fd, word, 0, 8, Number(pfn) * 8)
-      return ((word.readBigUInt64LE(0) >> KPF_KSM) & 1n) === 1n
-    })
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
-/**
- * Whether KPF_KSM means a KSM page here. Before "fs/proc: fix KPF_KSM reported for all anonymous
- * pages" (July 2026; the lab carries it as 0045) /proc/kpageflags set KPF_KSM on every anonymous
- * page (stable_page_flags() tested `mapping & PAGE_MAPPING_KSM`, which any anon mapping's low bit
- * satisfies), so there only PFN sharing tells a merged page.
- */
-let kpfKsmReliable: boolean | undefined
-function kpfKsmWorks(): boolean {
-  if (kpfKsmReliable === undefined) {
-    using plain = Region.anonymous(P)
-    plain.bytes[0] = 1
-    kpfKsmReliable = !ksmFlags(pagemap.entries(plain).pfns)[0]
-  }
-  return kpfKsmReliable
 }
 
 interface PageState {

@@ -208,8 +208,10 @@ export function configure(settings: KsmSettings): KsmSettings {
 
 /**
  * Resolves once ksmd has completed `scans` more full scans (ksm_tests.c waits for 2 so every
- * page had a chance to be seen twice: once to enter the unstable tree, once to merge). ksmd
- * only scans while some memory is mergeable: with none, this times out (ETIMEDOUT).
+ * page had a chance to be seen twice: once to enter the unstable tree, once to merge). A scan
+ * under way when this is called counts as the first, and memory just made mergeable is queued
+ * behind ksmd's cursor: after marking, 3 make sure every page was seen twice. ksmd only scans
+ * while some memory is mergeable: with none, this times out (ETIMEDOUT).
  */
 export async function waitForFullScans(scans = 2, options?: { timeoutMs?: number; pollMs?: number }): Promise<void> {
   validateInteger(scans, 'scans', 1)

@@ -3,7 +3,7 @@
 //   1. uname -r               must end in -memdedup
 //   2. madv-merge-probe       madvise(MADV_MERGE=26) must return 0 (and EINVAL on the host)
 //   3. the seed's basic_test  tools/testing/selftests/sksm/basic_test.c from kernel-patches/0002,
-//      and remote_test        tools/testing/selftests/sksm/remote_test.c from kernel-patches/0053
+//      and remote_test        tools/testing/selftests/sksm/remote_test.c from kernel-patches/0052
 //   4. the vitest suite       node node_modules/vitest/vitest.mjs run; it ends with the skipped
 //                             tests by reason and fails on a skip the lab must not need (a feature
 //                             the lab kernel has, root, swap, or no reason: test/helpers/env.mjs)
@@ -59,7 +59,7 @@ step 'madv-merge-probe --expect-present'
 ${shellQuote(kernel.programs.madvMergeProbe)} --expect-present || fail madv-merge-probe $?
 step 'sksm basic_test (seed selftest)'
 ${shellQuote(kernel.programs.basicTest)} || fail basic_test $?
-step 'sksm remote_test (process_madvise MADV_MERGE, kernel-patches/0053)'
+step 'sksm remote_test (process_madvise MADV_MERGE, kernel-patches/0052)'
 ${shellQuote(kernel.programs.remoteTest)} || fail remote_test $?
 step ${shellQuote(`suite: ${suite}`)}
 suite_started=$(cut -d' ' -f1 /proc/uptime)

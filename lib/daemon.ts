@@ -5,7 +5,7 @@
  * a page unwritten for `stablePasses` passes is hashed through /proc/<pid>/mem (nothing pinned);
  * a TwinIndex per security domain counts who holds each content; and pages whose content another
  * page of the same domain holds are merged with process_madvise(MADV_MERGE) (lab kernel patch
- * 0053), which compares the bytes itself. A written page is forgotten until it is stable again.
+ * 0052), which compares the bytes itself. A written page is forgotten until it is stable again.
  *
  * Security: merging reveals content across the processes merged (a write to a merged page takes
  * longer). By default pages meet only within one effective uid (`scope: 'uid'`), the kernel's
@@ -214,7 +214,7 @@ export class Daemon {
       throw new FeatureUnavailableError('softDirty', 'the kernel does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY): the daemon cannot see which pages a process writes')
     }
     if (this.#merge === 'sksm' && !features().remoteMerge) {
-      throw new FeatureUnavailableError('remoteMerge', "process_madvise() does not take MADV_MERGE here (lab kernel patch 0053); use { merge: 'none' } for a dry run")
+      throw new FeatureUnavailableError('remoteMerge', "process_madvise() does not take MADV_MERGE here (lab kernel patch 0052); use { merge: 'none' } for a dry run")
     }
   }
 

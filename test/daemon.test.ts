@@ -20,7 +20,7 @@ const remoteMerge = features().remoteMerge
 const missing = !softDirty
   ? `kernel ${os.release()} does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY)`
   : !remoteMerge
-    ? `kernel ${os.release()}: process_madvise() does not take MADV_MERGE (lab kernel patch 0053)`
+    ? `kernel ${os.release()}: process_madvise() does not take MADV_MERGE (lab kernel patch 0052)`
     : !isRoot
       ? 'needs root (PFNs of other processes, CAP_SYS_NICE)'
       : ''
@@ -435,7 +435,7 @@ describe(`Daemon and ksmd${skipWhy}`, () => {
     const targets = [anyMerge, mergeable, plain]
     expect(await anyMerge.ask('merge-any')).toEqual({ errno: 0 })
     expect(await mergeable.ask('mergeable')).toEqual({ errno: 0 })
-    // ksmd's scope as MADV_MERGE's (0049), so that both merge into the same KSM pages.
+    // ksmd's scope as MADV_MERGE's (0048), so that both merge into the same KSM pages.
     ksmState.set({ ...fastKsmd, ...(ksm.stats().ksmdScope === undefined ? {} : { ksmdScope: 'uid' as const }), run: 1 })
     // ksmd first, so that the daemon meets KSM pages ksmd made (and keeps running beside it).
     const mergedByKsmd = () => sharedFrames(pfns(anyMerge.pid, anyMerge.cold, coldPages), pfns(mergeable.pid, mergeable.cold, coldPages))

@@ -16,7 +16,7 @@ import { inVm } from './helpers/env.mjs'
 
 const hasSksm = sksm.available()
 const hasKsm = ksm.available()
-// Merge scopes (0049): ksmd's and MADV_MERGE's pages meet only within one scope.
+// Merge scopes (0048): ksmd's and MADV_MERGE's pages meet only within one scope.
 const hasScopes = hasKsm && ksm.stats().sksmScope !== undefined
 const skipReason = !hasSksm
   ? ` [skipped: kernel ${os.release()} has no SKSM (madvise(MADV_MERGE) is EINVAL); run in the lab VM]`
@@ -68,7 +68,7 @@ describe.skipIf(skipReason !== '')(`KSM and SKSM in one boot${skipReason}`, () =
     // ksmd's knobs are system-wide: one driver at a time (see test/helpers/ksm.ts)
     releaseKsm = await acquireKsmLock()
     // full speed: no sleep between batches, large batches. ksmd merges per uid as MADV_MERGE does
-    // (kernel patch 0049), so their pages meet: with ksmd global they are separate scopes.
+    // (kernel patch 0048), so their pages meet: with ksmd global they are separate scopes.
     previous = ksm.configure({ run: 1, pagesToScan: 4000, sleepMillisecs: 0, ...(hasScopes ? { ksmdScope: 'uid' } : {}) })
   })
   afterAll(() => {

@@ -1,4 +1,4 @@
-// Merge scopes (SKSM v3, issue 19 finding 10; kernel patch 0049). A synchronous merge answers
+// Merge scopes (SKSM v3, issue 19 finding 10; kernel patch 0048). A synchronous merge answers
 // "does a page with this content exist?" at once, and pages_sharing (world-readable) tells the
 // answer: another uid could recover a secret page by page. The attacker here is the review's:
 // an unprivileged process that MADV_MERGEs 1000 guesses of a PIN root holds, one page at a time.

@@ -103,7 +103,7 @@ for (const withKsm of [false, true]) {
   describe(`SKSM stress${withKsm ? ', with ksmd merging the same memory' : ''}`, () => {
     const state = new KsmState()
     beforeAll(() => {
-      // ksmd merges per uid, as MADV_MERGE does by default (merge scopes, 0049): with ksmd global
+      // ksmd merges per uid, as MADV_MERGE does by default (merge scopes, 0048): with ksmd global
       // the two would make separate KSM pages of the same content, and the cases count frames.
       if (!(withKsm && hasSksm && isRoot)) return
       const sameScope = ksm.stats().ksmdScope !== undefined ? { ksmdScope: 'uid' as const } : {}

@@ -1,4 +1,4 @@
-// Port of tools/testing/selftests/sksm/remote_test.c (kernel-patches/0053): process_madvise()
+// Port of tools/testing/selftests/sksm/remote_test.c (kernel-patches/0052): process_madvise()
 // with MADV_MERGE and MADV_UNMERGEABLE on another process, through TargetProcess. The C forks
 // children that fill pages of two contents; here the target is test/fixtures/daemon-target.c
 // (page i holds class i % classes). Each case asserts what the C asserts, by PFN and content.
@@ -12,7 +12,7 @@ import { pfnsOf, startDaemonTarget, type DaemonTarget } from '../helpers/daemon-
 
 const isRoot = process.getuid?.() === 0
 const missing = !features().remoteMerge
-  ? `kernel ${os.release()}: process_madvise() does not take MADV_MERGE (lab kernel patch 0053)`
+  ? `kernel ${os.release()}: process_madvise() does not take MADV_MERGE (lab kernel patch 0052)`
   : !isRoot
     ? 'needs root (PFNs of other processes, CAP_SYS_NICE, a target of another uid)'
     : ''

@@ -255,7 +255,7 @@ async function stopWorkers(workers) {
 const cgroupRoot = '/sys/fs/cgroup'
 
 /** The daemon's counters before its first pass over the fleet. */
-const noPasses = () => ({ passes: 0, cpuMs: 0, mergedPages: 0, rewrittenPages: 0, hashedPages: 0, writtenPages: 0, failures: 0, maxPassCpuMs: 0 })
+const noPasses = () => ({ passes: 0, cpuMs: 0, mergedPages: 0, rewrittenPages: 0, hashedPages: 0, checkedPages: 0, writtenPages: 0, failures: 0, maxPassCpuMs: 0 })
 
 /**
  * Starts `memdedup daemon` on `cgroup` and resolves once its first pass is reported (a daemon that
@@ -281,7 +281,7 @@ async function startDaemon(cgroup) {
       daemon.passes++
       daemon.cpuMs += pass.cpuMs
       daemon.maxPassCpuMs = Math.max(daemon.maxPassCpuMs, pass.cpuMs)
-      for (const key of ['mergedPages', 'rewrittenPages', 'hashedPages', 'writtenPages']) daemon[key] += pass[key]
+      for (const key of ['mergedPages', 'rewrittenPages', 'hashedPages', 'checkedPages', 'writtenPages']) daemon[key] += pass[key]
       daemon.failures += pass.failures.length
       up()
     }
@@ -398,7 +398,7 @@ function summarize(config, baseline, samples, workers, ready, daemon) {
   for (let i = 1; i < samples.length; i++) ksmUnmerges += Math.max(0, samples[i - 1].mergingPages - samples[i].mergingPages)
   // The daemon's passes stand in for the workers' Deduplicators: the same counters, summed.
   const dedupStats = daemon
-    ? [{ passes: daemon.passes, cpuMs: daemon.cpuMs, mergedPages: daemon.mergedPages, markedPages: 0, cowAfterMerge: daemon.rewrittenPages, hashedPages: daemon.hashedPages, writtenPages: daemon.writtenPages, failures: daemon.failures, maxPassCpuMs: daemon.maxPassCpuMs, processCpuMs: daemon.processCpuS * 1000 }]
+    ? [{ passes: daemon.passes, cpuMs: daemon.cpuMs, mergedPages: daemon.mergedPages, markedPages: 0, cowAfterMerge: daemon.rewrittenPages, hashedPages: daemon.hashedPages, checkedPages: daemon.checkedPages, writtenPages: daemon.writtenPages, failures: daemon.failures, maxPassCpuMs: daemon.maxPassCpuMs, processCpuMs: daemon.processCpuS * 1000 }]
     : workers.map((w) => w.final.dedup).filter(Boolean)
   const dedupCpuS = dedupStats.reduce((sum, s) => sum + s.cpuMs, 0) / 1000
   const ksmdCpuS = samples.at(-1).ksmdCpu - baseline.ksmdCpu

@@ -487,7 +487,7 @@ function budget(value: string): number {
 /** One pass as a line of text: what it saw and merged. */
 function passLine(r: DaemonPassReport, totalMerged: number): string {
   const failures = r.failures.map((f) => `${f.pid}: ${f.code}`).join(', ')
-  return `${new Date(r.time).toISOString()}  targets ${r.targets}  present ${r.presentPages}  written ${r.writtenPages}  hashed ${r.hashedPages}  ` +
+  return `${new Date(r.time).toISOString()}  targets ${r.targets}  present ${r.presentPages}  written ${r.writtenPages}  checked ${r.checkedPages}  hashed ${r.hashedPages}  ` +
     `merged ${r.mergedPages} (total ${totalMerged})  rewritten ${r.rewrittenPages}  ${r.durationMs} ms, CPU ${r.cpuMs.toFixed(1)} ms` +
     (failures ? `  failed: ${failures}` : '')
 }

@@ -7,6 +7,12 @@
  * page of the same domain holds are merged with process_madvise(MADV_MERGE) (lab kernel patch
  * 0052), which compares the bytes itself. A written page is forgotten until it is stable again.
  *
+ * Pages are followed by address, in blocks of 512, not by mapping: a process's mappings grow,
+ * shrink and merge (malloc and V8 map next to what is there) while its pages stay what they are.
+ * A mapping created or resized since the last pass carries the kernel's VM_SOFTDIRTY flag, so every
+ * page of it reads as written; there the pages already hashed are hashed again, and those whose
+ * content stayed keep their place.
+ *
  * Security: merging reveals content across the processes merged (a write to a merged page takes
  * longer). By default pages meet only within one effective uid (`scope: 'uid'`), the kernel's
  * own merge scope for remote merges; `scope: 'global'` is the explicit opt-out.
@@ -61,6 +67,11 @@ export interface DaemonPassReport {
   presentPages: number
   /** Present pages written since the last pass. */
   writtenPages: number
+  /**
+   * Pages of mappings created or resized since the last pass (malloc or V8 mapping next to them:
+   * every page then reads as written) hashed to tell which changed.
+   */
+  checkedPages: number
   /** Pages hashed this pass (stable for stablePasses passes and not hashed yet). */
   hashedPages: number
   /** Pages given to MADV_MERGE this pass (in a dry run: that would have been). */
@@ -75,34 +86,43 @@ export interface DaemonPassReport {
   cpuMs: number
 }
 
-/** Per page: passes unwritten (0 … 255) and where it stands. */
-const enum PageState { Unhashed = 0, Indexed = 1, Merged = 2 }
+/** Per page: where it stands. Checked: its hash is known (see #check) but it is not in the index. */
+const enum PageState { Unhashed = 0, Indexed = 1, Merged = 2, Checked = 3 }
 
-/** One private anonymous mapping of a target, followed page by page. */
-interface Area {
-  start: bigint
-  pages: number
+/** Pages in a block. */
+const blockPages = 512
+
+/** `blockPages` pages of a target's address space, followed page by page, whichever mappings cover them. */
+interface Block {
+  /** Its first page (address / pageSize). */
+  first: number
   /** Per page: the last pass that saw it written or absent (it may merge stablePasses passes later). */
   changed: Uint32Array
   state: Uint8Array
   hashes: BigUint64Array
   /** Pages whose state is not Unhashed: while 0, a change needs no look at `state`. */
-  indexed: number
+  known: number
   /** Page ranges [from, to) present and unwritten at the last scan: where #hash looks. */
   quiet: number[]
+  /** The last pass whose scan met a present page of it, and where that scan got to. */
+  seen: number
+  cursor: number
 }
 
 interface Target {
   pid: number
   process: TargetProcess
   scope: string
-  areas: Map<string, Area>
+  /** By block number (first page / blockPages); a block exists while a page of it is present. */
+  blocks: Map<number, Block>
+  /** The followed mappings ("start-end") of the last scan; null before the first. */
+  extents: Set<string> | null
 }
 
 /** A holder of a content that had no twin yet: merged when the twin comes. */
 interface Waiting {
   target: Target
-  area: Area
+  block: Block
   page: number
 }
 
@@ -189,7 +209,7 @@ export class Daemon {
   readonly #exited = new Set<number>()
   #timer: NodeJS.Timeout | null = null
   #closed = false
-  /** Passes begun (Area.changed counts in them). */
+  /** Passes begun (Block.changed counts in them). */
   #pass = 1
 
   constructor(options?: DaemonOptions) {
@@ -234,10 +254,10 @@ export class Daemon {
     this.#pass++
     const time = Date.now()
     const cpu0 = process.cpuUsage()
-    const report: DaemonPassReport = { time, targets: 0, newTargets: 0, presentPages: 0, writtenPages: 0, hashedPages: 0, mergedPages: 0, rewrittenPages: 0, failures: [], durationMs: 0, cpuMs: 0 }
+    const report: DaemonPassReport = { time, targets: 0, newTargets: 0, presentPages: 0, writtenPages: 0, checkedPages: 0, hashedPages: 0, mergedPages: 0, rewrittenPages: 0, failures: [], durationMs: 0, cpuMs: 0 }
     const wanted = this.#wanted()
     for (const [pid, target] of this.#targets) if (!wanted.has(pid)) this.#drop(target)
-    const merges = new Map<Target, Array<{ start: bigint; length: number }>>()
+    const merges = new Map<Target, number[]>()
     let hashBudget = this.#maxHash
     for (const pid of wanted) {
       let target: Target | undefined
@@ -250,7 +270,7 @@ export class Daemon {
           report.newTargets++
           continue
         }
-        this.#scan(target, report)
+        hashBudget = this.#scan(target, report, hashBudget)
         hashBudget = this.#hash(target, report, hashBudget, merges)
         report.targets++
       } catch (error) {
@@ -268,9 +288,9 @@ export class Daemon {
         if (exited) this.#exited.add(pid)
       }
     }
-    for (const [target, ranges] of merges) {
+    for (const [target, pages] of merges) {
       try {
-        report.mergedPages += this.#mergeRanges(target, ranges)
+        report.mergedPages += this.#mergePages(target, pages)
       } catch (error) {
         report.failures.push({ pid: target.pid, code: errorCode(error), message: (error as Error).message })
         this.#drop(target)
@@ -345,7 +365,7 @@ export class Daemon {
 
   #open(pid: number): Target {
     const scope = this.#scope === 'global' ? 'global' : `uid:${effectiveUid(pid)}`
-    const target: Target = { pid, process: TargetProcess.open(pid), scope, areas: new Map() }
+    const target: Target = { pid, process: TargetProcess.open(pid), scope, blocks: new Map(), extents: null }
     try {
       target.process.clearSoftDirty()
     } catch (error) {
@@ -357,7 +377,7 @@ export class Daemon {
   }
 
   #drop(target: Target): void {
-    for (const area of target.areas.values()) this.#forget(target, area, 0, area.pages)
+    for (const block of target.blocks.values()) this.#forget(target, block, 0, blockPages)
     target.process.close()
     this.#targets.delete(target.pid)
   }
@@ -371,120 +391,169 @@ export class Daemon {
     return domain
   }
 
-  /** Pages [from, to) of an area leave the index (written, unmapped, or the target gone); returns those that were merged. */
-  #forget(target: Target, area: Area, from: number, to: number): number {
-    if (area.indexed === 0) return 0
+  /** Pages [from, to) of a block leave the index (written, unmapped, or the target gone); returns those that were merged. */
+  #forget(target: Target, block: Block, from: number, to: number): number {
+    if (block.known === 0) return 0
     const domain = this.#domain(target.scope)
     const released: bigint[] = []
     let rewritten = 0
-    const states = area.state.subarray(from, to)
-    // indexOf runs at native speed: most of a range is Unhashed.
-    let nextIndexed = states.indexOf(PageState.Indexed)
-    let nextMerged = states.indexOf(PageState.Merged)
-    while (nextIndexed >= 0 || nextMerged >= 0) {
-      const merged = nextIndexed < 0 || (nextMerged >= 0 && nextMerged < nextIndexed)
-      const at = merged ? nextMerged : nextIndexed
-      const page = from + at
-      if (merged) rewritten++
-      const hash = area.hashes[page]
+    for (let page = from; page < to && block.known > 0; page++) {
+      const state = block.state[page]
+      if (state === PageState.Unhashed) continue
+      block.state[page] = PageState.Unhashed
+      block.known--
+      if (state === PageState.Checked) continue
+      if (state === PageState.Merged) rewritten++
+      const hash = block.hashes[page]
       released.push(hash)
       const waiting = domain.waiting.get(hash)
-      if (waiting && waiting.area === area && waiting.page === page) domain.waiting.delete(hash)
-      area.state[page] = PageState.Unhashed
-      if (merged) nextMerged = states.indexOf(PageState.Merged, at + 1)
-      else nextIndexed = states.indexOf(PageState.Indexed, at + 1)
+      if (waiting && waiting.block === block && waiting.page === page) domain.waiting.delete(hash)
     }
-    area.indexed -= released.length
     if (released.length) domain.index.release(BigUint64Array.from(released))
     return rewritten
   }
 
-  /** Pages [from, to) were written or are absent this pass: not stable, out of the index. */
-  #changed(target: Target, area: Area, from: number, to: number, report: DaemonPassReport): void {
+  /** Pages [from, to) of a block were written or are absent this pass: not stable, out of the index. */
+  #changed(target: Target, block: Block, from: number, to: number, report: DaemonPassReport): void {
     if (from >= to) return
-    area.changed.fill(this.#pass, from, to)
-    report.rewrittenPages += this.#forget(target, area, from, to)
+    block.changed.fill(this.#pass, from, to)
+    report.rewrittenPages += this.#forget(target, block, from, to)
   }
 
-  /** Which pages are present and which were written since the last pass; soft-dirty cleared again. */
-  #scan(target: Target, report: DaemonPassReport): void {
+  #block(target: Target, number: number): Block {
+    let block = target.blocks.get(number)
+    if (!block) {
+      // No page of it was present at the last scan: each was absent then, at the latest.
+      block = {
+        first: number * blockPages, changed: new Uint32Array(blockPages).fill(this.#pass - 1), state: new Uint8Array(blockPages),
+        hashes: new BigUint64Array(blockPages), known: 0, quiet: [], seen: 0, cursor: 0,
+      }
+      target.blocks.set(number, block)
+    }
+    return block
+  }
+
+  /**
+   * Which pages are present and which were written since the last pass, block by block; soft-dirty
+   * cleared again. Returns what is left of the hash budget (see #check).
+   */
+  #scan(target: Target, report: DaemonPassReport, budget: number): number {
     // An exited target's /proc files read as empty: say so instead of following nothing.
     if (!target.process.alive()) throw codedError('ERR_TARGET_EXITED', target.pid)
-    const mappings = target.process.mappings().filter(followed)
-    const keep = new Set<string>()
-    for (const m of mappings) {
-      const key = `${m.start}-${m.end}`
-      keep.add(key)
-      let area = target.areas.get(key)
-      if (!area) {
-        const pages = Number(m.end - m.start) / pageSize
-        // Soft-dirty was cleared at the last pass; a mapping created since reads as written.
-        area = { start: m.start, pages, changed: new Uint32Array(pages).fill(this.#pass - 1), state: new Uint8Array(pages), hashes: new BigUint64Array(pages), indexed: 0, quiet: [] }
-        target.areas.set(key, area)
-      }
-      // Work per present range and per change, not per page of the mapping: a Node process maps
-      // far more than it touches.
-      area.quiet.length = 0
-      let cursor = 0
-      for (const result of target.process.scanAll({ start: area.start, length: area.pages * pageSize, require: ['present'], report: ['present', 'softDirty'] })) {
+    const pass = this.#pass
+    const extents = new Set<string>()
+    // Work per present range and per change, not per page of the mappings: a Node process maps far
+    // more than it touches. Mappings come in address order, so each block's ranges do too.
+    for (const m of target.process.mappings().filter(followed)) {
+      const extent = `${m.start}-${m.end}`
+      extents.add(extent)
+      const resized = target.extents !== null && !target.extents.has(extent)
+      for (const result of target.process.scanAll({ start: m.start, length: Number(m.end - m.start), require: ['present'], report: ['present', 'softDirty'] })) {
         for (let i = 0; i < result.starts.length; i++) {
-          const from = Number(result.starts[i] - area.start) / pageSize
-          const to = Number(result.ends[i] - area.start) / pageSize
-          this.#changed(target, area, cursor, from, report) // absent
+          const from = Number(result.starts[i] / BigInt(pageSize))
+          const to = Number(result.ends[i] / BigInt(pageSize))
+          const written = (result.categories[i] & PageCategory.softDirty) !== 0
           report.presentPages += to - from
-          if ((result.categories[i] & PageCategory.softDirty) !== 0) {
-            report.writtenPages += to - from
-            this.#changed(target, area, from, to, report)
-          } else {
-            area.quiet.push(from, to)
+          for (let number = Math.floor(from / blockPages); number * blockPages < to; number++) {
+            const block = this.#block(target, number)
+            if (block.seen !== pass) {
+              block.seen = pass
+              block.cursor = 0
+              block.quiet.length = 0
+            }
+            const lo = Math.max(from, block.first) - block.first
+            const hi = Math.min(to, block.first + blockPages) - block.first
+            this.#changed(target, block, block.cursor, lo, report) // absent
+            if (!written) {
+              quiet(block, lo, hi)
+            } else if (resized && budget > 0) {
+              budget = this.#check(target, block, lo, hi, report, budget)
+            } else {
+              report.writtenPages += hi - lo
+              this.#changed(target, block, lo, hi, report)
+            }
+            block.cursor = hi
           }
-          cursor = to
         }
       }
-      this.#changed(target, area, cursor, area.pages, report)
     }
-    for (const [key, area] of target.areas) {
-      if (keep.has(key)) continue
-      this.#forget(target, area, 0, area.pages)
-      target.areas.delete(key)
+    for (const [number, block] of target.blocks) {
+      if (block.seen === pass) {
+        this.#changed(target, block, block.cursor, blockPages, report)
+      } else {
+        this.#changed(target, block, 0, blockPages, report)
+        target.blocks.delete(number)
+      }
     }
+    target.extents = extents
     target.process.clearSoftDirty()
+    return budget
+  }
+
+  /**
+   * Pages [lo, hi) of a block read as written in a mapping created or resized since the last pass,
+   * where the kernel reports every page as written (VM_SOFTDIRTY). Hashed: a page whose content is
+   * the hash known for it is unchanged and keeps its place; the others changed, and their hash is
+   * kept (Checked) for the next time. Past the budget, pages count as written.
+   */
+  #check(target: Target, block: Block, lo: number, hi: number, report: DaemonPassReport, budget: number): number {
+    const count = Math.min(hi - lo, budget)
+    const hashes = target.process.hashPages(BigInt(block.first + lo) * BigInt(pageSize), count)
+    report.checkedPages += count
+    for (let k = 0; k < count; k++) {
+      const page = lo + k
+      if (block.state[page] !== PageState.Unhashed && block.hashes[page] === hashes[k]) {
+        quiet(block, page, page + 1)
+        continue
+      }
+      report.writtenPages++
+      this.#changed(target, block, page, page + 1, report)
+      block.hashes[page] = hashes[k]
+      block.state[page] = PageState.Checked
+      block.known++
+    }
+    report.writtenPages += hi - lo - count
+    this.#changed(target, block, lo + count, hi, report)
+    return budget - count
   }
 
   /** Hashes the newly stable pages, indexes them, and collects the pages with a twin to merge. */
-  #hash(target: Target, report: DaemonPassReport, budget: number, merges: Map<Target, Array<{ start: bigint; length: number }>>): number {
+  #hash(target: Target, report: DaemonPassReport, budget: number, merges: Map<Target, number[]>): number {
     const domain = this.#domain(target.scope)
     // A page may merge once it stayed present and unwritten since pass `ripe`.
     const ripe = this.#pass - this.#stablePasses
-    const eligible = (area: Area, page: number) => area.changed[page] <= ripe && area.state[page] === PageState.Unhashed
-    for (const area of target.areas.values()) {
-      for (let q = 0; q < area.quiet.length && budget > 0; q += 2) {
-        const last = area.quiet[q + 1]
-        for (let page = area.quiet[q]; page < last && budget > 0;) {
-          if (!eligible(area, page)) {
+    const eligible = (block: Block, page: number) =>
+      block.changed[page] <= ripe && (block.state[page] === PageState.Unhashed || block.state[page] === PageState.Checked)
+    for (const block of target.blocks.values()) {
+      for (let q = 0; q < block.quiet.length && budget > 0; q += 2) {
+        const last = block.quiet[q + 1]
+        for (let page = block.quiet[q]; page < last && budget > 0;) {
+          if (!eligible(block, page)) {
             page++
             continue
           }
           let end = page + 1
-          while (end < last && end - page < budget && eligible(area, end)) end++
-          const hashes = target.process.hashPages(area.start + BigInt(page * pageSize), end - page)
+          while (end < last && end - page < budget && eligible(block, end)) end++
+          const hashes = target.process.hashPages(BigInt(block.first + page) * BigInt(pageSize), end - page)
           const holders = domain.index.add(hashes)
           report.hashedPages += end - page
           budget -= end - page
-          area.indexed += end - page
           for (let k = 0; k < hashes.length; k++) {
             const p = page + k
-            area.hashes[p] = hashes[k]
-            area.state[p] = PageState.Indexed
+            if (block.state[p] === PageState.Unhashed) block.known++
+            block.hashes[p] = hashes[k]
+            block.state[p] = PageState.Indexed
             if (holders[k] < 2) {
-              domain.waiting.set(hashes[k], { target, area, page: p })
+              domain.waiting.set(hashes[k], { target, block, page: p })
               continue
             }
-            addMerge(merges, target, area, p)
+            addMerge(merges, target, block.first + p)
             const waiting = domain.waiting.get(hashes[k])
             if (waiting) {
               domain.waiting.delete(hashes[k])
-              if (waiting.area.state[waiting.page] === PageState.Indexed && this.#targets.get(waiting.target.pid) === waiting.target) addMerge(merges, waiting.target, waiting.area, waiting.page)
+              if (waiting.block.state[waiting.page] === PageState.Indexed && this.#targets.get(waiting.target.pid) === waiting.target) {
+                addMerge(merges, waiting.target, waiting.block.first + waiting.page)
+              }
             }
           }
           page = end
@@ -494,34 +563,36 @@ export class Daemon {
     return budget
   }
 
-  /** MADV_MERGE of a target's ranges, 1024 per call; returns the pages given to it. */
-  #mergeRanges(target: Target, ranges: Array<{ start: bigint; length: number }>): number {
-    ranges.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+  /** MADV_MERGE of a target's pages (page numbers), in runs, 1024 runs per call; returns the pages given to it. */
+  #mergePages(target: Target, pages: number[]): number {
+    pages.sort((a, b) => a - b)
     const runs: Array<{ start: bigint; length: number }> = []
-    for (const r of ranges) {
-      const last = runs.at(-1)
-      if (last && last.start + BigInt(last.length) === r.start) last.length += r.length
-      else runs.push({ ...r })
+    for (let i = 0; i < pages.length;) {
+      let end = i + 1
+      while (end < pages.length && pages[end] === pages[end - 1] + 1) end++
+      runs.push({ start: BigInt(pages[i]) * BigInt(pageSize), length: (end - i) * pageSize })
+      i = end
     }
-    let pages = 0
     for (let i = 0; i < runs.length; i += 1024) {
-      const batch = runs.slice(i, i + 1024)
-      if (this.#merge === 'sksm') target.process.madvise(batch, 'merge')
-      pages += batch.reduce((sum, r) => sum + r.length / pageSize, 0)
+      if (this.#merge === 'sksm') target.process.madvise(runs.slice(i, i + 1024), 'merge')
     }
-    for (const area of target.areas.values()) {
-      for (const r of runs) {
-        const from = Number(r.start - area.start) / pageSize
-        if (from < 0 || from >= area.pages) continue
-        area.state.fill(PageState.Merged, from, Math.min(area.pages, from + r.length / pageSize))
-      }
+    for (const page of pages) {
+      const block = target.blocks.get(Math.floor(page / blockPages))
+      if (block) block.state[page - block.first] = PageState.Merged
     }
-    return pages
+    return pages.length
   }
 }
 
-function addMerge(merges: Map<Target, Array<{ start: bigint; length: number }>>, target: Target, area: Area, page: number): void {
-  let ranges = merges.get(target)
-  if (!ranges) merges.set(target, (ranges = []))
-  ranges.push({ start: area.start + BigInt(page * pageSize), length: pageSize })
+/** Pages [from, to) of a block are quiet this pass (joined to the last range when they follow it). */
+function quiet(block: Block, from: number, to: number): void {
+  const ranges = block.quiet
+  if (ranges.length > 0 && ranges[ranges.length - 1] === from) ranges[ranges.length - 1] = to
+  else ranges.push(from, to)
+}
+
+function addMerge(merges: Map<Target, number[]>, target: Target, page: number): void {
+  let pages = merges.get(target)
+  if (!pages) merges.set(target, (pages = []))
+  pages.push(page)
 }

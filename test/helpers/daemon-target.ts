@@ -18,11 +18,12 @@ export interface DaemonTarget {
   stop(): Promise<void>
 }
 
-/** Starts daemon-target <cold> <hot> <seed> [classes], optionally as another uid. */
-export async function startDaemonTarget(cold: number, hot: number, seed: number, options: { classes?: number; uid?: number; gid?: number } = {}): Promise<DaemonTarget> {
-  const { classes, ...spawnOptions } = options
+/** Starts daemon-target <cold> <hot> <seed> [classes], optionally as another uid, or growable (its "grow N" command). */
+export async function startDaemonTarget(cold: number, hot: number, seed: number, options: { classes?: number; uid?: number; gid?: number; growable?: boolean } = {}): Promise<DaemonTarget> {
+  const { classes, growable, ...spawnOptions } = options
   const args = [String(cold), String(hot), String(seed), ...(classes === undefined ? [] : [String(classes)])]
-  const child = spawn(fixtureBinary('daemon-target'), args, { stdio: ['pipe', 'pipe', 'inherit'], ...spawnOptions })
+  const env = { ...process.env, DAEMON_TARGET_GROWABLE: growable ? '1' : '0' }
+  const child = spawn(fixtureBinary('daemon-target'), args, { stdio: ['pipe', 'pipe', 'inherit'], env, ...spawnOptions })
   const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
   const next = async () => {
     const { value, done } = await lines.next()

@@ -9,9 +9,12 @@
  *
  * Pages are followed by address, in blocks of 512, not by mapping: a process's mappings grow,
  * shrink and merge (malloc and V8 map next to what is there) while its pages stay what they are.
- * A mapping created or resized since the last pass carries the kernel's VM_SOFTDIRTY flag, so every
- * page of it reads as written; there the pages already hashed are hashed again, and those whose
- * content stayed keep their place.
+ * Where the kernel cannot say which pages were written, the pages are hashed again and those whose
+ * content stayed keep their place: in a mapping created or resized since the last pass (it carries
+ * VM_SOFTDIRTY, so every page of it reads as written), and in a transparent huge page (one
+ * soft-dirty bit for its 512 pages: one hot page makes all of them read as written). A merge splits
+ * a huge page, so this lasts until its pages first merge; a block where nothing stays is checked
+ * less and less often.
  *
  * Security: merging reveals content across the processes merged (a write to a merged page takes
  * longer). By default pages meet only within one effective uid (`scope: 'uid'`), the kernel's
@@ -68,8 +71,8 @@ export interface DaemonPassReport {
   /** Present pages written since the last pass. */
   writtenPages: number
   /**
-   * Pages of mappings created or resized since the last pass (malloc or V8 mapping next to them:
-   * every page then reads as written) hashed to tell which changed.
+   * Pages hashed to tell which changed where the kernel reads all as written: mappings created or
+   * resized since the last pass (malloc or V8 mapping next to them) and transparent huge pages.
    */
   checkedPages: number
   /** Pages hashed this pass (stable for stablePasses passes and not hashed yet). */
@@ -107,6 +110,12 @@ interface Block {
   /** The last pass whose scan met a present page of it, and where that scan got to. */
   seen: number
   cursor: number
+  /** Of the pages #check found with a known hash this pass, those whose content stayed. */
+  checkKnown: number
+  checkStayed: number
+  /** Checks found nothing staying: the block is not checked before pass `checkAfter` (see #scan). */
+  checkAfter: number
+  checkBackoff: number
 }
 
 interface Target {
@@ -426,7 +435,7 @@ export class Daemon {
       // No page of it was present at the last scan: each was absent then, at the latest.
       block = {
         first: number * blockPages, changed: new Uint32Array(blockPages).fill(this.#pass - 1), state: new Uint8Array(blockPages),
-        hashes: new BigUint64Array(blockPages), known: 0, quiet: [], seen: 0, cursor: 0,
+        hashes: new BigUint64Array(blockPages), known: 0, quiet: [], seen: 0, cursor: 0, checkKnown: 0, checkStayed: 0, checkAfter: 0, checkBackoff: 0,
       }
       target.blocks.set(number, block)
     }
@@ -448,11 +457,12 @@ export class Daemon {
       const extent = `${m.start}-${m.end}`
       extents.add(extent)
       const resized = target.extents !== null && !target.extents.has(extent)
-      for (const result of target.process.scanAll({ start: m.start, length: Number(m.end - m.start), require: ['present'], report: ['present', 'softDirty'] })) {
+      for (const result of target.process.scanAll({ start: m.start, length: Number(m.end - m.start), require: ['present'], report: ['present', 'softDirty', 'huge'] })) {
         for (let i = 0; i < result.starts.length; i++) {
           const from = Number(result.starts[i] / BigInt(pageSize))
           const to = Number(result.ends[i] / BigInt(pageSize))
           const written = (result.categories[i] & PageCategory.softDirty) !== 0
+          const unsure = resized || (result.categories[i] & PageCategory.huge) !== 0
           report.presentPages += to - from
           for (let number = Math.floor(from / blockPages); number * blockPages < to; number++) {
             const block = this.#block(target, number)
@@ -460,13 +470,15 @@ export class Daemon {
               block.seen = pass
               block.cursor = 0
               block.quiet.length = 0
+              block.checkKnown = 0
+              block.checkStayed = 0
             }
             const lo = Math.max(from, block.first) - block.first
             const hi = Math.min(to, block.first + blockPages) - block.first
             this.#changed(target, block, block.cursor, lo, report) // absent
             if (!written) {
               quiet(block, lo, hi)
-            } else if (resized && budget > 0) {
+            } else if (unsure && budget > 0 && block.checkAfter <= pass) {
               budget = this.#check(target, block, lo, hi, report, budget)
             } else {
               report.writtenPages += hi - lo
@@ -480,6 +492,13 @@ export class Daemon {
     for (const [number, block] of target.blocks) {
       if (block.seen === pass) {
         this.#changed(target, block, block.cursor, blockPages, report)
+        // Every known page changed (a huge page of hot data): check it after 1, 2, 4 … 64 passes.
+        if (block.checkKnown > 0 && block.checkStayed === 0) {
+          block.checkBackoff = Math.min(64, Math.max(1, block.checkBackoff * 2))
+          block.checkAfter = pass + block.checkBackoff
+        } else if (block.checkStayed > 0) {
+          block.checkBackoff = 0
+        }
       } else {
         this.#changed(target, block, 0, blockPages, report)
         target.blocks.delete(number)
@@ -491,10 +510,10 @@ export class Daemon {
   }
 
   /**
-   * Pages [lo, hi) of a block read as written in a mapping created or resized since the last pass,
-   * where the kernel reports every page as written (VM_SOFTDIRTY). Hashed: a page whose content is
-   * the hash known for it is unchanged and keeps its place; the others changed, and their hash is
-   * kept (Checked) for the next time. Past the budget, pages count as written.
+   * Pages [lo, hi) of a block read as written where the kernel reports all as written (see the
+   * module's description). Hashed: a page whose content is the hash known for it is unchanged and
+   * keeps its place; the others changed, and their hash is kept (Checked) for the next time. Past
+   * the budget, pages count as written.
    */
   #check(target: Target, block: Block, lo: number, hi: number, report: DaemonPassReport, budget: number): number {
     const count = Math.min(hi - lo, budget)
@@ -502,9 +521,13 @@ export class Daemon {
     report.checkedPages += count
     for (let k = 0; k < count; k++) {
       const page = lo + k
-      if (block.state[page] !== PageState.Unhashed && block.hashes[page] === hashes[k]) {
-        quiet(block, page, page + 1)
-        continue
+      if (block.state[page] !== PageState.Unhashed) {
+        block.checkKnown++
+        if (block.hashes[page] === hashes[k]) {
+          block.checkStayed++
+          quiet(block, page, page + 1)
+          continue
+        }
       }
       report.writtenPages++
       this.#changed(target, block, page, page + 1, report)

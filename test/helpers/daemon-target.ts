@@ -18,11 +18,14 @@ export interface DaemonTarget {
   stop(): Promise<void>
 }
 
-/** Starts daemon-target <cold> <hot> <seed> [classes], optionally as another uid, or growable (its "grow N" command). */
-export async function startDaemonTarget(cold: number, hot: number, seed: number, options: { classes?: number; uid?: number; gid?: number; growable?: boolean } = {}): Promise<DaemonTarget> {
-  const { classes, growable, ...spawnOptions } = options
+/**
+ * Starts daemon-target <cold> <hot> <seed> [classes], optionally as another uid, growable (its
+ * "grow N" command) or with its cold pages in transparent huge pages (thp).
+ */
+export async function startDaemonTarget(cold: number, hot: number, seed: number, options: { classes?: number; uid?: number; gid?: number; growable?: boolean; thp?: boolean } = {}): Promise<DaemonTarget> {
+  const { classes, growable, thp, ...spawnOptions } = options
   const args = [String(cold), String(hot), String(seed), ...(classes === undefined ? [] : [String(classes)])]
-  const env = { ...process.env, DAEMON_TARGET_GROWABLE: growable ? '1' : '0' }
+  const env = { ...process.env, DAEMON_TARGET_GROWABLE: growable ? '1' : '0', DAEMON_TARGET_THP: thp ? '1' : '0' }
   const child = spawn(fixtureBinary('daemon-target'), args, { stdio: ['pipe', 'pipe', 'inherit'], env, ...spawnOptions })
   const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
   const next = async () => {

@@ -12,9 +12,10 @@
  * Where the kernel cannot say which pages were written, the pages are hashed again and those whose
  * content stayed keep their place: in a mapping created or resized since the last pass (it carries
  * VM_SOFTDIRTY, so every page of it reads as written), and in a transparent huge page (one
- * soft-dirty bit for its 512 pages: one hot page makes all of them read as written). A merge splits
- * a huge page, so this lasts until its pages first merge; a block where nothing stays is checked
- * less and less often.
+ * soft-dirty bit for its 512 pages: one hot page makes all of them read as written), and in a
+ * block merged in the last pass (the merge splits a huge page and copies its soft-dirty bit, set
+ * again by any write since the scan, to all 512 pages). After the split the bits are the pages' own;
+ * a block where nothing stays is checked less and less often.
  *
  * Security: merging reveals content across the processes merged (a write to a merged page takes
  * longer). By default pages meet only within one effective uid (`scope: 'uid'`), the kernel's
@@ -116,6 +117,8 @@ interface Block {
   /** Checks found nothing staying: the block is not checked before pass `checkAfter` (see #scan). */
   checkAfter: number
   checkBackoff: number
+  /** The last pass that gave pages of it to MADV_MERGE. */
+  mergedAt: number
 }
 
 interface Target {
@@ -435,7 +438,7 @@ export class Daemon {
       // No page of it was present at the last scan: each was absent then, at the latest.
       block = {
         first: number * blockPages, changed: new Uint32Array(blockPages).fill(this.#pass - 1), state: new Uint8Array(blockPages),
-        hashes: new BigUint64Array(blockPages), known: 0, quiet: [], seen: 0, cursor: 0, checkKnown: 0, checkStayed: 0, checkAfter: 0, checkBackoff: 0,
+        hashes: new BigUint64Array(blockPages), known: 0, quiet: [], seen: 0, cursor: 0, checkKnown: 0, checkStayed: 0, checkAfter: 0, checkBackoff: 0, mergedAt: 0,
       }
       target.blocks.set(number, block)
     }
@@ -478,7 +481,7 @@ export class Daemon {
             this.#changed(target, block, block.cursor, lo, report) // absent
             if (!written) {
               quiet(block, lo, hi)
-            } else if (unsure && budget > 0 && block.checkAfter <= pass) {
+            } else if ((unsure || block.mergedAt === pass - 1) && budget > 0 && block.checkAfter <= pass) {
               budget = this.#check(target, block, lo, hi, report, budget)
             } else {
               report.writtenPages += hi - lo
@@ -601,7 +604,9 @@ export class Daemon {
     }
     for (const page of pages) {
       const block = target.blocks.get(Math.floor(page / blockPages))
-      if (block) block.state[page - block.first] = PageState.Merged
+      if (!block) continue
+      block.state[page - block.first] = PageState.Merged
+      block.mergedAt = this.#pass
     }
     return pages.length
   }

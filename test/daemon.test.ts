@@ -212,29 +212,30 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     for (const t of [a, b]) expect(await t.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
-  it.skipIf(missing !== '')('cold pages in a transparent huge page with one page of it written every pass (one soft-dirty bit for all 512) still merge, every byte stays', async (ctx) => {
+  it.skipIf(missing !== '')('cold pages in a transparent huge page with one page of it written all the time (one soft-dirty bit for all 512) merge once, stay merged, every byte stays', async (ctx) => {
     if (thpUnavailable()) ctx.skip(thpUnavailable())
-    // The plain fleet's datasets: THP-backed ArrayBuffers with 5% hot pages, every huge page read as written.
+    // The plain fleet's datasets: THP-backed ArrayBuffers with 5% hot pages, every huge page read as
+    // written each pass; and the merge that splits it copies its soft-dirty bit to all 512 pages.
     const thpPages = 512
     const [a, b] = await Promise.all([startDaemonTarget(thpPages, hotPages, 23, { thp: true }), startDaemonTarget(thpPages, hotPages, 23, { thp: true })])
     running.push(a, b)
     for (const t of [a, b]) {
       const rollup = fs.readFileSync(`/proc/${t.pid}/smaps_rollup`, 'utf8')
       expect(Number(/AnonHugePages:\s+(\d+)/.exec(rollup)?.[1]), 'premise: the cold pages are a transparent huge page (kB)').toBeGreaterThanOrEqual(2048)
+      // The first page written with its own bytes every 1 ms: soft-dirty set, content unchanged.
+      expect(await t.ask('warm')).toEqual({ warm: 1 })
     }
     const daemon = new Daemon({ pids: [a.pid, b.pid] })
-    const reports = []
-    for (let i = 0; i < 6; i++) {
-      // The same bytes written to the first page: the huge page's soft-dirty bit set, no content changed.
-      for (const t of [a, b]) expect(await t.ask('rewrite 1')).toEqual({ rewritten: 1 })
-      reports.push(daemon.pass())
-    }
+    const reports = await passes(daemon, 7)
     daemon.close()
-    console.log(`daemon passes over huge pages: ${JSON.stringify(reports.map((r) => ({ written: r.writtenPages, checked: r.checkedPages, hashed: r.hashedPages, merged: r.mergedPages })))}`)
+    console.log(`daemon passes over huge pages: ${JSON.stringify(reports.map((r) => ({ written: r.writtenPages, checked: r.checkedPages, hashed: r.hashedPages, merged: r.mergedPages, rewritten: r.rewrittenPages })))}`)
     expect(reports.flatMap((r) => r.failures)).toEqual([])
     const [pa, pb] = [pfns(a.pid, a.cold, thpPages), pfns(b.pid, b.cold, thpPages)]
     expect(sharedFrames(pa.slice(1), pb.slice(1)), 'cold pages after the written one sharing a frame').toBeGreaterThanOrEqual((thpPages - 1) * 0.95)
-    expect(pa[0] === pb[0], 'the page written every pass merged').toBe(false)
+    // Merged once: the split's soft-dirty bits are not taken for writes (a few pages of stacks and heaps aside).
+    const total = (key: 'mergedPages' | 'rewrittenPages') => reports.reduce((sum, r) => sum + r[key], 0)
+    expect(total('rewrittenPages'), 'merged pages taken for rewritten').toBeLessThanOrEqual(8)
+    expect(total('mergedPages'), 'pages given to MADV_MERGE').toBeLessThanOrEqual(2 * thpPages + 8)
     for (const t of [a, b]) expect(await t.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 

@@ -266,7 +266,7 @@ async function startDaemon(cgroup) {
   const args = [path.join(rootDir, 'dist', 'lib', 'cli.js'), 'daemon', '--cgroup', cgroup, '--interval', String(params.intervalMs / 1000), '--max-interval', String(Math.max(params.intervalMs, params.maxIntervalMs) / 1000), '--json']
   const profile = flags['profile-daemon'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['profile-daemon']}`] : []
   const child = spawn(process.execPath, [...profile, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const daemon = { child, ...noPasses(), exited: null }
+  const daemon = { child, ...noPasses(), log: [], started: Date.now(), exited: null }
   daemon.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)))
   let up
   const firstPass = new Promise((resolve) => {
@@ -283,6 +283,8 @@ async function startDaemon(cgroup) {
       daemon.maxPassCpuMs = Math.max(daemon.maxPassCpuMs, pass.cpuMs)
       for (const key of ['mergedPages', 'rewrittenPages', 'hashedPages', 'checkedPages', 'writtenPages']) daemon[key] += pass[key]
       daemon.failures += pass.failures.length
+      // Each pass, compact: when it began (ms since the daemon started), its CPU and wall time, its pages.
+      daemon.log.push([pass.time - daemon.started, Math.round(pass.cpuMs), pass.durationMs, pass.presentPages, pass.writtenPages, pass.checkedPages, pass.hashedPages, pass.mergedPages, pass.rewrittenPages])
       up()
     }
   })
@@ -354,7 +356,7 @@ async function runConfig(config, dataset) {
     // The workers join the daemon's group: it picks them up at its next pass (its passes over the
     // empty group until now are not counted).
     if (daemon) {
-      Object.assign(daemon, noPasses())
+      Object.assign(daemon, noPasses(), { log: [], started: Date.now() })
       for (const w of workers) fs.writeFileSync(path.join(cgroup, 'cgroup.procs'), String(w.pid))
     }
     // A fixed wall-clock horizon, sampled once a second (a slow guest samples less often, never longer).
@@ -398,7 +400,8 @@ function summarize(config, baseline, samples, workers, ready, daemon) {
   for (let i = 1; i < samples.length; i++) ksmUnmerges += Math.max(0, samples[i - 1].mergingPages - samples[i].mergingPages)
   // The daemon's passes stand in for the workers' Deduplicators: the same counters, summed.
   const dedupStats = daemon
-    ? [{ passes: daemon.passes, cpuMs: daemon.cpuMs, mergedPages: daemon.mergedPages, markedPages: 0, cowAfterMerge: daemon.rewrittenPages, hashedPages: daemon.hashedPages, checkedPages: daemon.checkedPages, writtenPages: daemon.writtenPages, failures: daemon.failures, maxPassCpuMs: daemon.maxPassCpuMs, processCpuMs: daemon.processCpuS * 1000 }]
+    ? [{ passes: daemon.passes, cpuMs: daemon.cpuMs, mergedPages: daemon.mergedPages, markedPages: 0, cowAfterMerge: daemon.rewrittenPages, hashedPages: daemon.hashedPages, checkedPages: daemon.checkedPages, writtenPages: daemon.writtenPages, failures: daemon.failures, maxPassCpuMs: daemon.maxPassCpuMs, processCpuMs: daemon.processCpuS * 1000,
+      passLog: { columns: ['atMs', 'cpuMs', 'durationMs', 'present', 'written', 'checked', 'hashed', 'merged', 'rewritten'], rows: daemon.log } }]
     : workers.map((w) => w.final.dedup).filter(Boolean)
   const dedupCpuS = dedupStats.reduce((sum, s) => sum + s.cpuMs, 0) / 1000
   const ksmdCpuS = samples.at(-1).ksmdCpu - baseline.ksmdCpu

@@ -76,7 +76,7 @@ export interface DaemonPassReport {
    * resized since the last pass (malloc or V8 mapping next to them) and transparent huge pages.
    */
   checkedPages: number
-  /** Pages hashed this pass (stable for stablePasses passes and not hashed yet). */
+  /** Pages hashed this pass (stable for stablePasses passes and not hashed yet; those checked before keep that hash). */
   hashedPages: number
   /** Pages given to MADV_MERGE this pass (in a dry run: that would have been). */
   mergedPages: number
@@ -92,6 +92,9 @@ export interface DaemonPassReport {
 
 /** Per page: where it stands. Checked: its hash is known (see #check) but it is not in the index. */
 const enum PageState { Unhashed = 0, Indexed = 1, Merged = 2, Checked = 3 }
+
+/** KPF_KSM: the bit of a /proc/kpageflags word that says a frame is a KSM page. */
+const KPF_KSM = 21n
 
 /** Pages in a block. */
 const blockPages = 512
@@ -117,8 +120,9 @@ interface Block {
   /** Checks found nothing staying: the block is not checked before pass `checkAfter` (see #scan). */
   checkAfter: number
   checkBackoff: number
-  /** The last pass that gave pages of it to MADV_MERGE. */
+  /** The last pass that gave pages of it to MADV_MERGE, and each merged page's frame then (0: unknown). */
   mergedAt: number
+  mergedPfns: BigUint64Array | null
 }
 
 interface Target {
@@ -221,6 +225,8 @@ export class Daemon {
   readonly #exited = new Set<number>()
   #timer: NodeJS.Timeout | null = null
   #closed = false
+  /** /proc/kpageflags and what it said of frames this pass (see #ksmFrame). */
+  readonly #kpageflags = { fd: null as number | null, pass: 0, ksm: new Map<bigint, boolean>() }
   /** Passes begun (Block.changed counts in them). */
   #pass = 1
 
@@ -358,6 +364,8 @@ export class Daemon {
     this.#targets.clear()
     for (const domain of this.#domains.values()) domain.index.close()
     this.#domains.clear()
+    if (this.#kpageflags.fd !== null && this.#kpageflags.fd >= 0) fs.closeSync(this.#kpageflags.fd)
+    this.#kpageflags.fd = null
     this.#closed = true
   }
 
@@ -438,7 +446,7 @@ export class Daemon {
       // No page of it was present at the last scan: each was absent then, at the latest.
       block = {
         first: number * blockPages, changed: new Uint32Array(blockPages).fill(this.#pass - 1), state: new Uint8Array(blockPages),
-        hashes: new BigUint64Array(blockPages), known: 0, quiet: [], seen: 0, cursor: 0, checkKnown: 0, checkStayed: 0, checkAfter: 0, checkBackoff: 0, mergedAt: 0,
+        hashes: new BigUint64Array(blockPages), known: 0, quiet: [], seen: 0, cursor: 0, checkKnown: 0, checkStayed: 0, checkAfter: 0, checkBackoff: 0, mergedAt: 0, mergedPfns: null,
       }
       target.blocks.set(number, block)
     }
@@ -519,28 +527,82 @@ export class Daemon {
    * the budget, pages count as written.
    */
   #check(target: Target, block: Block, lo: number, hi: number, report: DaemonPassReport, budget: number): number {
-    const count = Math.min(hi - lo, budget)
-    const hashes = target.process.hashPages(BigInt(block.first + lo) * BigInt(pageSize), count)
-    report.checkedPages += count
-    for (let k = 0; k < count; k++) {
-      const page = lo + k
-      if (block.state[page] !== PageState.Unhashed) {
-        block.checkKnown++
-        if (block.hashes[page] === hashes[k]) {
-          block.checkStayed++
-          quiet(block, page, page + 1)
-          continue
-        }
+    // A merged page needs no read: a KSM page keeps its frame until a write copies it away (it is
+    // never reused in place). Given to MADV_MERGE is not merged: the frame must be a KSM page.
+    let kept: Uint8Array | null = null
+    if (block.mergedPfns !== null && block.state.subarray(lo, hi).includes(PageState.Merged)) {
+      const pfns = target.process.entries(BigInt(block.first + lo) * BigInt(pageSize), hi - lo).pfns
+      kept = new Uint8Array(hi - lo)
+      for (let k = 0; k < hi - lo; k++) {
+        if (block.state[lo + k] === PageState.Merged && pfns[k] !== 0n && pfns[k] === block.mergedPfns[lo + k] && this.#ksmFrame(pfns[k])) kept[k] = 1
       }
-      report.writtenPages++
-      this.#changed(target, block, page, page + 1, report)
-      block.hashes[page] = hashes[k]
-      block.state[page] = PageState.Checked
-      block.known++
     }
-    report.writtenPages += hi - lo - count
-    this.#changed(target, block, lo + count, hi, report)
-    return budget - count
+    for (let page = lo; page < hi;) {
+      if (kept !== null && kept[page - lo] === 1) {
+        block.checkKnown++
+        block.checkStayed++
+        quiet(block, page, page + 1)
+        page++
+        continue
+      }
+      let end = page + 1
+      while (end < hi && (kept === null || kept[end - lo] === 0)) end++
+      const count = Math.min(end - page, budget)
+      const hashes = count > 0 ? target.process.hashPages(BigInt(block.first + page) * BigInt(pageSize), count) : new BigUint64Array(0)
+      report.checkedPages += count
+      budget -= count
+      for (let k = 0; k < count; k++) {
+        const p = page + k
+        if (block.state[p] !== PageState.Unhashed) {
+          block.checkKnown++
+          if (block.hashes[p] === hashes[k]) {
+            block.checkStayed++
+            quiet(block, p, p + 1)
+            continue
+          }
+        }
+        report.writtenPages++
+        this.#changed(target, block, p, p + 1, report)
+        block.hashes[p] = hashes[k]
+        block.state[p] = PageState.Checked
+        block.known++
+      }
+      // Past the budget: written.
+      report.writtenPages += end - page - count
+      this.#changed(target, block, page + count, end, report)
+      page = end
+    }
+    return budget
+  }
+
+  /** Whether frame `pfn` is a KSM page (/proc/kpageflags, root; false where it cannot be read), once per pass and frame. */
+  #ksmFrame(pfn: bigint): boolean {
+    if (this.#kpageflags.pass !== this.#pass) {
+      this.#kpageflags.pass = this.#pass
+      this.#kpageflags.ksm.clear()
+    }
+    let ksm = this.#kpageflags.ksm.get(pfn)
+    if (ksm === undefined) {
+      const fd = this.#kpageflagsFd()
+      const word = new BigUint64Array(1)
+      ksm = fd >= 0 && fs.readSync(fd, new Uint8Array(word.buffer), 0, 8, pfn * 8n) === 8 && ((word[0] >> KPF_KSM) & 1n) === 1n
+      this.#kpageflags.ksm.set(pfn, ksm)
+    }
+    return ksm
+  }
+
+  /** /proc/kpageflags, opened once; -1 where it cannot be (not root, no CONFIG_PROC_PAGE_MONITOR). */
+  #kpageflagsFd(): number {
+    if (this.#kpageflags.fd === null) {
+      try {
+        this.#kpageflags.fd = fs.openSync('/proc/kpageflags', 'r')
+      } catch (error) {
+        const code = errorCode(error)
+        if (code !== 'EACCES' && code !== 'EPERM' && code !== 'ENOENT') throw error
+        this.#kpageflags.fd = -1
+      }
+    }
+    return this.#kpageflags.fd
   }
 
   /** Hashes the newly stable pages, indexes them, and collects the pages with a twin to merge. */
@@ -558,12 +620,19 @@ export class Daemon {
             page++
             continue
           }
+          // A Checked page's hash is its content now (changed since, it would be Unhashed): no read.
+          const checked = block.state[page] === PageState.Checked
           let end = page + 1
-          while (end < last && end - page < budget && eligible(block, end)) end++
-          const hashes = target.process.hashPages(BigInt(block.first + page) * BigInt(pageSize), end - page)
+          while (end < last && end - page < budget && eligible(block, end) && (block.state[end] === PageState.Checked) === checked) end++
+          let hashes: BigUint64Array
+          if (checked) {
+            hashes = block.hashes.slice(page, end)
+          } else {
+            hashes = target.process.hashPages(BigInt(block.first + page) * BigInt(pageSize), end - page)
+            report.hashedPages += end - page
+            budget -= end - page
+          }
           const holders = domain.index.add(hashes)
-          report.hashedPages += end - page
-          budget -= end - page
           for (let k = 0; k < hashes.length; k++) {
             const p = page + k
             if (block.state[p] === PageState.Unhashed) block.known++
@@ -602,11 +671,24 @@ export class Daemon {
     for (let i = 0; i < runs.length; i += 1024) {
       if (this.#merge === 'sksm') target.process.madvise(runs.slice(i, i + 1024), 'merge')
     }
-    for (const page of pages) {
-      const block = target.blocks.get(Math.floor(page / blockPages))
-      if (!block) continue
-      block.state[page - block.first] = PageState.Merged
-      block.mergedAt = this.#pass
+    // Each merged page's frame, read per block (one pread for its merged pages): see #check.
+    for (let i = 0; i < pages.length;) {
+      const number = Math.floor(pages[i] / blockPages)
+      const block = target.blocks.get(number)
+      let end = i + 1
+      while (end < pages.length && pages[end] < (number + 1) * blockPages) end++
+      if (block) {
+        const first = pages[i] - block.first
+        // A dry run merges nothing: no frame to go by.
+        const pfns = this.#merge === 'sksm' ? target.process.entries(BigInt(pages[i]) * BigInt(pageSize), pages[end - 1] - pages[i] + 1).pfns : new BigUint64Array(pages[end - 1] - pages[i] + 1)
+        block.mergedPfns ??= new BigUint64Array(blockPages)
+        for (let k = i; k < end; k++) {
+          block.state[pages[k] - block.first] = PageState.Merged
+          block.mergedPfns[pages[k] - block.first] = pfns[pages[k] - block.first - first]
+        }
+        block.mergedAt = this.#pass
+      }
+      i = end
     }
     return pages.length
   }

@@ -13,7 +13,7 @@ import fs from 'node:fs'
 import { native, constants as C, pageSize } from './native.ts'
 import { check, codedError, errno, fsCall, parseError } from './errors.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
-import { readScanRequest, scanAllPagemap, scanPagemap, scanRequestKeys, type ScanOptions, type ScanResult } from './pagemap.ts'
+import { PagemapEntries, readScanRequest, scanAllPagemap, scanPagemap, scanRequestKeys, type ScanOptions, type ScanResult } from './pagemap.ts'
 import { adviceValues } from './region.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, validateBoolean, validateInteger, validateOneOf, validatePageLength } from './validate.ts'
 
@@ -294,6 +294,25 @@ export class TargetProcess {
     const fds = this.#open('hashPages')
     check(native.remoteHashPages(fds.mem, address, count, out), 'pread', () => `/proc/${this.#pid}/mem at 0x${address.toString(16)}`)
     return out
+  }
+
+  /**
+   * The target's /proc/<pid>/pagemap entries of `pages` pages from `start` (page-aligned): a PFN and
+   * flag bits per page, as pagemap.entries() reads them for this process. Without CAP_SYS_ADMIN the
+   * kernel reads every PFN as 0. A KSM page keeps its PFN until a write copies it away (or the
+   * kernel migrates it): the Daemon tells a merged page still merged by it.
+   */
+  entries(start: bigint, pages: number): PagemapEntries {
+    const count = validateInteger(pages, 'pages', 1, 2 ** 30)
+    const address = readAddress(start, 'start', count * pageSize, true)
+    const pfns = new BigUint64Array(count)
+    const flags = new Uint8Array(count)
+    const fds = this.#open('entries')
+    const file = `/proc/${this.#pid}/pagemap`
+    const got = check(native.pagemapEntries(fds.pagemap, address, count, pfns, flags), 'pread', () => `${file} at 0x${address.toString(16)}`)
+    // A short read is no errno the kernel returned: the file said less than asked.
+    if (got !== count) throw parseError(file, `${got} of ${count} entries`, `${count} entries`)
+    return new PagemapEntries(BigInt(address), pfns, flags)
   }
 
   /**

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { features, InvalidStateError, pagemap, pageSize, SyscallError, TargetProcess } from '../lib/index.ts'
 import { native } from '../lib/native.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
+import { pfnsOf } from './helpers/daemon-target.ts'
 import { fdCount, noFdLeak } from './helpers/process.ts'
 
 const pages = 16
@@ -123,6 +124,18 @@ describe('TargetProcess on a child process', () => {
     expect(batches.reduce((n, b) => n + b.pages, 0)).toBe(pages)
   })
 
+  it('entries(): the child\'s pagemap entries, the PFNs its /proc/<pid>/pagemap gives (root), present and exclusive flags', () => {
+    const e = target.entries(child.address, pages)
+    expect(e.address).toBe(child.address)
+    expect(e.length).toBe(pages)
+    for (let i = 0; i < pages; i++) expect(e.present(i), `page ${i} present`).toBe(true)
+    const theirs = pfnsOf(child.pid, child.address, pages)
+    if (process.getuid?.() === 0) expect([...e.pfns]).toEqual(theirs)
+    else expect([...e.pfns].every((pfn) => pfn === 0n), 'PFNs hidden without CAP_SYS_ADMIN').toBe(true)
+    // An unmapped page reads as absent, not as an error.
+    expect(target.entries(0n, 1).present(0)).toBe(false)
+  })
+
   it('clearSoftDirty(), then the child writes: the softDirty category finds exactly those pages', async (ctx) => {
     if (!pagemap.softDirtySupported()) ctx.skip(`soft-dirty is not tracked by this kernel (${os.release()}: no "sd" VmFlag, CONFIG_MEM_SOFT_DIRTY off)`)
     target.clearSoftDirty()
@@ -192,6 +205,9 @@ describe('TargetProcess on a child process', () => {
       [() => target.madvise([{ start: child.address, length: pageSize }], 'dontneed' as never), 'ERR_INVALID_ARG_VALUE'],
       [() => target.madvise([{ start: child.address, length: pageSize }], { toString: () => 'cold' } as never), 'ERR_INVALID_ARG_TYPE'],
       [() => target.scan(undefined as never), 'ERR_INVALID_ARG_TYPE'],
+      [() => target.entries(child.address + 1n, 1), 'ERR_OUT_OF_RANGE'],
+      [() => target.entries(child.address, 0), 'ERR_OUT_OF_RANGE'],
+      [() => target.entries(Number(child.address) as never, 1), 'ERR_INVALID_ARG_TYPE'],
       [() => target.scan({ start: child.address + 1n, length: pageSize }), 'ERR_OUT_OF_RANGE'],
       [() => target.scan({ start: child.address, length: 0 }), 'ERR_OUT_OF_RANGE'],
       [() => target.scan({ start: child.address, length: pageSize, range: { offset: 0, length: pageSize } } as never), 'ERR_INVALID_ARG_VALUE'],
@@ -266,6 +282,7 @@ describe('TargetProcess lifetime', () => {
         () => target.read(child.address, new Uint8Array(1)),
         () => target.scan({ start: child.address, length: pageSize }),
         () => target.scanAll({ start: child.address, length: pageSize }),
+        () => target.entries(child.address, 1),
         () => target.madvise([{ start: child.address, length: pageSize }], 'cold'),
       ]
       for (const call of calls) {

@@ -424,7 +424,8 @@ function summarize(config, baseline, samples, workers, ready, daemon) {
     mergedPages: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.mergedPages, 0) : null,
     markedPages: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.markedPages, 0) : null,
     passes: dedupStats.length ? dedupStats.reduce((sum, s) => sum + s.passes, 0) : null,
-    dedup: dedupStats.length ? Object.fromEntries(Object.keys(dedupStats[0]).map((key) => [key, round(key === 'maxPassCpuMs' ? Math.max(...dedupStats.map((s) => s[key])) : dedupStats.reduce((sum, s) => sum + s[key], 0))])) : null,
+    // Summed over the workers' Deduplicators (one for the daemon); the daemon's pass log as it is.
+    dedup: dedupStats.length ? Object.fromEntries(Object.keys(dedupStats[0]).map((key) => [key, key === 'passLog' ? dedupStats[0][key] : round(key === 'maxPassCpuMs' ? Math.max(...dedupStats.map((s) => s[key])) : dedupStats.reduce((sum, s) => sum + s[key], 0))])) : null,
     opsPerSecPerWorker: round(opsPerSec.reduce((a, b) => a + b, 0) / opsPerSec.length, 0),
     final: { pagesSharing: samples.at(-1).pagesSharing, pagesShared: samples.at(-1).pagesShared, generalProfitMiB: round(samples.at(-1).generalProfitMiB), mergingPages: samples.at(-1).mergingPages },
     baseline: { pssMiB: round(baseline.pssMiB), anonMiB: round(baseline.anonMiB) },

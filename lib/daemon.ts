@@ -28,7 +28,7 @@ import path from 'node:path'
 import { codedError, FeatureUnavailableError, parseError } from './errors.ts'
 import { features } from './features.ts'
 import { pageSize } from './native.ts'
-import { PageCategory } from './pagemap.ts'
+import { kpageflag, openKpageflags, PageCategory } from './pagemap.ts'
 import { TargetProcess, type Mapping } from './remote.ts'
 import { TwinIndex } from './twin_index.ts'
 import { invalidArgType, outOfRange, readOptions, validateBoolean, validateInteger, validateOneOf } from './validate.ts'
@@ -92,9 +92,6 @@ export interface DaemonPassReport {
 
 /** Per page: where it stands. Checked: its hash is known (see #check) but it is not in the index. */
 const enum PageState { Unhashed = 0, Indexed = 1, Merged = 2, Checked = 3 }
-
-/** KPF_KSM: the bit of a /proc/kpageflags word that says a frame is a KSM page. */
-const KPF_KSM = 21n
 
 /** Pages in a block. */
 const blockPages = 512
@@ -583,26 +580,11 @@ export class Daemon {
     }
     let ksm = this.#kpageflags.ksm.get(pfn)
     if (ksm === undefined) {
-      const fd = this.#kpageflagsFd()
-      const word = new BigUint64Array(1)
-      ksm = fd >= 0 && fs.readSync(fd, new Uint8Array(word.buffer), 0, 8, pfn * 8n) === 8 && ((word[0] >> KPF_KSM) & 1n) === 1n
+      this.#kpageflags.fd ??= openKpageflags()
+      ksm = kpageflag(this.#kpageflags.fd, pfn, 'ksm') === true
       this.#kpageflags.ksm.set(pfn, ksm)
     }
     return ksm
-  }
-
-  /** /proc/kpageflags, opened once; -1 where it cannot be (not root, no CONFIG_PROC_PAGE_MONITOR). */
-  #kpageflagsFd(): number {
-    if (this.#kpageflags.fd === null) {
-      try {
-        this.#kpageflags.fd = fs.openSync('/proc/kpageflags', 'r')
-      } catch (error) {
-        const code = errorCode(error)
-        if (code !== 'EACCES' && code !== 'EPERM' && code !== 'ENOENT') throw error
-        this.#kpageflags.fd = -1
-      }
-    }
-    return this.#kpageflags.fd
   }
 
   /** Hashes the newly stable pages, indexes them, and collects the pages with a twin to merge. */

@@ -132,27 +132,43 @@ export function entries(region: Region, range?: Range, options?: EntriesOptions)
   return new PagemapEntries(BigInt(span.address), pfns, flags)
 }
 
-/** KPF_ZERO_PAGE: the bit /proc/kpageflags sets on the zero page (include/uapi/linux/kernel-page-flags.h). */
-const KPF_ZERO_PAGE = 24n
+/** Bits of a /proc/kpageflags word (include/uapi/linux/kernel-page-flags.h). */
+const kpageflagBits = { ksm: 21n, zeroPage: 24n } as const
 
 /**
- * KPF_ZERO_PAGE of one frame, or undefined where /proc/kpageflags cannot tell: it is root-only
- * (EACCES, EPERM), absent without CONFIG_PROC_PAGE_MONITOR (ENOENT), or reads short (a PFN past
- * the kernel's last frame, or a container that masks the file with /dev/null).
+ * /proc/kpageflags opened for reading, or -1 where it cannot be: it is root-only (EACCES, EPERM),
+ * absent without CONFIG_PROC_PAGE_MONITOR (ENOENT). For kpageflag(); the caller closes it.
+ * @internal
  */
-function kpageflagsZeroPage(pfn: bigint): boolean | undefined {
-  let fd: number
+export function openKpageflags(): number {
   try {
-    fd = fs.openSync('/proc/kpageflags', 'r')
+    return fs.openSync('/proc/kpageflags', 'r')
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
-    if (code === 'EACCES' || code === 'EPERM' || code === 'ENOENT') return undefined
+    if (code === 'EACCES' || code === 'EPERM' || code === 'ENOENT') return -1
     throw error
   }
+}
+
+/**
+ * One flag of frame `pfn` from /proc/kpageflags (`fd` from openKpageflags()), or undefined where
+ * the file cannot tell: not open (-1), or a short read (a PFN past the kernel's last frame, or a
+ * container that masks the file with /dev/null).
+ * @internal
+ */
+export function kpageflag(fd: number, pfn: bigint, flag: keyof typeof kpageflagBits): boolean | undefined {
+  if (fd < 0) return undefined
+  const word = Buffer.alloc(8)
+  const got = fsCall('pread', '/proc/kpageflags', () => fs.readSync(fd, word, 0, 8, pfn * 8n))
+  return got === 8 ? ((word.readBigUInt64LE(0) >> kpageflagBits[flag]) & 1n) === 1n : undefined
+}
+
+/** KPF_ZERO_PAGE of one frame, or undefined where /proc/kpageflags cannot tell (see kpageflag()). */
+function kpageflagsZeroPage(pfn: bigint): boolean | undefined {
+  const fd = openKpageflags()
+  if (fd < 0) return undefined
   try {
-    const word = Buffer.alloc(8)
-    const got = fsCall('pread', '/proc/kpageflags', () => fs.readSync(fd, word, 0, 8, pfn * 8n))
-    return got === 8 ? ((word.readBigUInt64LE(0) >> KPF_ZERO_PAGE) & 1n) === 1n : undefined
+    return kpageflag(fd, pfn, 'zeroPage')
   } finally {
     fs.closeSync(fd)
   }

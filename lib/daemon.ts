@@ -73,7 +73,8 @@ export interface DaemonPassReport {
   writtenPages: number
   /**
    * Pages hashed to tell which changed where the kernel reads all as written: mappings created or
-   * resized since the last pass (malloc or V8 mapping next to them) and transparent huge pages.
+   * resized since the last pass (malloc or V8 mapping next to them), transparent huge pages, and
+   * blocks merged in the last pass (there a page still on its KSM frame is not read).
    */
   checkedPages: number
   /** Pages hashed this pass (stable for stablePasses passes and not hashed yet; those checked before keep that hash). */

@@ -89,6 +89,12 @@ export interface DaemonPassReport {
   durationMs: number
   /** CPU time of this process during the pass (user + system). */
   cpuMs: number
+  /**
+   * Nothing new: no target opened, no failure, and fewer pages hashed, merged or rewritten than
+   * 1 in 1000 of those present (whole Node processes never stop churning a few heap pages). run()
+   * doubles its wait after such a pass.
+   */
+  idle: boolean
 }
 
 /** Per page: where it stands. Checked: its hash is known (see #check) but it is not in the index. */
@@ -270,7 +276,7 @@ export class Daemon {
     this.#pass++
     const time = Date.now()
     const cpu0 = process.cpuUsage()
-    const report: DaemonPassReport = { time, targets: 0, newTargets: 0, presentPages: 0, writtenPages: 0, checkedPages: 0, hashedPages: 0, mergedPages: 0, rewrittenPages: 0, failures: [], durationMs: 0, cpuMs: 0 }
+    const report: DaemonPassReport = { time, targets: 0, newTargets: 0, presentPages: 0, writtenPages: 0, checkedPages: 0, hashedPages: 0, mergedPages: 0, rewrittenPages: 0, failures: [], durationMs: 0, cpuMs: 0, idle: false }
     const wanted = this.#wanted()
     for (const [pid, target] of this.#targets) if (!wanted.has(pid)) this.#drop(target)
     const merges = new Map<Target, number[]>()
@@ -315,15 +321,17 @@ export class Daemon {
     const cpu = process.cpuUsage(cpu0)
     report.cpuMs = (cpu.user + cpu.system) / 1000
     report.durationMs = Date.now() - time
+    report.idle = report.newTargets + report.failures.length === 0 &&
+      (report.hashedPages + report.mergedPages + report.rewrittenPages) * 1000 <= report.presentPages
     return report
   }
 
   /**
    * Passes every `intervalMs` (default 1000) until stop() or close(), each reported to `onPass`.
-   * With `maxIntervalMs` above `intervalMs`, each idle pass (no target new, nothing hashed, merged
-   * or rewritten after a merge, no failure: only hot pages written) doubles the wait up to
-   * `maxIntervalMs`, and any activity brings it back to `intervalMs`, as Deduplicator.run() does:
-   * a merged, steady fleet costs a pass per `maxIntervalMs`. `cpuBudget` (0 < b <= 1, default 1)
+   * With `maxIntervalMs` above `intervalMs`, each idle pass (DaemonPassReport.idle: nothing new
+   * but hot pages and a little heap churn) doubles the wait up to `maxIntervalMs`, and any other
+   * pass brings it back to `intervalMs`, as Deduplicator.run() does: a merged, steady fleet costs
+   * a pass per `maxIntervalMs`. `cpuBudget` (0 < b <= 1, default 1)
    * stretches the wait so that the passes' CPU stays under that share of one CPU.
    */
   run(options?: { intervalMs?: number; maxIntervalMs?: number; cpuBudget?: number; onPass?: (report: DaemonPassReport) => void }): void {
@@ -340,8 +348,7 @@ export class Daemon {
     let wait = interval
     const tick = () => {
       const report = this.pass()
-      const idle = report.newTargets + report.hashedPages + report.mergedPages + report.rewrittenPages + report.failures.length === 0
-      wait = idle ? Math.min(maxInterval, wait * 2) : interval
+      wait = report.idle ? Math.min(maxInterval, wait * 2) : interval
       ;(onPass as ((report: DaemonPassReport) => void) | undefined)?.(report)
       if (!this.#timer) return
       this.#timer = setTimeout(tick, Math.max(wait, Math.ceil(report.cpuMs / budget) - report.durationMs))

@@ -445,16 +445,37 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(await a.ask('verify')).toEqual({ bad: 0 })
   }, 180_000)
 
+  it.skipIf(missing !== '')('a pass that hashes or merges a few pages among many present is idle (heap churn does not keep the daemon at its shortest interval); one that merges many is not', async () => {
+    const many = 4096
+    const [a, b] = await Promise.all([startDaemonTarget(many, hotPages, 24), startDaemonTarget(many, hotPages, 24)])
+    running.push(a, b)
+    const daemon = new Daemon({ pids: [a.pid, b.pid] })
+    const first = await passes(daemon, 4)
+    const merging = first.find((r) => r.mergedPages >= many)
+    expect(merging, 'the pass that merged the twins').toBeDefined()
+    expect(merging!.idle).toBe(false)
+    // Two pages written again: stable two passes later, hashed, merged again.
+    expect(await a.ask('rewrite 2')).toEqual({ rewritten: 2 })
+    const after = await passes(daemon, 4)
+    daemon.close()
+    const few = after.find((r) => r.hashedPages > 0)
+    expect(few, 'the pass that hashed the rewritten pages').toBeDefined()
+    expect(few!.hashedPages + few!.mergedPages + few!.rewrittenPages, 'pages hashed, merged, rewritten').toBeLessThan(few!.presentPages / 1000)
+    expect(few!.idle).toBe(true)
+    for (const t of [a, b]) expect(await t.ask('verify')).toEqual({ bad: 0 })
+  }, 120_000)
+
   it.skipIf(missing !== '')('run() backs off: each idle pass doubles the wait up to maxIntervalMs, a busy pass brings it back to intervalMs', async () => {
     const [a, b] = await Promise.all([startTarget(8), startTarget(8)])
     const daemon = new Daemon({ pids: [a.pid, b.pid] })
     expect(() => daemon.run({ intervalMs: 100, maxIntervalMs: 50 })).toThrow(RangeError)
-    const reports: Array<{ time: number; durationMs: number; idle: boolean }> = []
+    const reports: Array<{ time: number; durationMs: number; idle: boolean; nothingNew: boolean }> = []
     await new Promise<void>((resolve) => {
       daemon.run({
         intervalMs: 50, maxIntervalMs: 800,
         onPass: (r) => {
-          reports.push({ time: r.time, durationMs: r.durationMs, idle: r.newTargets + r.hashedPages + r.mergedPages + r.rewrittenPages + r.failures.length === 0 })
+          // These targets are small (under 1000 pages): a pass is idle exactly when nothing at all was new.
+          reports.push({ time: r.time, durationMs: r.durationMs, idle: r.idle, nothingNew: r.newTargets + r.hashedPages + r.mergedPages + r.rewrittenPages + r.failures.length === 0 })
           // Five idle passes in a row after merging: the wait has reached 800 ms.
           if (reports.length > 40 || (reports.length >= 6 && reports.slice(-5).every((x) => x.idle))) {
             daemon.stop()
@@ -464,6 +485,7 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
       })
     })
     daemon.close()
+    expect(reports.map((r) => r.idle)).toEqual(reports.map((r) => r.nothingNew))
     // Open (busy), first scan (idle: nothing stable yet), hash and merge (busy), then idle passes.
     const busyAfterIdle = reports.some((r, i) => i > 0 && !r.idle && reports[i - 1].idle)
     expect(busyAfterIdle, 'a busy pass after an idle one').toBe(true)

@@ -35,6 +35,16 @@ export function noFdLeak(body: () => void): void {
   expect(fdCount()).toBe(before)
 }
 
+/** Capabilities by number (include/uapi/linux/capability.h). */
+export const CAP_SYS_NICE = 23
+
+/** Whether this process holds capability `cap` (the CapEff mask of /proc/self/status). */
+export function hasCapability(cap: number): boolean {
+  const match = /^CapEff:\s+([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))
+  if (!match) throw new Error('/proc/self/status has no CapEff line')
+  return ((BigInt(`0x${match[1]}`) >> BigInt(cap)) & 1n) === 1n
+}
+
 function statusBytes(field: string): number {
   const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(fs.readFileSync('/proc/self/status', 'utf8'))
   return Number(match?.[1] ?? 0) * 1024

@@ -254,8 +254,8 @@ async function stopWorkers(workers) {
 // ---- The daemon (daemon-sksm): `memdedup daemon --cgroup` over a cgroup of its own holding the workers.
 const cgroupRoot = '/sys/fs/cgroup'
 
-/** The daemon's counters before its first pass over the fleet. */
-const noPasses = () => ({ passes: 0, cpuMs: 0, mergedPages: 0, rewrittenPages: 0, hashedPages: 0, checkedPages: 0, writtenPages: 0, failures: 0, maxPassCpuMs: 0 })
+/** The daemon's counters and pass log before its first pass over the fleet (`started`: the log's time 0). */
+const noPasses = () => ({ passes: 0, cpuMs: 0, mergedPages: 0, rewrittenPages: 0, hashedPages: 0, checkedPages: 0, writtenPages: 0, failures: 0, maxPassCpuMs: 0, log: [], started: Date.now() })
 
 /**
  * Starts `memdedup daemon` on `cgroup` and resolves once its first pass is reported (a daemon that
@@ -266,7 +266,7 @@ async function startDaemon(cgroup) {
   const args = [path.join(rootDir, 'dist', 'lib', 'cli.js'), 'daemon', '--cgroup', cgroup, '--interval', String(params.intervalMs / 1000), '--max-interval', String(Math.max(params.intervalMs, params.maxIntervalMs) / 1000), '--json']
   const profile = flags['profile-daemon'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['profile-daemon']}`] : []
   const child = spawn(process.execPath, [...profile, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const daemon = { child, ...noPasses(), log: [], started: Date.now(), exited: null }
+  const daemon = { child, ...noPasses(), exited: null }
   daemon.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve(signal ?? code)))
   let up
   const firstPass = new Promise((resolve) => {
@@ -356,7 +356,7 @@ async function runConfig(config, dataset) {
     // The workers join the daemon's group: it picks them up at its next pass (its passes over the
     // empty group until now are not counted).
     if (daemon) {
-      Object.assign(daemon, noPasses(), { log: [], started: Date.now() })
+      Object.assign(daemon, noPasses())
       for (const w of workers) fs.writeFileSync(path.join(cgroup, 'cgroup.procs'), String(w.pid))
     }
     // A fixed wall-clock horizon, sampled once a second (a slow guest samples less often, never longer).

@@ -536,7 +536,7 @@ export class Daemon {
     // never reused in place). Given to MADV_MERGE is not merged: the frame must be a KSM page.
     let kept: Uint8Array | null = null
     if (block.mergedPfns !== null && block.state.subarray(lo, hi).includes(PageState.Merged)) {
-      const pfns = target.process.entries(BigInt(block.first + lo) * BigInt(pageSize), hi - lo).pfns
+      const pfns = target.process.entries(addressOf(block.first + lo), hi - lo).pfns
       kept = new Uint8Array(hi - lo)
       for (let k = 0; k < hi - lo; k++) {
         if (block.state[lo + k] === PageState.Merged && pfns[k] !== 0n && pfns[k] === block.mergedPfns[lo + k] && this.#ksmFrame(pfns[k])) kept[k] = 1
@@ -553,7 +553,7 @@ export class Daemon {
       let end = page + 1
       while (end < hi && (kept === null || kept[end - lo] === 0)) end++
       const count = Math.min(end - page, budget)
-      const hashes = count > 0 ? target.process.hashPages(BigInt(block.first + page) * BigInt(pageSize), count) : new BigUint64Array(0)
+      const hashes = count > 0 ? target.process.hashPages(addressOf(block.first + page), count) : new BigUint64Array(0)
       report.checkedPages += count
       budget -= count
       for (let k = 0; k < count; k++) {
@@ -618,7 +618,7 @@ export class Daemon {
           if (checked) {
             hashes = block.hashes.slice(page, end)
           } else {
-            hashes = target.process.hashPages(BigInt(block.first + page) * BigInt(pageSize), end - page)
+            hashes = target.process.hashPages(addressOf(block.first + page), end - page)
             report.hashedPages += end - page
             budget -= end - page
           }
@@ -655,7 +655,7 @@ export class Daemon {
     for (let i = 0; i < pages.length;) {
       let end = i + 1
       while (end < pages.length && pages[end] === pages[end - 1] + 1) end++
-      runs.push({ start: BigInt(pages[i]) * BigInt(pageSize), length: (end - i) * pageSize })
+      runs.push({ start: addressOf(pages[i]), length: (end - i) * pageSize })
       i = end
     }
     for (let i = 0; i < runs.length; i += 1024) {
@@ -668,13 +668,12 @@ export class Daemon {
       let end = i + 1
       while (end < pages.length && pages[end] < (number + 1) * blockPages) end++
       if (block) {
-        const first = pages[i] - block.first
         // A dry run merges nothing: no frame to go by.
-        const pfns = this.#merge === 'sksm' ? target.process.entries(BigInt(pages[i]) * BigInt(pageSize), pages[end - 1] - pages[i] + 1).pfns : new BigUint64Array(pages[end - 1] - pages[i] + 1)
+        const pfns = this.#merge === 'sksm' ? target.process.entries(addressOf(pages[i]), pages[end - 1] - pages[i] + 1).pfns : new BigUint64Array(pages[end - 1] - pages[i] + 1)
         block.mergedPfns ??= new BigUint64Array(blockPages)
         for (let k = i; k < end; k++) {
           block.state[pages[k] - block.first] = PageState.Merged
-          block.mergedPfns[pages[k] - block.first] = pfns[pages[k] - block.first - first]
+          block.mergedPfns[pages[k] - block.first] = pfns[pages[k] - pages[i]]
         }
         block.mergedAt = this.#pass
       }
@@ -682,6 +681,11 @@ export class Daemon {
     }
     return pages.length
   }
+}
+
+/** The address of page number `page`. */
+function addressOf(page: number): bigint {
+  return BigInt(page) * BigInt(pageSize)
 }
 
 /** Pages [from, to) of a block are quiet this pass (joined to the last range when they follow it). */

@@ -126,10 +126,20 @@ export function entries(region: Region, range?: Range, options?: EntriesOptions)
     pfns = given.pfns.subarray(0, pages)
     flags = given.flags.subarray(0, pages)
   }
-  const got = check(native.pagemapEntries(pagemapDescriptor(), span.address, pages, pfns, flags), 'pread', '/proc/self/pagemap')
+  return readEntries(pagemapDescriptor(), '/proc/self/pagemap', span.address, pages, pfns, flags)
+}
+
+/**
+ * The entries of `pages` pages from `address` read from the pagemap file `fd` (this process's or a
+ * target's) into `pfns` and `flags` (native code checks they hold `pages`: a subclass may lie about
+ * its length). SyscallError from pread, ERR_PARSE on a short read.
+ * @internal
+ */
+export function readEntries(fd: number, file: string, address: number, pages: number, pfns: BigUint64Array, flags: Uint8Array): PagemapEntries {
+  const got = check(native.pagemapEntries(fd, address, pages, pfns, flags), 'pread', () => `${file} at 0x${address.toString(16)}`)
   // A short read is no errno the kernel returned: the file said less than asked.
-  if (got !== pages) throw parseError('/proc/self/pagemap', `${got} of ${pages} entries`, `${pages} entries`)
-  return new PagemapEntries(BigInt(span.address), pfns, flags)
+  if (got !== pages) throw parseError(file, `${got} of ${pages} entries`, `${pages} entries`)
+  return new PagemapEntries(BigInt(address), pfns, flags)
 }
 
 /** Bits of a /proc/kpageflags word (include/uapi/linux/kernel-page-flags.h). */

@@ -13,7 +13,7 @@ import fs from 'node:fs'
 import { native, constants as C, pageSize } from './native.ts'
 import { check, codedError, errno, fsCall, parseError } from './errors.ts'
 import { assertInternal, guardReceivers, internal, type Internal } from './internal.ts'
-import { PagemapEntries, readScanRequest, scanAllPagemap, scanPagemap, scanRequestKeys, type ScanOptions, type ScanResult } from './pagemap.ts'
+import { readEntries, readScanRequest, scanAllPagemap, scanPagemap, scanRequestKeys, type PagemapEntries, type ScanOptions, type ScanResult } from './pagemap.ts'
 import { adviceValues } from './region.ts'
 import { invalidArgType, invalidArgValue, outOfRange, readOptions, validateBoolean, validateInteger, validateOneOf, validatePageLength } from './validate.ts'
 
@@ -305,14 +305,7 @@ export class TargetProcess {
   entries(start: bigint, pages: number): PagemapEntries {
     const count = validateInteger(pages, 'pages', 1, 2 ** 30)
     const address = readAddress(start, 'start', count * pageSize, true)
-    const pfns = new BigUint64Array(count)
-    const flags = new Uint8Array(count)
-    const fds = this.#open('entries')
-    const file = `/proc/${this.#pid}/pagemap`
-    const got = check(native.pagemapEntries(fds.pagemap, address, count, pfns, flags), 'pread', () => `${file} at 0x${address.toString(16)}`)
-    // A short read is no errno the kernel returned: the file said less than asked.
-    if (got !== count) throw parseError(file, `${got} of ${count} entries`, `${count} entries`)
-    return new PagemapEntries(BigInt(address), pfns, flags)
+    return readEntries(this.#open('entries').pagemap, `/proc/${this.#pid}/pagemap`, address, count, new BigUint64Array(count), new Uint8Array(count))
   }
 
   /**

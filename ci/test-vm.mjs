@@ -26,6 +26,26 @@ import { ensureSelftests, tests as kselftests, guestScript, parseRun, portCases,
 
 const shellQuote = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`
 
+/**
+ * The failed tests of a vitest JSON report, one line each: file, title and the first line of the
+ * error (and a line for a file that failed to load or whose hook failed).
+ * @param {string | undefined} json
+ */
+export function failedTests(json) {
+  if (!json) return []
+  const lines = []
+  for (const file of JSON.parse(json).testResults ?? []) {
+    const name = path.relative(repoRoot, file.name)
+    const failures = (file.assertionResults ?? []).filter((t) => t.status === 'failed')
+    for (const t of failures) {
+      const first = String(t.failureMessages?.[0] ?? '').split('\n')[0].slice(0, 300)
+      lines.push(`FAIL ${name}: ${t.fullName ?? t.title}\n     ${first}`)
+    }
+    if (file.status === 'failed' && failures.length === 0) lines.push(`FAIL ${name}: ${String(file.message ?? 'the file failed').split('\n')[0].slice(0, 300)}`)
+  }
+  return lines
+}
+
 async function main() {
   const started = Date.now()
   const kernel = await ensureKernelBuild()
@@ -114,6 +134,9 @@ echo 128 > /proc/sys/vm/nr_hugepages
     ? `host run of ${(await fs.stat(hostSummaryFile)).mtime.toISOString()}:\n${await fs.readFile(hostSummaryFile, 'utf8')}` : 'host: no summary (run npm run test:host)\n'
   const vmSkips = result.collected[skipSummary] ? `VM:\n${result.collected[skipSummary]}` : 'VM: no summary (the suite did not finish)\n'
   if (!custom) console.log(`\n## Skipped tests\n\n${hostSkips}\n${vmSkips}`)
+  // Last, so that the tail of a CI log (all a reader may get) names what failed.
+  const failed = failedTests(result.collected[report])
+  if (failed.length) console.log(`\n## Failed tests in the VM (${failed.length})\n\n${failed.join('\n')}\n`)
   const ok = result.exitCode === 0 && disagreements === 0 && ktapBroken.length === 0
   console.log(`${ok ? chalk.green('test:vm PASS') : chalk.red('test:vm FAIL')}: ${summary}`)
   return ok ? 0 : (result.exitCode || 1)

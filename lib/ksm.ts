@@ -62,6 +62,8 @@ export interface KsmStats {
   ksmdScope?: MergeScope
   /** Which pages MADV_MERGE merges with each other (lab kernel): one uid's by default. */
   sksmScope?: MergeScope
+  /** THP subpages MADV_MERGE found no twin for and left in their THP, waiting for one (lab kernel). */
+  sksmCandidates?: number
   [file: string]: number | string | undefined
 }
 

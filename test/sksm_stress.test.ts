@@ -63,6 +63,7 @@ const cases: Array<[string, string, string[], number]> = [
   ['fork-exit', 'MADV_MERGE in a fork child: COW-shared pages stay reclaimable after its exit; inherited KSM pages get rmap_items and reclaim reaches them after the parent exits (issue 19, 2)', [], 120_000],
   ['unmap-rounds', '48 rounds of MADV_MERGE + munmap of 4 MiB: the next MADV_MERGE frees their rmap_items and stable nodes (issue 19, 4)', ['48'], 180_000],
   ['memcg', 'in a memory cgroup: rmap_items charged to it; merging makes room under memory.max without swap; memcg reclaim races MADV_MERGE (issue 19, 4 and lab coverage)', [], 240_000],
+  ['thp-whole', 'MADV_MERGE leaves a THP whole until one of its pages merges: a twin THP, one twin page, stale candidates, a fork child, mremap (issue 19, 8b)', [], 120_000],
   ['numa', 'twins on two NUMA nodes with merge_across_nodes 1 and 0, then the KSM pages migrate across nodes and merge again (issue 19, lab coverage)', [], 120_000],
 ]
 

@@ -166,15 +166,23 @@ describe.skipIf(!hasSksm)(`sksm basic_test.c${reason}`, () => {
     sksm.merge(first)
     expect(new Set([...pfnsOf(first), ...pfnsOf(twin)]).size).toBe(2 * pages)
 
-    nrAnonPages() // warm the read path: its own allocations fall before the window
-    const beforeMerge = nrAnonPages()
-    sksm.merge(twin)
-    const afterMerge = nrAnonPages()
+    // The lab runs two test files at once, and the other one's processes fault pages in too (seen:
+    // 1460 of 2000 freed while sksm_stress ran). That noise only adds pages: up to 3 windows (the
+    // twin COWed back to private pages between them), the best counts.
+    const least = pages * 0.9 - slack / 4
+    let freed = Number.NEGATIVE_INFINITY
+    for (let window = 0; window < 3 && freed < least; window++) {
+      if (window > 0) touchPages(twin)
+      nrAnonPages() // warm the read path: its own allocations fall before the window
+      const beforeMerge = nrAnonPages()
+      sksm.merge(twin)
+      freed = beforeMerge - nrAnonPages()
+    }
     expect(pfnsOf(twin)).toEqual(pfnsOf(first))
     expect(new Set(pfnsOf(twin)).size).toBe(pages)
     // the twin's pages were freed
-    expect(beforeMerge - afterMerge).toBeGreaterThanOrEqual(pages * 0.9 - slack / 4)
-    expect(beforeMerge - afterMerge).toBeLessThanOrEqual(pages * 1.1)
+    expect(freed).toBeGreaterThanOrEqual(least)
+    expect(freed).toBeLessThanOrEqual(pages * 1.1)
 
     // each window holds only the operation: checks (and the garbage they make) go outside
     nrAnonPages()

@@ -60,7 +60,7 @@ const cases: Array<[string, string, string[], number]> = [
   ['unmerge-migrate', 'MADV_UNMERGEABLE while the merged pages are soft-offlined and compacted: no page is left a KSM page (issue 19, unmerge walk and migration entries)', ['5'], 120_000],
   ['merge-stall', 'another thread\'s mmap()/munmap() and writes to ksm/run get in during a MADV_MERGE of 16 MiB (issue 19, 7)', [], 180_000],
   ['mremap-swap', 'merged pages in swap moved by mremap(): swapped in, every one goes to swap again; no rmap_item left after munmap (issue 19, seed 003)', [], 120_000],
-  ['fork-exit', 'MADV_MERGE in a fork child: COW-shared pages stay reclaimable after its exit; inherited KSM pages get rmap_items and reclaim reaches them after the parent exits (issue 19, 2)', [], 120_000],
+  ['fork-exit', 'MADV_MERGE in a fork child: COW-shared pages stay reclaimable after its exit; inherited KSM pages get rmap_items and reclaim reaches them after the parent exits, whether or not the child merged them itself (issue 19, 2)', [], 120_000],
   ['unmap-rounds', '48 rounds of MADV_MERGE + munmap of 4 MiB: the next MADV_MERGE frees their rmap_items and stable nodes (issue 19, 4)', ['48'], 180_000],
   ['memcg', 'in a memory cgroup: rmap_items charged to it; merging makes room under memory.max without swap; memcg reclaim races MADV_MERGE (issue 19, 4 and lab coverage)', [], 240_000],
   ['thp-whole', 'MADV_MERGE leaves a THP whole until one of its pages merges: a twin THP, one twin page, stale candidates, a fork child, mremap (issue 19, 8b)', [], 120_000],

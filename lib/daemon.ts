@@ -658,8 +658,22 @@ export class Daemon {
       runs.push({ start: addressOf(pages[i]), length: (end - i) * pageSize })
       i = end
     }
-    for (let i = 0; i < runs.length; i += 1024) {
-      if (this.#merge === 'sksm') target.process.madvise(runs.slice(i, i + 1024), 'merge')
+    // The pages given to MADV_MERGE, in order: the kernel returns fewer bytes than it was given
+    // when it stopped at a signal to this process (a stop() asked for by SIGTERM, say) or at a range
+    // the target unmapped meanwhile. The rest go back to the hashing, for a later pass.
+    let given = 0
+    for (let i = 0; i < runs.length && this.#merge === 'sksm'; i += 1024) {
+      const batch = runs.slice(i, i + 1024)
+      const bytes = batch.reduce((sum, run) => sum + run.length, 0)
+      const advised = target.process.madvise(batch, 'merge')
+      given += advised / pageSize
+      if (advised < bytes) {
+        for (const page of pages.splice(given)) {
+          const block = target.blocks.get(Math.floor(page / blockPages))
+          if (block) this.#forget(target, block, page - block.first, page - block.first + 1)
+        }
+        break
+      }
     }
     // Each merged page's frame, read per block (one pread for its merged pages): see #check.
     for (let i = 0; i < pages.length;) {

@@ -311,7 +311,10 @@ export class TargetProcess {
   /**
    * process_madvise(pidfd, ranges, advice): `advice` on up to 1024 ranges (the kernel's
    * UIO_MAXIOV) of the target at once. Returns the bytes advised (the kernel stops at the first range it fails
-   * on: fewer than the total when a later range failed). Ranges of memory the target does not
+   * on: fewer than the total when a later range failed). A 'merge' also stops at a signal to this
+   * process (a SIGINT or SIGTERM Node handles) once it merged something, and returns the bytes it got
+   * through, the part of a range included (lab kernel patch 0056, as read() returns a short count):
+   * the ranges' first that many bytes are merged, the rest untouched. Ranges of memory the target does not
    * map are ENOMEM. Another process's memory needs CAP_SYS_NICE (EPERM without). 'merge' and
    * 'unmergeable' are EINVAL where the kernel does not accept them for another process
    * (features().remoteMerge).

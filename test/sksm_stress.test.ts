@@ -59,6 +59,7 @@ const cases: Array<[string, string, string[], number]> = [
   ['mremap-migrate', 'a 1-page KSM mapping mremap()ed to and fro while its frame is soft-offlined and compacted: stays merged, the rmap walk finds it at its new address (issue 19, 1)', ['10'], 120_000],
   ['unmerge-migrate', 'MADV_UNMERGEABLE while the merged pages are soft-offlined and compacted: no page is left a KSM page (issue 19, unmerge walk and migration entries)', ['5'], 120_000],
   ['merge-stall', 'another thread\'s mmap()/munmap() and writes to ksm/run get in during a MADV_MERGE of 16 MiB (issue 19, 7)', [], 180_000],
+  ['merge-signal', 'process_madvise(MADV_MERGE) stops at a signal and returns how far it got; the pages before the count are merged, those after untouched; madvise() goes on to the end (issue 19, 7)', [], 180_000],
   ['mremap-swap', 'merged pages in swap moved by mremap(): swapped in, every one goes to swap again; no rmap_item left after munmap (issue 19, seed 003)', [], 120_000],
   ['fork-exit', 'MADV_MERGE in a fork child: COW-shared pages stay reclaimable after its exit; inherited KSM pages get rmap_items and reclaim reaches them after the parent exits, whether or not the child merged them itself (issue 19, 2)', [], 120_000],
   ['unmap-rounds', '48 rounds of MADV_MERGE + munmap of 4 MiB: the next MADV_MERGE frees their rmap_items and stable nodes (issue 19, 4)', ['48'], 180_000],
@@ -94,6 +95,8 @@ const withoutKsmOnly: Record<string, string> = {
   'fork-exit': ' [skipped: ksmd would merge the twins and give the child its own rmap_items; run without ksmd]',
   // It writes ksm/run itself, and ksmd adds only a third contender for the same locks.
   'merge-stall': ' [skipped: run once, without ksmd, to bound the VM time]',
+  // ksmd would merge the pages past the short count, which must stay untouched.
+  'merge-signal': ' [skipped: ksmd would merge the pages after the short count; run without ksmd]',
   // ksmd's own rmap_items are charged to ksmd's cgroup (the root), not to the merging process.
   memcg: ' [skipped: ksmd would allocate rmap_items charged to its own cgroup; run without ksmd]',
   // It writes ksm/run and merge_across_nodes itself (both need every KSM page unmerged first).

@@ -68,8 +68,25 @@ for (const content of ['dup', 'unique']) {
   for (const row of vmaRows.filter((r) => r.content === content)) row.ratioToOneVma = Number((row.nsPerPage / one.nsPerPage).toFixed(2))
 }
 
+// fork() of a process holding `pages` merged pages against the same number of private ones: what
+// giving the child an rmap_item per inherited KSM page (kernel patch 0055) adds to a fork.
+const forkRows = ['unique', 'dup'].map((content) => ({ content, nsPerFork: runC(binary, ['fork', content, 'nothp', pages, 0, 9]).nsPerFork }))
+for (const row of forkRows) row.ratioToPrivate = Number((row.nsPerFork / forkRows[0].nsPerFork).toFixed(2))
+
+// 1, 2 and 4 processes merging their own twins at once (issue 21, "scale with CPUs"): wall time per
+// page of all of them, against one process. 1.0x at N processes would be N times the throughput;
+// N.0x, fully serialised (ksm_thread_mutex).
+const procRows = []
+for (const content of ['dup', 'unique']) {
+  for (const procs of [1, 2, 4]) {
+    procRows.push({ content, procs, nsPerPage: runC(binary, ['procs', content, 'nothp', pages / 4, procs, 3]).nsPerPage })
+  }
+  const one = procRows.find((r) => r.content === content && r.procs === 1)
+  for (const row of procRows.filter((r) => r.content === content)) row.speedup = Number((one.nsPerPage / row.nsPerPage).toFixed(2))
+}
+
 if (values.json) {
-  console.log(JSON.stringify({ kernel: os.release(), pages, rows, vmaPages, vmaRows }))
+  console.log(JSON.stringify({ kernel: os.release(), cpus: os.availableParallelism(), pages, rows, vmaPages, vmaRows, forkRows, procRows }))
 } else {
   const us = (ns) => (ns / 1000).toFixed(2)
   console.log(`\nbench:merge on ${os.release()}${inVm ? ' (lab VM, TCG)' : ''}: ${pages} pages (${(pages * 4096) / 2 ** 20} MiB) a case, medians\n`)
@@ -83,5 +100,13 @@ if (values.json) {
   console.log('| content | vmas | µs per page | ratio to 1 vma |')
   console.log('|---|---|---|---|')
   for (const r of vmaRows) console.log(`| ${r.content} | ${r.vmas} | ${us(r.nsPerPage)} | ${r.ratioToOneVma}x |`)
+  console.log(`\nfork() + exit of a process holding ${pages} pages, medians of 9\n`)
+  console.log('| pages | µs per fork | ratio to private pages |')
+  console.log('|---|---|---|')
+  for (const r of forkRows) console.log(`| ${r.content === 'dup' ? 'merged (KSM pages)' : 'private'} | ${us(r.nsPerFork)} | ${r.ratioToPrivate}x |`)
+  console.log(`\nN processes MADV_MERGE ${pages / 4} pages each at once, ${os.availableParallelism()} CPUs, medians of 3: wall µs per page of all\n`)
+  console.log('| content | processes | µs per page | throughput to 1 process |')
+  console.log('|---|---|---|---|')
+  for (const r of procRows) console.log(`| ${r.content} | ${r.procs} | ${us(r.nsPerPage)} | ${r.speedup}x |`)
   if (!root || !ksmdPid) console.log(`\n(ksmd rows skipped: ${!root ? 'not root (its sysfs knobs need it)' : 'no ksmd thread'})`)
 }

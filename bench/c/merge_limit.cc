@@ -8,11 +8,17 @@
 //   vmas    one madvise(MADV_MERGE) over <pages> pages split into <run> vmas (a PROT_NONE page
 //           between two, so they cannot merge): ns per page; linear in pages means the same
 //           per-page cost for 1, 100 and 10,000 vmas
+//   fork    fork() + the child's _exit() + waitpid() of a process holding <pages> pages, merged
+//           (dup: every page a KSM page, each with its rmap_item) or not (unique: private pages):
+//           ns per fork. Kernel patch 0055 gives the child an rmap_item per inherited KSM page.
+//   procs   <run> processes at once, each MADV_MERGEs its own <pages> pages (dup: twins of the
+//           same merged content), released together: wall ns per page of all of them. Against
+//           <run> = 1, how much of the merge runs in parallel (ksm_thread_mutex serialises).
 // Content: dup (every page has a twin already merged: stable-tree hit, replace, free) or unique
 // (no twin anywhere: checksum and tree insert only). thp: the pages sit in 2 MiB-aligned
 // MADV_HUGEPAGE memory, touched as huge pages when the kernel gives them (reported: thpPages, of
 // the first round; every round maps its pages afresh).
-// Usage: merge_limit merge|limit|ksmd|vmas <dup|unique> <thp|nothp> <pages> [run|vmas] [rounds]
+// Usage: merge_limit merge|limit|ksmd|vmas|fork|procs <dup|unique> <thp|nothp> <pages> [run|vmas|procs] [rounds]
 // Prints one JSON object. Needs root for ksmd (sysfs); merge needs the SKSM kernel.
 #include <fcntl.h>
 #include <stdint.h>
@@ -20,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../../native/compat.h"  // MADV_MERGE
@@ -190,6 +197,74 @@ int main(int argc, char **argv) {
       samples[r] = (now_ns() - t0) / pages;
     }
     printf("{\"what\":\"vmas\",\"content\":\"%s\",\"pages\":%zu,\"vmas\":%zu,\"nsPerPage\":%.1f}\n", argv[2], pages, vmas,
+           median_of(samples, rounds < 32 ? rounds : 32));
+    return 0;
+  }
+
+  if (!strcmp(what, "fork")) {
+    if (dup) merge_twins(twin, twin2, pages, seed);
+    fill(data, pages, dup ? seed : seed + 1);
+    if (dup) merge(data, pages * page);
+    for (int r = 0; r < rounds && r < 32; r++) {
+      const double t0 = now_ns();
+      const pid_t child = fork();
+      if (child < 0) die("fork");
+      if (child == 0) _exit(0);
+      int status;
+      if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) die("waitpid");
+      samples[r] = now_ns() - t0;
+    }
+    printf("{\"what\":\"fork\",\"content\":\"%s\",\"pages\":%zu,\"nsPerFork\":%.1f}\n", argv[2], pages,
+           median_of(samples, rounds < 32 ? rounds : 32));
+    return 0;
+  }
+
+  if (!strcmp(what, "procs")) {
+    const size_t procs = run;
+    if (procs < 1 || procs > 64) die("procs: 1 to 64 processes");
+    if (dup) merge_twins(twin, twin2, pages, seed);
+    for (int r = 0; r < rounds && r < 32; r++) {
+      int ready[2], go[2], done[2];
+      if (pipe(ready) || pipe(go) || pipe(done)) die("pipe");
+      for (size_t k = 0; k < procs; k++) {
+        const pid_t child = fork();
+        if (child < 0) die("fork");
+        if (child == 0) {
+          close(ready[0]);
+          close(go[1]);
+          close(done[0]);
+          unsigned char *mine = map_pages(pages, thp);
+          fill(mine, pages, dup ? seed : seed + 1 + r * procs + k);
+          char c = 0;
+          if (write(ready[1], &c, 1) != 1) die("write");
+          if (read(go[0], &c, 1) != 0) die("read");  // EOF: released
+          merge(mine, pages * page);
+          if (write(done[1], &c, 1) != 1) die("write");  // before exit: its teardown is not the merge's
+          _exit(0);
+        }
+      }
+      close(ready[1]);
+      close(go[0]);
+      close(done[1]);
+      for (size_t k = 0; k < procs; k++) {
+        char c;
+        if (read(ready[0], &c, 1) != 1) die("a child did not get ready");
+      }
+      const double t0 = now_ns();
+      close(go[1]);
+      for (size_t k = 0; k < procs; k++) {
+        char c;
+        if (read(done[0], &c, 1) != 1) break;  // a child failed: wait() says how
+      }
+      samples[r] = (now_ns() - t0) / (pages * procs);
+      for (size_t k = 0; k < procs; k++) {
+        int status;
+        if (wait(&status) < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) die("a merging child failed");
+      }
+      close(ready[0]);
+      close(done[0]);
+    }
+    printf("{\"what\":\"procs\",\"content\":\"%s\",\"pages\":%zu,\"procs\":%zu,\"nsPerPage\":%.1f}\n", argv[2], pages, procs,
            median_of(samples, rounds < 32 ? rounds : 32));
     return 0;
   }

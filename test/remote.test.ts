@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import readline from 'node:readline'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { features, InvalidStateError, pagemap, pageSize, SyscallError, TargetProcess } from '../lib/index.ts'
+import { features, InvalidStateError, ksm, pagemap, pageSize, Region, SyscallError, TargetProcess } from '../lib/index.ts'
 import { native } from '../lib/native.ts'
 import { distEntry, ensureDist } from './helpers/dist.mjs'
 import { pfnsOf } from './helpers/daemon-target.ts'
@@ -281,6 +281,47 @@ describe('TargetProcess on a child process', () => {
       await other.stop()
     }
   })
+})
+
+describe('TargetProcess.madvise(…, \'merge\') stopped by a signal', () => {
+  // Kernel patch 0056: process_madvise(MADV_MERGE) stops at a pending signal once it merged
+  // something and returns the bytes it got through, as read() returns a short count; a daemon
+  // asked to stop (SIGTERM) stops within a batch. Here the target is this process, the signal one
+  // Node handles, sent by another process 0.1 s into a merge of 64 MiB (seconds in the lab).
+  it('returns the bytes merged, fewer than asked: exactly those pages merged (ksm_stat), the rest merge on the next call, every byte kept', async (ctx) => {
+    if (!features().remoteMerge) ctx.skip(`this kernel (${os.release()}) lacks remoteMerge: process_madvise() refuses MADV_MERGE`)
+    const count = 16384
+    const contents = 64
+    const region = Region.anonymous(count * pageSize)
+    const target = TargetProcess.open(process.pid)
+    let signals = 0
+    const onSignal = () => signals++
+    process.on('SIGUSR2', onSignal)
+    try {
+      region.advise('nohugepage')
+      // 64 contents, 256 copies each: every page has twins.
+      for (let c = 0; c < contents; c++) region.bytes.fill(c + 1, c * pageSize, (c + 1) * pageSize)
+      for (let i = 1; i < count / contents; i++) region.bytes.copyWithin(i * contents * pageSize, 0, contents * pageSize)
+      const merging0 = ksm.processStats().ksmMergingPages
+      const sender = spawn('sh', ['-c', `sleep 0.1; kill -USR2 ${process.pid}`], { stdio: 'ignore' })
+      const sent = new Promise((resolve) => sender.once('exit', resolve))
+      const merged = target.madvise([{ start: region.address, length: region.length }], 'merge')
+      await sent
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(signals, 'the handler ran').toBe(1)
+      expect(merged, 'bytes merged before the signal stopped it (the whole range: it went on to the end)').toBeLessThan(region.length)
+      expect(merged).toBeGreaterThan(0)
+      expect(merged % pageSize).toBe(0)
+      expect(ksm.processStats().ksmMergingPages - merging0, 'pages merged, from ksm_stat').toBe(merged / pageSize)
+      expect(target.madvise([{ start: region.address + BigInt(merged), length: region.length - merged }], 'merge')).toBe(region.length - merged)
+      expect(ksm.processStats().ksmMergingPages - merging0).toBe(count)
+      for (let i = 0; i < count; i += 97) expect(region.bytes[i * pageSize + 5]).toBe((i % contents) + 1)
+    } finally {
+      process.off('SIGUSR2', onSignal)
+      target.close()
+      region.close()
+    }
+  }, 120_000)
 })
 
 describe('TargetProcess lifetime', () => {

@@ -188,6 +188,42 @@ describe(`Daemon: unmodified processes${skipWhy}`, () => {
     expect(await twin.ask('verify')).toEqual({ bad: 0 })
   }, 120_000)
 
+  it.skipIf(missing !== '')('merges cut short by signals (SIGTERM to stop it, say): a pass reports only the pages the kernel merged, the rest merge in later passes', async () => {
+    // process_madvise(MADV_MERGE) stops at a signal to the daemon once it merged something and
+    // says how far it got (kernel patch 0056). The daemon counted every page it gave as merged and
+    // never gave the rest again. Here another process sends SIGUSR2 (handled) every ~10 ms.
+    const cold = 4096
+    const [a, b] = await Promise.all([startDaemonTarget(cold, hotPages, 31), startDaemonTarget(cold, hotPages, 31)])
+    running.push(a, b)
+    const merging = () => [a, b].reduce((sum, t) => sum + Number(/ksm_merging_pages (\d+)/.exec(fs.readFileSync(`/proc/${t.pid}/ksm_stat`, 'utf8'))?.[1]), 0)
+    const merging0 = merging()
+    const onSignal = () => {}
+    process.on('SIGUSR2', onSignal)
+    const sender = spawn('sh', ['-c', `while kill -USR2 ${process.pid} 2>/dev/null; do sleep 0.01; done`], { stdio: 'ignore' })
+    const daemon = new Daemon({ pids: [a.pid, b.pid], stablePasses: 1 })
+    let signalled: DaemonPassReport[]
+    try {
+      signalled = await passes(daemon, 3)
+    } finally {
+      const exited = new Promise((resolve) => sender.once('exit', resolve))
+      sender.kill('SIGKILL')
+      await exited
+      process.off('SIGUSR2', onSignal)
+    }
+    const reported = signalled.reduce((sum, r) => sum + r.mergedPages, 0)
+    const merged = merging() - merging0
+    console.log(`daemon passes under signals: merged ${JSON.stringify(signalled.map((r) => r.mergedPages))}, the kernel's count ${merged}`)
+    expect(signalled.flatMap((r) => r.failures)).toEqual([])
+    expect(merged, 'the signals cut the merges short (else this test tests nothing)').toBeLessThan(2 * cold)
+    expect(reported, 'pages the passes say they merged, against ksm_merging_pages of the targets').toBe(merged)
+    const quiet = await passes(daemon, 4)
+    daemon.close()
+    expect(quiet.flatMap((r) => r.failures)).toEqual([])
+    expect(sharedFrames(pfns(a.pid, a.cold, cold), pfns(b.pid, b.cold, cold)), 'cold twins sharing a frame once the signals stopped').toBeGreaterThanOrEqual(cold * 0.95)
+    expect(reported + quiet.reduce((sum, r) => sum + r.mergedPages, 0)).toBe(merging() - merging0)
+    for (const t of [a, b]) expect(await t.ask('verify')).toEqual({ bad: 0 })
+  }, 300_000)
+
   it.skipIf(missing !== '')('a target whose mapping grows (a new mapping joins it: the kernel reads all of it as written) keeps its merged pages merged and found', async () => {
     // What a Node process does all the time: malloc and V8 map next to a buffer. The bench's plain
     // fleet merged 0.3% of what ksmd merged while every mapping that grew was forgotten whole.

@@ -4,15 +4,18 @@ import fs from 'node:fs'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { Region, ksm, features, FeatureUnavailableError, pageSize } from '../lib/index.ts'
 import { acquireKsmLock, ksmSettingsDenied, skipUnlessKsmSettings } from './helpers/ksm.ts'
+import { vmFlagsIn } from './helpers/vma.ts'
 
 const hasKsm = fs.existsSync(ksm.sysfsDir)
 
-/** VmFlags of the VMA at `address` in /proc/self/smaps ("mg" = VM_MERGEABLE). */
+/**
+ * VmFlags of the VMA containing `address` ("mg" = VM_MERGEABLE). Containing, not starting at: the
+ * kernel joins a Region's VMA with a compatible neighbour (a tester run found one starting below it).
+ */
 function vmFlags(address: bigint): string[] {
-  const smaps = fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')
-  const start = smaps.findIndex((line) => line.startsWith(address.toString(16) + '-'))
-  const flags = smaps.slice(start).find((line) => line.startsWith('VmFlags:'))!
-  return flags.split(/\s+/).slice(1)
+  const [vma] = vmFlagsIn(address, 1)
+  if (!vma) throw new Error(`no VMA at 0x${address.toString(16)}`)
+  return vma.flags
 }
 
 describe.skipIf(!hasKsm)(`ksm (CONFIG_KSM)${hasKsm ? '' : ` — skipped: no ${ksm.sysfsDir} (CONFIG_KSM off)`}`, () => {

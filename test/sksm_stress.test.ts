@@ -49,7 +49,7 @@ const cases: Array<[string, string, string[], number]> = [
   ['hwpoison', 'memory-failure on a merged page (1: collect_procs)', [], 60_000],
   ['splice', 'last reference dropped in softirq: vmsplice, munmap, splice to loopback TCP (2)', [], 180_000],
   ['race', 'writer threads racing MADV_MERGE; a cross-process twin never sees their writes (3)', ['3'], 120_000],
-  ['tree-race', 'writers give pages new first words while MADV_MERGE inserts them into the stable tree; afterwards a copy of every page finds its twin (issue 21, 0057: an insert without a second descent)', ['5'], 120_000],
+  ['tree-race', 'pages change between MADV_MERGE\'s search for a twin and their write-protect, at the merge\'s own pace; afterwards a copy of every page finds its twin (issue 21, 0057: an insert without a second descent)', ['64'], 180_000],
   ['zero-fork', 'ksm_zero_pages over merge, fork and both exits, use_zero_pages on (4)', [], 60_000],
   ['uffd-move-zero', 'UFFDIO_MOVE of KSM zero pages: ksm_zero_pages back after exit (issue 19, 6)', [], 60_000],
   ['wp-bits', 'soft-dirty and uffd-wp survive a merge (5)', [], 60_000],
